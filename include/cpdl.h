@@ -1,0 +1,354 @@
+/* cpdl — node-local shared-memory data loading for context-parallel training.
+ *
+ * One umbrella header. Three layers, each usable on its own:
+ *   1. errors and dtypes                       (no MPI, no shared memory)
+ *   2. batch preparation: cpdl_prep_*          (pure functions, no MPI)
+ *   3. the loader: cpdl_config_*, cpdl_loader_* (collective over an MPI communicator)
+ *
+ * Conventions: functions return 0 or a negative code (POSIX errors as -errno,
+ * cpdl's own codes below -4000). Every failure a user can cause also leaves a
+ * message, readable with cpdl_last_error() on the same thread, that names the
+ * thing at fault (file, field, rank, bytes needed and available).
+ * Pointers returned by the library belong to the library unless said otherwise.
+ * The library never calls exit() or abort().
+ */
+#ifndef CPDL_H
+#define CPDL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <mpi.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(CPDL_BUILDING)
+#define CPDL_API __attribute__((visibility("default")))
+#else
+#define CPDL_API
+#endif
+
+#define CPDL_VERSION_MAJOR 0
+#define CPDL_VERSION_MINOR 1
+#define CPDL_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------- */
+/* Errors                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* X(name, value, description). One table feeds the enum, cpdl_strerror() and
+ * cpdl_err_name(). */
+#define CPDL_ERRNO_MAP(X)                                                        \
+  X(EARG,      -4001, "invalid argument or option")                               \
+  X(EFIELD,    -4002, "batch field missing, duplicated or inconsistent")         \
+  X(EDTYPE,    -4003, "unsupported dtype")                                        \
+  X(EOVERFLOW, -4004, "size does not fit")                                        \
+  X(EMESH,     -4005, "mesh shape does not fit the communicator")                \
+  X(ECONFIG,   -4006, "configuration differs between ranks")                     \
+  X(ESHM,      -4007, "shared-memory segment error")                             \
+  X(ENOSPACE,  -4008, "not enough space for the shared-memory segment")          \
+  X(EPEER,     -4009, "a rank of the group died or failed")                      \
+  X(ETIMEDOUT, -4010, "timed out")                                                \
+  X(EEOF,      -4011, "no more data")                                            \
+  X(ECORRUPT,  -4012, "corrupt or hostile data, file or header")                 \
+  X(EPLUGIN,   -4013, "data-source plugin could not be loaded or used")          \
+  X(ESTATE,    -4014, "call not valid in the object's current state")           \
+  X(EFAULT,    -4015, "injected fault (CPDL_FAULT)")                             \
+  X(EMPI,      -4016, "an MPI call failed")                                      \
+  X(EPIN,      -4017, "thread or memory placement failed")                       \
+  X(ESOURCE,   -4018, "data source error")
+
+typedef enum {
+  CPDL_OK = 0,
+#define CPDL__ERR_ENUM(name, value, text) CPDL_##name = (value),
+  CPDL_ERRNO_MAP(CPDL__ERR_ENUM)
+#undef CPDL__ERR_ENUM
+} cpdl_errno_t;
+
+/** Description of an error code (cpdl's own or -errno). Never NULL; static. */
+CPDL_API const char *cpdl_strerror(int err);
+/** Symbolic name of an error code, e.g. "CPDL_EPEER" or "ENOMEM". Static. */
+CPDL_API const char *cpdl_err_name(int err);
+/** The message left by the last failing cpdl call on this thread ("" if none).
+ *  Thread-local; valid until the next failing call on this thread. */
+CPDL_API const char *cpdl_last_error(void);
+
+/* ------------------------------------------------------------------------- */
+/* Dtypes and tensors                                                         */
+/* ------------------------------------------------------------------------- */
+
+typedef enum {
+  CPDL_DTYPE_BOOL = 0, /* 1 byte, 0 or 1 */
+  CPDL_DTYPE_UINT8,
+  CPDL_DTYPE_INT32,
+  CPDL_DTYPE_INT64,
+  CPDL_DTYPE_FLOAT16,  /* raw 2 bytes; only 0 and copies are ever produced */
+  CPDL_DTYPE_BFLOAT16, /* raw 2 bytes */
+  CPDL_DTYPE_FLOAT32,
+  CPDL_DTYPE_FLOAT64,
+  CPDL_DTYPE_COUNT
+} cpdl_dtype_t;
+
+/** Size in bytes of one element, or 0 for an unknown dtype. */
+CPDL_API size_t cpdl_dtype_size(cpdl_dtype_t dtype);
+/** numpy-style name ("bool", "int64", "bfloat16", ...); "?" if unknown. */
+CPDL_API const char *cpdl_dtype_name(cpdl_dtype_t dtype);
+/** Parse a dtype name as printed by cpdl_dtype_name(). \return 0 or CPDL_EDTYPE. */
+CPDL_API int cpdl_dtype_parse(const char *name, cpdl_dtype_t *out);
+
+#define CPDL_MAX_DIMS 4
+#define CPDL_MAX_FIELDS 32
+#define CPDL_NAME_MAX 48 /* field names, including the terminating NUL */
+
+/** A named, C-contiguous tensor (row-major, no strides). The caller owns data. */
+typedef struct cpdl_tensor {
+  const char *name;
+  cpdl_dtype_t dtype;
+  int ndim;                       /* 1 .. CPDL_MAX_DIMS */
+  int64_t shape[CPDL_MAX_DIMS];
+  const void *data;
+} cpdl_tensor_t;
+
+/* ------------------------------------------------------------------------- */
+/* Batch preparation (../DESIGN.md "Batch preparation — the contract")        */
+/* ------------------------------------------------------------------------- */
+
+typedef enum {
+  CPDL_MODE_CONTIGUOUS = 0, /* rank r keeps [r*L, (r+1)*L) — the contract */
+  CPDL_MODE_ROUND_ROBIN,    /* rank r keeps chunks r and 2cp-1-r of 2cp chunks */
+  CPDL_MODE_AUX_ONLY        /* primary full length, unpadded, shared; rest contiguous */
+} cpdl_mode_t;
+
+CPDL_API const char *cpdl_mode_name(cpdl_mode_t mode);
+CPDL_API int cpdl_mode_parse(const char *name, cpdl_mode_t *out);
+
+/** An extra per-token metadata field the caller names: it is padded with
+ *  pad_value on its own seq_dim and sliced like every sequence field. */
+typedef struct cpdl_metadata_field {
+  const char *name;
+  int seq_dim;
+  double pad_value; /* converted to the field's dtype */
+} cpdl_metadata_field_t;
+
+typedef struct cpdl_prep_params {
+  size_t struct_size;        /* sizeof(cpdl_prep_params_t); set by cpdl_prep_params_init() */
+  int cp_size;               /* >= 1 */
+  int tp_size;               /* >= 1; only decides whether position_ids are synthesized */
+  cpdl_mode_t mode;
+  int64_t padding_token_id;  /* pad value of input_ids */
+  const cpdl_metadata_field_t *metadata;
+  int n_metadata;
+} cpdl_prep_params_t;
+
+/** Defaults: cp_size 1, tp_size 1, contiguous, padding_token_id 0, no metadata. */
+CPDL_API void cpdl_prep_params_init(cpdl_prep_params_t *params);
+
+/** One output field of a prepared batch.
+ *  shape is what one CP rank sees: the shard for sequence fields, the whole
+ *  tensor for shared ones. Sequence fields live in every rank's block at
+ *  `offset`; shared fields (pass-through fields, the aux_only primary) live
+ *  once in the shared block at `offset`. */
+typedef struct cpdl_prep_field {
+  char name[CPDL_NAME_MAX];
+  cpdl_dtype_t dtype;
+  int ndim;
+  int64_t shape[CPDL_MAX_DIMS];
+  int seq_dim;    /* dimension that was sharded; -1 if not sharded */
+  int shared;     /* 1: in the shared block, 0: in each rank's block */
+  size_t offset;  /* bytes from the start of its block; 64-byte aligned */
+  size_t nbytes;
+} cpdl_prep_field_t;
+
+typedef struct cpdl_prep_plan cpdl_prep_plan_t;
+
+/** Decide what a batch becomes (rules 1-7): output fields, shapes and layout.
+ *  The loss mask is the input field named "loss_mask", if any.
+ *  \return 0; CPDL_EFIELD (neither or both primaries, missing labels and loss
+ *          mask, batch or sequence sizes that disagree, a duplicated name);
+ *          CPDL_EDTYPE; CPDL_EOVERFLOW; CPDL_EARG (cp_size < 1, bad ndim);
+ *          -ENOMEM. The message names the field and the problem.
+ *  *out belongs to the caller: free it with cpdl_prep_plan_destroy(). The plan
+ *  keeps no pointer to the inputs or params. */
+CPDL_API int cpdl_prep_plan_create(const cpdl_tensor_t *inputs, int n_inputs,
+                                   const cpdl_prep_params_t *params,
+                                   cpdl_prep_plan_t **out);
+CPDL_API void cpdl_prep_plan_destroy(cpdl_prep_plan_t *plan);
+CPDL_API int cpdl_prep_plan_nfields(const cpdl_prep_plan_t *plan);
+/** Field i (0 <= i < nfields) or NULL. Belongs to the plan. */
+CPDL_API const cpdl_prep_field_t *cpdl_prep_plan_field(const cpdl_prep_plan_t *plan, int i);
+/** Bytes of one rank's block (a multiple of 64). */
+CPDL_API size_t cpdl_prep_plan_rank_bytes(const cpdl_prep_plan_t *plan);
+/** Bytes of the shared block (a multiple of 64; 0 if nothing is shared). */
+CPDL_API size_t cpdl_prep_plan_shared_bytes(const cpdl_prep_plan_t *plan);
+/** S before and after padding. */
+CPDL_API int64_t cpdl_prep_plan_seq_len(const cpdl_prep_plan_t *plan);
+CPDL_API int64_t cpdl_prep_plan_padded_len(const cpdl_prep_plan_t *plan);
+
+/** Prepare the shards of the CP ranks cp_ranks[0..n_ranks) in one pass and
+ *  write rank cp_ranks[i]'s block to rank_dst[i] (rank_bytes each) and the
+ *  shared block to shared_dst (may be NULL when shared_bytes is 0, or to skip
+ *  writing it). The padded full batch is never materialized.
+ *  inputs must have the same names, dtypes and shapes as at plan creation
+ *  (data pointers may differ). \return 0, CPDL_EFIELD, CPDL_EARG. */
+CPDL_API int cpdl_prep_execute(const cpdl_prep_plan_t *plan,
+                               const cpdl_tensor_t *inputs, int n_inputs,
+                               const int *cp_ranks, int n_ranks,
+                               void *const *rank_dst, void *shared_dst);
+
+/* ------------------------------------------------------------------------- */
+/* Configuration                                                              */
+/* ------------------------------------------------------------------------- */
+
+#define CPDL_SOURCE_MAX 512
+
+/** One set of names everywhere: the CLI's option names with '_' for '-'
+ *  ("seq_len"), the `key=value` string, and CPDL_<KEY> in the environment
+ *  (CPDL_SEQ_LEN). */
+typedef struct cpdl_config {
+  size_t struct_size;        /* sizeof(cpdl_config_t); set by cpdl_config_init() */
+  int cp;                    /* cp         CP ranks per replica (1) */
+  int tp;                    /* tp         TP ranks per CP rank (1) */
+  char order[16];            /* order      mesh order, slowest first ("dp,cp,tp") */
+  int64_t seq_len;           /* seq_len    tokens per row before padding (4096) */
+  int batch;                 /* batch      rows per step (1) */
+  int64_t steps;             /* steps      steps to deliver, 0 = until the source ends (100) */
+  int slots;                 /* slots      ring depth (4) */
+  cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only */
+  uint64_t seed;             /* seed       sampler and synthetic seed (1234) */
+  char source[CPDL_SOURCE_MAX]; /* source  data-source URI ("synthetic:") */
+  char collate[16];          /* collate    pack | pad ("pack") */
+  int64_t padding_token_id;  /* padding_token_id (0) */
+  int position_ids;          /* position_ids 0 = restart per document, 1 = continuous */
+  int loss_on_eot;           /* loss_on_eot 1 = EOT tokens count in the loss (1) */
+  int drop_last;             /* drop_last  1 = drop the last partial epoch piece, 0 = wrap (1) */
+  int threads;               /* threads    preparation threads in the leader (1) */
+  char pin[64];              /* pin        auto | numa | cores:<list> | none ("auto") */
+  int timeout_ms;            /* timeout_ms how long next() waits before CPDL_ETIMEDOUT (60000) */
+  int peer_timeout_ms;       /* peer_timeout_ms bound for declaring a dead rank (5000) */
+} cpdl_config_t;
+
+/** Fill in defaults (see above). */
+CPDL_API void cpdl_config_init(cpdl_config_t *cfg);
+/** Set one key from its text. \return 0 or CPDL_EARG (unknown key: the
+ *  message lists the known keys; bad value: it says what was expected). */
+CPDL_API int cpdl_config_set(cpdl_config_t *cfg, const char *key, const char *value);
+/** Apply "key=value key=value ..." (whitespace or commas between pairs). */
+CPDL_API int cpdl_config_parse(cpdl_config_t *cfg, const char *text);
+/** Apply every CPDL_<KEY> environment variable that names a known key. */
+CPDL_API int cpdl_config_from_env(cpdl_config_t *cfg);
+/** Canonical "key=value ..." text of every key, in a fixed order.
+ *  \return the length it needs (like snprintf). */
+CPDL_API int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size);
+
+/* ------------------------------------------------------------------------- */
+/* The loader                                                                 */
+/* ------------------------------------------------------------------------- */
+
+typedef struct cpdl_loader cpdl_loader_t;
+
+/** Where a rank sits. */
+typedef struct cpdl_mesh_coords {
+  int world_rank, world_size;  /* in the communicator given to open */
+  int dp_rank, cp_rank, tp_rank;
+  int dp_size, cp_size, tp_size;
+  int node, group;             /* node index; group index (one segment each) */
+  int group_rank, group_size;  /* 0 = the group's leader */
+} cpdl_mesh_coords_t;
+
+typedef struct cpdl_view_field {
+  const char *name;            /* belongs to the loader */
+  cpdl_dtype_t dtype;
+  int ndim;
+  int64_t shape[CPDL_MAX_DIMS];
+  const void *data;            /* read-only, inside the shared segment */
+  size_t nbytes;
+} cpdl_view_field_t;
+
+/** One rank's view of one step. Pointers stay valid until cpdl_batch_release(). */
+typedef struct cpdl_batch {
+  uint64_t step;
+  int n_fields;
+  cpdl_view_field_t fields[CPDL_MAX_FIELDS];
+  cpdl_mesh_coords_t mesh;
+  const void *region;          /* this rank's whole shard region (all slots) */
+  size_t region_bytes;
+  void *internal;              /* the loader's; do not touch */
+} cpdl_batch_t;
+
+/** Collective over comm. Builds the mesh, agrees on the configuration (a
+ *  mismatch names the first differing key on every rank), creates and maps
+ *  the group's shared segment and starts the leader's loader threads.
+ *  \return the same result on every rank: 0, CPDL_EMESH, CPDL_ECONFIG,
+ *          CPDL_ENOSPACE, CPDL_ESHM, CPDL_EPLUGIN, CPDL_EPEER, CPDL_EMPI, ...
+ *  MPI must be initialized (MPI_THREAD_SERIALIZED or more is not required:
+ *  loader threads never call MPI). */
+CPDL_API int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);
+/** As cpdl_loader_open on MPI_COMM_WORLD (for bindings that cannot name it). */
+CPDL_API int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out);
+
+/** Acquire this rank's view of the next step. Blocks until the leader has
+ *  published it or cfg.timeout_ms passes. The previous batch must have been
+ *  released. \return 0, CPDL_EEOF (no more steps), CPDL_ETIMEDOUT,
+ *  CPDL_EPEER (a rank of the group died; the message says which), CPDL_ESTATE.
+ *  The view's pointers belong to the loader and stay valid until
+ *  cpdl_batch_release(). */
+CPDL_API int cpdl_loader_next(cpdl_loader_t *loader, cpdl_batch_t *out);
+
+/** Give the batch's slot back to the leader. After the call the batch's
+ *  pointers must not be used. \return 0 or CPDL_ESTATE (not the current batch). */
+CPDL_API int cpdl_batch_release(cpdl_loader_t *loader, cpdl_batch_t *batch);
+
+/** This rank's coordinates. */
+CPDL_API int cpdl_loader_mesh(const cpdl_loader_t *loader, cpdl_mesh_coords_t *out);
+
+/** Bytes of the group's segment. */
+CPDL_API size_t cpdl_loader_segment_bytes(const cpdl_loader_t *loader);
+
+/** Resume state: a handful of integers. save: the state that makes the next
+ *  next() return the step after the last one this rank acquired. */
+#define CPDL_STATE_WORDS 8
+typedef struct cpdl_state {
+  uint64_t version;
+  uint64_t words[CPDL_STATE_WORDS]; /* step, epoch, position, seed, config hash, ... */
+} cpdl_state_t;
+CPDL_API int cpdl_loader_state_save(const cpdl_loader_t *loader, cpdl_state_t *out);
+/** Set the start state; valid only right after open, before the first next().
+ *  Collective. \return 0, CPDL_ESTATE, CPDL_ECONFIG (state of another config). */
+CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const cpdl_state_t *state);
+
+/** Collective. Stops the loader threads, unmaps and frees. If a rank of the
+ *  group has died (an earlier CPDL_EPEER) it cleans up locally without
+ *  collectives. \return 0 or the first error seen on any rank. *loader is
+ *  freed either way. */
+CPDL_API int cpdl_loader_close(cpdl_loader_t *loader);
+
+/* ------------------------------------------------------------------------- */
+/* Host entry point: cpdl as a data-loader plugin of a trainer or launcher    */
+/* ------------------------------------------------------------------------- */
+
+#define CPDL_HOST_ABI_VERSION 1
+#define CPDL_HOST_ENTRY_SYMBOL "cpdl_host_entry_v1"
+
+/** Function table for hosts that dlopen libcpdl.so without its headers. */
+typedef struct cpdl_host_api {
+  uint32_t abi_version;   /* CPDL_HOST_ABI_VERSION */
+  uint32_t struct_size;   /* sizeof(cpdl_host_api_t) */
+  const char *version;    /* "0.1.0" */
+  void (*config_init)(cpdl_config_t *cfg);
+  int (*config_parse)(cpdl_config_t *cfg, const char *text);
+  int (*loader_open)(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);
+  int (*loader_next)(cpdl_loader_t *loader, cpdl_batch_t *out);
+  int (*batch_release)(cpdl_loader_t *loader, cpdl_batch_t *batch);
+  int (*loader_close)(cpdl_loader_t *loader);
+  const char *(*strerror)(int err);
+  const char *(*last_error)(void);
+} cpdl_host_api_t;
+
+/** The versioned entry symbol. Static table; never NULL. */
+CPDL_API const cpdl_host_api_t *cpdl_host_entry_v1(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CPDL_H */
