@@ -173,7 +173,33 @@ void cpdl__ring_heartbeat(cpdl__ring_t *ring);
 int32_t cpdl__ring_pid(const cpdl__ring_t *ring, uint32_t consumer);
 
 
-/* ---- feed.c, source.c, sampler.c, collate.c --------------------------------
+
+/* ---- source.c (plugin host; ABI in include/cpdl/plugin.h) -----------------
+ * A data source opened from a URI "scheme:path?key=value&...". Token samples
+ * are zero-copy views (mmap) where the format allows. */
+typedef struct cpdl__source cpdl__source_t;
+typedef struct cpdl__sample {
+  const void *tokens;      /* belongs to the source; valid until the source closes */
+  int64_t n_tokens;
+  int token_bytes;         /* 2, 4 or 8 (unsigned 16/32 bit, or int64) */
+} cpdl__sample_t;
+/* \return 0, CPDL_EPLUGIN (unknown scheme: lists known ones; ABI mismatch:
+ *         both versions; missing symbol; dlerror() text), CPDL_ESOURCE,
+ *         CPDL_ECORRUPT (file, offset, what was expected). */
+int cpdl__source_open(const char *uri, cpdl__source_t **out);
+const char *cpdl__source_name(const cpdl__source_t *src);  /* plugin name */
+int64_t cpdl__source_count(const cpdl__source_t *src);      /* samples */
+int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out);
+int64_t cpdl__source_eot(const cpdl__source_t *src);        /* EOT token id, or -1 */
+/* Pre-collated sources (npy): batches instead of samples. has_batches is
+ * true for them; read_batch fills tensors owned by the source, valid until
+ * the next call. */
+bool cpdl__source_has_batches(const cpdl__source_t *src);
+int64_t cpdl__source_batch_count(const cpdl__source_t *src);
+int cpdl__source_read_batch(cpdl__source_t *src, int64_t step, cpdl_tensor_t *fields, int *n_fields);
+void cpdl__source_close(cpdl__source_t *src);
+
+/* ---- feed.c, sampler.c, collate.c --------------------------------
  * What the leader's loader threads pull batches from: sampler → source
  * plugin → collate. Deterministic from (config, dp_rank, dp_size): every node
  * of a replica produces the same collated batch for the same step without
