@@ -63,7 +63,8 @@ typedef struct cpdl__mesh {
 } cpdl__mesh_t;
 
 /* Collective over comm. \return the same on every rank: 0, CPDL_EMESH (size
- * not divisible by cp*tp, bad order string), CPDL_EMPI. */
+ * not divisible by cp*tp, bad order string, group over capacity), CPDL_EARG
+ * (bad CPDL_RANKS_PER_NODE), CPDL_EMPI, -ENOMEM. */
 int cpdl__mesh_build(MPI_Comm comm, int cp, int tp, const char *order, cpdl__mesh_t *out);
 /* Pure: coordinates of `rank` in a mesh of (dp, cp, tp) with `order`
  * ("dp,cp,tp" = tp fastest). \return 0 or CPDL_EMESH. */
@@ -106,6 +107,9 @@ void cpdl__shm_close(cpdl__shm_t *shm);
  * caller's uid and a creator pid that no longer exists. Writes one line per
  * segment to `report` (may be NULL). \return number found, or < 0. */
 int cpdl__shm_sweep(bool remove, void *report_FILE);
+/* Tests only: the next cpdl__shm_create() tries `name` ("/cpdl-...") first
+ * (then random names as usual). NULL clears it. Not thread-safe. */
+void cpdl__shm_test_force_name(const char *name);
 
 /* ---- ring.c ---------------------------------------------------------------
  * The segment's header and the slot protocol (DESIGN.md "Ring protocol").
@@ -122,6 +126,56 @@ typedef struct cpdl__ring_geometry {
 } cpdl__ring_geometry_t;
 
 typedef struct cpdl__ring cpdl__ring_t; /* process-local handle */
+
+/* The segment's control part as it lies in shared memory (its ABI; tests
+ * corrupt it on purpose). Offsets and sizes only, never pointers. Layout:
+ * [hdr][field records][slot records][consumer records], each table 64-byte
+ * aligned, the whole control part page-aligned. */
+#define CPDL__RING_MAGIC UINT64_C(0x474e49524c445043) /* "CPDLRING" little-endian */
+#define CPDL__RING_VERSION 1u
+#define CPDL__RING_MAX_SLOTS 1024u
+#define CPDL__RING_MAX_REGIONS 64u
+#define CPDL__RING_MAX_CONSUMERS 512u
+#define CPDL__RING_STATE_WORDS 4 /* == CPDL__CURSOR_WORDS (checked in ring.c) */
+#define CPDL__RING_MSG_MAX 512
+typedef struct cpdl__ring_hdr {
+  /* written once by the leader before the name is sent; read once by each
+   * consumer into a local copy */
+  uint64_t magic, total_bytes, header_bytes, nonce, config_hash, first_step;
+  uint32_t version, page_bytes;
+  uint32_t n_slots, n_regions, n_consumers, n_fields;
+  uint64_t slot_bytes, shared_slot_bytes;
+  /* live words */
+  _Alignas(CPDL__CACHE_LINE) _Atomic int32_t leader_pid;
+  _Atomic uint32_t abort_state;   /* 0 none, 1 being posted, 2 posted */
+  _Atomic int32_t error_code;     /* valid once abort_state == 2 */
+  _Atomic uint32_t eof_set;       /* 1: eof_step is valid */
+  _Atomic uint64_t eof_step;      /* no step >= this will be published */
+  _Atomic uint64_t heartbeat;
+  char error_msg[CPDL__RING_MSG_MAX];
+} cpdl__ring_hdr_t;
+typedef struct cpdl__ring_field_rec {
+  char name[CPDL_NAME_MAX];
+  int32_t dtype, ndim, seq_dim, shared;
+  int64_t shape[CPDL_MAX_DIMS];
+  uint64_t offset, nbytes;        /* within its (rank or shared) block */
+} cpdl__ring_field_rec_t;
+typedef struct cpdl__ring_slot_rec {
+  _Alignas(CPDL__CACHE_LINE) _Atomic uint32_t seq; /* futex word, bumped per publish */
+  uint32_t reserved;
+  _Atomic uint64_t step;          /* step last published in this slot */
+  _Atomic uint64_t state[CPDL__RING_STATE_WORDS]; /* feed cursor after that step */
+} cpdl__ring_slot_rec_t;
+typedef struct cpdl__ring_consumer_rec { /* one cache line, written by its consumer */
+  _Alignas(CPDL__CACHE_LINE) _Atomic uint64_t cursor; /* last released step + 1 */
+  _Atomic int32_t pid;
+  _Atomic uint32_t futex;         /* bumped per release; the leader sleeps on it */
+} cpdl__ring_consumer_rec_t;
+/* Offsets of the tables in the control part (pure function of n_fields,
+ * n_slots). */
+size_t cpdl__ring_fields_offset(void);
+size_t cpdl__ring_slots_offset(uint32_t n_fields);
+size_t cpdl__ring_consumers_offset(uint32_t n_fields, uint32_t n_slots);
 
 /* Bytes needed for the control part (header..cursors), page-aligned, and the
  * whole segment. \return 0 or CPDL_EOVERFLOW. */
@@ -171,6 +225,29 @@ void cpdl__ring_post_error(cpdl__ring_t *ring, int code, const char *msg);
 /* Heartbeat, pids. */
 void cpdl__ring_heartbeat(cpdl__ring_t *ring);
 int32_t cpdl__ring_pid(const cpdl__ring_t *ring, uint32_t consumer);
+/* Needed by loader.c (lead): */
+/* Wake every waiter (futex words of slots and consumers) so it re-checks. */
+void cpdl__ring_wake_all(cpdl__ring_t *ring);
+/* Leader, before any step was published or consumed: restart the ring's
+ * bookkeeping at `first_step` (slot steps cleared, consumer cursors set to
+ * first_step), keeping geometry, fields and registered pids. */
+void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step);
+/* The slot that holds `step`: (step - first_step) mod n_slots, so that
+ * consecutive steps use consecutive slots even across the 2^64 wrap for any
+ * n_slots (plain step % n_slots breaks there unless n_slots is a power of 2).
+ * Use this, never step % n_slots, to index cpdl__ring_rank_block(). */
+uint32_t cpdl__ring_slot_of(const cpdl__ring_t *ring, uint64_t step);
+/* Leader: the feed cursor after `step`, stored in the step's slot before
+ * cpdl__ring_publish() (which orders it). */
+void cpdl__ring_set_slot_state(cpdl__ring_t *ring, uint64_t step,
+                               const uint64_t *words /* [CPDL__CURSOR_WORDS] */);
+/* Consumer, between wait_step(step) and release(step): read it back.
+ * \return 0, or CPDL_ESTATE if the slot no longer holds `step`. */
+int cpdl__ring_slot_state(const cpdl__ring_t *ring, uint64_t step,
+                          uint64_t *words /* [CPDL__CURSOR_WORDS] */);
+/* The error posted to the group (0 if none); its message goes to
+ * cpdl_last_error() of this thread. */
+int cpdl__ring_posted_error(const cpdl__ring_t *ring);
 
 
 
@@ -179,7 +256,12 @@ int32_t cpdl__ring_pid(const cpdl__ring_t *ring, uint32_t consumer);
  * are zero-copy views (mmap) where the format allows. */
 typedef struct cpdl__source cpdl__source_t;
 typedef struct cpdl__sample {
-  const void *tokens;      /* belongs to the source; valid until the source closes */
+  /* Belongs to the source. Valid until the source closes when
+   * cpdl__source_stable() (mmap-backed: llmc, megatron); for generated
+   * sources (synthetic) only until the next read on the same source.
+   * Reads on one source are serialized by the host when the plugin does not
+   * declare concurrent reads. */
+  const void *tokens;
   int64_t n_tokens;
   int token_bytes;         /* 2, 4 or 8 (unsigned 16/32 bit, or int64) */
 } cpdl__sample_t;
@@ -198,6 +280,18 @@ bool cpdl__source_has_batches(const cpdl__source_t *src);
 int64_t cpdl__source_batch_count(const cpdl__source_t *src);
 int cpdl__source_read_batch(cpdl__source_t *src, int64_t step, cpdl_tensor_t *fields, int *n_fields);
 void cpdl__source_close(cpdl__source_t *src);
+/* Extras (for inspect, the binding and tests). */
+const char *cpdl__source_description(const cpdl__source_t *src);
+const char *cpdl__source_plugin_path(const cpdl__source_t *src); /* the .so loaded */
+bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close */
+/* Documents: sample i is document i unless the plugin says otherwise
+ * (megatron ?unit=sequence): document j = samples [*first, *first+*n). */
+int64_t cpdl__source_document_count(const cpdl__source_t *src);
+int cpdl__source_document(const cpdl__source_t *src, int64_t doc, int64_t *first,
+                          int64_t *n_samples);
+/* "a, b, c" of the schemes found on the plugin search path; 
+eturn count. */
+int cpdl__source_list(char *buf, size_t size);
 
 /* ---- feed.c, sampler.c, collate.c --------------------------------
  * What the leader's loader threads pull batches from: sampler → source
@@ -220,17 +314,175 @@ void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WOR
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
 void cpdl__feed_close(cpdl__feed_t *feed);
 
-/* ---- pin.c ----------------------------------------------------------------
- * hwloc placement (issue 5). A pure plan and a small apply; see pin.c. The
- * loader uses only these: */
+/* ---- sampler.c ------------------------------------------------------------
+ * Which sample a replica reads at (epoch, position): a pure function of
+ * (n_samples, seed, epoch, dp_rank, dp_size, drop_last). The epoch's
+ * permutation is Fisher–Yates (materialized, n <= table_max) or a keyed
+ * Feistel permutation with cycle walking (no memory, larger n). Replica r
+ * takes positions r, r+dp, r+2dp, … of it; per epoch floor(n/dp) samples
+ * (drop_last) or ceil(n/dp), wrapping to the start of the same permutation.
+ * Its state is (epoch, position of the next sample); epochs roll over. */
+typedef struct cpdl__sampler cpdl__sampler_t;
+typedef struct cpdl__sampler_params {
+  int64_t n_samples;       /* >= 1 */
+  uint64_t seed;
+  int dp_rank, dp_size;    /* 0 <= dp_rank < dp_size */
+  bool drop_last;
+  int64_t table_max;       /* largest n shuffled with a table; 0 = default (1 << 26) */
+} cpdl__sampler_params_t;
+/* \return 0, CPDL_EARG (no samples, bad dp, drop_last with n < dp_size), -ENOMEM. */
+int cpdl__sampler_create(const cpdl__sampler_params_t *params, cpdl__sampler_t **out);
+void cpdl__sampler_destroy(cpdl__sampler_t *sampler);
+int64_t cpdl__sampler_per_epoch(const cpdl__sampler_t *sampler); /* this replica's samples per epoch */
+/* Sample index at (epoch, position < per_epoch), without moving the state.
+ * Not const: it may rebuild the cached permutation. \return 0, CPDL_EARG, -ENOMEM. */
+int cpdl__sampler_index(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position, int64_t *index);
+/* Index at the state, then advance it (rolling into the next epoch). */
+int cpdl__sampler_next(cpdl__sampler_t *sampler, int64_t *index);
+void cpdl__sampler_tell(const cpdl__sampler_t *sampler, uint64_t *epoch, int64_t *position);
+/* \return 0 or CPDL_EARG (position >= per_epoch). */
+int cpdl__sampler_seek(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position);
+
+/* ---- collate.c ------------------------------------------------------------
+ * Turns the sampler's documents into [batch, seq_len] int64 tensors (DESIGN.md
+ * "Collate"); see collate.c for the exact window and position rules. Samples
+ * come through a read callback so tests need no plugin. The collate does not
+ * own the sampler; it drives it (next/seek/tell). */
+typedef enum { CPDL__COLLATE_PACK = 0, CPDL__COLLATE_PAD = 1 } cpdl__collate_kind_t;
+typedef int (*cpdl__collate_read_fn)(void *arg, int64_t index, cpdl__sample_t *out);
+typedef struct cpdl__collate_params {
+  cpdl__collate_kind_t kind;
+  int64_t seq_len;          /* S >= 1 */
+  int batch;                /* B >= 1 */
+  int64_t padding_token_id; /* pad: input_ids filler */
+  int position_ids;         /* pack: 0 = restart per document, 1 = continuous */
+  int loss_on_eot;          /* 0: labels equal to eot_token become -100 */
+  int64_t eot_token;        /* -1: none */
+} cpdl__collate_params_t;
+typedef struct cpdl__collate cpdl__collate_t;
+/* "pack" | "pad". \return 0 or CPDL_EARG. */
+int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
+/* \return 0, CPDL_EARG (bad kind, sizes, position_ids), CPDL_EOVERFLOW, -ENOMEM. */
+int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
+                         cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out);
+void cpdl__collate_destroy(cpdl__collate_t *collate);
+/* One step. fields[] (4 for pack, 3 for pad) point into buffers owned by the
+ * collate, valid until the next call. \return 0, a read error, CPDL_ESOURCE
+ * (a whole epoch of documents too short to use). */
+int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* Where the next step starts: the document at sampler (epoch, position) and
+ * the token offset in it. */
+void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,
+                          int64_t *offset);
+/* \return 0, CPDL_EARG (position or offset out of range, offset in pad mode), a read error. */
+int cpdl__collate_seek(cpdl__collate_t *collate, uint64_t epoch, int64_t position, int64_t offset);
+
+/* ---- pin.c, pin_plan.c ---------------------------------------------------
+ * hwloc placement (issue 5). pin_plan.c is the pure plan (topology + gathered
+ * bindings + GPU requests -> per-thread cpusets and per-region NUMA nodes);
+ * pin.c gathers the inputs over MPI, applies the plan and reports it.
+ * The loader uses only these four: */
 typedef struct cpdl__pin cpdl__pin_t;
-/* Collective over the group communicator: gathers bindings, loads the
- * topology, plans. policy: "auto" | "numa" | "cores:<list>" | "none". */
+/* Collective over mesh->node_comm (falls back to group_comm): gathers every
+ * member's binding and GPU request, loads the topology, plans for this group.
+ * policy: "auto" | "numa" | "cores:<list>" | "none" (NULL = "auto").
+ * n_threads: the leader's loader threads (thread 0 = ring/publisher).
+ * Where hwloc fails the pin degrades to "none" with one warning on stderr.
+ * \return the same on every rank: 0, CPDL_EARG (bad policy or a cores list
+ *         naming a CPU that does not exist or is not allowed), CPDL_EMPI,
+ *         -ENOMEM. *out belongs to the caller: cpdl__pin_free(). */
 int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads, cpdl__pin_t **out);
-/* Called by loader thread `thread` on itself. */
+/* Called by loader thread `thread` (0 .. n_threads-1) on itself. Binding
+ * failures are a warning (return 0) except for an explicit cores:<list>,
+ * where they are CPDL_EPIN. A NULL pin is a no-op. */
 int cpdl__pin_thread(cpdl__pin_t *pin, int thread);
-/* Bind a local CP region's memory near its consumer before first touch. */
+/* Bind a local CP region's memory near its consumer before first touch
+ * (hwloc_set_area_membind, BIND to one NUMA node). tmpfs allocates pages at
+ * posix_fallocate time, so call it on the mapping before reserving the
+ * space. Failure is a warning (return 0). A NULL pin is a no-op. */
 int cpdl__pin_region(cpdl__pin_t *pin, int region, void *addr, size_t len);
 void cpdl__pin_free(cpdl__pin_t *pin);
+/* Collective over comm (e.g. the loader's comm): on rank 0 of comm
+ * *json_out is a malloc'd JSON array, one entry per rank's main thread and
+ * per leader loader thread, ordered by rank:
+ *   [{"rank": 0, "thread": "main", "cpuset": "0-1", "numa": 0, "gpu": null},
+ *    {"rank": 0, "thread": "loader0", ...}, ...]
+ * elsewhere NULL. A NULL pin reports the rank unbound. \return 0,
+ * CPDL_EMPI, -ENOMEM (the same on every rank). */
+int cpdl__pin_report(const cpdl__pin_t *pin, MPI_Comm comm, char **json_out);
+/* Read access for tests and the CLI: the planned cpuset of a loader thread as
+ * a list string ("4-5"; "" = left unbound), the NUMA node of a region (-1 =
+ * left alone). */
+int cpdl__pin_thread_cpuset(const cpdl__pin_t *pin, int thread, char *buf, size_t size);
+int cpdl__pin_region_numa(const cpdl__pin_t *pin, int region);
+
+/* The pure plan (pin_plan.c). hwloc types are named by their struct tags so
+ * that this header does not pull in hwloc.h. */
+struct hwloc_topology;
+struct hwloc_bitmap_s;
+typedef enum {
+  CPDL__PIN_NONE = 0, /* no binding at all */
+  CPDL__PIN_AUTO,     /* one free core per thread near its consumer */
+  CPDL__PIN_NUMA,     /* the consumer's NUMA node (less the ranks' cores) */
+  CPDL__PIN_CORES     /* thread t on the t-th CPU of the list (wrapping) */
+} cpdl__pin_policy_t;
+/* One rank of the node, as gathered. */
+typedef struct cpdl__pin_member {
+  int world_rank;
+  int group;          /* members with the same group share a segment */
+  int cp_rank;
+  bool is_leader;     /* runs its group's loader threads */
+  const char *binding; /* hwloc list string of its CPU binding; NULL/"" unknown */
+  const char *gpu;     /* GPU request: PCI bus id "0000:41:00.0", "#<index>"
+                          (index in PCI bus order), or NULL */
+} cpdl__pin_member_t;
+typedef struct cpdl__pin_plan_in {
+  const char *policy;
+  int n_threads;                     /* loader threads per group leader */
+  const cpdl__pin_member_t *members; /* the node's ranks */
+  int n_members;
+  int group;                         /* the group whose threads/regions are wanted;
+                                        its regions are its distinct CP ranks,
+                                        ascending (as mesh->local_cp) */
+} cpdl__pin_plan_in_t;
+typedef struct cpdl__pin_plan {
+  cpdl__pin_policy_t policy;
+  int n_threads;
+  struct hwloc_bitmap_s **thread_cpuset; /* [n_threads]; NULL = leave unbound */
+  int *thread_numa;                      /* [n_threads]; -1 unknown */
+  int *thread_member;                    /* [n_threads]; member it serves */
+  int n_regions;
+  int *region_numa;                      /* [n_regions]; -1 = leave alone */
+  int n_members;
+  int *member_numa;                      /* [n_members]; -1 unknown */
+  char (*member_gpu)[16];                /* [n_members]; "" = none */
+  char note[256];                        /* why a fallback was taken ("" if none) */
+} cpdl__pin_plan_t;
+/* Parse a policy; for cores:<list> fill *cpus (a new bitmap, caller frees
+ * with hwloc_bitmap_free) unless cpus is NULL. Syntax only.
+ * \return 0 or CPDL_EARG naming the bad text. */
+int cpdl__pin_policy_parse(const char *policy, cpdl__pin_policy_t *kind, struct hwloc_bitmap_s **cpus);
+/* Plan from a loaded topology (synthetic, XML or this machine). Pure: binds
+ * nothing. Threads of every group on the node are planned (in group order)
+ * so that two leaders never pick the same core; only `group`'s are kept.
+ * A GPU request that is malformed or names no GPU is a note, not an error.
+ * \return 0, CPDL_EARG (bad policy; cores naming CPUs the topology does
+ * not have or does not allow), -ENOMEM.
+ * *out: cpdl__pin_plan_free(). */
+int cpdl__pin_plan_make(struct hwloc_topology *topo, const cpdl__pin_plan_in_t *in, cpdl__pin_plan_t **out);
+void cpdl__pin_plan_free(cpdl__pin_plan_t *plan);
+/* The GPU request of a rank from its environment: CPDL_GPU (bus id or
+ * index) wins, else the local_rank-th entry of CUDA_VISIBLE_DEVICES (its
+ * only entry if it has one; UUIDs cannot be resolved: no request), else
+ * "#<local_rank>". Writes "" for no request. Pure (values passed in). */
+void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int local_rank,
+                           char *out, size_t size);
+
+
+/* ---- dump.c ---------------------------------------------------------------
+ * .npy writer for --dump / --dump-collated; mkdir -p. */
+int cpdl__mkdirs(const char *path);
+int cpdl__npy_write(const char *path, cpdl_dtype_t dtype, int ndim, const int64_t *shape,
+                    const void *data);
 
 #endif /* CPDL_INTERNAL_H */

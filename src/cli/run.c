@@ -1,0 +1,305 @@
+/* run.c — `cpdl run` under mpirun: every rank takes its view of every step,
+ * reads it (a checksum, as a trainer would touch it), optionally dumps it,
+ * releases it; rank 0 shows progress and prints a one-line JSON summary.
+ * Errors are printed once per rank that sees them, prefixed with the rank. */
+#include "cli.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: mpirun -np N cpdl run [options]\n"
+    "  --cp N --tp N            context- and tensor-parallel sizes (dp = N / (cp*tp))\n"
+    "  --seq-len S --batch B    tokens per row (suffix K/M) and rows per step\n"
+    "  --steps N --slots N      steps to deliver (0: until the source ends), ring depth\n"
+    "  --mode M                 contiguous | round_robin | aux_only\n"
+    "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
+    "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
+    "  --json                   print only the JSON summary line on stdout\n"
+    "  --dump DIR               write each rank's view as DIR/step<k>/rank<r>/<field>.npy\n"
+    "  --save-state FILE        after the run, save the resume state\n"
+    "  --resume FILE            start from a saved state\n"
+    "  --report-binding         print where loader threads and memory were placed\n"
+    "  any other configuration key as --key value (see cpdl_config_t in cpdl.h);\n"
+    "  CPDL_<KEY> environment variables set defaults.\n";
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double percentile(double *sorted, size_t n, double p) {
+  if (n == 0)
+    return 0;
+  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+  return sorted[i < n ? i : n - 1];
+}
+
+/* Read every byte of the view, as a consumer would. */
+static uint64_t touch(const cpdl_batch_t *b) {
+  uint64_t sum = 0;
+  for (int f = 0; f < b->n_fields; f++) {
+    const uint64_t *p = b->fields[f].data;
+    size_t words = b->fields[f].nbytes / 8;
+    for (size_t i = 0; i < words; i++)
+      sum += p[i];
+  }
+  return sum;
+}
+
+static int dump_view(const char *dir, const cpdl_batch_t *b, const cpdl_config_t *cfg) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/step%llu/rank%d", dir, (unsigned long long)b->step,
+           b->mesh.world_rank);
+  int rc = cpdl__mkdirs(path);
+  if (rc)
+    return rc;
+  for (int f = 0; f < b->n_fields; f++) {
+    char file[4200];
+    snprintf(file, sizeof file, "%s/%s.npy", path, b->fields[f].name);
+    rc = cpdl__npy_write(file, b->fields[f].dtype, b->fields[f].ndim, b->fields[f].shape,
+                         b->fields[f].data);
+    if (rc)
+      return rc;
+  }
+  char file[4200];
+  snprintf(file, sizeof file, "%s/meta.json", path);
+  FILE *m = fopen(file, "w");
+  if (!m)
+    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+  const cpdl_mesh_coords_t *c = &b->mesh;
+  fprintf(m,
+          "{\"world_rank\": %d, \"world_size\": %d, \"group\": %d, \"node\": %d, "
+          "\"dp_rank\": %d, \"cp_rank\": %d, \"tp_rank\": %d, \"dp_size\": %d, \"cp_size\": %d, "
+          "\"tp_size\": %d, \"step\": %llu, \"mode\": \"%s\", \"padding_token_id\": %lld, "
+          "\"seq_len\": %lld, \"batch\": %d, \"seed\": %llu, \"collate\": \"%s\", "
+          "\"position_ids\": %d, \"loss_on_eot\": %d, \"source\": \"%s\", \"fields\": [",
+          c->world_rank, c->world_size, c->group, c->node, c->dp_rank, c->cp_rank, c->tp_rank,
+          c->dp_size, c->cp_size, c->tp_size, (unsigned long long)b->step,
+          cpdl_mode_name(cfg->mode), (long long)cfg->padding_token_id, (long long)cfg->seq_len,
+          cfg->batch, (unsigned long long)cfg->seed, cfg->collate, cfg->position_ids,
+          cfg->loss_on_eot, cfg->source);
+  for (int f = 0; f < b->n_fields; f++)
+    fprintf(m, "%s\"%s\"", f ? ", " : "", b->fields[f].name);
+  fprintf(m, "]}\n");
+  if (fclose(m) != 0)
+    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+  return 0;
+}
+
+static void progress(bool tty, uint64_t done, uint64_t total, double tokens, double elapsed,
+                     double *last_print) {
+  double rate = elapsed > 0 ? tokens / elapsed : 0;
+  if (tty) {
+    int width = 30, fill = total ? (int)((double)done * width / (double)total) : 0;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+      bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    double eta = (done && total) ? elapsed * (double)(total - done) / (double)done : 0;
+    fprintf(stdout, "\r[%s] %llu/%llu steps  %.2f Mtok/s per rank  ETA %.1fs ", bar,
+            (unsigned long long)done, (unsigned long long)total, rate / 1e6, eta);
+    if (done == total)
+      fputc('\n', stdout);
+    fflush(stdout);
+  } else if (done == total || elapsed - *last_print >= 2.0 ||
+             (total >= 10 && done % (total / 10) == 0)) {
+    fprintf(stdout, "cpdl run: step %llu/%llu, %.2f Mtok/s per rank, %.1fs\n",
+            (unsigned long long)done, (unsigned long long)total, rate / 1e6, elapsed);
+    fflush(stdout);
+    *last_print = elapsed;
+  }
+}
+
+static int read_state(const char *file, cpdl_state_t *st) {
+  FILE *f = fopen(file, "r");
+  if (!f)
+    return cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+  unsigned long long v, w[CPDL_STATE_WORDS];
+  int n = fscanf(f, "cpdl-state %llu", &v);
+  for (int i = 0; n == 1 && i < CPDL_STATE_WORDS; i++)
+    if (fscanf(f, " %llu", &w[i]) != 1)
+      n = 0;
+  fclose(f);
+  if (n != 1)
+    return cpdl__error(CPDL_ECORRUPT, "%s is not a cpdl resume state (expected 'cpdl-state "
+                       "<version> <%d words>')", file, CPDL_STATE_WORDS);
+  st->version = v;
+  for (int i = 0; i < CPDL_STATE_WORDS; i++)
+    st->words[i] = w[i];
+  return 0;
+}
+
+static int write_state(const char *file, const cpdl_state_t *st) {
+  FILE *f = fopen(file, "w");
+  if (!f)
+    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+  fprintf(f, "cpdl-state %llu", (unsigned long long)st->version);
+  for (int i = 0; i < CPDL_STATE_WORDS; i++)
+    fprintf(f, " %llu", (unsigned long long)st->words[i]);
+  fprintf(f, "\n");
+  return fclose(f) == 0 ? 0 : cpdl__error(-errno, "cannot write %s", file);
+}
+
+static void report_error(int rank, const char *what, int rc) {
+  fprintf(stderr, "cpdl run: rank %d: %s: %s: %s\n", rank, what, cpdl_err_name(rc),
+          cpdl_last_error()[0] ? cpdl_last_error() : cpdl_strerror(rc));
+}
+
+int cpdl_cli_run(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  cpdl_config_t cfg;
+  cli_flags_t flags;
+  if (cpdl_cli_options(argc, argv, &cfg, &flags, usage)) {
+    MPI_Finalize();
+    return 2;
+  }
+
+  cpdl_loader_t *loader = NULL;
+  int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
+  if (rc) {
+    if (rank == 0)
+      report_error(rank, "open", rc);
+    MPI_Finalize();
+    return 1;
+  }
+  cpdl_mesh_coords_t me;
+  cpdl_loader_mesh(loader, &me);
+
+  if (flags.resume) {
+    cpdl_state_t st;
+    memset(&st, 0, sizeof st);
+    int local = rank == 0 ? read_state(flags.resume, &st) : 0;
+    int all = 0;
+    MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (all) {
+      if (rank == 0)
+        report_error(rank, "resume", local);
+      cpdl_loader_close(loader);
+      MPI_Finalize();
+      return 1;
+    }
+    MPI_Bcast(&st, (int)sizeof st, MPI_BYTE, 0, MPI_COMM_WORLD);
+    rc = cpdl_loader_state_restore(loader, &st);
+    if (rc) {
+      if (rank == 0)
+        report_error(rank, "resume", rc);
+      cpdl_loader_close(loader);
+      MPI_Finalize();
+      return 1;
+    }
+  }
+
+  bool tty = rank == 0 && !flags.json && !flags.quiet && isatty(STDOUT_FILENO);
+  bool plain = rank == 0 && !flags.json && !flags.quiet && !tty;
+  uint64_t total = cfg.steps > 0 ? (uint64_t)cfg.steps : 0;
+  size_t cap = total ? (size_t)total : 1024, n_lat = 0;
+  double *lat = malloc(cap * sizeof *lat);
+  double tokens = 0, last_print = 0, t_start = now_s();
+  uint64_t checksum = 0, delivered = 0, expect = 0;
+  int run_rc = 0;
+  for (;;) {
+    cpdl_batch_t batch;
+    double t0 = now_s();
+    rc = cpdl_loader_next(loader, &batch);
+    double t1 = now_s();
+    if (rc == CPDL_EEOF)
+      break;
+    if (rc) {
+      report_error(rank, "next", rc);
+      run_rc = rc;
+      break;
+    }
+    if (n_lat == cap) {
+      cap *= 2;
+      double *grown = realloc(lat, cap * sizeof *lat);
+      if (!grown)
+        break;
+      lat = grown;
+    }
+    lat[n_lat++] = (t1 - t0) * 1e6;
+    checksum += touch(&batch);
+    for (int f = 0; f < batch.n_fields; f++)
+      if (strcmp(batch.fields[f].name, "labels") == 0)
+        tokens += (double)(batch.fields[f].shape[0] * batch.fields[f].shape[1]);
+    if (flags.dump && (rc = dump_view(flags.dump, &batch, &cfg))) {
+      report_error(rank, "dump", rc);
+      run_rc = rc;
+      cpdl_batch_release(loader, &batch);
+      break;
+    }
+    cpdl_batch_release(loader, &batch);
+    if (delivered++ == 0 && total)
+      expect = total - batch.step; /* a resumed run starts past step 0 */
+    if (tty || plain)
+      progress(tty, delivered, expect ? expect : delivered, tokens, now_s() - t_start,
+               &last_print);
+  }
+  double elapsed = now_s() - t_start;
+
+  if (run_rc == CPDL_EPEER) {
+    /* A rank of this group died: no collectives from here on. */
+    cpdl_loader_close(loader);
+    free(lat);
+    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", rank);
+    return 1;
+  }
+
+  if (flags.save_state && rank == 0 && !run_rc) {
+    cpdl_state_t st;
+    if (cpdl_loader_state_save(loader, &st) == 0 && (rc = write_state(flags.save_state, &st)))
+      report_error(rank, "save-state", rc);
+  }
+
+  qsort(lat, n_lat, sizeof *lat, cmp_double);
+  double p50 = percentile(lat, n_lat, 0.50), p99 = percentile(lat, n_lat, 0.99);
+  double rate = elapsed > 0 ? tokens / elapsed : 0;
+  double worst_p50 = 0, worst_p99 = 0, sum_rate = 0, min_rate = 0;
+  MPI_Reduce(&p50, &worst_p50, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  MPI_Reduce(&p99, &worst_p99, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  MPI_Reduce(&rate, &sum_rate, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+  MPI_Reduce(&rate, &min_rate, 1, MPI_DOUBLE, MPI_MIN, 0, MPI_COMM_WORLD);
+  int any_rc = 0;
+  MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  /* Nodes: ranks sharing memory. */
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int node_rank = 0, n_nodes = 0, is_first;
+  MPI_Comm_rank(node, &node_rank);
+  is_first = node_rank == 0;
+  MPI_Reduce(&is_first, &n_nodes, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+  MPI_Comm_free(&node);
+  size_t seg = cpdl_loader_segment_bytes(loader);
+  int close_rc = cpdl_loader_close(loader);
+  if (close_rc && rank == 0)
+    report_error(rank, "close", close_rc);
+
+  if (rank == 0 && !any_rc) {
+    printf("{\"steps\": %llu, \"np\": %d, \"dp\": %d, \"cp\": %d, \"tp\": %d, \"seq_len\": %lld, "
+           "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
+           "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_per_node\": %.0f, "
+           "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"segment_bytes\": %zu, "
+           "\"elapsed_s\": %.3f, \"checksum\": %llu}\n",
+           (unsigned long long)delivered, me.world_size, me.dp_size, me.cp_size, me.tp_size,
+           (long long)cfg.seq_len, cfg.batch, cpdl_mode_name(cfg.mode), cfg.slots, cfg.threads,
+           min_rate, n_nodes ? sum_rate / n_nodes : 0, worst_p50, worst_p99, seg, elapsed,
+           (unsigned long long)checksum);
+    fflush(stdout);
+  }
+  free(lat);
+  MPI_Finalize();
+  return any_rc || close_rc ? 1 : 0;
+}

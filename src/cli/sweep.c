@@ -1,0 +1,28 @@
+/* sweep.c — `cpdl sweep [--remove]`: leftover segments of dead cpdl jobs.
+ * Only segments with cpdl's prefix, the caller's uid and a creator pid that
+ * no longer exists are listed or removed (shm.c decides). */
+#include "cli.h"
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int cpdl_cli_sweep(int argc, char **argv) {
+  bool remove = false;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--remove") == 0) {
+      remove = true;
+    } else {
+      fprintf(stderr, "usage: cpdl sweep [--remove]\n");
+      return 2;
+    }
+  }
+  int n = cpdl__shm_sweep(remove, stdout);
+  if (n < 0) {
+    fprintf(stderr, "cpdl sweep: %s\n", cpdl_last_error());
+    return 1;
+  }
+  printf("%d leftover segment%s %s\n", n, n == 1 ? "" : "s",
+         remove ? "removed" : "found (use --remove to delete)");
+  return 0;
+}

@@ -1,0 +1,327 @@
+/* collate.c — documents in, [batch, seq_len] int64 tensors out.
+ *
+ * pack: documents (the sampler's order) form one token stream. Row windows
+ *   are seq_len + 1 tokens and consecutive windows overlap by ONE token (as
+ *   llm.c): the next row — and the next step's first row — starts at the
+ *   last token of the previous window, so every token of the stream is an
+ *   input exactly once and a label exactly once (the stream's first token is
+ *   never a label). input_ids = window[:-1], labels = window[1:].
+ *   _packed_seq_ids[t] = 1-based ordinal, within the row, of the document
+ *   that holds window token t (the row's first, possibly partial, document
+ *   is 1). position_ids, mode 0 "restart": 0 at the row's start and at every
+ *   document start inside the row (a document continued from the previous
+ *   row restarts at 0, as Megatron's reset_position_ids); mode 1
+ *   "continuous": 0..S-1. Empty documents are skipped; no separator tokens
+ *   are inserted (sources carry their own EOT).
+ * pad: one document per row, truncated to seq_len + 1 tokens; input_ids =
+ *   doc[:-1] then padding_token_id, labels = doc[1:] then -100,
+ *   attention_mask 1 on real tokens, 0 on padding. Documents of fewer than
+ *   2 tokens (no input/label pair) are skipped.
+ * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
+ * Invariant: the cursor (document at sampler (epoch, position), token offset
+ * in it) is where the next row's window starts; it is all the state. The
+ * current document's token view is kept across steps: valid because the
+ * collate is its source's only reader and reads one document at a time
+ * (generated sources keep a view until the next read).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IGNORE_INDEX (-100)
+
+struct cpdl__collate {
+  cpdl__collate_params_t params;
+  cpdl__sampler_t *sampler;
+  cpdl__collate_read_fn read;
+  void *read_arg;
+  /* The current document, when have_doc: the one the next window starts in. */
+  bool have_doc;
+  cpdl__sample_t doc;
+  uint64_t doc_epoch;
+  int64_t doc_position;
+  int64_t doc_offset;
+  /* Output buffers [B, S] and a window of S + 1 tokens, allocated once. */
+  int64_t *input_ids, *labels, *aux0, *aux1; /* aux: position/seq ids or attention mask */
+  int64_t *window;
+};
+
+int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out) {
+  if (name && strcmp(name, "pack") == 0) {
+    *out = CPDL__COLLATE_PACK;
+    return 0;
+  }
+  if (name && strcmp(name, "pad") == 0) {
+    *out = CPDL__COLLATE_PAD;
+    return 0;
+  }
+  return cpdl__error(CPDL_EARG, "collate: unknown mode \"%s\"; expected pack or pad",
+                     name ? name : "(null)");
+}
+
+int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
+                         cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out) {
+  *out = NULL;
+  if (params->kind != CPDL__COLLATE_PACK && params->kind != CPDL__COLLATE_PAD)
+    return cpdl__error(CPDL_EARG, "collate: unknown kind %d", (int)params->kind);
+  if (params->seq_len < 1 || params->batch < 1)
+    return cpdl__error(CPDL_EARG, "collate: seq_len %lld and batch %d must both be >= 1",
+                       (long long)params->seq_len, params->batch);
+  if (params->position_ids != 0 && params->position_ids != 1)
+    return cpdl__error(CPDL_EARG, "collate: position_ids is %d; expected 0 (restart) or 1 (continuous)",
+                       params->position_ids);
+  if (!sampler || !read)
+    return cpdl__error(CPDL_EARG, "collate: a sampler and a read callback are required");
+  size_t elems, bytes, window_bytes;
+  if ((uint64_t)params->seq_len >= SIZE_MAX / 8 ||
+      !cpdl__mul_size((size_t)params->batch, (size_t)params->seq_len, &elems) ||
+      !cpdl__mul_size(elems, sizeof(int64_t), &bytes) ||
+      !cpdl__mul_size((size_t)params->seq_len + 1, sizeof(int64_t), &window_bytes))
+    return cpdl__error(CPDL_EOVERFLOW, "collate: batch %d x seq_len %lld int64 does not fit in memory",
+                       params->batch, (long long)params->seq_len);
+
+  cpdl__collate_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return cpdl__error(-ENOMEM, "collate: out of memory");
+  c->params = *params;
+  c->sampler = sampler;
+  c->read = read;
+  c->read_arg = read_arg;
+  c->input_ids = malloc(bytes);
+  c->labels = malloc(bytes);
+  c->aux0 = malloc(bytes);
+  c->aux1 = params->kind == CPDL__COLLATE_PACK ? malloc(bytes) : NULL;
+  c->window = malloc(window_bytes);
+  if (!c->input_ids || !c->labels || !c->aux0 || !c->window ||
+      (params->kind == CPDL__COLLATE_PACK && !c->aux1)) {
+    cpdl__collate_destroy(c);
+    return cpdl__error(-ENOMEM, "collate: no memory for 4 buffers of %zu bytes (batch %d x seq_len %lld)",
+                       bytes, params->batch, (long long)params->seq_len);
+  }
+  *out = c;
+  return 0;
+}
+
+void cpdl__collate_destroy(cpdl__collate_t *c) {
+  if (!c)
+    return;
+  free(c->input_ids);
+  free(c->labels);
+  free(c->aux0);
+  free(c->aux1);
+  free(c->window);
+  free(c);
+}
+
+/* Widen tokens [from, from + count) of doc into dst. memcpy per token: a
+ * source's mapping gives no alignment promise, and gcc makes it one load. */
+static void copy_tokens(int64_t *dst, const cpdl__sample_t *doc, int64_t from, int64_t count) {
+  const unsigned char *p = (const unsigned char *)doc->tokens + (size_t)from * (size_t)doc->token_bytes;
+  switch (doc->token_bytes) {
+  case 2:
+    for (int64_t i = 0; i < count; i++) {
+      uint16_t v;
+      memcpy(&v, p + 2 * i, 2);
+      dst[i] = v;
+    }
+    break;
+  case 4:
+    for (int64_t i = 0; i < count; i++) {
+      uint32_t v;
+      memcpy(&v, p + 4 * i, 4);
+      dst[i] = v;
+    }
+    break;
+  default: /* 8, checked in load_next_doc */
+    memcpy(dst, p, (size_t)count * 8);
+    break;
+  }
+}
+
+/* Make the sampler's next document the current one, offset 0. */
+static int load_next_doc(cpdl__collate_t *c) {
+  uint64_t epoch;
+  int64_t position, index;
+  cpdl__sampler_tell(c->sampler, &epoch, &position);
+  int rc = cpdl__sampler_next(c->sampler, &index);
+  if (rc)
+    return rc;
+  cpdl__sample_t doc;
+  rc = c->read(c->read_arg, index, &doc);
+  if (rc)
+    return cpdl__error_prefix(rc, "collate: reading sample %lld (epoch %llu, position %lld)",
+                              (long long)index, (unsigned long long)epoch, (long long)position);
+  if (doc.n_tokens < 0 || (doc.n_tokens > 0 && !doc.tokens) ||
+      (doc.token_bytes != 2 && doc.token_bytes != 4 && doc.token_bytes != 8))
+    return cpdl__error(CPDL_ESOURCE,
+                       "collate: sample %lld came back with %lld tokens of %d bytes at %p; expected "
+                       ">= 0 tokens of 2, 4 or 8 bytes",
+                       (long long)index, (long long)doc.n_tokens, doc.token_bytes, doc.tokens);
+  c->doc = doc;
+  c->doc_epoch = epoch;
+  c->doc_position = position;
+  c->doc_offset = 0;
+  c->have_doc = true;
+  return 0;
+}
+
+/* A source whose documents are all unusable would loop forever. Two epochs
+ * of this replica in a row with nothing usable is taken as that verdict (a
+ * replica's epoch is a random subset under drop_last, hence not just one). */
+static int check_skipped(const cpdl__collate_t *c, int64_t skipped, const char *what) {
+  if ((skipped - 64) / 2 <= cpdl__sampler_per_epoch(c->sampler)) /* no overflow for huge epochs */
+    return 0;
+  return cpdl__error(CPDL_ESOURCE,
+                     "collate: %lld consecutive samples (over two epochs of this replica) have %s; "
+                     "the source has no usable data",
+                     (long long)skipped, what);
+}
+
+static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
+  if (!c->params.loss_on_eot && c->params.eot_token >= 0 && token == c->params.eot_token)
+    return IGNORE_INDEX;
+  return token;
+}
+
+static int pack_row(cpdl__collate_t *c, int64_t row) {
+  const int64_t S = c->params.seq_len;
+  int64_t *win = c->window;
+  int64_t *position_ids = c->aux0 + row * S, *seq_ids = c->aux1 + row * S;
+  int64_t t = 0, ordinal = 0, skipped = 0;
+  while (t < S + 1) {
+    if (!c->have_doc || c->doc_offset >= c->doc.n_tokens) {
+      if (c->have_doc) { /* a document that gave nothing to this row */
+        int rc = check_skipped(c, ++skipped, "no tokens");
+        if (rc)
+          return rc;
+      }
+      int rc = load_next_doc(c);
+      if (rc)
+        return rc;
+      continue;
+    }
+    int64_t take = c->doc.n_tokens - c->doc_offset;
+    if (take > S + 1 - t)
+      take = S + 1 - t;
+    copy_tokens(win + t, &c->doc, c->doc_offset, take);
+    ordinal++;
+    skipped = 0;
+    int64_t end = t + take < S ? t + take : S; /* input positions of this segment */
+    for (int64_t u = t; u < end; u++) {
+      seq_ids[u] = ordinal;
+      position_ids[u] = c->params.position_ids ? u : u - t;
+    }
+    t += take;
+    c->doc_offset += take;
+  }
+  /* The window's last token starts the next window: step back onto it. It
+   * lies in the current document (the last segment took >= 1 token). */
+  c->doc_offset -= 1;
+
+  int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
+  memcpy(input_ids, win, (size_t)S * sizeof *win);
+  for (int64_t u = 0; u < S; u++)
+    labels[u] = label_of(c, win[u + 1]);
+  return 0;
+}
+
+static int pad_row(cpdl__collate_t *c, int64_t row) {
+  const int64_t S = c->params.seq_len;
+  int64_t skipped = 0;
+  for (;;) {
+    int rc = load_next_doc(c);
+    if (rc)
+      return rc;
+    c->have_doc = false; /* consumed whole: the next row takes the next document */
+    if (c->doc.n_tokens >= 2)
+      break;
+    rc = check_skipped(c, ++skipped, "fewer than 2 tokens");
+    if (rc)
+      return rc;
+  }
+  int64_t len = c->doc.n_tokens < S + 1 ? c->doc.n_tokens : S + 1;
+  int64_t real = len - 1;
+  copy_tokens(c->window, &c->doc, 0, len);
+  int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
+  int64_t *attention_mask = c->aux0 + row * S;
+  for (int64_t u = 0; u < real; u++) {
+    input_ids[u] = c->window[u];
+    labels[u] = label_of(c, c->window[u + 1]);
+    attention_mask[u] = 1;
+  }
+  for (int64_t u = real; u < S; u++) {
+    input_ids[u] = c->params.padding_token_id;
+    labels[u] = IGNORE_INDEX;
+    attention_mask[u] = 0;
+  }
+  return 0;
+}
+
+static void set_field(cpdl_tensor_t *f, const char *name, const cpdl__collate_t *c, const int64_t *data) {
+  f->name = name;
+  f->dtype = CPDL_DTYPE_INT64;
+  f->ndim = 2;
+  f->shape[0] = c->params.batch;
+  f->shape[1] = c->params.seq_len;
+  f->shape[2] = f->shape[3] = 0;
+  f->data = data;
+}
+
+int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields) {
+  for (int64_t row = 0; row < c->params.batch; row++) {
+    int rc = c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
+    if (rc)
+      return rc;
+  }
+  set_field(&fields[0], "input_ids", c, c->input_ids);
+  set_field(&fields[1], "labels", c, c->labels);
+  if (c->params.kind == CPDL__COLLATE_PACK) {
+    set_field(&fields[2], "position_ids", c, c->aux0);
+    set_field(&fields[3], "_packed_seq_ids", c, c->aux1);
+    *n_fields = 4;
+  } else {
+    set_field(&fields[2], "attention_mask", c, c->aux0);
+    *n_fields = 3;
+  }
+  return 0;
+}
+
+void cpdl__collate_cursor(const cpdl__collate_t *c, uint64_t *epoch, int64_t *position, int64_t *offset) {
+  if (c->have_doc) {
+    *epoch = c->doc_epoch;
+    *position = c->doc_position;
+    *offset = c->doc_offset;
+  } else {
+    cpdl__sampler_tell(c->sampler, epoch, position);
+    *offset = 0;
+  }
+}
+
+int cpdl__collate_seek(cpdl__collate_t *c, uint64_t epoch, int64_t position, int64_t offset) {
+  if (offset < 0 || (offset > 0 && c->params.kind == CPDL__COLLATE_PAD))
+    return cpdl__error(CPDL_EARG, "collate: cursor offset %lld is invalid for %s (expected %s)",
+                       (long long)offset, c->params.kind == CPDL__COLLATE_PAD ? "pad" : "pack",
+                       c->params.kind == CPDL__COLLATE_PAD ? "0" : ">= 0");
+  int rc = cpdl__sampler_seek(c->sampler, epoch, position);
+  if (rc)
+    return rc;
+  c->have_doc = false;
+  if (offset == 0)
+    return 0; /* the next row starts at the document's beginning: load it lazily */
+  rc = load_next_doc(c);
+  if (rc)
+    return rc;
+  if (offset >= c->doc.n_tokens) {
+    c->have_doc = false;
+    (void)cpdl__sampler_seek(c->sampler, epoch, position);
+    return cpdl__error(CPDL_EARG,
+                       "collate: cursor offset %lld is past the end of the document at epoch %llu "
+                       "position %lld (%lld tokens); was the state saved with another source?",
+                       (long long)offset, (unsigned long long)epoch, (long long)position,
+                       (long long)c->doc.n_tokens);
+  }
+  c->doc_offset = offset;
+  return 0;
+}

@@ -1,0 +1,194 @@
+/* feed.c — the leader's batch stream: source plugin → sampler → collate.
+ *
+ * Invariant: everything a step contains follows from (config, dp_rank,
+ * dp_size, cursor), so nodes of one replica agree without communication and
+ * a run resumes exactly. The cursor is CPDL__CURSOR_WORDS words:
+ *   [0] epoch, [1] position in this replica's epoch of the document the next
+ *   step starts in, [2] token offset in that document (pack; 0 for pad),
+ *   [3] steps produced so far.
+ * Pre-collated sources (npy) pass their batches through; replica r reads
+ * batches r, r + dp_size, … (words 0-2 are then 0) and gets CPDL_EEOF after
+ * its last one. Sample sources never end: epochs roll over.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cpdl__feed {
+  cpdl__source_t *source;
+  bool batches;          /* pre-collated: batches pass through */
+  int dp_rank, dp_size;
+  int64_t n_batches;
+  cpdl__sampler_t *sampler;
+  cpdl__collate_t *collate;
+  uint64_t steps;        /* steps produced; the next step's number */
+};
+
+static int read_sample(void *arg, int64_t index, cpdl__sample_t *out) {
+  return cpdl__source_read((cpdl__source_t *)arg, index, out);
+}
+
+/* True if the query part of uri ("scheme:path?k=v&k=v") has key. */
+static bool uri_has_key(const char *uri, const char *key) {
+  const char *q = strchr(uri, '?');
+  size_t klen = strlen(key);
+  while (q) {
+    q++;
+    if (strncmp(q, key, klen) == 0 && (q[klen] == '=' || q[klen] == '&' || q[klen] == '\0'))
+      return true;
+    q = strchr(q, '&');
+  }
+  return false;
+}
+
+/* The source URI to open: "synthetic:" by default; a synthetic URI without a
+ * seed gets the config's, so `seed=` alone decides the whole stream. */
+static int source_uri(const cpdl_config_t *cfg, char *buf, size_t size) {
+  const char *uri = cfg->source[0] ? cfg->source : "synthetic:";
+  int n;
+  if (strncmp(uri, "synthetic:", 10) == 0 && !uri_has_key(uri, "seed"))
+    /* As signed: the plugin parses int64 and takes the bits back as uint64. */
+    n = snprintf(buf, size, "%s%cseed=%lld", uri, strchr(uri, '?') ? '&' : '?',
+                 (long long)(int64_t)cfg->seed);
+  else
+    n = snprintf(buf, size, "%s", uri);
+  if (n < 0 || (size_t)n >= size)
+    return cpdl__error(CPDL_EARG, "feed: source URI \"%.64s…\" is longer than %zu bytes", uri, size - 1);
+  return 0;
+}
+
+int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__feed_t **out) {
+  *out = NULL;
+  if (dp_size < 1 || dp_rank < 0 || dp_rank >= dp_size)
+    return cpdl__error(CPDL_EARG, "feed: dp_rank %d is not in [0, dp_size %d)", dp_rank, dp_size);
+  cpdl__collate_params_t cp = {
+      .seq_len = cfg->seq_len,
+      .batch = cfg->batch,
+      .padding_token_id = cfg->padding_token_id,
+      .position_ids = cfg->position_ids,
+      .loss_on_eot = cfg->loss_on_eot,
+      .eot_token = -1,
+  };
+  int rc = cpdl__collate_parse(cfg->collate, &cp.kind);
+  if (rc)
+    return cpdl__error_prefix(rc, "config key collate");
+  char uri[CPDL_SOURCE_MAX + 32];
+  rc = source_uri(cfg, uri, sizeof uri);
+  if (rc)
+    return rc;
+
+  cpdl__feed_t *feed = calloc(1, sizeof *feed);
+  if (!feed)
+    return cpdl__error(-ENOMEM, "feed: out of memory");
+  feed->dp_rank = dp_rank;
+  feed->dp_size = dp_size;
+  rc = cpdl__source_open(uri, &feed->source);
+  if (rc)
+    goto fail_free;
+
+  if (cpdl__source_has_batches(feed->source)) {
+    feed->batches = true;
+    feed->n_batches = cpdl__source_batch_count(feed->source);
+    if (feed->n_batches < 0) {
+      rc = cpdl__error(CPDL_ESOURCE, "feed: source \"%s\" reports %lld batches", uri,
+                       (long long)feed->n_batches);
+      goto fail_close;
+    }
+    *out = feed;
+    return 0;
+  }
+
+  cpdl__sampler_params_t sp = {
+      .n_samples = cpdl__source_count(feed->source),
+      .seed = cfg->seed,
+      .dp_rank = dp_rank,
+      .dp_size = dp_size,
+      .drop_last = cfg->drop_last != 0,
+  };
+  if (sp.n_samples < 1) {
+    rc = cpdl__error(CPDL_ESOURCE, "feed: source \"%s\" has %lld samples; it needs at least one", uri,
+                     (long long)sp.n_samples);
+    goto fail_close;
+  }
+  rc = cpdl__sampler_create(&sp, &feed->sampler);
+  if (rc)
+    goto fail_close;
+  cp.eot_token = cpdl__source_eot(feed->source);
+  rc = cpdl__collate_create(&cp, feed->sampler, read_sample, feed->source, &feed->collate);
+  if (rc)
+    goto fail_sampler;
+  *out = feed;
+  return 0;
+
+fail_sampler:
+  cpdl__sampler_destroy(feed->sampler);
+fail_close:
+  cpdl__source_close(feed->source);
+fail_free:
+  free(feed);
+  return rc;
+}
+
+int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  int rc;
+  if (feed->batches) {
+    /* steps * dp_size + dp_rank: compare before multiplying (no overflow). */
+    uint64_t dp = (uint64_t)feed->dp_size;
+    if ((uint64_t)feed->dp_rank >= (uint64_t)feed->n_batches ||
+        feed->steps >= ((uint64_t)feed->n_batches - (uint64_t)feed->dp_rank + dp - 1) / dp)
+      return cpdl__error(CPDL_EEOF, "feed: replica %d has read all of its %lld batches of %lld",
+                         feed->dp_rank, (long long)feed->steps, (long long)feed->n_batches);
+    int64_t batch = (int64_t)(feed->steps * dp + (uint64_t)feed->dp_rank);
+    rc = cpdl__source_read_batch(feed->source, batch, fields, n_fields);
+  } else {
+    rc = cpdl__collate_next(feed->collate, fields, n_fields);
+  }
+  if (rc)
+    return rc;
+  feed->steps++;
+  return 0;
+}
+
+void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]) {
+  memset(words, 0, CPDL__CURSOR_WORDS * sizeof *words);
+  if (!feed->batches) {
+    uint64_t epoch;
+    int64_t position, offset;
+    cpdl__collate_cursor(feed->collate, &epoch, &position, &offset);
+    words[0] = epoch;
+    words[1] = (uint64_t)position;
+    words[2] = (uint64_t)offset;
+  }
+  words[3] = feed->steps;
+}
+
+int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]) {
+  if (feed->batches) {
+    if (words[0] || words[1] || words[2])
+      return cpdl__error(CPDL_EARG, "feed: cursor (%llu, %llu, %llu) is not one of a pre-collated source",
+                         (unsigned long long)words[0], (unsigned long long)words[1],
+                         (unsigned long long)words[2]);
+    feed->steps = words[3];
+    return 0;
+  }
+  if (words[1] > INT64_MAX || words[2] > INT64_MAX)
+    return cpdl__error(CPDL_EARG, "feed: cursor position %llu / offset %llu out of range",
+                       (unsigned long long)words[1], (unsigned long long)words[2]);
+  int rc = cpdl__collate_seek(feed->collate, words[0], (int64_t)words[1], (int64_t)words[2]);
+  if (rc)
+    return rc;
+  feed->steps = words[3];
+  return 0;
+}
+
+void cpdl__feed_close(cpdl__feed_t *feed) {
+  if (!feed)
+    return;
+  cpdl__collate_destroy(feed->collate);
+  cpdl__sampler_destroy(feed->sampler);
+  cpdl__source_close(feed->source);
+  free(feed);
+}

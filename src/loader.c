@@ -1,0 +1,703 @@
+/* loader.c — the public loader object: ties mesh, segment, ring, feed,
+ * preparation and placement together.
+ *
+ * Invariants:
+ *  - Only the group's leader writes data; it writes a slot only after every
+ *    consumer released it (ring) and publishes it only when complete.
+ *  - Loader threads never call MPI; every collective happens on the caller's
+ *    thread in open/restore/close, each one followed by cpdl__agree() so all
+ *    ranks return the same result.
+ *  - After a peer died (CPDL_EPEER) the loader is "failed": close then cleans
+ *    up locally without collectives, since a collective would hang.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MAX_GROUP 512
+#define MAX_THREADS 16
+
+struct cpdl_loader {
+  cpdl_config_t cfg;
+  cpdl__mesh_t mesh;
+  cpdl__shm_t shm;
+  cpdl__ring_t *ring;
+  uint64_t nonce;
+  uint64_t config_hash;
+  size_t ctrl_bytes;
+  size_t total_bytes;
+
+  /* Peers of the group, by group rank (for liveness and messages). */
+  int32_t peer_pid[MAX_GROUP];
+  int peer_pidfd[MAX_GROUP];
+
+  /* Consumer side (every rank, the leader included). */
+  uint64_t next_step;      /* step the next next() returns */
+  uint64_t end_step;       /* first step never delivered (UINT64_MAX: until EOF) */
+  bool holding;            /* a batch is acquired and not released */
+  bool failed;             /* a peer died: close without collectives */
+  bool started;            /* a next() happened (restore no longer allowed) */
+  uint64_t state_words[CPDL__CURSOR_WORDS]; /* feed cursor after the last acquired step */
+  uint64_t start_words[CPDL__CURSOR_WORDS]; /* feed cursor at next_step before any next() */
+  cpdl_view_field_t view[CPDL_MAX_FIELDS];
+  char view_names[CPDL_MAX_FIELDS][CPDL_NAME_MAX];
+  int n_fields;
+
+  /* Leader side. */
+  cpdl__feed_t *feed;
+  cpdl_prep_plan_t *plan;
+  cpdl__pin_t *pin;
+  int n_threads;
+  pthread_t threads[MAX_THREADS];
+  int n_running;
+  pthread_barrier_t barrier;
+  bool barrier_ready;
+  atomic_bool stopping;
+  uint64_t first_step;      /* step the loader thread starts at */
+  /* Work shared by the loader threads for the step in flight; written by
+   * thread 0 before the first barrier, read by all after it. */
+  cpdl_tensor_t work_inputs[CPDL_MAX_FIELDS];
+  int work_n_inputs;
+  uint32_t work_slot;
+  atomic_bool work_done;    /* thread 0 tells workers to exit */
+  atomic_int worker_rc;
+};
+
+/* ------------------------------------------------------------------------- */
+/* Liveness                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static int pidfd_open_compat(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+/* A process that exited is dead even while it is a zombie: the pidfd polls
+ * readable then. Without pidfds, fall back to kill(pid, 0). */
+static bool peer_dead(const cpdl_loader_t *L, int g) {
+  if (L->peer_pidfd[g] >= 0) {
+    struct pollfd p = {.fd = L->peer_pidfd[g], .events = POLLIN};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+  }
+  return L->peer_pid[g] > 0 && kill(L->peer_pid[g], 0) == -1 && errno == ESRCH;
+}
+
+static int check_peers(cpdl_loader_t *L) {
+  for (int g = 0; g < L->mesh.me.group_size; g++) {
+    if (g == L->mesh.me.group_rank || !peer_dead(L, g))
+      continue;
+    return cpdl__error(CPDL_EPEER,
+                       "rank %d (group %d rank %d, pid %d) died; cpdl cannot continue this job "
+                       "(restart it; check that rank's log for the cause)",
+                       L->mesh.group_world_ranks[g], L->mesh.me.group, g, (int)L->peer_pid[g]);
+  }
+  return 0;
+}
+
+static int consumer_alive(void *arg) { return check_peers(arg); }
+
+static int leader_alive(void *arg) {
+  cpdl_loader_t *L = arg;
+  if (atomic_load_explicit(&L->stopping, memory_order_acquire))
+    return cpdl__error(CPDL_ESTATE, "loader is closing");
+  return check_peers(L);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Leader: loader threads                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* Prepare this thread's share of the slot: regions i with i % n_threads == t;
+ * thread 0 also writes the shared block. */
+static int prepare_share(cpdl_loader_t *L, int t) {
+  int ranks[64];
+  void *dst[64];
+  int n = 0;
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
+  for (uint32_t r = (uint32_t)t; r < geo->n_regions; r += (uint32_t)L->n_threads) {
+    ranks[n] = L->mesh.local_cp[r];
+    dst[n] = cpdl__ring_rank_block(L->ring, r, L->work_slot);
+    n++;
+  }
+  void *shared = (t == 0 && geo->shared_slot_bytes) ? cpdl__ring_shared_block(L->ring, L->work_slot)
+                                                    : NULL;
+  if (n == 0 && !shared)
+    return 0;
+  return cpdl_prep_execute(L->plan, L->work_inputs, L->work_n_inputs, ranks, n, dst, shared);
+}
+
+static void *worker_main(void *arg) {
+  cpdl_loader_t *L = ((void **)arg)[0];
+  int t = (int)(intptr_t)((void **)arg)[1];
+  free(arg);
+  cpdl__pin_thread(L->pin, t);
+  for (;;) {
+    pthread_barrier_wait(&L->barrier); /* step ready (or done) */
+    if (atomic_load_explicit(&L->work_done, memory_order_acquire))
+      break;
+    int rc = prepare_share(L, t);
+    if (rc) {
+      int zero = 0;
+      atomic_compare_exchange_strong(&L->worker_rc, &zero, rc);
+    }
+    pthread_barrier_wait(&L->barrier); /* share written */
+  }
+  return NULL;
+}
+
+static void *leader_main(void *arg) {
+  cpdl_loader_t *L = arg;
+  int rc = 0;
+  cpdl__pin_thread(L->pin, 0);
+  for (uint64_t step = L->first_step; step != L->end_step; step++) {
+    rc = cpdl__ring_wait_free(L->ring, step, leader_alive, L);
+    if (rc)
+      break;
+    int n_inputs = CPDL_MAX_FIELDS;
+    rc = cpdl__feed_next(L->feed, L->work_inputs, &n_inputs);
+    if (rc == CPDL_EEOF) {
+      cpdl__ring_publish_eof(L->ring, step);
+      rc = 0;
+      break;
+    }
+    if (rc)
+      break;
+    if (cpdl__fault("mid_fill", L->mesh.me.world_rank)) {
+      rc = CPDL_EFAULT;
+      break;
+    }
+    L->work_n_inputs = n_inputs;
+    L->work_slot = cpdl__ring_slot_of(L->ring, step);
+    if (L->n_threads > 1) {
+      pthread_barrier_wait(&L->barrier);
+      rc = prepare_share(L, 0);
+      pthread_barrier_wait(&L->barrier);
+      int wrc = atomic_load(&L->worker_rc);
+      if (!rc && wrc)
+        rc = cpdl__error(wrc, "preparation thread failed for step %llu", (unsigned long long)step);
+    } else {
+      rc = prepare_share(L, 0);
+    }
+    if (rc)
+      break;
+    uint64_t words[CPDL__CURSOR_WORDS];
+    cpdl__feed_cursor(L->feed, words);
+    cpdl__ring_set_slot_state(L->ring, step, words);
+    cpdl__ring_publish(L->ring, step);
+    cpdl__ring_heartbeat(L->ring);
+  }
+  if (L->n_threads > 1) {
+    atomic_store_explicit(&L->work_done, true, memory_order_release);
+    pthread_barrier_wait(&L->barrier);
+  }
+  if (rc && rc != CPDL_ESTATE) {
+    /* Every consumer learns the leader's error, with its message. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "leader (rank %d): %s", L->mesh.me.world_rank, cpdl_last_error());
+    cpdl__ring_post_error(L->ring, rc, msg);
+  }
+  return NULL;
+}
+
+static int start_threads(cpdl_loader_t *L) {
+  atomic_store(&L->stopping, false);
+  atomic_store(&L->work_done, false);
+  atomic_store(&L->worker_rc, 0);
+  if (L->n_threads > 1) {
+    if (pthread_barrier_init(&L->barrier, NULL, (unsigned)L->n_threads))
+      return cpdl__error(-ENOMEM, "cannot create the loader threads' barrier");
+    L->barrier_ready = true;
+  }
+  int err = pthread_create(&L->threads[0], NULL, leader_main, L);
+  if (err)
+    return cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
+  L->n_running = 1;
+  for (int t = 1; t < L->n_threads; t++) {
+    void **arg = malloc(2 * sizeof *arg);
+    if (!arg)
+      return cpdl__error(-ENOMEM, "out of memory starting loader threads");
+    arg[0] = L;
+    arg[1] = (void *)(intptr_t)t;
+    err = pthread_create(&L->threads[t], NULL, worker_main, arg);
+    if (err) {
+      free(arg);
+      return cpdl__error(-err, "cannot start loader thread %d: %s", t, strerror(err));
+    }
+    L->n_running++;
+  }
+  return 0;
+}
+
+/* Stop and join every loader thread. The leader thread notices `stopping`
+ * on its next wake (ring waits tick every few ms). */
+static void stop_threads(cpdl_loader_t *L) {
+  if (!L->n_running)
+    return;
+  atomic_store_explicit(&L->stopping, true, memory_order_release);
+  cpdl__ring_wake_all(L->ring);
+  if (L->n_running < L->n_threads && L->n_threads > 1) {
+    /* A partial start: the barrier would never fill; workers that started
+     * are released by detaching them from a barrier they never reach. */
+  }
+  for (int t = 0; t < L->n_running; t++)
+    pthread_join(L->threads[t], NULL);
+  L->n_running = 0;
+  if (L->barrier_ready) {
+    pthread_barrier_destroy(&L->barrier);
+    L->barrier_ready = false;
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Open                                                                       */
+/* ------------------------------------------------------------------------- */
+
+/* What the leader sends its group over MPI (the trusted channel). */
+typedef struct segment_info {
+  int32_t rc;
+  char name[CPDL__SHM_NAME_MAX];
+  uint64_t size;
+  uint64_t ctrl_bytes;
+  uint64_t nonce;
+  uint64_t config_hash;
+} segment_info_t;
+
+/* Leader: open the feed, peek at the first batch to plan the layout, create
+ * the segment and write its header. */
+static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
+  int rc = cpdl__feed_open(&L->cfg, L->mesh.me.dp_rank, L->mesh.me.dp_size, &L->feed);
+  if (rc)
+    return rc;
+  cpdl__feed_cursor(L->feed, L->start_words);
+  cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
+  int n_inputs = CPDL_MAX_FIELDS;
+  rc = cpdl__feed_next(L->feed, inputs, &n_inputs);
+  if (rc == CPDL_EEOF)
+    return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all", L->cfg.source);
+  if (rc)
+    return rc;
+  cpdl_prep_params_t params;
+  cpdl_prep_params_init(&params);
+  params.cp_size = L->cfg.cp;
+  params.tp_size = L->cfg.tp;
+  params.mode = L->cfg.mode;
+  params.padding_token_id = L->cfg.padding_token_id;
+  rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
+  if (rc)
+    return cpdl__error_prefix(rc, "planning the batch layout");
+  rc = cpdl__feed_seek(L->feed, L->start_words);
+  if (rc)
+    return rc;
+
+  int n_fields = cpdl_prep_plan_nfields(L->plan);
+  if (n_fields > CPDL_MAX_FIELDS)
+    return cpdl__error(CPDL_EFIELD, "the batch has %d fields; cpdl supports %d", n_fields,
+                       CPDL_MAX_FIELDS);
+  cpdl_prep_field_t fields[CPDL_MAX_FIELDS];
+  for (int i = 0; i < n_fields; i++)
+    fields[i] = *cpdl_prep_plan_field(L->plan, i);
+  long page = sysconf(_SC_PAGESIZE);
+  cpdl__ring_geometry_t geo = {
+      .n_slots = (uint32_t)L->cfg.slots,
+      .n_regions = (uint32_t)L->mesh.n_local_cp,
+      .n_consumers = (uint32_t)L->mesh.me.group_size,
+      .n_fields = (uint32_t)n_fields,
+      .slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(L->plan), (size_t)page),
+      .shared_slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(L->plan), (size_t)page),
+  };
+  rc = cpdl__ring_sizes(&geo, &L->ctrl_bytes, &L->total_bytes);
+  if (rc)
+    return rc;
+  rc = cpdl__shm_create(L->total_bytes, &L->shm);
+  if (rc)
+    return rc;
+  if ((rc = cpdl__fault("after_create", L->mesh.me.world_rank)))
+    return rc;
+  if ((rc = cpdl__fault("after_reserve", L->mesh.me.world_rank)))
+    return rc;
+  /* Place each local CP shard's region near its consumers before the
+   * header write touches anything else (first touch decides placement). */
+  for (uint32_t r = 0; r < geo.n_regions; r++) {
+    size_t off = L->ctrl_bytes + (size_t)r * geo.slot_bytes * geo.n_slots;
+    cpdl__pin_region(L->pin, (int)r, (char *)L->shm.base + off, geo.slot_bytes * geo.n_slots);
+  }
+  if (getrandom(&L->nonce, sizeof L->nonce, 0) != (ssize_t)sizeof L->nonce)
+    return cpdl__error(-errno, "getrandom failed for the segment nonce: %s", strerror(errno));
+  rc = cpdl__ring_init(L->shm.base, L->total_bytes, &geo, fields, L->nonce, L->config_hash,
+                       (int32_t)getpid(), L->first_step, &L->ring);
+  if (rc)
+    return rc;
+  snprintf(info->name, sizeof info->name, "%s", L->shm.name);
+  info->size = L->total_bytes;
+  info->ctrl_bytes = L->ctrl_bytes;
+  info->nonce = L->nonce;
+  info->config_hash = L->config_hash;
+  return 0;
+}
+
+static int consumer_attach(cpdl_loader_t *L, const segment_info_t *info) {
+  if (info->config_hash != L->config_hash)
+    return cpdl__error(CPDL_ECONFIG, "the leader's configuration hash differs from this rank's");
+  L->total_bytes = info->size;
+  L->ctrl_bytes = info->ctrl_bytes;
+  L->nonce = info->nonce;
+  int rc = cpdl__shm_attach(info->name, info->size, info->ctrl_bytes, true, &L->shm);
+  if (rc)
+    return rc;
+  return cpdl__ring_attach(L->shm.base, info->size, info->nonce, info->config_hash, &L->ring);
+}
+
+static void build_view_table(cpdl_loader_t *L) {
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
+  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->ring);
+  L->n_fields = (int)geo->n_fields;
+  for (int i = 0; i < L->n_fields; i++) {
+    snprintf(L->view_names[i], CPDL_NAME_MAX, "%s", fields[i].name);
+    cpdl_view_field_t *v = &L->view[i];
+    v->name = L->view_names[i];
+    v->dtype = fields[i].dtype;
+    v->ndim = fields[i].ndim;
+    memcpy(v->shape, fields[i].shape, sizeof v->shape);
+    v->nbytes = fields[i].nbytes;
+    v->data = NULL;
+  }
+}
+
+static void loader_free(cpdl_loader_t *L) {
+  stop_threads(L);
+  if (L->ring)
+    cpdl__ring_free(L->ring);
+  if (L->shm.base || L->shm.fd >= 0) {
+    if (L->shm.owner && !L->shm.unlinked)
+      cpdl__shm_unlink(&L->shm);
+    cpdl__shm_close(&L->shm);
+  }
+  if (L->feed)
+    cpdl__feed_close(L->feed);
+  if (L->plan)
+    cpdl_prep_plan_destroy(L->plan);
+  if (L->pin)
+    cpdl__pin_free(L->pin);
+  for (int g = 0; g < MAX_GROUP; g++)
+    if (L->peer_pidfd[g] >= 0)
+      close(L->peer_pidfd[g]);
+  cpdl__mesh_free(&L->mesh);
+  free(L);
+}
+
+static int validate_config(const cpdl_config_t *cfg) {
+  if (!cfg || cfg->struct_size < sizeof(cpdl_config_t))
+    return cpdl__error(CPDL_EARG, "cpdl_config_t not initialized (call cpdl_config_init first)");
+  if (cfg->cp < 1 || cfg->tp < 1 || cfg->slots < 2 || cfg->batch < 1 || cfg->seq_len < 1)
+    return cpdl__error(CPDL_EARG, "invalid configuration: cp=%d tp=%d slots=%d batch=%d seq_len=%lld "
+                       "(need cp, tp, batch, seq_len >= 1 and slots >= 2)",
+                       cfg->cp, cfg->tp, cfg->slots, cfg->batch, (long long)cfg->seq_len);
+  if (cfg->threads < 1 || cfg->threads > MAX_THREADS)
+    return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, MAX_THREADS);
+  return 0;
+}
+
+int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  *out = NULL;
+  int local = validate_config(cfg);
+  /* Even a local argument error must be agreed, or the other ranks hang. */
+  int rc = cpdl__agree(comm, local);
+  if (rc)
+    return rc;
+
+  cpdl_loader_t *L = calloc(1, sizeof *L);
+  local = L ? 0 : cpdl__error(-ENOMEM, "out of memory allocating the loader");
+  rc = cpdl__agree(comm, local);
+  if (rc) {
+    free(L);
+    return rc;
+  }
+  L->cfg = *cfg;
+  L->shm.fd = -1;
+  for (int g = 0; g < MAX_GROUP; g++)
+    L->peer_pidfd[g] = -1;
+  L->config_hash = cpdl__config_hash(cfg);
+  L->end_step = cfg->steps > 0 ? (uint64_t)cfg->steps : UINT64_MAX;
+  L->n_threads = cfg->threads;
+
+  rc = cpdl__mesh_build(comm, cfg->cp, cfg->tp, cfg->order, &L->mesh);
+  if (rc) {
+    free(L);
+    return rc;
+  }
+  rc = cpdl__config_agree(L->mesh.comm, cfg);
+  if (rc)
+    goto fail;
+  if (L->mesh.me.group_size > MAX_GROUP) {
+    rc = cpdl__agree(L->mesh.comm, cpdl__error(CPDL_EMESH, "group of %d ranks exceeds %d",
+                                               L->mesh.me.group_size, MAX_GROUP));
+    goto fail;
+  }
+
+  /* Placement plan (collective over the group): before the segment exists,
+   * so its regions can be bound before first touch. */
+  rc = cpdl__agree(L->mesh.comm, cpdl__pin_setup(&L->mesh, cfg->pin, cfg->threads, &L->pin));
+  if (rc)
+    goto fail;
+
+  /* Leader creates; its status, name, size and nonce reach the group over
+   * MPI (R3: nobody waits for a broadcast that never comes). */
+  segment_info_t info;
+  memset(&info, 0, sizeof info);
+  if (L->mesh.is_leader) {
+    info.rc = leader_create(L, &info);
+    if (!info.rc)
+      info.rc = cpdl__fault("before_send_name", L->mesh.me.world_rank);
+  }
+  rc = cpdl__agree(L->mesh.comm, L->mesh.is_leader ? info.rc : 0);
+  if (rc)
+    goto fail;
+  if (MPI_Bcast(&info, (int)sizeof info, MPI_BYTE, 0, L->mesh.group_comm) != MPI_SUCCESS) {
+    rc = cpdl__error(CPDL_EMPI, "MPI_Bcast of the segment name failed");
+    goto fail;
+  }
+  local = L->mesh.is_leader ? 0 : consumer_attach(L, &info);
+  rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    goto fail;
+
+  /* Every member registers its pid; everyone learns everyone's pid. */
+  int32_t pid = (int32_t)getpid();
+  if (MPI_Allgather(&pid, 1, MPI_INT32_T, L->peer_pid, 1, MPI_INT32_T, L->mesh.group_comm) !=
+      MPI_SUCCESS) {
+    rc = cpdl__error(CPDL_EMPI, "MPI_Allgather of group pids failed");
+    goto fail;
+  }
+  cpdl__ring_register(L->ring, (uint32_t)L->mesh.me.group_rank, pid);
+  for (int g = 0; g < L->mesh.me.group_size; g++)
+    if (g != L->mesh.me.group_rank)
+      L->peer_pidfd[g] = pidfd_open_compat(L->peer_pid[g]);
+
+  /* The whole group has mapped the segment: unlink it now, so a crash from
+   * here on leaves nothing in /dev/shm (R5). */
+  local = 0;
+  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
+    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
+  if (!local && L->mesh.is_leader) {
+    local = cpdl__fault("before_unlink", L->mesh.me.world_rank);
+    if (!local)
+      local = cpdl__shm_unlink(&L->shm);
+  }
+  rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    goto fail;
+
+  build_view_table(L);
+  L->next_step = L->first_step;
+  *out = L;
+  return 0;
+
+fail:
+  loader_free(L);
+  return rc;
+}
+
+int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  return cpdl_loader_open(MPI_COMM_WORLD, cfg, out);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Next / release                                                             */
+/* ------------------------------------------------------------------------- */
+
+int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
+  if (!L || !out)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_next: NULL argument");
+  if (L->failed)
+    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
+  if (L->holding)
+    return cpdl__error(CPDL_ESTATE, "cpdl_loader_next: step %llu is still held; call "
+                       "cpdl_batch_release() first", (unsigned long long)(L->next_step));
+  if (L->next_step == L->end_step)
+    return cpdl__error(CPDL_EEOF, "all %lld steps delivered", (long long)L->cfg.steps);
+  if (!L->started) {
+    L->started = true;
+    if (L->mesh.is_leader) {
+      int rc = start_threads(L);
+      if (rc) {
+        cpdl__ring_post_error(L->ring, rc, cpdl_last_error());
+        return rc;
+      }
+    }
+  }
+  int rc = cpdl__fault("waiting", L->mesh.me.world_rank);
+  if (!rc)
+    rc = cpdl__ring_wait_step(L->ring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  if (rc) {
+    if (rc == CPDL_EPEER)
+      L->failed = true;
+    return rc;
+  }
+  uint64_t step = L->next_step;
+  uint32_t slot = cpdl__ring_slot_of(L->ring, step);
+  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->ring);
+  const char *block = cpdl__ring_rank_block(L->ring, (uint32_t)L->mesh.local_cp_index, slot);
+  const char *shared = cpdl__ring_shared_block(L->ring, slot);
+  memset(out, 0, sizeof *out);
+  out->step = step;
+  out->n_fields = L->n_fields;
+  for (int i = 0; i < L->n_fields; i++) {
+    out->fields[i] = L->view[i];
+    out->fields[i].data = (fields[i].shared ? shared : block) + fields[i].offset;
+  }
+  out->mesh = L->mesh.me;
+  out->region = cpdl__ring_region(L->ring, (uint32_t)L->mesh.local_cp_index, &out->region_bytes);
+  out->internal = L;
+  (void)cpdl__ring_slot_state(L->ring, step, L->state_words);
+  L->holding = true;
+  (void)cpdl__fault("holding_slot", L->mesh.me.world_rank);
+  return 0;
+}
+
+int cpdl_batch_release(cpdl_loader_t *L, cpdl_batch_t *batch) {
+  if (!L || !batch)
+    return cpdl__error(CPDL_EARG, "cpdl_batch_release: NULL argument");
+  if (!L->holding || batch->internal != L || batch->step != L->next_step)
+    return cpdl__error(CPDL_ESTATE, "cpdl_batch_release: this batch (step %llu) is not the one "
+                       "held by this loader", (unsigned long long)batch->step);
+  cpdl__ring_release(L->ring, (uint32_t)L->mesh.me.group_rank, batch->step);
+  L->holding = false;
+  L->next_step++;
+  batch->internal = NULL;
+  for (int i = 0; i < batch->n_fields; i++)
+    batch->fields[i].data = NULL;
+  return 0;
+}
+
+int cpdl_loader_mesh(const cpdl_loader_t *L, cpdl_mesh_coords_t *out) {
+  if (!L || !out)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_mesh: NULL argument");
+  *out = L->mesh.me;
+  return 0;
+}
+
+size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_bytes : 0; }
+
+/* ------------------------------------------------------------------------- */
+/* State                                                                      */
+/* ------------------------------------------------------------------------- */
+
+#define STATE_VERSION 1
+
+int cpdl_loader_state_save(const cpdl_loader_t *L, cpdl_state_t *out) {
+  if (!L || !out)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL argument");
+  memset(out, 0, sizeof *out);
+  out->version = STATE_VERSION;
+  /* The next step to deliver, the feed cursor at its start, the config. */
+  uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
+  out->words[0] = step;
+  const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
+  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
+    out->words[1 + i] = cursor[i];
+  out->words[5] = L->config_hash;
+  return 0;
+}
+
+int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
+  int local = 0;
+  if (!L || !state)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
+  if (L->started)
+    local = cpdl__error(CPDL_ESTATE, "cpdl_loader_state_restore: only valid before the first "
+                        "cpdl_loader_next()");
+  else if (state->version != STATE_VERSION)
+    local = cpdl__error(CPDL_ESTATE, "resume state has version %llu, this cpdl reads %d",
+                        (unsigned long long)state->version, STATE_VERSION);
+  else if (state->words[5] != L->config_hash)
+    local = cpdl__error(CPDL_ECONFIG, "resume state was saved with a different configuration "
+                        "(config hash %016llx, now %016llx); resume with the same options",
+                        (unsigned long long)state->words[5], (unsigned long long)L->config_hash);
+  else if (L->cfg.steps > 0 && state->words[0] > (uint64_t)L->cfg.steps)
+    local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
+                        (unsigned long long)state->words[0], (long long)L->cfg.steps);
+  int rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+  uint64_t step = state->words[0];
+  uint64_t cursor[CPDL__CURSOR_WORDS];
+  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
+    cursor[i] = state->words[1 + i];
+  /* No thread runs and nobody consumed yet: the leader rewrites the ring's
+   * step bookkeeping to start at `step` and seeks its feed. */
+  local = 0;
+  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
+    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
+  if (!local && L->mesh.is_leader) {
+    local = cpdl__feed_seek(L->feed, cursor);
+    if (!local)
+      cpdl__ring_reset(L->ring, step);
+  }
+  rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+  L->first_step = step;
+  L->next_step = step;
+  memcpy(L->start_words, cursor, sizeof cursor);
+  memcpy(L->state_words, cursor, sizeof cursor);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Close                                                                      */
+/* ------------------------------------------------------------------------- */
+
+int cpdl_loader_close(cpdl_loader_t *L) {
+  if (!L)
+    return 0;
+  if (L->failed) {
+    /* A rank is dead: a collective would hang. Clean up locally. */
+    loader_free(L);
+    return cpdl__error(CPDL_EPEER, "loader closed without collectives after a rank died");
+  }
+  /* Everyone stops using its views before the leader stops producing. */
+  int local = 0;
+  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
+    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed at close");
+  MPI_Comm comm = MPI_COMM_NULL;
+  MPI_Comm_dup(L->mesh.comm, &comm);
+  loader_free(L);
+  int rc = cpdl__agree(comm, local);
+  MPI_Comm_free(&comm);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Host entry point                                                           */
+/* ------------------------------------------------------------------------- */
+
+static const cpdl_host_api_t host_api = {
+    .abi_version = CPDL_HOST_ABI_VERSION,
+    .struct_size = sizeof(cpdl_host_api_t),
+    .version = "0.1.0",
+    .config_init = cpdl_config_init,
+    .config_parse = cpdl_config_parse,
+    .loader_open = cpdl_loader_open,
+    .loader_next = cpdl_loader_next,
+    .batch_release = cpdl_batch_release,
+    .loader_close = cpdl_loader_close,
+    .strerror = cpdl_strerror,
+    .last_error = cpdl_last_error,
+};
+
+const cpdl_host_api_t *cpdl_host_entry_v1(void) { return &host_api; }

@@ -1,0 +1,354 @@
+/* test_feed.c — the feed over the real `synthetic:` plugin: exact resume
+ * from a saved cursor, agreement between two nodes of a replica, replicas
+ * and seeds that differ, the seed travelling into synthetic URIs, EOT label
+ * masking, field names and shapes, and configuration errors. Tests that need
+ * the plugin skip with a message when it is not built. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define STEPS 20
+#define MAX_STEP_BYTES (8 * 4 * 64 * 4) /* 4 fields of [4, 64] int64 */
+
+static cpdl_config_t config(const char *collate, const char *source) {
+  cpdl_config_t cfg;
+  cpdl_config_init(&cfg);
+  cfg.seq_len = 64;
+  cfg.batch = 4;
+  cfg.seed = 2024;
+  snprintf(cfg.collate, sizeof cfg.collate, "%s", collate);
+  /* short documents so rows hold several and documents span rows */
+  snprintf(cfg.source, sizeof cfg.source, "%s", source);
+  return cfg;
+}
+
+#define SOURCE "synthetic:?samples=500&mean=40&min=1&max=150"
+
+/* Open, or skip the test when the synthetic plugin is not there. */
+static cpdl__feed_t *open_or_skip(const cpdl_config_t *cfg, int dp_rank, int dp_size) {
+  cpdl__feed_t *feed = NULL;
+  int rc = cpdl__feed_open(cfg, dp_rank, dp_size, &feed);
+  if (rc == CPDL_EPLUGIN) {
+    print_message("SKIP: the synthetic plugin is not available (%s); build the plugins and set "
+                  "CPDL_PLUGIN_PATH\n",
+                  cpdl_last_error());
+    skip();
+  }
+  if (rc)
+    fail_msg("cpdl__feed_open: %s: %s", cpdl_err_name(rc), cpdl_last_error());
+  return feed;
+}
+
+/* One step flattened: every field's bytes, in field order. */
+static size_t step_bytes(cpdl__feed_t *feed, unsigned char *out, const char **names, int *n_fields) {
+  cpdl_tensor_t fields[CPDL_MAX_FIELDS];
+  int nf = 0;
+  int rc = cpdl__feed_next(feed, fields, &nf);
+  if (rc)
+    fail_msg("cpdl__feed_next: %s: %s", cpdl_err_name(rc), cpdl_last_error());
+  size_t at = 0;
+  for (int i = 0; i < nf; i++) {
+    size_t n = cpdl_dtype_size(fields[i].dtype);
+    for (int d = 0; d < fields[i].ndim; d++)
+      n *= (size_t)fields[i].shape[d];
+    assert_true(at + n <= MAX_STEP_BYTES);
+    memcpy(out + at, fields[i].data, n);
+    at += n;
+    if (names)
+      names[i] = fields[i].name;
+  }
+  if (n_fields)
+    *n_fields = nf;
+  return at;
+}
+
+static void check_resume(const char *collate, int dp_rank, int dp_size) {
+  cpdl_config_t cfg = config(collate, SOURCE);
+  unsigned char(*run)[MAX_STEP_BYTES] = malloc(STEPS * sizeof *run);
+  size_t sizes[STEPS];
+  uint64_t cursor[CPDL__CURSOR_WORDS];
+  cpdl__feed_t *a = open_or_skip(&cfg, dp_rank, dp_size);
+  for (int k = 0; k < STEPS; k++) {
+    sizes[k] = step_bytes(a, run[k], NULL, NULL);
+    if (k == 9)
+      cpdl__feed_cursor(a, cursor);
+  }
+  cpdl__feed_close(a);
+  assert_int_equal(cursor[3], 10); /* steps produced */
+
+  cpdl__feed_t *b = open_or_skip(&cfg, dp_rank, dp_size);
+  assert_int_equal(cpdl__feed_seek(b, cursor), 0);
+  unsigned char *got = malloc(MAX_STEP_BYTES);
+  for (int k = 10; k < STEPS; k++) {
+    size_t n = step_bytes(b, got, NULL, NULL);
+    assert_int_equal(n, sizes[k]);
+    assert_memory_equal(got, run[k], n);
+  }
+  uint64_t end[CPDL__CURSOR_WORDS];
+  cpdl__feed_cursor(b, end);
+  assert_int_equal(end[3], STEPS);
+  cpdl__feed_close(b);
+  free(got);
+  free(run);
+}
+
+static void test_resume_pack(void **state) {
+  (void)state;
+  check_resume("pack", 0, 1);
+  check_resume("pack", 1, 3);
+}
+
+static void test_resume_pad(void **state) {
+  (void)state;
+  check_resume("pad", 0, 1);
+  check_resume("pad", 2, 3);
+}
+
+/* Two nodes of one replica agree; two replicas and two seeds differ. */
+static void test_agreement(void **state) {
+  (void)state;
+  cpdl_config_t cfg = config("pack", SOURCE);
+  cpdl_config_t other_seed = cfg;
+  other_seed.seed = 2025;
+  cpdl__feed_t *n0 = open_or_skip(&cfg, 1, 2), *n1 = open_or_skip(&cfg, 1, 2);
+  cpdl__feed_t *r0 = open_or_skip(&cfg, 0, 2), *s2 = open_or_skip(&other_seed, 1, 2);
+  unsigned char *a = malloc(MAX_STEP_BYTES), *b = malloc(MAX_STEP_BYTES);
+  unsigned char *c = malloc(MAX_STEP_BYTES), *d = malloc(MAX_STEP_BYTES);
+  for (int k = 0; k < 5; k++) {
+    size_t n = step_bytes(n0, a, NULL, NULL);
+    assert_int_equal(step_bytes(n1, b, NULL, NULL), n);
+    assert_memory_equal(a, b, n);
+    assert_int_equal(step_bytes(r0, c, NULL, NULL), n);
+    assert_true(memcmp(a, c, n) != 0);
+    assert_int_equal(step_bytes(s2, d, NULL, NULL), n);
+    assert_true(memcmp(a, d, n) != 0);
+  }
+  cpdl__feed_close(n0);
+  cpdl__feed_close(n1);
+  cpdl__feed_close(r0);
+  cpdl__feed_close(s2);
+  free(a);
+  free(b);
+  free(c);
+  free(d);
+}
+
+/* A seed written in the URI wins over the config's. */
+static void test_uri_seed(void **state) {
+  (void)state;
+  cpdl_config_t x = config("pad", "synthetic:?seed=5&samples=50&mean=40&min=2");
+  cpdl_config_t y = x;
+  y.seed = x.seed + 1; /* sampler differs, documents do not: compare document content */
+  cpdl_config_t z = config("pad", "synthetic:?samples=50&mean=40&min=2");
+  cpdl_config_t w = z;
+  w.seed = z.seed + 1;
+  /* dp 1 reads every document once per epoch: the multiset of first tokens
+   * over one epoch depends only on the documents. */
+  const cpdl_config_t *cfgs[] = {&x, &y, &z, &w};
+  int64_t sums[4] = {0};
+  for (int i = 0; i < 4; i++) {
+    cpdl_config_t c = *cfgs[i];
+    c.batch = 1;
+    c.seq_len = 8;
+    cpdl__feed_t *f = open_or_skip(&c, 0, 1);
+    for (int k = 0; k < 50; k++) {
+      cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+      int nf;
+      assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+      int64_t v = ((const int64_t *)fl[0].data)[0];
+      sums[i] += v * v + 7 * v;
+    }
+    cpdl__feed_close(f);
+  }
+  assert_int_equal(sums[0], sums[1]); /* same documents: the URI's seed */
+  assert_true(sums[2] != sums[3]);    /* config seed reached the plugin */
+}
+
+static void test_fields_and_eot(void **state) {
+  (void)state;
+  for (int loss_on_eot = 0; loss_on_eot < 2; loss_on_eot++) {
+    cpdl_config_t cfg = config("pack", SOURCE);
+    cfg.loss_on_eot = loss_on_eot;
+    cpdl__feed_t *f = open_or_skip(&cfg, 0, 1);
+    int eot_labels = 0, masked = 0;
+    for (int k = 0; k < 5; k++) {
+      cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+      int nf;
+      assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+      assert_int_equal(nf, 4);
+      const char *want[] = {"input_ids", "labels", "position_ids", "_packed_seq_ids"};
+      for (int i = 0; i < 4; i++) {
+        assert_string_equal(fl[i].name, want[i]);
+        assert_int_equal(fl[i].dtype, CPDL_DTYPE_INT64);
+        assert_int_equal(fl[i].shape[0], 4);
+        assert_int_equal(fl[i].shape[1], 64);
+      }
+      const int64_t *labels = fl[1].data;
+      for (int t = 0; t < 4 * 64; t++) {
+        eot_labels += labels[t] == 50256; /* the synthetic plugin's default EOT */
+        masked += labels[t] == -100;
+      }
+    }
+    if (loss_on_eot) {
+      assert_true(eot_labels > 0);
+      assert_int_equal(masked, 0);
+    } else {
+      assert_int_equal(eot_labels, 0);
+      assert_true(masked > 0);
+    }
+    cpdl__feed_close(f);
+  }
+  cpdl_config_t cfg = config("pad", SOURCE);
+  cpdl__feed_t *f = open_or_skip(&cfg, 0, 1);
+  cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+  int nf;
+  assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+  assert_int_equal(nf, 3);
+  assert_string_equal(fl[2].name, "attention_mask");
+  cpdl__feed_close(f);
+}
+
+static void test_errors(void **state) {
+  (void)state;
+  cpdl__feed_t *f = NULL;
+  cpdl_config_t cfg = config("stack", SOURCE);
+  assert_int_equal(cpdl__feed_open(&cfg, 0, 1, &f), CPDL_EARG);
+  assert_non_null(strstr(cpdl_last_error(), "collate"));
+  cfg = config("pack", SOURCE);
+  assert_int_equal(cpdl__feed_open(&cfg, 2, 2, &f), CPDL_EARG);
+  cfg = config("pack", "nosuchscheme:/x");
+  assert_int_equal(cpdl__feed_open(&cfg, 0, 1, &f), CPDL_EPLUGIN);
+  assert_null(f);
+  /* drop_last with fewer samples than replicas: the message says the fix */
+  cfg = config("pack", "synthetic:?samples=2");
+  int rc = cpdl__feed_open(&cfg, 3, 4, &f);
+  if (rc == CPDL_EPLUGIN)
+    skip();
+  assert_int_equal(rc, CPDL_EARG);
+  assert_non_null(strstr(cpdl_last_error(), "drop_last=0"));
+  cfg.drop_last = 0;
+  f = open_or_skip(&cfg, 3, 4);
+  cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+  int nf;
+  assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+  /* a cursor of another source: position beyond this replica's epoch */
+  uint64_t bad[CPDL__CURSOR_WORDS] = {0, 5, 0, 1};
+  assert_int_equal(cpdl__feed_seek(f, bad), CPDL_EARG);
+  cpdl__feed_close(f);
+  f = NULL;
+  cfg = config("pack", "synthetic:?samples=0");
+  assert_true(cpdl__feed_open(&cfg, 0, 1, &f) < 0);
+  assert_null(f);
+  cfg = config("pack", SOURCE);
+  cfg.seq_len = 0;
+  assert_int_equal(cpdl__feed_open(&cfg, 0, 1, &f), CPDL_EARG);
+  assert_null(f);
+}
+
+/* An int64 [1, 4] .npy (v1) whose values are base, base+1, … */
+static void write_npy(const char *path, int64_t base) {
+  char header[128];
+  int n = snprintf(header, sizeof header, "{'descr': '<i8', 'fortran_order': False, 'shape': (1, 4), }");
+  int total = 10 + n + 1;
+  int pad = (64 - total % 64) % 64;
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  unsigned short hlen = (unsigned short)(n + pad + 1);
+  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  fwrite(&hlen, 2, 1, f);
+  fwrite(header, 1, (size_t)n, f);
+  for (int i = 0; i < pad; i++)
+    fputc(' ', f);
+  fputc('\n', f);
+  for (int64_t i = 0; i < 4; i++) {
+    int64_t v = base + i;
+    fwrite(&v, 8, 1, f);
+  }
+  fclose(f);
+}
+
+/* Pre-collated batches pass through unchanged; replica r of dp reads
+ * batches r, r + dp, …; CPDL_EEOF after its last; resume by cursor. */
+static void test_npy_batches(void **state) {
+  (void)state;
+  char dir[] = "/tmp/cpdl-test-feed-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  for (int step = 0; step < 5; step++) {
+    snprintf(path, sizeof path, "%s/step%04d", dir, step);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/step%04d/input_ids.npy", dir, step);
+    write_npy(path, 100 * step);
+    snprintf(path, sizeof path, "%s/step%04d/labels.npy", dir, step);
+    write_npy(path, 100 * step + 1);
+  }
+  char uri[300];
+  snprintf(uri, sizeof uri, "npy:%s", dir);
+  cpdl_config_t cfg = config("pack", uri);
+  for (int dp_rank = 0; dp_rank < 2; dp_rank++) {
+    cpdl__feed_t *f = NULL;
+    int rc = cpdl__feed_open(&cfg, dp_rank, 2, &f);
+    if (rc == CPDL_EPLUGIN) {
+      print_message("SKIP: the npy plugin is not available (%s)\n", cpdl_last_error());
+      skip();
+    }
+    assert_int_equal(rc, 0);
+    uint64_t cursor[CPDL__CURSOR_WORDS];
+    int got = 0;
+    for (int64_t batch = dp_rank; batch < 5; batch += 2, got++) {
+      if (got == 1)
+        cpdl__feed_cursor(f, cursor);
+      cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+      int nf = 0;
+      assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+      assert_int_equal(nf, 2);
+      for (int i = 0; i < nf; i++) {
+        int64_t base = 100 * batch + (strcmp(fl[i].name, "labels") == 0);
+        assert_int_equal(fl[i].dtype, CPDL_DTYPE_INT64);
+        assert_int_equal(fl[i].shape[1], 4);
+        assert_int_equal(((const int64_t *)fl[i].data)[3], base + 3);
+      }
+    }
+    assert_int_equal(got, dp_rank == 0 ? 3 : 2);
+    cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+    int nf;
+    assert_int_equal(cpdl__feed_next(f, fl, &nf), CPDL_EEOF);
+    /* resume after the first batch */
+    assert_int_equal(cpdl__feed_seek(f, cursor), 0);
+    assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+    assert_int_equal(((const int64_t *)fl[0].data)[0], 100 * (dp_rank + 2));
+    cpdl__feed_close(f);
+  }
+  for (int step = 0; step < 5; step++) {
+    snprintf(path, sizeof path, "%s/step%04d/input_ids.npy", dir, step);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/step%04d/labels.npy", dir, step);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/step%04d", dir, step);
+    rmdir(path);
+  }
+  rmdir(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_resume_pack),
+      cmocka_unit_test(test_resume_pad),
+      cmocka_unit_test(test_agreement),
+      cmocka_unit_test(test_uri_seed),
+      cmocka_unit_test(test_fields_and_eot),
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_npy_batches),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

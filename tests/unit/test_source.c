@@ -1,0 +1,277 @@
+/* test_source.c — the plugin host (URI parsing, discovery, ABI checks, error
+ * texts) and the synthetic plugin (determinism, EOT placement, length
+ * distributions, query validation). CTest sets CPDL_PLUGIN_PATH to the build
+ * tree's plugin directory; CPDL_TEST_PLUGIN_DIR holds deliberately broken
+ * plugins built from tests/unit/plugin_broken.c.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void assert_msg_contains(const char *needle) {
+  const char *msg = cpdl_last_error();
+  if (!strstr(msg, needle)) {
+    print_error("message \"%s\" lacks \"%s\"\n", msg, needle);
+    fail();
+  }
+}
+
+static cpdl__source_t *open_ok(const char *uri) {
+  cpdl__source_t *src = NULL;
+  int rc = cpdl__source_open(uri, &src);
+  if (rc)
+    print_error("open %s: %s\n", uri, cpdl_last_error());
+  assert_int_equal(rc, 0);
+  assert_non_null(src);
+  return src;
+}
+
+/* Copy sample i out (synthetic buffers live only until the next read). */
+static uint32_t *read_copy(cpdl__source_t *src, int64_t i, int64_t *n) {
+  cpdl__sample_t s;
+  assert_int_equal(cpdl__source_read(src, i, &s), 0);
+  assert_int_equal(s.token_bytes, 4);
+  assert_true(s.n_tokens >= 1);
+  uint32_t *copy = malloc((size_t)s.n_tokens * 4);
+  assert_non_null(copy);
+  memcpy(copy, s.tokens, (size_t)s.n_tokens * 4);
+  *n = s.n_tokens;
+  return copy;
+}
+
+static void test_synthetic_defaults(void **state) {
+  (void)state;
+  cpdl__source_t *src = open_ok("synthetic:");
+  assert_string_equal(cpdl__source_name(src), "synthetic");
+  assert_int_equal(cpdl__source_count(src), 1000000);
+  assert_int_equal(cpdl__source_eot(src), 50256);
+  assert_false(cpdl__source_has_batches(src));
+  assert_false(cpdl__source_stable(src));
+  assert_int_equal(cpdl__source_document_count(src), 1000000);
+  for (int64_t i = 0; i < 50; i++) {
+    int64_t n;
+    uint32_t *t = read_copy(src, i * 9973, &n);
+    assert_int_equal(t[n - 1], 50256);
+    for (int64_t j = 0; j + 1 < n; j++) {
+      assert_true(t[j] < 50257);
+      assert_int_not_equal(t[j], 50256);
+    }
+    free(t);
+  }
+  cpdl__sample_t s;
+  assert_int_equal(cpdl__source_read(src, 1000000, &s), CPDL_EARG);
+  assert_int_equal(cpdl__source_read(src, -1, &s), CPDL_EARG);
+  cpdl__source_close(src);
+}
+
+static void test_synthetic_deterministic(void **state) {
+  (void)state;
+  const char *uri = "synthetic:?seed=77&vocab=1000&eot=999&samples=100&mean=64&max=512";
+  cpdl__source_t *a = open_ok(uri), *b = open_ok(uri);
+  cpdl__source_t *c = open_ok("synthetic:?seed=78&vocab=1000&eot=999&samples=100&mean=64&max=512");
+  int64_t differ = 0;
+  /* read b in reverse order: content depends on the index only */
+  for (int64_t i = 0; i < 100; i++) {
+    int64_t na, nb, nc;
+    uint32_t *ta = read_copy(a, i, &na);
+    uint32_t *tb = read_copy(b, 99 - i, &nb);
+    uint32_t *tb2 = read_copy(b, i, &nb);
+    uint32_t *tc = read_copy(c, i, &nc);
+    assert_int_equal(na, nb);
+    assert_memory_equal(ta, tb2, (size_t)na * 4);
+    if (na != nc || memcmp(ta, tc, (size_t)na * 4) != 0)
+      differ++;
+    for (int64_t j = 0; j < na; j++)
+      assert_true(ta[j] < 1000);
+    assert_int_equal(ta[na - 1], 999);
+    free(ta);
+    free(tb);
+    free(tb2);
+    free(tc);
+  }
+  assert_true(differ >= 99); /* another seed gives other documents */
+  cpdl__source_close(a);
+  cpdl__source_close(b);
+  cpdl__source_close(c);
+}
+
+static void test_synthetic_lengths(void **state) {
+  (void)state;
+  cpdl__source_t *fixed = open_ok("synthetic:?dist=fixed&mean=37&samples=20");
+  for (int64_t i = 0; i < 20; i++) {
+    cpdl__sample_t s;
+    assert_int_equal(cpdl__source_read(fixed, i, &s), 0);
+    assert_int_equal(s.n_tokens, 37);
+  }
+  cpdl__source_close(fixed);
+
+  cpdl__source_t *uni = open_ok("synthetic:?dist=uniform&min=10&max=20&mean=15&samples=2000");
+  int64_t seen_min = 1 << 30, seen_max = 0;
+  for (int64_t i = 0; i < 2000; i++) {
+    cpdl__sample_t s;
+    assert_int_equal(cpdl__source_read(uni, i, &s), 0);
+    assert_true(s.n_tokens >= 10 && s.n_tokens <= 20);
+    seen_min = s.n_tokens < seen_min ? s.n_tokens : seen_min;
+    seen_max = s.n_tokens > seen_max ? s.n_tokens : seen_max;
+  }
+  assert_int_equal(seen_min, 10);
+  assert_int_equal(seen_max, 20);
+  cpdl__source_close(uni);
+
+  cpdl__source_t *ex = open_ok("synthetic:?dist=exp&mean=200&min=1&max=100000&samples=20000");
+  double sum = 0;
+  for (int64_t i = 0; i < 20000; i++) {
+    cpdl__sample_t s;
+    assert_int_equal(cpdl__source_read(ex, i, &s), 0);
+    sum += (double)s.n_tokens;
+  }
+  double mean = sum / 20000;
+  assert_true(mean > 190 && mean < 210);
+  cpdl__source_close(ex);
+}
+
+static void test_synthetic_bad_query(void **state) {
+  (void)state;
+  cpdl__source_t *src = NULL;
+  assert_int_equal(cpdl__source_open("synthetic:?seed=1&colour=red", &src), CPDL_EARG);
+  assert_null(src);
+  assert_msg_contains("unknown query key 'colour'");
+  assert_msg_contains("vocab");
+  assert_int_equal(cpdl__source_open("synthetic:?dist=normal", &src), CPDL_EARG);
+  assert_msg_contains("dist=normal");
+  assert_int_equal(cpdl__source_open("synthetic:?vocab=abc", &src), CPDL_EARG);
+  assert_msg_contains("'vocab=abc'");
+  assert_int_equal(cpdl__source_open("synthetic:?min=10&max=5", &src), CPDL_EARG);
+  assert_msg_contains("min <= max");
+  assert_int_equal(cpdl__source_open("synthetic:?min=10&max=50&mean=60", &src), CPDL_EARG);
+  assert_msg_contains("min <= mean <= max");
+  /* the default mean (1024) is clamped into explicit bounds */
+  src = open_ok("synthetic:?min=10&max=50&samples=100");
+  for (int64_t i = 0; i < 100; i++) {
+    cpdl__sample_t s;
+    assert_int_equal(cpdl__source_read(src, i, &s), 0);
+    assert_true(s.n_tokens >= 10 && s.n_tokens <= 50);
+  }
+  cpdl__source_close(src);
+  src = NULL;
+  assert_int_equal(cpdl__source_open("synthetic:/some/path", &src), CPDL_EARG);
+  assert_msg_contains("takes no path");
+}
+
+static void test_uri_errors(void **state) {
+  (void)state;
+  cpdl__source_t *src = NULL;
+  assert_int_equal(cpdl__source_open("", &src), CPDL_EARG);
+  assert_msg_contains("empty");
+  assert_int_equal(cpdl__source_open("/data/no/scheme", &src), CPDL_EARG);
+  assert_msg_contains("no scheme");
+  assert_int_equal(cpdl__source_open("Bad$cheme:x", &src), CPDL_EARG);
+  assert_msg_contains("scheme may hold only");
+  assert_int_equal(cpdl__source_open("parquet:/data/x", &src), CPDL_EPLUGIN);
+  assert_null(src);
+  assert_msg_contains("unknown data source scheme 'parquet'");
+  assert_msg_contains("cpdl-parquet.so");
+  assert_msg_contains("synthetic"); /* the known schemes are listed */
+  assert_msg_contains("CPDL_PLUGIN_PATH");
+}
+
+static void test_public_api(void **state) {
+  (void)state;
+  cpdl_source_t *src = NULL;
+  assert_int_equal(cpdl_source_open("synthetic:?samples=5&dist=fixed&mean=8", &src), 0);
+  assert_int_equal(cpdl_source_count(src), 5);
+  assert_int_equal(cpdl_source_eot(src), 50256);
+  const void *tokens;
+  int64_t n;
+  int tb;
+  assert_int_equal(cpdl_source_read(src, 4, &tokens, &n, &tb), 0);
+  assert_int_equal(n, 8);
+  assert_int_equal(tb, 4);
+  assert_int_equal(((const uint32_t *)tokens)[7], 50256);
+  assert_int_equal(cpdl_source_read(src, 5, &tokens, &n, &tb), CPDL_EARG);
+  cpdl_source_close(src);
+  cpdl_source_close(NULL);
+}
+
+/* Plugin search path: a directory listed first shadows later ones; broken
+ * plugins give their specific errors. */
+static char tmpdir[256];
+
+static void write_file(const char *path, const void *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, n, f), n);
+  fclose(f);
+}
+
+static void test_plugin_path(void **state) {
+  (void)state;
+  const char *orig = getenv("CPDL_PLUGIN_PATH");
+  char *saved = orig ? strdup(orig) : NULL;
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/cpdl-test-source-XXXXXX");
+  assert_non_null(mkdtemp(tmpdir));
+  char path[512], env[1024];
+
+  /* not an ELF file: dlopen's own text is passed on */
+  snprintf(path, sizeof path, "%s/cpdl-garbage.so", tmpdir);
+  write_file(path, "not a shared object", 19);
+  snprintf(env, sizeof env, "%s:%s", tmpdir, saved ? saved : "");
+  setenv("CPDL_PLUGIN_PATH", env, 1);
+
+  cpdl__source_t *src = NULL;
+  assert_int_equal(cpdl__source_open("garbage:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("cannot be loaded");
+  assert_msg_contains("cpdl-garbage.so");
+  /* the unknown-scheme listing includes what the extra dir holds */
+  assert_int_equal(cpdl__source_open("nothere:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("garbage");
+  assert_msg_contains("synthetic");
+  char list[512];
+  assert_true(cpdl__source_list(list, sizeof list) >= 2);
+
+#ifdef CPDL_TEST_PLUGIN_DIR
+  snprintf(env, sizeof env, "%s:%s", CPDL_TEST_PLUGIN_DIR, saved ? saved : "");
+  setenv("CPDL_PLUGIN_PATH", env, 1);
+  assert_int_equal(cpdl__source_open("badabi:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("ABI version 99");
+  assert_msg_contains("version 1");
+  assert_int_equal(cpdl__source_open("small:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("struct_size 8");
+  assert_int_equal(cpdl__source_open("misnamed:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("names itself 'other'");
+  assert_int_equal(cpdl__source_open("nosym:x", &src), CPDL_EPLUGIN);
+  assert_msg_contains("no entry symbol 'cpdl_source_plugin_v1'");
+#endif
+
+  if (saved) {
+    setenv("CPDL_PLUGIN_PATH", saved, 1);
+    free(saved);
+  } else {
+    unsetenv("CPDL_PLUGIN_PATH");
+  }
+  snprintf(path, sizeof path, "%s/cpdl-garbage.so", tmpdir);
+  unlink(path);
+  rmdir(tmpdir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_synthetic_defaults),
+    cmocka_unit_test(test_synthetic_deterministic),
+    cmocka_unit_test(test_synthetic_lengths),
+    cmocka_unit_test(test_synthetic_bad_query),
+    cmocka_unit_test(test_uri_errors),
+    cmocka_unit_test(test_public_api),
+    cmocka_unit_test(test_plugin_path),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
