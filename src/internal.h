@@ -232,6 +232,9 @@ void cpdl__ring_wake_all(cpdl__ring_t *ring);
  * bookkeeping at `first_step` (slot steps cleared, consumer cursors set to
  * first_step), keeping geometry, fields and registered pids. */
 void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step);
+/* Consumer, at the same point: its handle's slot numbering starts at
+ * first_step too (local only). */
+void cpdl__ring_rebase(cpdl__ring_t *ring, uint64_t first_step);
 /* The slot that holds `step`: (step - first_step) mod n_slots, so that
  * consecutive steps use consecutive slots even across the 2^64 wrap for any
  * n_slots (plain step % n_slots breaks there unless n_slots is a power of 2).

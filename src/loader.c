@@ -30,8 +30,13 @@
 struct cpdl_loader {
   cpdl_config_t cfg;
   cpdl__mesh_t mesh;
-  cpdl__shm_t shm;
-  cpdl__ring_t *ring;
+  cpdl__shm_t shm;          /* leader: read-write mapping; others: their mapping */
+  cpdl__ring_t *ring;       /* leader: the writer's handle (loader threads) */
+  /* The consumer side of every rank, the leader included, goes through a
+   * read-only data mapping: the leader maps its own segment a second time,
+   * so no rank can write into a view by mistake. */
+  cpdl__shm_t view_shm;
+  cpdl__ring_t *cring;
   uint64_t nonce;
   uint64_t config_hash;
   size_t ctrl_bytes;
@@ -351,20 +356,21 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
 }
 
 static int consumer_attach(cpdl_loader_t *L, const segment_info_t *info) {
-  if (info->config_hash != L->config_hash)
+  if (!L->mesh.is_leader && info->config_hash != L->config_hash)
     return cpdl__error(CPDL_ECONFIG, "the leader's configuration hash differs from this rank's");
   L->total_bytes = info->size;
   L->ctrl_bytes = info->ctrl_bytes;
   L->nonce = info->nonce;
-  int rc = cpdl__shm_attach(info->name, info->size, info->ctrl_bytes, true, &L->shm);
+  int rc = cpdl__shm_attach(info->name, info->size, info->ctrl_bytes, true, &L->view_shm);
   if (rc)
     return rc;
-  return cpdl__ring_attach(L->shm.base, info->size, info->nonce, info->config_hash, &L->ring);
+  return cpdl__ring_attach(L->view_shm.base, info->size, info->nonce, info->config_hash,
+                           &L->cring);
 }
 
 static void build_view_table(cpdl_loader_t *L) {
-  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
-  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->ring);
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->cring);
+  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->cring);
   L->n_fields = (int)geo->n_fields;
   for (int i = 0; i < L->n_fields; i++) {
     snprintf(L->view_names[i], CPDL_NAME_MAX, "%s", fields[i].name);
@@ -380,8 +386,12 @@ static void build_view_table(cpdl_loader_t *L) {
 
 static void loader_free(cpdl_loader_t *L) {
   stop_threads(L);
+  if (L->cring)
+    cpdl__ring_free(L->cring);
   if (L->ring)
     cpdl__ring_free(L->ring);
+  if (L->view_shm.base || L->view_shm.fd >= 0)
+    cpdl__shm_close(&L->view_shm);
   if (L->shm.base || L->shm.fd >= 0) {
     if (L->shm.owner && !L->shm.unlinked)
       cpdl__shm_unlink(&L->shm);
@@ -429,6 +439,7 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
   }
   L->cfg = *cfg;
   L->shm.fd = -1;
+  L->view_shm.fd = -1;
   for (int g = 0; g < MAX_GROUP; g++)
     L->peer_pidfd[g] = -1;
   L->config_hash = cpdl__config_hash(cfg);
@@ -471,7 +482,7 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
     rc = cpdl__error(CPDL_EMPI, "MPI_Bcast of the segment name failed");
     goto fail;
   }
-  local = L->mesh.is_leader ? 0 : consumer_attach(L, &info);
+  local = consumer_attach(L, &info); /* the leader too: its read-only view mapping */
   rc = cpdl__agree(L->mesh.comm, local);
   if (rc)
     goto fail;
@@ -483,7 +494,7 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
     rc = cpdl__error(CPDL_EMPI, "MPI_Allgather of group pids failed");
     goto fail;
   }
-  cpdl__ring_register(L->ring, (uint32_t)L->mesh.me.group_rank, pid);
+  cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, pid);
   for (int g = 0; g < L->mesh.me.group_size; g++)
     if (g != L->mesh.me.group_rank)
       L->peer_pidfd[g] = pidfd_open_compat(L->peer_pid[g]);
@@ -535,24 +546,24 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     if (L->mesh.is_leader) {
       int rc = start_threads(L);
       if (rc) {
-        cpdl__ring_post_error(L->ring, rc, cpdl_last_error());
+        cpdl__ring_post_error(L->cring, rc, cpdl_last_error());
         return rc;
       }
     }
   }
   int rc = cpdl__fault("waiting", L->mesh.me.world_rank);
   if (!rc)
-    rc = cpdl__ring_wait_step(L->ring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+    rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
   if (rc) {
     if (rc == CPDL_EPEER)
       L->failed = true;
     return rc;
   }
   uint64_t step = L->next_step;
-  uint32_t slot = cpdl__ring_slot_of(L->ring, step);
-  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->ring);
-  const char *block = cpdl__ring_rank_block(L->ring, (uint32_t)L->mesh.local_cp_index, slot);
-  const char *shared = cpdl__ring_shared_block(L->ring, slot);
+  uint32_t slot = cpdl__ring_slot_of(L->cring, step);
+  const cpdl_prep_field_t *fields = cpdl__ring_fields(L->cring);
+  const char *block = cpdl__ring_rank_block(L->cring, (uint32_t)L->mesh.local_cp_index, slot);
+  const char *shared = cpdl__ring_shared_block(L->cring, slot);
   memset(out, 0, sizeof *out);
   out->step = step;
   out->n_fields = L->n_fields;
@@ -561,9 +572,9 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     out->fields[i].data = (fields[i].shared ? shared : block) + fields[i].offset;
   }
   out->mesh = L->mesh.me;
-  out->region = cpdl__ring_region(L->ring, (uint32_t)L->mesh.local_cp_index, &out->region_bytes);
+  out->region = cpdl__ring_region(L->cring, (uint32_t)L->mesh.local_cp_index, &out->region_bytes);
   out->internal = L;
-  (void)cpdl__ring_slot_state(L->ring, step, L->state_words);
+  (void)cpdl__ring_slot_state(L->cring, step, L->state_words);
   L->holding = true;
   (void)cpdl__fault("holding_slot", L->mesh.me.world_rank);
   return 0;
@@ -575,7 +586,7 @@ int cpdl_batch_release(cpdl_loader_t *L, cpdl_batch_t *batch) {
   if (!L->holding || batch->internal != L || batch->step != L->next_step)
     return cpdl__error(CPDL_ESTATE, "cpdl_batch_release: this batch (step %llu) is not the one "
                        "held by this loader", (unsigned long long)batch->step);
-  cpdl__ring_release(L->ring, (uint32_t)L->mesh.me.group_rank, batch->step);
+  cpdl__ring_release(L->cring, (uint32_t)L->mesh.me.group_rank, batch->step);
   L->holding = false;
   L->next_step++;
   batch->internal = NULL;
@@ -648,9 +659,14 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
     if (!local)
       cpdl__ring_reset(L->ring, step);
   }
+  if (!local)
+    cpdl__ring_rebase(L->cring, step);
   rc = cpdl__agree(L->mesh.comm, local);
   if (rc)
     return rc;
+  /* The reset is complete before any consumer waits on the ring. */
+  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
+    return cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
   L->first_step = step;
   L->next_step = step;
   memcpy(L->start_words, cursor, sizeof cursor);

@@ -1,11 +1,9 @@
-/* pin.c — placement at run time: gathers what the plan needs over MPI (every
- * node member's binding, group, CP rank and GPU request), loads this machine's
- * topology, keeps the plan (pin_plan.c) and applies it: loader threads with
- * hwloc_set_thread_cpubind, CP regions with hwloc_set_area_membind.
- * Invariants: placement never fails an open except for an invalid explicit
- * cores:<list>; where hwloc cannot help, the pin degrades to "none" with one
- * warning per process. After setup the topology is read-only, so loader
- * threads may apply concurrently.
+/* pin.c — placement at run time: gathers the plan's inputs over the node's
+ * communicator (bindings, groups, CP ranks, GPU requests), loads the topology,
+ * keeps the plan (pin_plan.c), applies it (hwloc_set_thread_cpubind,
+ * hwloc_set_area_membind) and reports it. Only an invalid explicit
+ * cores:<list> fails; otherwise hwloc trouble degrades to "none" with one
+ * warning. After setup the topology is read-only: threads apply concurrently.
  */
 #include "internal.h"
 
@@ -193,12 +191,18 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
     total += (size_t)counts[i];
   }
   all = malloc(total ? total : 1);
-  if (!all && rc == 0)
-    rc = -ENOMEM;
-  /* A rank without the buffer still joins, receiving into a dummy. */
-  char dummy;
-  if (MPI_Allgatherv(local, mine[F_BYTES], MPI_CHAR, all ? all : &dummy, counts, displs,
-                     MPI_CHAR, comm) != MPI_SUCCESS && all) {
+  alloc_ok = all != NULL;
+  if (MPI_Allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
+    rc = mpi_failed("MPI_Allreduce");
+    goto done;
+  }
+  if (!all_ok) {
+    rc = cpdl__agree(comm, rc ? rc : (alloc_ok ? 0 : -ENOMEM));
+    rc = rc ? rc : cpdl__error(-ENOMEM, "pin: out of memory on a rank of the node");
+    goto done;
+  }
+  if (MPI_Allgatherv(local, mine[F_BYTES], MPI_CHAR, all, counts, displs, MPI_CHAR, comm) !=
+      MPI_SUCCESS) {
     rc = mpi_failed("MPI_Allgatherv");
     goto done;
   }
@@ -295,8 +299,10 @@ int cpdl__pin_region(cpdl__pin_t *pin, int region, void *addr, size_t len) {
   if (!nodes)
     return 0; /* placement is advice; never fail the open for it */
   hwloc_bitmap_only(nodes, (unsigned)numa);
+  /* MIGRATE: tmpfs allocates a segment's pages at posix_fallocate time,
+   * before the region can be bound; migration moves them where they belong. */
   if (hwloc_set_area_membind(pin->topo, addr, len, nodes, HWLOC_MEMBIND_BIND,
-                             HWLOC_MEMBIND_BYNODESET) < 0)
+                             HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_MIGRATE) < 0)
     warn_once("binding region %d (%zu bytes) to NUMA node %d failed: %s", region, len, numa,
               strerror(errno));
   hwloc_bitmap_free(nodes);
@@ -361,13 +367,15 @@ static int local_entries(const cpdl__pin_t *pin, int comm_rank, char **buf, size
   const char *gpu = plan ? plan->member_gpu[pin->member] : NULL;
   int rc = entry(buf, len, &cap, rank, "main", binding, numa, gpu);
   for (int t = 0; rc == 0 && pin && pin->is_leader && t < pin->n_threads; t++) {
-    char name[32], set[256];
+    char name[32], *set = NULL;
     snprintf(name, sizeof name, "loader%d", t);
     hwloc_const_cpuset_t cpus = thread_set(pin, t);
     if (cpus) {
-      hwloc_bitmap_list_snprintf(set, sizeof set, cpus);
+      if (hwloc_bitmap_list_asprintf(&set, cpus) < 0)
+        return -ENOMEM;
       rc = entry(buf, len, &cap, rank, name, set, plan->thread_numa[t],
                  plan->member_gpu[plan->thread_member[t]]);
+      free(set);
     } else { /* unbound threads inherit the main thread's binding */
       rc = entry(buf, len, &cap, rank, name, binding, numa, NULL);
     }

@@ -589,3 +589,22 @@ void cpdl__ring_release(cpdl__ring_t *ring, uint32_t consumer, uint64_t step) {
   atomic_fetch_add_explicit(&rec->futex, 1, memory_order_release);
   futex_wake_all(&rec->futex);
 }
+
+/* ---- restart and wake (used by loader.c) ---------------------------------- */
+
+void cpdl__ring_wake_all(cpdl__ring_t *ring) { wake_everyone(ring); }
+
+void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step) {
+  /* Called only while no loader thread runs and no consumer has waited for
+   * or released anything (state restore right after open, between two MPI
+   * barriers): the barriers order these stores before every later access. */
+  ring->first_step = first_step;
+  atomic_store_explicit(&ring->hdr->eof_set, 0, memory_order_relaxed);
+  for (uint32_t s = 0; s < ring->geo.n_slots; s++)
+    atomic_store_explicit(&ring->slots[s].step, first_step + s - ring->geo.n_slots,
+                          memory_order_relaxed);
+  for (uint32_t c = 0; c < ring->geo.n_consumers; c++)
+    atomic_store_explicit(&ring->consumers[c].cursor, first_step, memory_order_relaxed);
+}
+
+void cpdl__ring_rebase(cpdl__ring_t *ring, uint64_t first_step) { ring->first_step = first_step; }

@@ -14,3 +14,10 @@ __version__ = "0.1.0"  # CPDL_VERSION_MAJOR.MINOR.PATCH of include/cpdl.h
 
 __all__ = ["Error", "shard_batch", "shard_batch_all", "strerror", "library_path",
            "__version__"]
+
+# Loader (zero-copy batches; torch via DLPack, cpdl.torch for the NeMo drop-in)
+# and Source (a data source's samples). cpdl.torch is imported on demand only.
+from .loader import Batch, Loader, Mesh  # noqa: E402
+from .source import Source  # noqa: E402
+
+__all__ += ["Batch", "Loader", "Mesh", "Source"]

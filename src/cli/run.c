@@ -102,6 +102,9 @@ static void progress(bool tty, uint64_t done, uint64_t total, double tokens, dou
                      double *last_print) {
   double rate = elapsed > 0 ? tokens / elapsed : 0;
   if (tty) {
+    if (done != total && elapsed - *last_print < 0.1)
+      return; /* redraw at most 10 times a second */
+    *last_print = elapsed;
     int width = 30, fill = total ? (int)((double)done * width / (double)total) : 0;
     char bar[64];
     for (int i = 0; i < width; i++)

@@ -7,6 +7,8 @@
  *   mpi_pin_bind <cp> bind|nobind   bind: each rank first binds itself to one
  *                                   allowed CPU (rank mod count), as
  *                                   mpirun --bind-to core would
+ *   mpi_pin_bind <cp> bindfirst     every rank bound to the first allowed CPU:
+ *                                   auto/numa threads must stay off it
  *   mpi_pin_bind <cp> xml           HWLOC_XMLFILE names a topology with GPUs:
  *                                   check the report's GPU and NUMA per rank
  */
@@ -23,6 +25,10 @@
 #include "internal.h"
 
 #define N_THREADS 3
+
+/* bindfirst: the CPU every rank is bound to, which auto must keep its
+ * threads off (-1: no such check). */
+static int avoid_cpu = -1;
 
 typedef struct worker {
   cpdl__pin_t *pin;
@@ -91,6 +97,13 @@ static void run_policy(const cpdl__mesh_t *mesh, hwloc_topology_t topo, const ch
             t, w[t].hwloc_set, want);
       if (!strcmp(policy, "none"))
         CHECK(planned[0] == '\0', "pin=none planned CPUs %s for thread %d", planned, t);
+      if (avoid_cpu >= 0 && (!strcmp(policy, "auto") || !strcmp(policy, "numa"))) {
+        hwloc_bitmap_t got = hwloc_bitmap_alloc();
+        hwloc_bitmap_list_sscanf(got, w[t].affinity);
+        CHECK(!hwloc_bitmap_isset(got, (unsigned)avoid_cpu) && !hwloc_bitmap_iszero(got),
+              "pin=%s thread %d on %s, the ranks' CPU %d", policy, t, w[t].affinity, avoid_cpu);
+        hwloc_bitmap_free(got);
+      }
     }
   }
   /* The main thread was never moved. */
@@ -188,6 +201,15 @@ int main(int argc, char **argv) {
   cpu_set_t allowed;
   sched_getaffinity(0, sizeof allowed, &allowed);
   int world_rank = cpdl_test_world_rank();
+  if (!strcmp(mode, "bindfirst") && CPU_COUNT(&allowed) > 1) {
+    for (int cpu = 0; cpu < CPU_SETSIZE && avoid_cpu < 0; cpu++)
+      if (CPU_ISSET(cpu, &allowed))
+        avoid_cpu = cpu;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(avoid_cpu, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0, "bind to CPU %d", avoid_cpu);
+  }
   if (!strcmp(mode, "bind")) {
     int n = CPU_COUNT(&allowed), k = world_rank % n;
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {

@@ -1,0 +1,557 @@
+"""loader — cpdl.Loader: iterate a cpdl loader's batches as zero-copy numpy views.
+
+Owns: the ctypes mirror of cpdl_config_t, cpdl_mesh_coords_t, cpdl_view_field_t,
+cpdl_batch_t and cpdl_state_t (tests/python/test_loader.py compares them with
+the C compiler); MPI start-up when nobody started it; the Batch object.
+Invariants: a Loader holds at most one unreleased batch (the C side's rule);
+next() releases the previous one first. Every array handed out views the shared
+segment read-only through a buffer whose base chain ends at its Batch, so the
+Batch object outlives its arrays — but the *slot* does not: after release() the
+leader may overwrite it (see Batch). Loaders are closed before MPI_Finalize.
+"""
+import atexit
+import collections
+import ctypes
+import ctypes.util
+import operator
+import weakref
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _cuda, _dlpack, _lib
+from ._lib import lib
+from .prep import Error, _check
+
+CPDL_STATE_WORDS = 8
+CPDL_EEOF = -4011
+CPDL_ESTATE = -4014
+CPDL_EARG = -4001
+
+
+class Config(ctypes.Structure):
+    """cpdl_config_t"""
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("cp", ctypes.c_int),
+        ("tp", ctypes.c_int),
+        ("order", ctypes.c_char * 16),
+        ("seq_len", ctypes.c_int64),
+        ("batch", ctypes.c_int),
+        ("steps", ctypes.c_int64),
+        ("slots", ctypes.c_int),
+        ("mode", ctypes.c_int),
+        ("seed", ctypes.c_uint64),
+        ("source", ctypes.c_char * 512),
+        ("collate", ctypes.c_char * 16),
+        ("padding_token_id", ctypes.c_int64),
+        ("position_ids", ctypes.c_int),
+        ("loss_on_eot", ctypes.c_int),
+        ("drop_last", ctypes.c_int),
+        ("threads", ctypes.c_int),
+        ("pin", ctypes.c_char * 64),
+        ("timeout_ms", ctypes.c_int),
+        ("peer_timeout_ms", ctypes.c_int),
+    ]
+
+
+_MESH_NAMES = ("world_rank", "world_size", "dp_rank", "cp_rank", "tp_rank", "dp_size",
+               "cp_size", "tp_size", "node", "group", "group_rank", "group_size")
+
+
+class MeshCoords(ctypes.Structure):
+    """cpdl_mesh_coords_t"""
+    _fields_ = [(name, ctypes.c_int) for name in _MESH_NAMES]
+
+
+class ViewField(ctypes.Structure):
+    """cpdl_view_field_t"""
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("shape", ctypes.c_int64 * _lib.CPDL_MAX_DIMS),
+        ("data", ctypes.c_void_p),
+        ("nbytes", ctypes.c_size_t),
+    ]
+
+
+class CBatch(ctypes.Structure):
+    """cpdl_batch_t"""
+    _fields_ = [
+        ("step", ctypes.c_uint64),
+        ("n_fields", ctypes.c_int),
+        ("fields", ViewField * _lib.CPDL_MAX_FIELDS),
+        ("mesh", MeshCoords),
+        ("region", ctypes.c_void_p),
+        ("region_bytes", ctypes.c_size_t),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+class State(ctypes.Structure):
+    """cpdl_state_t"""
+    _fields_ = [("version", ctypes.c_uint64), ("words", ctypes.c_uint64 * CPDL_STATE_WORDS)]
+
+
+_P = ctypes.POINTER
+_SIGNATURES = {
+    "cpdl_config_init": (None, [_P(Config)]),
+    "cpdl_config_set": (ctypes.c_int, [_P(Config), ctypes.c_char_p, ctypes.c_char_p]),
+    "cpdl_config_parse": (ctypes.c_int, [_P(Config), ctypes.c_char_p]),
+    "cpdl_config_from_env": (ctypes.c_int, [_P(Config)]),
+    "cpdl_loader_open_world": (ctypes.c_int, [_P(Config), _P(ctypes.c_void_p)]),
+    "cpdl_loader_next": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
+    "cpdl_batch_release": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
+    "cpdl_loader_mesh": (ctypes.c_int, [ctypes.c_void_p, _P(MeshCoords)]),
+    "cpdl_loader_segment_bytes": (ctypes.c_size_t, [ctypes.c_void_p]),
+    "cpdl_loader_state_save": (ctypes.c_int, [ctypes.c_void_p, _P(State)]),
+    "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, _P(State)]),
+    "cpdl_loader_close": (ctypes.c_int, [ctypes.c_void_p]),
+}
+for _sym, (_restype, _argtypes) in _SIGNATURES.items():
+    _fn = getattr(lib, _sym)
+    _fn.restype = _restype
+    _fn.argtypes = _argtypes
+# cpdl_loader_open's MPI_Comm argument is typed per MPI library (see _comm_handle).
+lib.cpdl_loader_open.restype = ctypes.c_int
+
+# cpdl dtype -> (numpy dtype of the view, DLPack code, bits). bfloat16 has no
+# numpy dtype: its views are uint16 bit patterns, its torch tensors bfloat16.
+_DTYPES = {
+    _lib.DTYPE_BOOL: (np.dtype(np.bool_), _dlpack.KDL_BOOL, 8),
+    _lib.DTYPE_UINT8: (np.dtype(np.uint8), _dlpack.KDL_UINT, 8),
+    _lib.DTYPE_INT32: (np.dtype(np.int32), _dlpack.KDL_INT, 32),
+    _lib.DTYPE_INT64: (np.dtype(np.int64), _dlpack.KDL_INT, 64),
+    _lib.DTYPE_FLOAT16: (np.dtype(np.float16), _dlpack.KDL_FLOAT, 16),
+    _lib.DTYPE_BFLOAT16: (np.dtype(np.uint16), _dlpack.KDL_BFLOAT, 16),
+    _lib.DTYPE_FLOAT32: (np.dtype(np.float32), _dlpack.KDL_FLOAT, 32),
+    _lib.DTYPE_FLOAT64: (np.dtype(np.float64), _dlpack.KDL_FLOAT, 64),
+}
+
+Mesh = collections.namedtuple("Mesh", _MESH_NAMES)
+Mesh.__doc__ = "Where this rank sits: dp/cp/tp coordinates and sizes, node, group."
+
+
+def _mesh_of(coords):
+    return Mesh(*(getattr(coords, name) for name in _MESH_NAMES))
+
+
+# ---- MPI -------------------------------------------------------------------
+
+_mpi = None
+_we_initialized_mpi = False
+_open_loaders = weakref.WeakSet()
+
+
+def _mpi_lib():
+    global _mpi
+    if _mpi is None:
+        # _lib already loaded libmpi RTLD_GLOBAL (libcpdl.so needs it); this
+        # is the same library, opened again to call MPI_Init* directly.
+        last = None
+        for name in ("libmpi.so.40", ctypes.util.find_library("mpi")):
+            if not name:
+                continue
+            try:
+                _mpi = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+                break
+            except OSError as exc:
+                last = exc
+        if _mpi is None:
+            raise Error(-4016, "cannot load libmpi to initialize MPI (%s); import mpi4py "
+                               "and pass comm= instead" % last)
+        for sym in ("MPI_Initialized", "MPI_Finalized"):
+            getattr(_mpi, sym).argtypes = [ctypes.POINTER(ctypes.c_int)]
+            getattr(_mpi, sym).restype = ctypes.c_int
+        _mpi.MPI_Init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        _mpi.MPI_Init.restype = ctypes.c_int
+        _mpi.MPI_Finalize.argtypes = []
+        _mpi.MPI_Finalize.restype = ctypes.c_int
+    return _mpi
+
+
+def _ensure_mpi():
+    """MPI_Init(NULL, NULL) unless someone (mpi4py, the host program) already
+    did; then, and only then, MPI_Finalize runs at exit, after our loaders
+    are closed."""
+    global _we_initialized_mpi
+    mpi = _mpi_lib()
+    flag = ctypes.c_int(0)
+    mpi.MPI_Initialized(ctypes.byref(flag))
+    if flag.value:
+        return
+    finalized = ctypes.c_int(0)
+    mpi.MPI_Finalized(ctypes.byref(finalized))
+    if finalized.value:
+        raise Error(-4016, "MPI was already finalized in this process; a Loader needs MPI")
+    rc = mpi.MPI_Init(None, None)
+    if rc != 0:
+        raise Error(-4016, "MPI_Init failed with MPI error %d" % rc)
+    _we_initialized_mpi = True
+
+
+@atexit.register
+def _at_exit():
+    # atexit runs in reverse registration order: this was registered at
+    # import, after mpi4py's own handler if mpi4py was imported first, so
+    # loaders close before anybody's MPI_Finalize. Closing is collective:
+    # every rank reaches it as it exits normally.
+    for loader in list(_open_loaders):
+        try:
+            loader.close()
+        except Error:
+            pass
+    if _we_initialized_mpi:
+        mpi = _mpi_lib()
+        finalized = ctypes.c_int(0)
+        mpi.MPI_Finalized(ctypes.byref(finalized))
+        if not finalized.value:
+            mpi.MPI_Finalize()
+
+
+def _comm_handle(comm):
+    """(value, ctypes type) of the MPI_Comm behind an mpi4py communicator.
+    Open MPI's MPI_Comm is a pointer, MPICH's an int: read the handle field at
+    the address mpi4py reports, with the width of the handle type."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise TypeError("cpdl: comm= needs an mpi4py communicator (%s)" % exc) from None
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError("cpdl: comm must be an mpi4py MPI.Comm, got %s" % type(comm).__name__)
+    address = MPI._addressof(comm)
+    if MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_void_p):
+        return ctypes.c_void_p.from_address(address).value, ctypes.c_void_p
+    return ctypes.c_int.from_address(address).value, ctypes.c_int
+
+
+# ---- Batch -----------------------------------------------------------------
+
+class _FieldExport:
+    """One field for the DLPack protocol (torch.from_dlpack(batch.dlpack(name)))."""
+
+    __slots__ = ("_batch", "_field")
+
+    def __init__(self, batch, field):
+        self._batch = batch
+        self._field = field
+
+    def __dlpack_device__(self):
+        return (_dlpack.KDL_CPU, 0)
+
+    def __dlpack__(self, stream=None):
+        if stream is not None and stream != -1:
+            raise BufferError("cpdl fields live in host memory; stream must be None")
+        return self._batch._capsule(self._field, standard_bool=True)
+
+
+class Batch(Mapping):
+    """One step's view for this rank: a mapping field name -> read-only numpy
+    array inside the shared segment (no copy), plus .step and .mesh.
+
+    Lifetime: the arrays (and tensors from .torch()) point into this step's
+    slot. After release() — explicit, at the end of a `with batch:` block, or
+    implicitly when the Loader moves to the next step — the slot goes back to
+    the leader, which will overwrite it with a later step, and after
+    Loader.close() it is unmapped. So:
+      * batch[name], .torch(), .copy() raise cpdl.Error("... released") after
+        release; release() a second time does nothing;
+      * arrays and tensors taken *before* release keep pointing at the slot:
+        reading them later gives another step's data (or crashes after close).
+        Keep data beyond the step with batch.copy() or np.array(arr).
+    Tensors from .torch() are writable in torch's eyes but the memory is
+    mapped read-only: writing to them raises SIGSEGV.
+    """
+
+    def __init__(self, loader, cbatch):
+        self._loader = loader
+        self._c = cbatch
+        self.step = int(cbatch.step)
+        self.mesh = _mesh_of(cbatch.mesh)
+        self.region = int(cbatch.region or 0)
+        self.region_bytes = int(cbatch.region_bytes)
+        self._fields = {}
+        for i in range(cbatch.n_fields):
+            f = cbatch.fields[i]
+            name = f.name.decode()
+            if f.dtype not in _DTYPES:
+                raise Error(-4003, "field '%s' has dtype %d, unknown to this binding"
+                            % (name, f.dtype))
+            shape = tuple(int(f.shape[d]) for d in range(f.ndim))
+            self._fields[name] = (int(f.data or 0), f.dtype, shape, int(f.nbytes))
+        self._arrays = {}
+        self._released = False
+
+    # Mapping
+    def __getitem__(self, name):
+        self._check_live(name)
+        array = self._arrays.get(name)
+        if array is None:
+            if name not in self._fields:
+                raise KeyError(name)
+            array = self._arrays[name] = self._view(name)
+        return array
+
+    def __iter__(self):
+        return iter(self._fields)
+
+    def __len__(self):
+        return len(self._fields)
+
+    def __contains__(self, name):
+        return name in self._fields
+
+    def __repr__(self):
+        state = "released" if self._released else "live"
+        return "<cpdl.Batch step %d %s fields=%s>" % (self.step, state, list(self._fields))
+
+    @property
+    def released(self):
+        return self._released
+
+    def _check_live(self, name=None):
+        if self._released:
+            what = "field '%s' of " % name if name else ""
+            raise Error(CPDL_ESTATE, "cannot use %sbatch of step %d: batch released (its slot "
+                        "belongs to the leader again); keep data with batch.copy() or "
+                        "np.array(arr) before release" % (what, self.step))
+
+    def _view(self, name):
+        address, dtype, shape, nbytes = self._fields[name]
+        np_dtype = _DTYPES[dtype][0]
+        want = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        if want != nbytes:
+            raise Error(-4012, "field '%s': shape %s of %s needs %d bytes, the view says %d"
+                        % (name, shape, np_dtype, want, nbytes))
+        if nbytes == 0:
+            array = np.empty(shape, np_dtype)
+            array.flags.writeable = False
+            return array
+        raw = (ctypes.c_char * nbytes).from_address(address)
+        raw.cpdl_batch = self  # base chain: array -> memoryview -> raw -> batch
+        # A read-only buffer: numpy then refuses to flip the array writeable.
+        return np.frombuffer(memoryview(raw).toreadonly(), np_dtype).reshape(shape)
+
+    def _capsule(self, name, standard_bool):
+        self._check_live(name)
+        address, dtype, shape, _ = self._fields[name]
+        _, code, bits = _DTYPES[dtype]
+        if dtype == _lib.DTYPE_BOOL and not standard_bool:
+            code = _dlpack.KDL_UINT
+        return _dlpack.to_capsule(address, shape, code, bits, self)
+
+    def dlpack(self, name):
+        """An object with __dlpack__/__dlpack_device__ for field `name`
+        (bool is exported as kDLBool, which torch 1.13 does not accept: use
+        batch.torch() there)."""
+        self._check_live(name)
+        if name not in self._fields:
+            raise KeyError(name)
+        return _FieldExport(self, name)
+
+    def torch(self):
+        """{name: CPU torch tensor} sharing memory with the numpy views, via
+        DLPack (torch.from_numpy warns on read-only arrays). bool travels as
+        uint8 and is viewed as torch.bool (torch 1.13 rejects kDLBool);
+        bfloat16 fields become torch.bfloat16. Same lifetime rules as the
+        arrays; see the class docstring."""
+        import torch
+        from torch.utils.dlpack import from_dlpack
+        self._check_live()
+        out = {}
+        for name, (_, dtype, _, _) in self._fields.items():
+            tensor = from_dlpack(self._capsule(name, standard_bool=False))
+            if dtype == _lib.DTYPE_BOOL:
+                tensor = tensor.view(torch.bool)
+            out[name] = tensor
+        return out
+
+    def copy(self):
+        """{name: writable numpy copy} that stays valid after release."""
+        self._check_live()
+        return {name: np.array(self[name]) for name in self._fields}
+
+    def release(self):
+        """Give the slot back to the leader. A second call does nothing."""
+        if self._released:
+            return
+        self._released = True
+        self._arrays.clear()
+        loader = self._loader
+        if loader is not None and loader._handle is not None and loader._current is self:
+            loader._current = None
+            _check(lib.cpdl_batch_release(loader._handle, ctypes.byref(self._c)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+# ---- Loader ----------------------------------------------------------------
+
+def _value_text(key, value):
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value).encode()
+    if isinstance(value, (str, int, float)) or hasattr(value, "__index__"):
+        return str(value).encode()
+    raise TypeError("cpdl: config key '%s' got %s; pass str, int, float or bool"
+                    % (key, type(value).__name__))
+
+
+def make_config(config=None, **kwargs):
+    """A cpdl_config_t: defaults, then CPDL_<KEY> environment variables, then
+    `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...)."""
+    cfg = Config()
+    lib.cpdl_config_init(ctypes.byref(cfg))
+    _check(lib.cpdl_config_from_env(ctypes.byref(cfg)))
+    items = []
+    if isinstance(config, str):
+        _check(lib.cpdl_config_parse(ctypes.byref(cfg), config.encode()))
+    elif isinstance(config, Mapping):
+        items += list(config.items())
+    elif config is not None:
+        raise TypeError("cpdl: config must be a 'key=value ...' string or a dict, got %s"
+                        % type(config).__name__)
+    items += list(kwargs.items())
+    for key, value in items:
+        _check(lib.cpdl_config_set(ctypes.byref(cfg), str(key).encode(),
+                                   _value_text(key, value)))
+    return cfg
+
+
+class Loader:
+    """cpdl's loader for this rank, as an iterator of Batch objects.
+
+        loader = cpdl.Loader("source=synthetic: seq_len=4096", cp=4)
+        for batch in loader:            # each next() releases the previous batch
+            ids = batch["input_ids"]    # read-only numpy view, no copy
+            ...
+
+    Collective: every rank of the communicator creates it, iterates the same
+    number of steps and closes it (close() or `with Loader(...) as loader:`;
+    loaders still open at exit are closed before MPI_Finalize).
+    comm: an mpi4py communicator, or None for MPI_COMM_WORLD (MPI is then
+    initialized here if nobody did, and finalized at exit).
+    pin: register this rank's whole region with CUDA once (needs libcudart
+    and a device; otherwise one warning and nothing else), so
+    `tensor.cuda(non_blocking=True)` copies asynchronously from shared memory.
+    Errors raise cpdl.Error carrying the library's message.
+    """
+
+    def __init__(self, config=None, comm=None, *, pin=False, **kwargs):
+        self._handle = None
+        self._current = None
+        self._pinned = None
+        self._pin = bool(pin)
+        self._exhausted = False
+        cfg = make_config(config, **kwargs)
+        handle = ctypes.c_void_p()
+        if comm is None:
+            _ensure_mpi()
+            _check(lib.cpdl_loader_open_world(ctypes.byref(cfg), ctypes.byref(handle)))
+        else:
+            value, ctype = _comm_handle(comm)
+            lib.cpdl_loader_open.argtypes = [ctype, _P(Config), _P(ctypes.c_void_p)]
+            _check(lib.cpdl_loader_open(value, ctypes.byref(cfg), ctypes.byref(handle)))
+        self._handle = handle
+        self._comm = comm
+        coords = MeshCoords()
+        _check(lib.cpdl_loader_mesh(handle, ctypes.byref(coords)))
+        self.mesh = _mesh_of(coords)
+        self.config = {name: (getattr(cfg, name).decode() if isinstance(getattr(cfg, name), bytes)
+                              else getattr(cfg, name))
+                       for name, _ in Config._fields_ if name != "struct_size"}
+        _open_loaders.add(self)
+
+    def _live(self):
+        if self._handle is None:
+            raise Error(CPDL_ESTATE, "the loader is closed")
+        return self._handle
+
+    @property
+    def segment_bytes(self):
+        return int(lib.cpdl_loader_segment_bytes(self._live()))
+
+    @property
+    def pinned(self):
+        """True once this rank's region is registered with CUDA."""
+        return bool(self._pinned)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        handle = self._live()
+        if self._current is not None:
+            self._current.release()
+        if self._exhausted:
+            raise StopIteration
+        cbatch = CBatch()
+        rc = lib.cpdl_loader_next(handle, ctypes.byref(cbatch))
+        if rc == CPDL_EEOF:
+            self._exhausted = True
+            raise StopIteration
+        _check(rc)
+        batch = Batch(self, cbatch)
+        self._current = batch
+        if self._pin and self._pinned is None and batch.region and batch.region_bytes:
+            # The region covers every slot of this rank's shard: once is enough.
+            self._pinned = batch.region if _cuda.register(batch.region, batch.region_bytes) \
+                else 0
+        return batch
+
+    next = __next__
+
+    def state_dict(self):
+        """{"version", "words"}: resume state; a Loader that loads it starts at
+        the step after the last one this rank acquired."""
+        state = State()
+        _check(lib.cpdl_loader_state_save(self._live(), ctypes.byref(state)))
+        return {"version": int(state.version), "words": [int(w) for w in state.words]}
+
+    def load_state_dict(self, state):
+        """Collective; only before the first iteration (else cpdl.Error
+        CPDL_ESTATE), with the configuration it was saved with (CPDL_ECONFIG)."""
+        try:
+            version = operator.index(state["version"])
+            words = [operator.index(w) for w in state["words"]]
+        except (KeyError, TypeError) as exc:
+            raise ValueError("cpdl: state must be {'version': int, 'words': [int]*%d} as "
+                             "state_dict() returns (%s)" % (CPDL_STATE_WORDS, exc)) from None
+        if len(words) != CPDL_STATE_WORDS:
+            raise ValueError("cpdl: state['words'] has %d entries, expected %d"
+                             % (len(words), CPDL_STATE_WORDS))
+        c = State()
+        c.version = version
+        for i, w in enumerate(words):
+            c.words[i] = w
+        _check(lib.cpdl_loader_state_restore(self._live(), ctypes.byref(c)))
+
+    def close(self):
+        """Collective. Releases the held batch, unpins, closes. Idempotent."""
+        if self._handle is None:
+            return
+        if self._current is not None:
+            try:
+                self._current.release()
+            except Error:
+                pass
+        handle, self._handle = self._handle, None
+        _open_loaders.discard(self)
+        if self._pinned:
+            _cuda.unregister(self._pinned)  # before the region is unmapped
+        self._pinned = None
+        _check(lib.cpdl_loader_close(handle))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
