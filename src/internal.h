@@ -207,20 +207,25 @@ typedef int (*cpdl__ring_alive_fn)(void *arg);
 /* Leader: wait until every consumer has released step `step - n_slots` (the
  * slot for `step` is free). Spins briefly, then futex-waits in short ticks,
  * re-checking the abort word and alive() on every wake; a stalled but live
- * consumer is waited for. \return 0, CPDL_EPEER, CPDL_ESTATE (aborted). */
+ * consumer is waited for (no deadline). \return 0, alive()'s error
+ * (CPDL_EPEER), or the error posted to the group (its code and message). */
 int cpdl__ring_wait_free(cpdl__ring_t *ring, uint64_t step, cpdl__ring_alive_fn alive, void *arg);
 /* Leader: publish `step` in its slot (release store) and wake waiters. */
 void cpdl__ring_publish(cpdl__ring_t *ring, uint64_t step);
-/* Leader: no step >= `step` will come (end of data). */
+/* Leader: no step >= `step` will come (end of data). Needs no free slot;
+ * wakes every waiter; steps below `step` stay readable. */
 void cpdl__ring_publish_eof(cpdl__ring_t *ring, uint64_t step);
 /* Consumer: wait until `step` is published in its slot (acquire), until
- * deadline_ms passes, or until EOF/abort. \return 0, CPDL_EEOF,
- * CPDL_ETIMEDOUT, CPDL_EPEER, or the error the leader posted. */
+ * timeout_ms passes (< 0: no timeout, alive() still checked every tick), or
+ * until EOF/abort. \return 0, CPDL_EEOF, CPDL_ETIMEDOUT, alive()'s error
+ * (CPDL_EPEER), the error posted to the group, or CPDL_ESTATE (the slot
+ * already holds a later step: this consumer released out of order). */
 int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
                          cpdl__ring_alive_fn alive, void *arg);
 /* Consumer: done with `step` (its cursor becomes step+1; release store). */
 void cpdl__ring_release(cpdl__ring_t *ring, uint32_t consumer, uint64_t step);
-/* Post an error to the group (abort word + message) and wake everyone. */
+/* Post an error to the group (abort word + message) and wake everyone. The
+ * first poster wins; later posts only wake. Every later wait returns it. */
 void cpdl__ring_post_error(cpdl__ring_t *ring, int code, const char *msg);
 /* Heartbeat, pids. */
 void cpdl__ring_heartbeat(cpdl__ring_t *ring);
@@ -487,5 +492,13 @@ void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int l
 int cpdl__mkdirs(const char *path);
 int cpdl__npy_write(const char *path, cpdl_dtype_t dtype, int ndim, const int64_t *shape,
                     const void *data);
+
+
+/* ---- loader.c (internals for the CLI and tests) ---------------------------- */
+const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
+MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);
+/* Leader of each group: before preparing step k, write the collated batch to
+ * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
+int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);
 
 #endif /* CPDL_INTERNAL_H */

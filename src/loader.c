@@ -76,6 +76,7 @@ struct cpdl_loader {
   uint32_t work_slot;
   atomic_bool work_done;    /* thread 0 tells workers to exit */
   atomic_int worker_rc;
+  char *dump_collated;      /* directory, or NULL */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -165,6 +166,19 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+static int dump_inputs(const cpdl_loader_t *L, uint64_t step, const cpdl_tensor_t *in, int n) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", L->dump_collated,
+           (unsigned long long)step, L->mesh.me.group);
+  int rc = cpdl__mkdirs(dir);
+  for (int i = 0; !rc && i < n; i++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, in[i].name);
+    rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, in[i].shape, in[i].data);
+  }
+  return rc;
+}
+
 static void *leader_main(void *arg) {
   cpdl_loader_t *L = arg;
   int rc = 0;
@@ -186,6 +200,8 @@ static void *leader_main(void *arg) {
       rc = CPDL_EFAULT;
       break;
     }
+    if (L->dump_collated && (rc = dump_inputs(L, step, L->work_inputs, n_inputs)))
+      break;
     L->work_n_inputs = n_inputs;
     L->work_slot = cpdl__ring_slot_of(L->ring, step);
     if (L->n_threads > 1) {
@@ -407,6 +423,7 @@ static void loader_free(cpdl_loader_t *L) {
     if (L->peer_pidfd[g] >= 0)
       close(L->peer_pidfd[g]);
   cpdl__mesh_free(&L->mesh);
+  free(L->dump_collated);
   free(L);
 }
 
@@ -604,11 +621,40 @@ int cpdl_loader_mesh(const cpdl_loader_t *L, cpdl_mesh_coords_t *out) {
 
 size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_bytes : 0; }
 
+const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
+
+int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
+  if (L->started)
+    return cpdl__error(CPDL_ESTATE, "--dump-collated must be set before the first step");
+  free(L->dump_collated);
+  L->dump_collated = dir ? strdup(dir) : NULL;
+  return dir && !L->dump_collated ? cpdl__error(-ENOMEM, "out of memory") : 0;
+}
+MPI_Comm cpdl__loader_comm(const cpdl_loader_t *L) { return L->mesh.comm; }
+
 /* ------------------------------------------------------------------------- */
 /* State                                                                      */
 /* ------------------------------------------------------------------------- */
 
 #define STATE_VERSION 1
+
+/* What decides the stream of batches (not steps, slots, threads, pin or
+ * timeouts, which may change between a run and its resumption). */
+static uint64_t stream_hash(const cpdl_loader_t *L) {
+  const cpdl_config_t *c = &L->cfg;
+  char text[1024];
+  int n = snprintf(text, sizeof text,
+                   "cp=%d tp=%d dp=%d order=%s seq_len=%lld batch=%d mode=%d seed=%llu "
+                   "source=%s collate=%s padding_token_id=%lld position_ids=%d loss_on_eot=%d "
+                   "drop_last=%d",
+                   c->cp, c->tp, L->mesh.me.dp_size, c->order, (long long)c->seq_len, c->batch,
+                   (int)c->mode, (unsigned long long)c->seed, c->source, c->collate,
+                   (long long)c->padding_token_id, c->position_ids, c->loss_on_eot, c->drop_last);
+  uint64_t h = 1469598103934665603ull; /* FNV-1a 64 */
+  for (int i = 0; i < n && i < (int)sizeof text; i++)
+    h = (h ^ (unsigned char)text[i]) * 1099511628211ull;
+  return h;
+}
 
 int cpdl_loader_state_save(const cpdl_loader_t *L, cpdl_state_t *out) {
   if (!L || !out)
@@ -621,7 +667,7 @@ int cpdl_loader_state_save(const cpdl_loader_t *L, cpdl_state_t *out) {
   const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
   for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
     out->words[1 + i] = cursor[i];
-  out->words[5] = L->config_hash;
+  out->words[5] = stream_hash(L);
   return 0;
 }
 
@@ -635,10 +681,11 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
   else if (state->version != STATE_VERSION)
     local = cpdl__error(CPDL_ESTATE, "resume state has version %llu, this cpdl reads %d",
                         (unsigned long long)state->version, STATE_VERSION);
-  else if (state->words[5] != L->config_hash)
+  else if (state->words[5] != stream_hash(L))
     local = cpdl__error(CPDL_ECONFIG, "resume state was saved with a different configuration "
-                        "(config hash %016llx, now %016llx); resume with the same options",
-                        (unsigned long long)state->words[5], (unsigned long long)L->config_hash);
+                        "(stream hash %016llx, now %016llx); resume with the same cp, tp, "
+                        "seq_len, batch, mode, seed, source and collate options",
+                        (unsigned long long)state->words[5], (unsigned long long)stream_hash(L));
   else if (L->cfg.steps > 0 && state->words[0] > (uint64_t)L->cfg.steps)
     local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
                         (unsigned long long)state->words[0], (long long)L->cfg.steps);

@@ -599,6 +599,7 @@ void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step) {
    * or released anything (state restore right after open, between two MPI
    * barriers): the barriers order these stores before every later access. */
   ring->first_step = first_step;
+  ring->hdr->first_step = first_step; /* so a later attach numbers slots alike */
   atomic_store_explicit(&ring->hdr->eof_set, 0, memory_order_relaxed);
   for (uint32_t s = 0; s < ring->geo.n_slots; s++)
     atomic_store_explicit(&ring->slots[s].step, first_step + s - ring->geo.n_slots,

@@ -22,6 +22,7 @@ typedef struct cli_flags {
   bool report_binding;    /* --report-binding */
   bool quiet;             /* --quiet: no progress */
   const char *dump;       /* --dump DIR */
+  const char *dump_collated; /* --dump-collated DIR */
   const char *save_state; /* --save-state FILE */
   const char *resume;     /* --resume FILE */
   const char *ways;       /* bench: --ways naive,bcast,scatter,cpdl */

@@ -63,6 +63,8 @@ int cpdl_cli_options(int argc, char **argv, cpdl_config_t *cfg, cli_flags_t *fla
       }
       if (strcmp(key, "dump") == 0)
         flags->dump = value;
+      else if (strcmp(key, "dump_collated") == 0)
+        flags->dump_collated = value;
       else if (strcmp(key, "save_state") == 0)
         flags->save_state = value;
       else if (strcmp(key, "resume") == 0)

@@ -22,6 +22,8 @@ static const char usage[] =
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
     "  --json                   print only the JSON summary line on stdout\n"
     "  --dump DIR               write each rank's view as DIR/step<k>/rank<r>/<field>.npy\n"
+    "  --dump-collated DIR      the group leader writes each collated batch before preparation\n"
+    "                           as DIR/step<k>/group<g>/collated/<field>.npy\n"
     "  --save-state FILE        after the run, save the resume state\n"
     "  --resume FILE            start from a saved state\n"
     "  --report-binding         print where loader threads and memory were placed\n"
@@ -155,6 +157,17 @@ static int write_state(const char *file, const cpdl_state_t *st) {
   return fclose(f) == 0 ? 0 : cpdl__error(-errno, "cannot write %s", file);
 }
 
+/* One line per entry of the binding report's JSON array (rank 0 only). */
+static void print_binding(const char *json) {
+  printf("binding (rank, thread, cpuset, NUMA node, GPU):\n");
+  for (const char *p = strchr(json, '{'); p; p = strchr(p + 1, '{')) {
+    const char *end = strchr(p, '}');
+    if (!end)
+      break;
+    printf("  %.*s\n", (int)(end - p + 1), p);
+  }
+}
+
 static void report_error(int rank, const char *what, int rc) {
   fprintf(stderr, "cpdl run: rank %d: %s: %s: %s\n", rank, what, cpdl_err_name(rc),
           cpdl_last_error()[0] ? cpdl_last_error() : cpdl_strerror(rc));
@@ -181,6 +194,16 @@ int cpdl_cli_run(int argc, char **argv) {
   }
   cpdl_mesh_coords_t me;
   cpdl_loader_mesh(loader, &me);
+  if (flags.dump_collated && (rc = cpdl__loader_dump_collated(loader, flags.dump_collated)))
+    report_error(rank, "dump-collated", rc);
+  char *binding = NULL;
+  if (flags.report_binding) {
+    rc = cpdl__pin_report(cpdl__loader_pin(loader), cpdl__loader_comm(loader), &binding);
+    if (rc && rank == 0)
+      report_error(rank, "report-binding", rc);
+    if (binding && !flags.json)
+      print_binding(binding);
+  }
 
   if (flags.resume) {
     cpdl_state_t st;
@@ -295,14 +318,15 @@ int cpdl_cli_run(int argc, char **argv) {
            "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
            "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_per_node\": %.0f, "
            "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"segment_bytes\": %zu, "
-           "\"elapsed_s\": %.3f, \"checksum\": %llu}\n",
+           "\"elapsed_s\": %.3f, \"checksum\": %llu%s%s}\n",
            (unsigned long long)delivered, me.world_size, me.dp_size, me.cp_size, me.tp_size,
            (long long)cfg.seq_len, cfg.batch, cpdl_mode_name(cfg.mode), cfg.slots, cfg.threads,
            min_rate, n_nodes ? sum_rate / n_nodes : 0, worst_p50, worst_p99, seg, elapsed,
-           (unsigned long long)checksum);
+           (unsigned long long)checksum, binding ? ", \"binding\": " : "", binding ? binding : "");
     fflush(stdout);
   }
   free(lat);
+  free(binding);
   MPI_Finalize();
   return any_rc || close_rc ? 1 : 0;
 }

@@ -303,7 +303,7 @@ static void *consumer_main(void *p) {
   uint32_t region = me % N_REGIONS;
   for (uint64_t i = 0; i < run->n_steps; i++) {
     uint64_t step = run->first_step + i;
-    int rc = cpdl__ring_wait_step(ring, step, 30000, NULL, NULL);
+    int rc = cpdl__ring_wait_step(ring, step, 10000, NULL, NULL);
     if (rc) {
       run->consumer_rc[me] = rc;
       snprintf(run->msg[me], sizeof run->msg[me], "step %" PRIu64 ": %s", step, cpdl_last_error());
@@ -382,6 +382,36 @@ static void test_wrap_around(void **state) {
   run_protocol(1, UINT64_MAX - 1, 5, true);
 }
 
+static void test_reset_and_rebase(void **state) {
+  (void)state;
+  /* State restore: the ring restarts at step 1000 before anyone consumed. */
+  fixture_t f;
+  fixture_open(&f, 3, 0, true);
+  cpdl__ring_reset(f.leader, 1000);
+  for (int c = 0; c < N_CONSUMERS; c++)
+    cpdl__ring_rebase(f.consumers[c], 1000);
+  assert_int_equal(cpdl__ring_slot_of(f.leader, 1000), 0);
+  assert_int_equal(cpdl__ring_slot_of(f.consumers[0], 1001), 1);
+  for (uint64_t s = 1000; s < 1003; s++) {
+    assert_int_equal(cpdl__ring_wait_free(f.leader, s, NULL, NULL), 0);
+    cpdl__ring_publish(f.leader, s);
+  }
+  /* The ring is full: step 1003 needs step 1000 released by both. */
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 1003, 0, NULL, NULL), CPDL_ETIMEDOUT);
+  for (uint64_t s = 1000; s < 1003; s++)
+    for (uint32_t c = 0; c < N_CONSUMERS; c++) {
+      assert_int_equal(cpdl__ring_wait_step(f.consumers[c], s, 100, NULL, NULL), 0);
+      cpdl__ring_release(f.consumers[c], c, s);
+    }
+  assert_int_equal(cpdl__ring_wait_free(f.leader, 1003, NULL, NULL), 0);
+  /* A late attacher numbers slots from the reset step too. */
+  cpdl__ring_t *late;
+  assert_int_equal(cpdl__ring_attach(f.views[0].base, f.total, NONCE, HASH, &late), 0);
+  assert_int_equal(cpdl__ring_slot_of(late, 1004), 1);
+  cpdl__ring_free(late);
+  fixture_close(&f);
+}
+
 /* ---- waits that must end -------------------------------------------------- */
 
 static void test_timeout(void **state) {
@@ -450,6 +480,15 @@ static void *waiter_main(void *p) {
   return NULL;
 }
 
+/* Join, failing (not hanging) if the waiter does not return within 3 s. */
+static void join_bounded(pthread_t thread) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 3;
+  if (pthread_timedjoin_np(thread, NULL, &until) != 0)
+    fail_msg("a waiter did not return within 3 s");
+}
+
 /* Fill every slot without releasing, so wait_free(step n_slots) blocks. */
 static void fill_ring(fixture_t *f, uint32_t n_slots) {
   for (uint64_t s = 0; s < n_slots; s++) {
@@ -476,7 +515,7 @@ static void test_post_error_wakes_everyone(void **state) {
   cpdl__ring_post_error(f.consumers[1], CPDL_ESOURCE, "rank 0: data file /x/y.bin truncated");
   cpdl__ring_post_error(f.leader, CPDL_EPEER, "second poster loses");
   for (int i = 0; i < 3; i++) {
-    pthread_join(threads[i], NULL);
+    join_bounded(threads[i]);
     assert_int_equal(ws[i].rc, CPDL_ESOURCE);
     assert_non_null(strstr(ws[i].msg, "y.bin truncated"));
     assert_true(ws[i].done_at - t0 < 500);
@@ -500,7 +539,7 @@ static void test_dead_peer_within_tick(void **state) {
   for (int i = 0; i < 2; i++)
     atomic_store(&ws[i].dead, 1);
   for (int i = 0; i < 2; i++) {
-    pthread_join(threads[i], NULL);
+    join_bounded(threads[i]);
     assert_int_equal(ws[i].rc, CPDL_EPEER);
     assert_non_null(strstr(ws[i].msg, "rank 1"));
     /* one 20 ms tick plus scheduling slack on a loaded machine */
@@ -540,7 +579,7 @@ static void test_stalled_consumer_is_waited_for(void **state) {
   usleep(60 * 1000);
   assert_int_equal(w3.done_at, 0);
   cpdl__ring_release(f.consumers[1], 1, 1);
-  pthread_join(t, NULL);
+  join_bounded(t);
   assert_int_equal(w3.rc, 0);
   fixture_close(&f);
 }
@@ -583,6 +622,7 @@ int main(void) {
       cmocka_unit_test(test_many_steps_separate_mappings),
       cmocka_unit_test(test_many_steps_one_mapping),
       cmocka_unit_test(test_wrap_around),
+      cmocka_unit_test(test_reset_and_rebase),
       cmocka_unit_test(test_timeout),
       cmocka_unit_test(test_eof),
       cmocka_unit_test(test_post_error_wakes_everyone),
