@@ -240,6 +240,8 @@ void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step);
 /* Consumer, at the same point: its handle's slot numbering starts at
  * first_step too (local only). */
 void cpdl__ring_rebase(cpdl__ring_t *ring, uint64_t first_step);
+/* Whether `step` is published in its slot now (no wait). */
+bool cpdl__ring_published(const cpdl__ring_t *ring, uint64_t step);
 /* The slot that holds `step`: (step - first_step) mod n_slots, so that
  * consecutive steps use consecutive slots even across the 2^64 wrap for any
  * n_slots (plain step % n_slots breaks there unless n_slots is a power of 2).
@@ -500,5 +502,8 @@ MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);
 /* Leader of each group: before preparing step k, write the collated batch to
  * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
 int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);
+/* Whether the next next() would return at once (benchmarks time next() "when
+ * the data is ready"). Starts the loader threads if not yet started. */
+bool cpdl__loader_ready(cpdl_loader_t *loader);
 
 #endif /* CPDL_INTERNAL_H */

@@ -569,8 +569,15 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     }
   }
   int rc = cpdl__fault("waiting", L->mesh.me.world_rank);
-  if (!rc)
-    rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  if (rc) {
+    /* A local failure here breaks the group's ring: post it, or the leader
+     * waits forever for this rank's cursor and the others for their steps. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "rank %d: %s", L->mesh.me.world_rank, cpdl_last_error());
+    cpdl__ring_post_error(L->cring, rc, msg);
+    return rc;
+  }
+  rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
   if (rc) {
     if (rc == CPDL_EPEER)
       L->failed = true;
@@ -622,6 +629,17 @@ int cpdl_loader_mesh(const cpdl_loader_t *L, cpdl_mesh_coords_t *out) {
 size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_bytes : 0; }
 
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
+
+bool cpdl__loader_ready(cpdl_loader_t *L) {
+  if (!L->started && L->mesh.is_leader) {
+    L->started = true;
+    if (start_threads(L))
+      return true; /* next() reports the error */
+  }
+  L->started = true;
+  return cpdl__ring_published(L->cring, L->next_step) ||
+         cpdl__ring_posted_error(L->cring) != 0;
+}
 
 int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
   if (L->started)

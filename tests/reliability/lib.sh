@@ -1,0 +1,57 @@
+# lib.sh — helpers shared by the shell-driven reliability scenarios.
+# Sourced, never run. Each scenario prints its verdict and exits 0 (pass),
+# 1 (fail) or 77 (skipped: CTest SKIP_RETURN_CODE, with the reason printed).
+#
+# Scenarios prefer a private /dev/shm (a mount namespace with its own tmpfs):
+# then "nothing left in /dev/shm" and `cpdl sweep --remove` are exact and
+# never touch what other jobs on the machine keep there.
+
+fail=0
+say() { printf '%s\n' "$*"; }
+check() { # check <description> <command...>
+  desc=$1; shift
+  if "$@"; then say "ok: $desc"; else say "FAIL: $desc"; fail=1; fi
+}
+
+# Re-run the calling script inside a new mount namespace with a fresh tmpfs
+# on /dev/shm of $1 (e.g. 512m). Returns (without re-running) when that is
+# impossible; CPDL_REL_PRIVATE_SHM=1 tells the script which case it is in.
+private_shm() {
+  size=$1; shift
+  if [ -n "${CPDL_REL_NS:-}" ]; then
+    CPDL_REL_PRIVATE_SHM=1
+    return 0
+  fi
+  CPDL_REL_PRIVATE_SHM=0
+  if unshare -m sh -c 'mount -t tmpfs -o size=1m none /dev/shm' 2>/dev/null; then
+    export CPDL_REL_NS=1
+    exec unshare -m sh -c \
+      'mount -t tmpfs -o "size=$0" none /dev/shm && exec sh "$@"' \
+      "$size" "$@"
+  fi
+  return 0
+}
+
+# Segments in /dev/shm created by any of the pids given.
+job_segments() {
+  for p in "$@"; do
+    ls /dev/shm 2>/dev/null | grep "^cpdl-$(id -u)-$p-" || true
+  done
+}
+
+# The pids among the arguments that still exist.
+live_pids() {
+  for p in "$@"; do
+    if kill -0 "$p" 2>/dev/null; then printf '%s ' "$p"; fi
+  done
+}
+
+# End processes this scenario started and that outlived mpirun.
+reap() {
+  for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
+}
+
+mpirun_env() {
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  export OMPI_MCA_rmaps_base_oversubscribe=1
+}
