@@ -43,8 +43,12 @@ struct cpdl__collate {
   uint64_t doc_epoch;
   int64_t doc_position;
   int64_t doc_offset;
-  /* Output buffers [B, S] and a window of S + 1 tokens, allocated once. */
+  /* Output buffers [B, S] and a window of S + 1 tokens, allocated once.
+   * The four pointers name the set being written; with double_buffer the
+   * two sets of `sets` take turns, so the previous step's set stays intact. */
   int64_t *input_ids, *labels, *aux0, *aux1; /* aux: position/seq ids or attention mask */
+  int64_t *sets[2][4];
+  int n_sets, current;
   int64_t *window;
 };
 
@@ -89,13 +93,19 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
   c->sampler = sampler;
   c->read = read;
   c->read_arg = read_arg;
-  c->input_ids = malloc(bytes);
-  c->labels = malloc(bytes);
-  c->aux0 = malloc(bytes);
-  c->aux1 = params->kind == CPDL__COLLATE_PACK ? malloc(bytes) : NULL;
+  c->n_sets = params->double_buffer ? 2 : 1;
+  bool ok = true;
+  for (int set = 0; set < c->n_sets; set++) {
+    for (int b = 0; b < 4; b++) {
+      if (b == 3 && params->kind != CPDL__COLLATE_PACK)
+        continue;
+      c->sets[set][b] = malloc(bytes);
+      ok = ok && c->sets[set][b];
+    }
+  }
+  c->current = c->n_sets - 1; /* the first call moves to set 0 */
   c->window = malloc(window_bytes);
-  if (!c->input_ids || !c->labels || !c->aux0 || !c->window ||
-      (params->kind == CPDL__COLLATE_PACK && !c->aux1)) {
+  if (!ok || !c->window) {
     cpdl__collate_destroy(c);
     return cpdl__error(-ENOMEM, "collate: no memory for 4 buffers of %zu bytes (batch %d x seq_len %lld)",
                        bytes, params->batch, (long long)params->seq_len);
@@ -107,10 +117,9 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
 void cpdl__collate_destroy(cpdl__collate_t *c) {
   if (!c)
     return;
-  free(c->input_ids);
-  free(c->labels);
-  free(c->aux0);
-  free(c->aux1);
+  for (int set = 0; set < 2; set++)
+    for (int b = 0; b < 4; b++)
+      free(c->sets[set][b]);
   free(c->window);
   free(c);
 }
@@ -270,6 +279,11 @@ static void set_field(cpdl_tensor_t *f, const char *name, const cpdl__collate_t 
 }
 
 int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields) {
+  c->current = (c->current + 1) % c->n_sets;
+  c->input_ids = c->sets[c->current][0];
+  c->labels = c->sets[c->current][1];
+  c->aux0 = c->sets[c->current][2];
+  c->aux1 = c->sets[c->current][3];
   for (int64_t row = 0; row < c->params.batch; row++) {
     int rc = c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
     if (rc)

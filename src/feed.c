@@ -20,6 +20,7 @@
 struct cpdl__feed {
   cpdl__source_t *source;
   bool batches;          /* pre-collated: batches pass through */
+  bool double_buffer;    /* the collate keeps two output sets */
   int dp_rank, dp_size;
   int64_t n_batches;
   cpdl__sampler_t *sampler;
@@ -71,6 +72,8 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
       .position_ids = cfg->position_ids,
       .loss_on_eot = cfg->loss_on_eot,
       .eot_token = -1,
+      /* Several loader threads pipeline collation with preparation. */
+      .double_buffer = cfg->threads > 1,
   };
   int rc = cpdl__collate_parse(cfg->collate, &cp.kind);
   if (rc)
@@ -117,6 +120,7 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
   if (rc)
     goto fail_close;
   cp.eot_token = cpdl__source_eot(feed->source);
+  feed->double_buffer = cp.double_buffer;
   rc = cpdl__collate_create(&cp, feed->sampler, read_sample, feed->source, &feed->collate);
   if (rc)
     goto fail_sampler;
@@ -191,4 +195,8 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
   cpdl__sampler_destroy(feed->sampler);
   cpdl__source_close(feed->source);
   free(feed);
+}
+
+bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) {
+  return !feed->batches && feed->collate && feed->double_buffer;
 }

@@ -323,6 +323,9 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
 void cpdl__feed_close(cpdl__feed_t *feed);
+/* True when a step's tensors stay valid until the call after the next one
+ * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
+bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
 
 /* ---- sampler.c ------------------------------------------------------------
  * Which sample a replica reads at (epoch, position): a pure function of
@@ -368,6 +371,7 @@ typedef struct cpdl__collate_params {
   int position_ids;         /* pack: 0 = restart per document, 1 = continuous */
   int loss_on_eot;          /* 0: labels equal to eot_token become -100 */
   int64_t eot_token;        /* -1: none */
+  bool double_buffer;       /* two output sets, used in turn (see collate_next) */
 } cpdl__collate_params_t;
 typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
@@ -377,7 +381,8 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
                          cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
 /* One step. fields[] (4 for pack, 3 for pad) point into buffers owned by the
- * collate, valid until the next call. \return 0, a read error, CPDL_ESOURCE
+ * collate, valid until the next call — or, with double_buffer, until the call
+ * after it (so one thread may prepare step k while another collates k+1). \return 0, a read error, CPDL_ESOURCE
  * (a whole epoch of documents too short to use). */
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
 /* Where the next step starts: the document at sampler (epoch, position) and

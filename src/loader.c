@@ -27,6 +27,13 @@
 #define MAX_GROUP 512
 #define MAX_THREADS 16
 
+/* One collated step waiting to be prepared. */
+typedef struct pending {
+  cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
+  int n_inputs;
+  int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
+} pending_t;
+
 struct cpdl_loader {
   cpdl_config_t cfg;
   cpdl__mesh_t mesh;
@@ -70,9 +77,13 @@ struct cpdl_loader {
   atomic_bool stopping;
   uint64_t first_step;      /* step the loader thread starts at */
   /* Work shared by the loader threads for the step in flight; written by
-   * thread 0 before the first barrier, read by all after it. */
-  cpdl_tensor_t work_inputs[CPDL_MAX_FIELDS];
-  int work_n_inputs;
+   * thread 0 before the first barrier, read by all after it. work[work_set]
+   * is the step being prepared, the other set the one being collated. */
+  pending_t work[2];
+  int work_set;
+  char collate_msg[512];
+  bool pipelined;           /* a worker collates step k+1 during step k */
+  int n_prep;               /* threads that prepare (n_threads, minus the collator) */
   uint32_t work_slot;
   atomic_bool work_done;    /* thread 0 tells workers to exit */
   atomic_int worker_rc;
@@ -128,14 +139,14 @@ static int leader_alive(void *arg) {
 /* Leader: loader threads                                                     */
 /* ------------------------------------------------------------------------- */
 
-/* Prepare this thread's share of the slot: regions i with i % n_threads == t;
- * thread 0 also writes the shared block. */
+/* Prepare this thread's share of the slot: regions i with i % n_prep == t
+ * (t < n_prep); thread 0 also writes the shared block. */
 static int prepare_share(cpdl_loader_t *L, int t) {
   int ranks[64];
   void *dst[64];
   int n = 0;
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
-  for (uint32_t r = (uint32_t)t; r < geo->n_regions; r += (uint32_t)L->n_threads) {
+  for (uint32_t r = (uint32_t)t; r < geo->n_regions; r += (uint32_t)L->n_prep) {
     ranks[n] = L->mesh.local_cp[r];
     dst[n] = cpdl__ring_rank_block(L->ring, r, L->work_slot);
     n++;
@@ -144,9 +155,21 @@ static int prepare_share(cpdl_loader_t *L, int t) {
                                                     : NULL;
   if (n == 0 && !shared)
     return 0;
-  return cpdl_prep_execute(L->plan, L->work_inputs, L->work_n_inputs, ranks, n, dst, shared);
+  const pending_t *w = &L->work[L->work_set];
+  return cpdl_prep_execute(L->plan, w->inputs, w->n_inputs, ranks, n, dst, shared);
 }
 
+/* Collate the step after the one in flight into the other input set. */
+static void collate_ahead(cpdl_loader_t *L) {
+  pending_t *next = &L->work[L->work_set ^ 1];
+  next->n_inputs = CPDL_MAX_FIELDS;
+  next->rc = cpdl__feed_next(L->feed, next->inputs, &next->n_inputs);
+  if (next->rc && next->rc != CPDL_EEOF)
+    snprintf(L->collate_msg, sizeof L->collate_msg, "%s", cpdl_last_error());
+}
+
+/* Threads 1..n-1. With a pipelined feed the last of them collates step k+1
+ * while the others prepare step k; otherwise all prepare. */
 static void *worker_main(void *arg) {
   cpdl_loader_t *L = ((void **)arg)[0];
   int t = (int)(intptr_t)((void **)arg)[1];
@@ -156,12 +179,16 @@ static void *worker_main(void *arg) {
     pthread_barrier_wait(&L->barrier); /* step ready (or done) */
     if (atomic_load_explicit(&L->work_done, memory_order_acquire))
       break;
-    int rc = prepare_share(L, t);
-    if (rc) {
-      int zero = 0;
-      atomic_compare_exchange_strong(&L->worker_rc, &zero, rc);
+    if (L->pipelined && t == L->n_threads - 1) {
+      collate_ahead(L);
+    } else {
+      int rc = prepare_share(L, t);
+      if (rc) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&L->worker_rc, &zero, rc);
+      }
     }
-    pthread_barrier_wait(&L->barrier); /* share written */
+    pthread_barrier_wait(&L->barrier); /* share written, next step collated */
   }
   return NULL;
 }
@@ -179,31 +206,41 @@ static int dump_inputs(const cpdl_loader_t *L, uint64_t step, const cpdl_tensor_
   return rc;
 }
 
+/* Thread 0: for each step, wait for a free slot, prepare (with the workers),
+ * publish. The barriers order every write of the workers before publish()'s
+ * release store. The collated inputs of step k are in work[work_set]; with a
+ * pipelined feed, step k+1 is collated during step k's preparation. */
 static void *leader_main(void *arg) {
   cpdl_loader_t *L = arg;
   int rc = 0;
   cpdl__pin_thread(L->pin, 0);
+  L->work_set = 0;
+  collate_ahead(L); /* step first_step into set 1 ... */
+  L->work_set = 1;  /* ... which is now the current set */
   for (uint64_t step = L->first_step; step != L->end_step; step++) {
-    rc = cpdl__ring_wait_free(L->ring, step, leader_alive, L);
-    if (rc)
-      break;
-    int n_inputs = CPDL_MAX_FIELDS;
-    rc = cpdl__feed_next(L->feed, L->work_inputs, &n_inputs);
-    if (rc == CPDL_EEOF) {
+    pending_t *cur = &L->work[L->work_set];
+    if (cur->rc == CPDL_EEOF) {
       cpdl__ring_publish_eof(L->ring, step);
-      rc = 0;
       break;
     }
+    if (cur->rc) {
+      rc = cpdl__error(cur->rc, "%s", L->collate_msg);
+      break;
+    }
+    /* The cursor after this step, read before the next one is collated. */
+    uint64_t words[CPDL__CURSOR_WORDS];
+    cpdl__feed_cursor(L->feed, words);
+    rc = cpdl__ring_wait_free(L->ring, step, leader_alive, L);
     if (rc)
       break;
     if (cpdl__fault("mid_fill", L->mesh.me.world_rank)) {
       rc = CPDL_EFAULT;
       break;
     }
-    if (L->dump_collated && (rc = dump_inputs(L, step, L->work_inputs, n_inputs)))
+    if (L->dump_collated && (rc = dump_inputs(L, step, cur->inputs, cur->n_inputs)))
       break;
-    L->work_n_inputs = n_inputs;
     L->work_slot = cpdl__ring_slot_of(L->ring, step);
+    bool more = step + 1 != L->end_step;
     if (L->n_threads > 1) {
       pthread_barrier_wait(&L->barrier);
       rc = prepare_share(L, 0);
@@ -216,11 +253,14 @@ static void *leader_main(void *arg) {
     }
     if (rc)
       break;
-    uint64_t words[CPDL__CURSOR_WORDS];
-    cpdl__feed_cursor(L->feed, words);
+    if (more && !L->pipelined)
+      collate_ahead(L);
+    else if (!more)
+      L->work[L->work_set ^ 1].rc = CPDL_EEOF;
     cpdl__ring_set_slot_state(L->ring, step, words);
     cpdl__ring_publish(L->ring, step);
     cpdl__ring_heartbeat(L->ring);
+    L->work_set ^= 1;
   }
   if (L->n_threads > 1) {
     atomic_store_explicit(&L->work_done, true, memory_order_release);
@@ -236,6 +276,8 @@ static void *leader_main(void *arg) {
 }
 
 static int start_threads(cpdl_loader_t *L) {
+  L->pipelined = L->n_threads > 1 && cpdl__feed_double_buffered(L->feed);
+  L->n_prep = L->pipelined ? L->n_threads - 1 : L->n_threads;
   atomic_store(&L->stopping, false);
   atomic_store(&L->work_done, false);
   atomic_store(&L->worker_rc, 0);

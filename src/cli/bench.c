@@ -74,7 +74,10 @@ typedef struct baseline {
 static int baseline_open(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, baseline_t *b) {
   memset(b, 0, sizeof *b);
   b->mesh = mesh;
-  int rc = cpdl__feed_open(cfg, mesh->me.dp_rank, mesh->me.dp_size, &b->feed);
+  /* A baseline rank collates in its own thread: a single-buffered feed. */
+  cpdl_config_t single = *cfg;
+  single.threads = 1;
+  int rc = cpdl__feed_open(&single, mesh->me.dp_rank, mesh->me.dp_size, &b->feed);
   if (rc)
     return rc;
   cpdl_tensor_t in[CPDL_MAX_FIELDS];

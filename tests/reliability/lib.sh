@@ -39,11 +39,29 @@ job_segments() {
   done
 }
 
-# The pids among the arguments that still exist.
+# The pids among the arguments that still run (a zombie has ended; init
+# reaps the orphans of a killed job on its own time).
 live_pids() {
   for p in "$@"; do
-    if kill -0 "$p" 2>/dev/null; then printf '%s ' "$p"; fi
+    state=$(sed -n 's/^[0-9]* ([^)]*) \(.\).*/\1/p' "/proc/$p/stat" 2>/dev/null)
+    if [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]; then printf '%s ' "$p"; fi
   done
+}
+
+# Wait up to $1 seconds for the other pids to end; print those still running.
+wait_gone() {
+  limit=$1; shift
+  waited=0
+  left=$(live_pids "$@")
+  while [ -n "$left" ] && [ $waited -lt "$limit" ]; do
+    sleep 1; waited=$((waited + 1)); left=$(live_pids "$@")
+  done
+  printf '%s' "$left"
+}
+
+# The pid of world rank $2 from the "<tag> rank R pid P" lines of file $1.
+rank_pid() {
+  sed -n "s/^.* rank $2 pid \([0-9]*\)\$/\1/p" "$1" | head -n 1
 }
 
 # End processes this scenario started and that outlived mpirun.
