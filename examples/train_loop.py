@@ -101,7 +101,7 @@ def main():
               "%.3f s = %.0f tokens/s per rank, last loss %.4f"
               % (first_step, state["words"][0] - 1, mesh.dp_rank, mesh.cp_rank, mesh.tp_rank,
                  device, pinned, tokens, elapsed, tokens / max(elapsed, 1e-9),
-                 float(loss)), flush=True)
+                 float(loss.detach())), flush=True)
 
 
 if __name__ == "__main__":

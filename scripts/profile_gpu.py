@@ -225,7 +225,6 @@ def loader_config(args, seq_len, cp):
 
 def measure_h2d(args, mpi, dev, seq_len):
     """[(kind, bytes, p50_s)] for this rank."""
-    torch = dev.torch
     out = []
     for kind, pin in (("pageable", False), ("registered", True)):
         if dev.dry and pin:

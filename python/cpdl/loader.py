@@ -14,7 +14,6 @@ import collections
 import ctypes
 import ctypes.util
 import operator
-import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -141,7 +140,10 @@ def _mesh_of(coords):
 
 _mpi = None
 _we_initialized_mpi = False
-_open_loaders = weakref.WeakSet()
+# Strong references: an open loader owns threads and a mapping, and closing
+# is collective, so it cannot happen in __del__ at a random GC time; loaders
+# not closed by the program are closed at exit.
+_open_loaders = set()
 
 
 def _mpi_lib():
@@ -240,9 +242,15 @@ class _FieldExport:
     def __dlpack_device__(self):
         return (_dlpack.KDL_CPU, 0)
 
-    def __dlpack__(self, stream=None):
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        # Newer consumers pass DLPack 1.0 keywords; a legacy "dltensor"
+        # capsule is still a valid answer to max_version (1, 0).
         if stream is not None and stream != -1:
             raise BufferError("cpdl fields live in host memory; stream must be None")
+        if copy:
+            raise BufferError("cpdl exports views of shared memory only; use batch.copy()")
+        if dl_device is not None and tuple(dl_device) != (_dlpack.KDL_CPU, 0):
+            raise BufferError("cpdl fields live on the CPU, not on device %s" % (dl_device,))
         return self._batch._capsule(self._field, standard_bool=True)
 
 

@@ -10,7 +10,7 @@ document, the contract's padding on the tail) and every rank's view equals
 cpdl.shard_batch of the unpadded batch rebuilt from them; TP peers see equal
 data; exact resume through state_dict/load_state_dict; released batches;
 errors carrying the C message; pin=True without CUDA warning once; a Loader
-on an mpi4py communicator. Prints "N passed, M failed" (all ranks' sums).
+on an mpi4py communicator; cpdl.Source. Prints "N passed, M failed" (all ranks' sums).
 """
 import argparse
 import ctypes
@@ -213,10 +213,11 @@ def test_release():
         batch.release()
         batch.release()  # harmless
         report(batch.released, "released flag")
-        for what, call in (("batch[name]", lambda: batch["input_ids"]),
-                           ("torch()", batch.torch), ("copy()", batch.copy)):
+        for what, call, call_args in (("batch[name]", batch.__getitem__, ("input_ids",)),
+                                      ("torch()", batch.torch, ()),
+                                      ("copy()", batch.copy, ())):
             try:
-                call()
+                call(*call_args)
                 report(False, "%s after release raises" % what)
             except cpdl.Error as exc:
                 report("released" in str(exc), "%s after release raises" % what, str(exc))
@@ -316,9 +317,58 @@ def test_mpi4py_comm():
     reversed_comm.Free()
 
 
+def test_source():
+    """cpdl.Source: a generated source (copies) and an llm.c shard (views of
+    the mapping that stay valid after close)."""
+    src = cpdl.Source("synthetic:?seed=5&vocab=500")
+    n = len(src)
+    a, b = src[0], src[1]
+    report(n > 2 and a.ndim == 1 and not a.flags.writeable and a[a != src.eot].max() < 500
+           and np.array_equal(src[0], a) and not np.array_equal(a[:8], b[:8]),
+           "synthetic samples", (n, a[:8], b[:8]))
+    docs = [[1, 2, 3], [9, 9], [4, 5, 6, 7]]
+    eot = 50256
+    tokens = np.array([t for d in docs for t in [eot] + d], dtype=np.uint16)
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, tokens.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "shard_%d.bin" % rank)
+        with open(path, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype("<u2").tobytes())
+        src = cpdl.Source("llmc:" + path)
+        views = [src[i] for i in range(len(src))]
+        want = [np.array([eot] + d, dtype=np.uint16) for d in docs]
+        report(len(src) == 3 and all(np.array_equal(v, w) and v.dtype == np.uint16
+                                     and not v.flags.owndata and not v.flags.writeable
+                                     for v, w in zip(views, want)),
+               "llmc samples are read-only views", [v.tolist() for v in views])
+        report(np.array_equal(src[-1], want[-1]), "negative index")
+        try:
+            src[3]
+            report(False, "index out of range")
+        except IndexError:
+            report(True, "index out of range")
+        src.close()
+        try:
+            len(src)
+            report(False, "closed source refuses")
+        except cpdl.Error as exc:
+            report("closed" in str(exc), "closed source refuses", str(exc))
+        gc.collect()
+        report(all(np.array_equal(v, w) for v, w in zip(views, want)),
+               "views outlive close()")
+    try:
+        cpdl.Source("nosuchscheme:x")
+        report(False, "unknown scheme")
+    except cpdl.Error as exc:
+        report(exc.name == "CPDL_EPLUGIN" and "nosuchscheme" in str(exc), "unknown scheme",
+               str(exc))
+
+
 def main():
     for test in (test_abi, test_iterate, test_release, test_resume, test_errors,
-                 test_pin_without_cuda, test_mpi4py_comm):
+                 test_pin_without_cuda, test_mpi4py_comm, test_source):
         try:
             test()
         except Exception:  # noqa: BLE001
