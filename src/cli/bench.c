@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,12 +139,16 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
     if (!strcmp(way, "naive")) {
       mine = malloc(b.rank_bytes + b.shared_bytes);
     } else {
-      full = malloc(b.all_bytes); /* bcast: everyone holds the whole batch */
-      if (!strcmp(way, "scatter"))
+      bool scatter = !strcmp(way, "scatter");
+      /* bcast: everyone holds the whole batch; scatter: only the leader. */
+      if (!scatter || leader)
+        full = malloc(b.all_bytes);
+      if (scatter)
         mine = malloc(b.rank_bytes);
     }
-    if ((!mine && strcmp(way, "bcast")) || (!full && strcmp(way, "naive")))
-      rc = cpdl__error(-12, "out of memory for the %s baseline", way);
+    bool need_full = !strcmp(way, "bcast") || (!strcmp(way, "scatter") && leader);
+    if ((!mine && strcmp(way, "bcast")) || (!full && need_full))
+      rc = cpdl__error(-ENOMEM, "out of memory for the %s baseline", way);
     if (!rc && full)
       memset(full, 0, b.all_bytes);
     if (!rc && mine)
