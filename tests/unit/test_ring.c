@@ -458,7 +458,7 @@ typedef struct waiter {
   atomic_int dead;      /* alive() reports death once set */
   atomic_llong dead_at; /* when dead was set (ms) */
   int rc;
-  int64_t done_at;
+  _Atomic int64_t done_at; /* read by the main thread while the waiter may write it */
   char msg[256];
 } waiter_t;
 
