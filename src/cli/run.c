@@ -187,8 +187,9 @@ int cpdl_cli_run(int argc, char **argv) {
   cpdl_loader_t *loader = NULL;
   int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
   if (rc) {
-    if (rank == 0)
-      report_error(rank, "open", rc);
+    /* Every rank got the same agreed error: each says so, so that a user
+     * reading any one rank's log sees the cause and the fix. */
+    report_error(rank, "open", rc);
     MPI_Finalize();
     return 1;
   }

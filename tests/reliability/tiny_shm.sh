@@ -37,6 +37,8 @@ check "no SIGBUS / Bus error in the output" [ "$(grep -ci 'sigbus\|bus error\|si
 for word in CPDL_ENOSPACE /dev/shm "bytes are available" "needs" "--shm-size" "slots"; do
   check "cpdl run's message has '$word'" grep -q -- "$word" "$out"
 done
+n=$(grep -c "^cpdl run: rank [0-9]*: open: CPDL_ENOSPACE: .*/dev/shm" "$out")
+check "cpdl run prints the R1 message on each of its 2 ranks ($n)" [ "$n" -eq 2 ]
 
 # 2. Every rank gets the message, from the library itself.
 np=3
