@@ -125,6 +125,9 @@ int cpdl__shm_create(size_t size, cpdl__shm_t *out) {
       uint64_t now_free = 0;
       (void)shm_free_bytes(&now_free);
       rc = no_space(size, now_free);
+      /* Say which step failed: the space was there at the check (R2). */
+      rc = cpdl__error_prefix(rc, "reserving the segment failed (posix_fallocate: %s)",
+                              strerror(err));
     } else {
       rc = cpdl__error(CPDL_ESHM, "posix_fallocate(%s, %zu bytes) failed: %s", name, size,
                        strerror(err));

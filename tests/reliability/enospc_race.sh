@@ -36,6 +36,8 @@ check "the shim made the free-space check pass (1 TiB reported)" \
 check "every rank's open failed as expected (mpirun exit $rc)" [ "$rc" -eq 0 ]
 n=$(grep -c "^reliability: rank [0-9]* open: CPDL_ENOSPACE: " "$out")
 check "$n of $np ranks report CPDL_ENOSPACE" [ "$n" -eq $np ]
+check "the message says the reservation (posix_fallocate) failed" \
+  grep -q "reserving the segment failed (posix_fallocate" "$out"
 left=$(ls /dev/shm | grep '^cpdl-' || true)
 check "nothing left in /dev/shm ($left)" [ -z "$left" ]
 if [ $fail -eq 0 ]; then say "ENOSPC race: PASS"; else say "ENOSPC race: FAIL"; fi
