@@ -196,6 +196,17 @@ CPDL_API int cpdl_prep_execute(const cpdl_prep_plan_t *plan,
                                const int *cp_ranks, int n_ranks,
                                void *const *rank_dst, void *shared_dst);
 
+/** The same, split for `n_parts` threads: part `part` (0 <= part < n_parts)
+ *  writes only its share of the work items (each shared field, and each
+ *  (rank, field) shard, dealt round-robin). Calling every part once, in any
+ *  order or concurrently, writes exactly what cpdl_prep_execute() writes.
+ *  \return as cpdl_prep_execute(), or CPDL_EARG for a bad part. */
+CPDL_API int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan,
+                                    const cpdl_tensor_t *inputs, int n_inputs,
+                                    const int *cp_ranks, int n_ranks,
+                                    void *const *rank_dst, void *shared_dst,
+                                    int part, int n_parts);
+
 /* ------------------------------------------------------------------------- */
 /* Configuration                                                              */
 /* ------------------------------------------------------------------------- */

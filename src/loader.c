@@ -139,24 +139,22 @@ static int leader_alive(void *arg) {
 /* Leader: loader threads                                                     */
 /* ------------------------------------------------------------------------- */
 
-/* Prepare this thread's share of the slot: regions i with i % n_prep == t
- * (t < n_prep); thread 0 also writes the shared block. */
+/* Prepare this thread's share of the slot: every local CP region, work
+ * items (shared fields, (rank, field) shards) dealt round-robin over the
+ * n_prep preparing threads (cpdl_prep_execute_part). */
 static int prepare_share(cpdl_loader_t *L, int t) {
   int ranks[64];
   void *dst[64];
-  int n = 0;
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
-  for (uint32_t r = (uint32_t)t; r < geo->n_regions; r += (uint32_t)L->n_prep) {
-    ranks[n] = L->mesh.local_cp[r];
-    dst[n] = cpdl__ring_rank_block(L->ring, r, L->work_slot);
-    n++;
+  int n = (int)geo->n_regions;
+  for (int r = 0; r < n; r++) {
+    ranks[r] = L->mesh.local_cp[r];
+    dst[r] = cpdl__ring_rank_block(L->ring, (uint32_t)r, L->work_slot);
   }
-  void *shared = (t == 0 && geo->shared_slot_bytes) ? cpdl__ring_shared_block(L->ring, L->work_slot)
-                                                    : NULL;
-  if (n == 0 && !shared)
-    return 0;
+  void *shared = geo->shared_slot_bytes ? cpdl__ring_shared_block(L->ring, L->work_slot) : NULL;
   const pending_t *w = &L->work[L->work_set];
-  return cpdl_prep_execute(L->plan, w->inputs, w->n_inputs, ranks, n, dst, shared);
+  return cpdl_prep_execute_part(L->plan, w->inputs, w->n_inputs, ranks, n, dst, shared, t,
+                                L->n_prep);
 }
 
 /* Collate the step after the one in flight into the other input set. */

@@ -836,6 +836,18 @@ int64_t cpdl_prep_plan_padded_len(const cpdl_prep_plan_t *plan) { return plan ? 
 
 int cpdl_prep_execute(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *inputs, int n_inputs,
                       const int *cp_ranks, int n_ranks, void *const *rank_dst, void *shared_dst) {
+  return cpdl_prep_execute_part(plan, inputs, n_inputs, cp_ranks, n_ranks, rank_dst, shared_dst,
+                                0, 1);
+}
+
+/* Work items, in a fixed order: each shared field, then (rank, field) for
+ * every rank and unshared field. Part p of n does the items i with
+ * i % n == p, so n threads share a step whatever its ranks and fields. */
+int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *inputs,
+                           int n_inputs, const int *cp_ranks, int n_ranks, void *const *rank_dst,
+                           void *shared_dst, int part, int n_parts) {
+  if (n_parts < 1 || part < 0 || part >= n_parts)
+    return cpdl__error(CPDL_EARG, "cpdl_prep_execute_part: part %d of %d", part, n_parts);
   if (!plan)
     return cpdl__error(CPDL_EARG, "cpdl_prep_execute: plan is NULL");
   if (n_inputs != plan->n_inputs || (n_inputs > 0 && !inputs))
@@ -877,12 +889,14 @@ int cpdl_prep_execute(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *inputs,
   }
 
   /* Shared block: the aux_only primary and pass-through fields, whole. */
-  if (shared_dst) {
-    for (int f = 0; f < plan->n_fields; f++) {
-      const cpdl_prep_field_t *fd = &plan->fields[f];
-      if (fd->shared && fd->nbytes)
-        memcpy((unsigned char *)shared_dst + fd->offset, data[plan->spec[f].input], fd->nbytes);
-    }
+  int item = 0;
+  for (int f = 0; f < plan->n_fields; f++) {
+    const cpdl_prep_field_t *fd = &plan->fields[f];
+    if (!fd->shared)
+      continue;
+    if (shared_dst && fd->nbytes && item % n_parts == part)
+      memcpy((unsigned char *)shared_dst + fd->offset, data[plan->spec[f].input], fd->nbytes);
+    item++;
   }
 
   /* Rank blocks. A shard is one or two runs of padded positions [start, start+len). */
@@ -907,6 +921,8 @@ int cpdl_prep_execute(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *inputs,
       const cpdl_prep_field_t *fd = &plan->fields[f];
       const field_spec_t *fs = &plan->spec[f];
       if (fd->shared)
+        continue;
+      if (item++ % n_parts != part)
         continue;
       const unsigned char *src = fs->input >= 0 ? data[fs->input] : NULL;
       unsigned char *out = block + fd->offset;

@@ -854,6 +854,77 @@ static void test_subset_of_ranks(void **state) {
   }
 }
 
+/* cpdl_prep_execute_part: the parts together write exactly what one
+ * execute writes, each part alone writes only its share (the rest keeps a
+ * poison byte), and every part does some work when items outnumber parts. */
+static void test_execute_parts(void **state) {
+  (void)state;
+  int64_t B = 2, S = 37;
+  batch_t b = {0};
+  add(&b, "input_ids", CPDL_DTYPE_INT64, 2, B, S);
+  add(&b, "labels", CPDL_DTYPE_INT64, 2, B, S);
+  tail_mask(add(&b, "attention_mask", CPDL_DTYPE_UINT8, 2, B, S), CPDL_DTYPE_UINT8, B, S);
+  add(&b, "image", CPDL_DTYPE_FLOAT32, 2, (int64_t)3, (int64_t)5);
+  for (int mode = 0; mode < 3; mode++) {
+    cpdl_prep_params_t p;
+    cpdl_prep_params_init(&p);
+    p.cp_size = 3;
+    p.mode = (cpdl_mode_t)mode;
+    cpdl_prep_plan_t *plan = NULL;
+    assert_int_equal(cpdl_prep_plan_create(b.view, b.n, &p, &plan), 0);
+    size_t rb = cpdl_prep_plan_rank_bytes(plan), sb = cpdl_prep_plan_shared_bytes(plan);
+    size_t total = 3 * rb + sb;
+    unsigned char *whole = malloc(total), *joined = malloc(total), *alone = malloc(total);
+    assert_non_null(whole);
+    assert_non_null(joined);
+    assert_non_null(alone);
+    int ranks[3] = {0, 1, 2};
+    void *dst_whole[3], *dst_joined[3], *dst_alone[3];
+    for (int r = 0; r < 3; r++) {
+      dst_whole[r] = whole + r * rb;
+      dst_joined[r] = joined + r * rb;
+      dst_alone[r] = alone + r * rb;
+    }
+    memset(whole, 0xA5, total);
+    memset(joined, 0xA5, total);
+    assert_int_equal(cpdl_prep_execute(plan, b.view, b.n, ranks, 3, dst_whole, whole + 3 * rb), 0);
+    for (int n_parts = 1; n_parts <= 5; n_parts++) {
+      memset(joined, 0xA5, total);
+      for (int part = n_parts - 1; part >= 0; part--) { /* any order */
+        memset(alone, 0xA5, total);
+        assert_int_equal(cpdl_prep_execute_part(plan, b.view, b.n, ranks, 3, dst_alone,
+                                                alone + 3 * rb, part, n_parts), 0);
+        size_t written = 0;
+        for (size_t i = 0; i < total; i++) {
+          if (alone[i] != 0xA5 || whole[i] != 0xA5) {
+            if (alone[i] == whole[i] && (alone[i] != 0xA5))
+              written++;
+          }
+        }
+        /* 3 ranks x 3 fields + 1 shared = 10 items: every part has work */
+        assert_true(written > 0);
+        assert_int_equal(cpdl_prep_execute_part(plan, b.view, b.n, ranks, 3, dst_joined,
+                                                joined + 3 * rb, part, n_parts), 0);
+      }
+      assert_memory_equal(joined, whole, total);
+    }
+    /* a part alone leaves other parts' items untouched */
+    memset(alone, 0xA5, total);
+    assert_int_equal(cpdl_prep_execute_part(plan, b.view, b.n, ranks, 3, dst_alone,
+                                            alone + 3 * rb, 0, 2), 0);
+    assert_memory_not_equal(alone, whole, total);
+    assert_int_equal(cpdl_prep_execute_part(plan, b.view, b.n, ranks, 3, dst_alone,
+                                            alone + 3 * rb, 2, 2), CPDL_EARG);
+    assert_int_equal(cpdl_prep_execute_part(plan, b.view, b.n, ranks, 3, dst_alone,
+                                            alone + 3 * rb, 0, 0), CPDL_EARG);
+    free(whole);
+    free(joined);
+    free(alone);
+    cpdl_prep_plan_destroy(plan);
+  }
+  batch_free(&b);
+}
+
 static void test_embeds_and_large(void **state) {
   (void)state;
   /* inputs_embeds [B,S,H] pads with 0; a larger S exercises long memcpy runs */
@@ -1038,6 +1109,7 @@ int main(void) {
       cmocka_unit_test(test_position_ids),
       cmocka_unit_test(test_loss_mask_as_labels_and_packed_ids),
       cmocka_unit_test(test_subset_of_ranks),
+      cmocka_unit_test(test_execute_parts),
       cmocka_unit_test(test_embeds_and_large),
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_execute_errors),
