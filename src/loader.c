@@ -172,6 +172,9 @@ static void *worker_main(void *arg) {
   cpdl_loader_t *L = ((void **)arg)[0];
   int t = (int)(intptr_t)((void **)arg)[1];
   free(arg);
+  char name[16];
+  snprintf(name, sizeof name, "cpdl-loader%d", t);
+  pthread_setname_np(pthread_self(), name); /* visible in top, gdb, /proc */
   cpdl__pin_thread(L->pin, t);
   for (;;) {
     pthread_barrier_wait(&L->barrier); /* step ready (or done) */
@@ -211,6 +214,7 @@ static int dump_inputs(const cpdl_loader_t *L, uint64_t step, const cpdl_tensor_
 static void *leader_main(void *arg) {
   cpdl_loader_t *L = arg;
   int rc = 0;
+  pthread_setname_np(pthread_self(), "cpdl-loader0");
   cpdl__pin_thread(L->pin, 0);
   L->work_set = 0;
   collate_ahead(L); /* step first_step into set 1 ... */
