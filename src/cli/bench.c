@@ -25,16 +25,6 @@ static const char usage[] =
     "  --cp N --tp N --batch B --mode M --slots N --threads N   as for cpdl run\n"
     "  --json                             JSON lines only\n";
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 /* Proportional set size of this process in bytes (smaps_rollup). */
 static long long pss_bytes(void) {
@@ -63,6 +53,20 @@ typedef struct way_result {
   long long node_pss;
   uint64_t checksum;
 } way_result_t;
+
+/* Collective over the mesh: a way's loop is over; fill its result from the
+ * per-step latencies, the loop's start time and the PSS before it began. */
+static void finish_way(const cpdl__mesh_t *mesh, double *lat, int steps, double t_start,
+                       long long pss0, uint64_t sum, way_result_t *res) {
+  MPI_Barrier(mesh->comm);
+  double elapsed = cli_now_s() - t_start;
+  long long pss = pss_bytes() - pss0, node_pss = 0;
+  MPI_Allreduce(&pss, &node_pss, 1, MPI_LONG_LONG, MPI_SUM, mesh->node_comm);
+  cli_percentiles(lat, (size_t)steps, &res->p50_us, &res->p99_us);
+  res->steps_per_s = elapsed > 0 ? steps / elapsed : 0;
+  res->node_pss = node_pss;
+  res->checksum = sum;
+}
 
 /* The prepared layout for one configuration, shared by the MPI baselines. */
 typedef struct baseline {
@@ -160,9 +164,9 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
   int *displs = calloc((size_t)mesh->me.group_size, sizeof *displs);
   uint64_t sum = 0;
   MPI_Barrier(mesh->comm);
-  double t_start = now_s();
+  double t_start = cli_now_s();
   for (int s = 0; !rc && s < steps; s++) {
-    double t0 = now_s(), t1 = t0;
+    double t0 = cli_now_s(), t1 = t0;
     if (!strcmp(way, "naive")) {
       cpdl_tensor_t in[CPDL_MAX_FIELDS];
       int n = CPDL_MAX_FIELDS;
@@ -170,17 +174,17 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
       void *dst = mine;
       if (!rc)
         rc = cpdl_prep_execute(b.plan, in, n, &me, 1, &dst, mine + b.rank_bytes);
-      t1 = now_s();
+      t1 = cli_now_s();
       sum += checksum(mine, b.rank_bytes);
     } else {
       if (leader)
         rc = prepare_all(&b, cp, full);
       /* "When the data is ready": time the transfer alone. */
       MPI_Barrier(group);
-      t0 = now_s();
+      t0 = cli_now_s();
       if (!strcmp(way, "bcast")) {
         MPI_Bcast(full, (int)b.all_bytes, MPI_BYTE, 0, group);
-        t1 = now_s();
+        t1 = cli_now_s();
         sum += checksum(full + (size_t)me * b.rank_bytes, b.rank_bytes);
       } else {
         for (int g = 0; g < mesh->me.group_size; g++) {
@@ -191,22 +195,13 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
           displs[g] = cp_rank * (int)b.rank_bytes;
         }
         MPI_Scatterv(full, counts, displs, MPI_BYTE, mine, (int)b.rank_bytes, MPI_BYTE, 0, group);
-        t1 = now_s();
+        t1 = cli_now_s();
         sum += checksum(mine, b.rank_bytes);
       }
     }
     lat[s] = (t1 - t0) * 1e6;
   }
-  MPI_Barrier(mesh->comm);
-  double elapsed = now_s() - t_start;
-  long long pss = pss_bytes() - pss0, node_pss = 0;
-  MPI_Allreduce(&pss, &node_pss, 1, MPI_LONG_LONG, MPI_SUM, mesh->node_comm);
-  qsort(lat, (size_t)steps, sizeof *lat, cmp_double);
-  res->p50_us = lat[steps / 2];
-  res->p99_us = lat[(size_t)((steps - 1) * 0.99 + 0.5)];
-  res->steps_per_s = elapsed > 0 ? steps / elapsed : 0;
-  res->node_pss = node_pss;
-  res->checksum = sum;
+  finish_way(mesh, lat, steps, t_start, pss0, sum, res);
   free(lat);
   free(counts);
   free(displs);
@@ -225,7 +220,7 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
   double *lat = calloc((size_t)steps, sizeof *lat);
   uint64_t sum = 0;
   MPI_Barrier(mesh->comm);
-  double t_start = now_s();
+  double t_start = cli_now_s();
   for (int s = 0; s < steps; s++) {
     cpdl_batch_t batch;
     /* Time next() when the data is ready, as the baselines time their
@@ -235,9 +230,9 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
       struct timespec pause = {.tv_sec = 0, .tv_nsec = 20000};
       nanosleep(&pause, NULL);
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     rc = cpdl_loader_next(loader, &batch);
-    double t1 = now_s();
+    double t1 = cli_now_s();
     if (rc)
       break;
     lat[s] = (t1 - t0) * 1e6;
@@ -247,15 +242,7 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
   }
   int all = rc;
   MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, mesh->comm);
-  double elapsed = now_s() - t_start;
-  long long pss = pss_bytes() - pss0, node_pss = 0;
-  MPI_Allreduce(&pss, &node_pss, 1, MPI_LONG_LONG, MPI_SUM, mesh->node_comm);
-  qsort(lat, (size_t)steps, sizeof *lat, cmp_double);
-  res->p50_us = lat[steps / 2];
-  res->p99_us = lat[(size_t)((steps - 1) * 0.99 + 0.5)];
-  res->steps_per_s = elapsed > 0 ? steps / elapsed : 0;
-  res->node_pss = node_pss;
-  res->checksum = sum;
+  finish_way(mesh, lat, steps, t_start, pss0, sum, res);
   free(lat);
   int close_rc = cpdl_loader_close(loader);
   return all ? all : close_rc;

@@ -6,6 +6,7 @@
 
 #include "cpdl.h"
 #include <stdbool.h>
+#include <stddef.h>
 
 int cpdl_cli_run(int argc, char **argv);     /* run.c: under mpirun */
 int cpdl_cli_bench(int argc, char **argv);   /* bench.c: under mpirun */
@@ -32,5 +33,9 @@ typedef struct cli_flags {
 /* \return 0, or 2 after printing the error (usage error). */
 int cpdl_cli_options(int argc, char **argv, cpdl_config_t *cfg, cli_flags_t *flags,
                      const char *usage);
+
+/* stats.c: a monotonic clock in seconds, and p50/p99 of samples (sorts them). */
+double cli_now_s(void);
+void cli_percentiles(double *values, size_t n, double *p50, double *p99);
 
 #endif /* CPDL_CLI_H */

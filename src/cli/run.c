@@ -30,23 +30,6 @@ static const char usage[] =
     "  any other configuration key as --key value (see cpdl_config_t in cpdl.h);\n"
     "  CPDL_<KEY> environment variables set defaults.\n";
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double percentile(double *sorted, size_t n, double p) {
-  if (n == 0)
-    return 0;
-  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-  return sorted[i < n ? i : n - 1];
-}
 
 /* Read every byte of the view, as a consumer would. */
 static uint64_t touch(const cpdl_batch_t *b) {
@@ -235,14 +218,14 @@ int cpdl_cli_run(int argc, char **argv) {
   uint64_t total = cfg.steps > 0 ? (uint64_t)cfg.steps : 0;
   size_t cap = total ? (size_t)total : 1024, n_lat = 0;
   double *lat = malloc(cap * sizeof *lat);
-  double tokens = 0, last_print = 0, t_start = now_s();
+  double tokens = 0, last_print = 0, t_start = cli_now_s();
   uint64_t checksum = 0, delivered = 0, expect = 0;
   int run_rc = 0;
   for (;;) {
     cpdl_batch_t batch;
-    double t0 = now_s();
+    double t0 = cli_now_s();
     rc = cpdl_loader_next(loader, &batch);
-    double t1 = now_s();
+    double t1 = cli_now_s();
     if (rc == CPDL_EEOF)
       break;
     if (rc) {
@@ -272,10 +255,10 @@ int cpdl_cli_run(int argc, char **argv) {
     if (delivered++ == 0 && total)
       expect = total - batch.step; /* a resumed run starts past step 0 */
     if (tty || plain)
-      progress(tty, delivered, expect ? expect : delivered, tokens, now_s() - t_start,
+      progress(tty, delivered, expect ? expect : delivered, tokens, cli_now_s() - t_start,
                &last_print);
   }
-  double elapsed = now_s() - t_start;
+  double elapsed = cli_now_s() - t_start;
 
   if (run_rc == CPDL_EPEER) {
     /* A rank of this group died: no collectives from here on. */
@@ -291,8 +274,8 @@ int cpdl_cli_run(int argc, char **argv) {
       report_error(rank, "save-state", rc);
   }
 
-  qsort(lat, n_lat, sizeof *lat, cmp_double);
-  double p50 = percentile(lat, n_lat, 0.50), p99 = percentile(lat, n_lat, 0.99);
+  double p50, p99;
+  cli_percentiles(lat, n_lat, &p50, &p99);
   double rate = elapsed > 0 ? tokens / elapsed : 0;
   double worst_p50 = 0, worst_p99 = 0, sum_rate = 0, min_rate = 0;
   MPI_Reduce(&p50, &worst_p50, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
