@@ -233,10 +233,10 @@ typedef struct cpdl_config {
   int position_ids;          /* position_ids 0 = restart per document, 1 = continuous */
   int loss_on_eot;           /* loss_on_eot 1 = EOT tokens count in the loss (1) */
   int drop_last;             /* drop_last  1 = drop the last partial epoch piece, 0 = wrap (1) */
-  int threads;               /* threads    preparation threads in the leader (1) */
+  int threads;               /* threads    loader threads in the leader: with 2 or more, one collates
+                                           step k+1 while the others prepare step k (2) */
   char pin[64];              /* pin        auto | numa | cores:<list> | none ("auto") */
   int timeout_ms;            /* timeout_ms how long next() waits before CPDL_ETIMEDOUT (60000) */
-  int peer_timeout_ms;       /* peer_timeout_ms bound for declaring a dead rank (5000) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). */

@@ -66,14 +66,12 @@ static const config_key_t keys[] = {
     {"threads", KEY_INT, MEMBER(threads), 1, 256, false},
     {"pin", KEY_PIN, MEMBER(pin), 0, 0, false},
     {"timeout_ms", KEY_INT, MEMBER(timeout_ms), 1, INT_MAX, false},
-    {"peer_timeout_ms", KEY_INT, MEMBER(peer_timeout_ms), 1, INT_MAX, false},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
 static const char known_keys_text[] =
     "cp, tp, order, seq_len, batch, steps, slots, mode, seed, source, collate, "
-    "padding_token_id, position_ids, loss_on_eot, drop_last, threads, pin, timeout_ms, "
-    "peer_timeout_ms";
+    "padding_token_id, position_ids, loss_on_eot, drop_last, threads, pin, timeout_ms";
 
 void cpdl_config_init(cpdl_config_t *cfg) {
   if (!cfg)
@@ -95,10 +93,9 @@ void cpdl_config_init(cpdl_config_t *cfg) {
   cfg->position_ids = 0;
   cfg->loss_on_eot = 1;
   cfg->drop_last = 1;
-  cfg->threads = 1;
+  cfg->threads = 2; /* one collates step k+1 while the other prepares step k */
   snprintf(cfg->pin, sizeof cfg->pin, "auto");
   cfg->timeout_ms = 60000;
-  cfg->peer_timeout_ms = 5000;
 }
 
 static const config_key_t *find_key(const char *name, size_t len) {

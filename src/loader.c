@@ -115,6 +115,11 @@ static bool peer_dead(const cpdl_loader_t *L, int g) {
 }
 
 static int check_peers(cpdl_loader_t *L) {
+  /* A rank that saw a death first posts it and may then exit: its own
+   * exit must not be mistaken for the cause, so the posted verdict wins. */
+  int posted = cpdl__ring_posted_error(L->cring);
+  if (posted)
+    return posted;
   for (int g = 0; g < L->mesh.me.group_size; g++) {
     if (g == L->mesh.me.group_rank || !peer_dead(L, g))
       continue;
@@ -623,8 +628,15 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   }
   rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
   if (rc) {
-    if (rc == CPDL_EPEER)
+    if (rc == CPDL_EPEER) {
+      /* Tell the group what this rank saw (first poster wins), so every
+       * survivor names the same dead rank even after this one exits. */
+      char msg[1024];
+      snprintf(msg, sizeof msg, "%s", cpdl_last_error());
+      cpdl__ring_post_error(L->cring, rc, msg);
+      cpdl__error(rc, "%s", msg);
       L->failed = true;
+    }
     return rc;
   }
   uint64_t step = L->next_step;

@@ -50,7 +50,6 @@ class Config(ctypes.Structure):
         ("threads", ctypes.c_int),
         ("pin", ctypes.c_char * 64),
         ("timeout_ms", ctypes.c_int),
-        ("peer_timeout_ms", ctypes.c_int),
     ]
 
 

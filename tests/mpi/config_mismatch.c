@@ -72,7 +72,7 @@ int main(int argc, char **argv) {
      * high rank: the early key wins. */
     cpdl_config_init(&cfg);
     if (rank == 1)
-      cpdl_config_set(&cfg, "peer_timeout_ms", "100");
+      cpdl_config_set(&cfg, "timeout_ms", "100");
     if (rank == size - 1)
       cpdl_config_set(&cfg, "tp", "2");
     snprintf(want2, sizeof want2, "2 on rank %d", size - 1);

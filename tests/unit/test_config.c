@@ -38,10 +38,9 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg.position_ids, 0);
   assert_int_equal(cfg.loss_on_eot, 1);
   assert_int_equal(cfg.drop_last, 1);
-  assert_int_equal(cfg.threads, 1);
+  assert_int_equal(cfg.threads, 2);
   assert_string_equal(cfg.pin, "auto");
   assert_int_equal(cfg.timeout_ms, 60000);
-  assert_int_equal(cfg.peer_timeout_ms, 5000);
 }
 
 static void test_set_each_key(void **state) {
@@ -94,8 +93,6 @@ static void test_set_each_key(void **state) {
   assert_string_equal(cfg.pin, "none");
   assert_int_equal(cpdl_config_set(&cfg, "timeout_ms", "250"), 0);
   assert_int_equal(cfg.timeout_ms, 250);
-  assert_int_equal(cpdl_config_set(&cfg, "peer_timeout_ms", "777"), 0);
-  assert_int_equal(cfg.peer_timeout_ms, 777);
 }
 
 static void test_suffixes(void **state) {
@@ -177,7 +174,7 @@ static void test_unknown_key(void **state) {
   assert_contains(cpdl_last_error(), "unknown config key 'seqlen'");
   /* The message lists the known keys. */
   assert_contains(cpdl_last_error(), "seq_len");
-  assert_contains(cpdl_last_error(), "peer_timeout_ms");
+  assert_contains(cpdl_last_error(), "timeout_ms");
   assert_int_equal(cpdl_config_set(&cfg, NULL, "1"), CPDL_EARG);
   assert_int_equal(cpdl_config_set(NULL, "cp", "1"), CPDL_EARG);
   /* A config nobody initialised is refused. */
@@ -230,12 +227,12 @@ static void test_env(void **state) {
   setenv("CPDL_SEQ_LEN", "64K", 1);
   setenv("CPDL_CP", "4", 1);
   setenv("CPDL_POSITION_IDS", "continuous", 1);
-  setenv("CPDL_PEER_TIMEOUT_MS", "1500", 1);
+  setenv("CPDL_TIMEOUT_MS", "1500", 1);
   assert_int_equal(cpdl_config_from_env(&cfg), 0);
   assert_int_equal(cfg.seq_len, 65536);
   assert_int_equal(cfg.cp, 4);
   assert_int_equal(cfg.position_ids, 1);
-  assert_int_equal(cfg.peer_timeout_ms, 1500);
+  assert_int_equal(cfg.timeout_ms, 1500);
   assert_int_equal(cfg.tp, 1);
 
   cpdl_config_t before = cfg;
@@ -248,7 +245,7 @@ static void test_env(void **state) {
   unsetenv("CPDL_SEQ_LEN");
   unsetenv("CPDL_CP");
   unsetenv("CPDL_POSITION_IDS");
-  unsetenv("CPDL_PEER_TIMEOUT_MS");
+  unsetenv("CPDL_TIMEOUT_MS");
 }
 
 static void test_format_round_trip(void **state) {
@@ -259,7 +256,7 @@ static void test_format_round_trip(void **state) {
                                            "slots=9 mode=aux_only seed=99 collate=pad "
                                            "padding_token_id=-5 position_ids=1 loss_on_eot=0 "
                                            "drop_last=0 threads=3 pin=cores:1,2,5-7 "
-                                           "timeout_ms=10 peer_timeout_ms=20"),
+                                           "timeout_ms=10"),
                    0);
   assert_int_equal(cpdl_config_set(&cfg, "source", "npy:/a dir/with \"quotes\"\\,cp=3"), 0);
 
@@ -269,7 +266,7 @@ static void test_format_round_trip(void **state) {
   /* Fixed order: keys in struct order. */
   assert_true(strncmp(text, "cp=4 tp=2 order=tp,cp,dp seq_len=1048576 ", 41) == 0);
   assert_contains(text, "position_ids=continuous");
-  assert_contains(text, "peer_timeout_ms=20");
+  assert_contains(text, "timeout_ms=10");
 
   cpdl_config_init(&back);
   assert_int_equal(cpdl_config_parse(&back, text), 0);
@@ -301,7 +298,7 @@ static void test_hash(void **state) {
   assert_int_equal(cpdl_config_set(&b, "seq_len", "4097"), 0);
   assert_true(cpdl__config_hash(&a) != cpdl__config_hash(&b));
   cpdl_config_init(&b);
-  assert_int_equal(cpdl_config_set(&b, "peer_timeout_ms", "5001"), 0);
+  assert_int_equal(cpdl_config_set(&b, "timeout_ms", "5001"), 0);
   assert_true(cpdl__config_hash(&a) != cpdl__config_hash(&b));
   /* Same value, different spelling: same hash. */
   cpdl_config_init(&b);
