@@ -32,7 +32,7 @@ bool cpdl__add_size(size_t a, size_t b, size_t *out);
  * CPDL_FAULT=<point>:<rank>[:error] — at the named point on that world rank,
  * raise SIGKILL (default) or return CPDL_EFAULT. Points: after_create,
  * after_reserve, before_send_name, before_unlink, mid_fill, holding_slot,
- * waiting. \return 0 when no fault fires here. */
+ * waiting, start_threads. \return 0 when no fault fires here. */
 int cpdl__fault(const char *point, int world_rank);
 
 /* ---- config.c -------------------------------------------------------------

@@ -70,8 +70,10 @@ struct cpdl_loader {
   cpdl_prep_plan_t *plan;
   cpdl__pin_t *pin;
   int n_threads;
-  pthread_t threads[MAX_THREADS];
-  int n_running;
+  pthread_t threads[MAX_THREADS]; /* [0]: leader_main, [1..n_workers]: worker_main */
+  bool running;             /* the threads run (all of them, or none) */
+  int n_workers;            /* worker threads created */
+  atomic_int gate;          /* 0: wait, 1: all threads exist, -1: start failed */
   pthread_barrier_t barrier;
   bool barrier_ready;
   atomic_bool stopping;
@@ -171,6 +173,19 @@ static void collate_ahead(cpdl_loader_t *L) {
     snprintf(L->collate_msg, sizeof L->collate_msg, "%s", cpdl_last_error());
 }
 
+/* Workers are created first and wait at a gate: only when every thread of
+ * the barrier exists (gate 1) do they enter it; if one could not be created
+ * (gate -1) the others leave without touching the barrier, so a partial
+ * start can never leave a thread waiting for a party that does not exist. */
+static bool pass_gate(cpdl_loader_t *L) {
+  int gate;
+  while ((gate = atomic_load_explicit(&L->gate, memory_order_acquire)) == 0) {
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
+    nanosleep(&pause, NULL);
+  }
+  return gate > 0;
+}
+
 /* Threads 1..n-1. With a pipelined feed the last of them collates step k+1
  * while the others prepare step k; otherwise all prepare. */
 static void *worker_main(void *arg) {
@@ -180,6 +195,8 @@ static void *worker_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "cpdl-loader%d", t);
   pthread_setname_np(pthread_self(), name); /* visible in top, gdb, /proc */
+  if (!pass_gate(L))
+    return NULL;
   cpdl__pin_thread(L->pin, t);
   for (;;) {
     pthread_barrier_wait(&L->barrier); /* step ready (or done) */
@@ -288,45 +305,60 @@ static int start_threads(cpdl_loader_t *L) {
   atomic_store(&L->stopping, false);
   atomic_store(&L->work_done, false);
   atomic_store(&L->worker_rc, 0);
+  atomic_store(&L->gate, 0);
   if (L->n_threads > 1) {
     if (pthread_barrier_init(&L->barrier, NULL, (unsigned)L->n_threads))
       return cpdl__error(-ENOMEM, "cannot create the loader threads' barrier");
     L->barrier_ready = true;
   }
-  int err = pthread_create(&L->threads[0], NULL, leader_main, L);
-  if (err)
-    return cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
-  L->n_running = 1;
-  for (int t = 1; t < L->n_threads; t++) {
+  int rc = 0, err = 0;
+  for (int t = 1; t < L->n_threads && !rc; t++) {
     void **arg = malloc(2 * sizeof *arg);
-    if (!arg)
-      return cpdl__error(-ENOMEM, "out of memory starting loader threads");
+    if (!arg) {
+      rc = cpdl__error(-ENOMEM, "out of memory starting loader threads");
+      break;
+    }
     arg[0] = L;
     arg[1] = (void *)(intptr_t)t;
-    err = pthread_create(&L->threads[t], NULL, worker_main, arg);
-    if (err) {
+    if ((err = pthread_create(&L->threads[t], NULL, worker_main, arg)) != 0) {
       free(arg);
-      return cpdl__error(-err, "cannot start loader thread %d: %s", t, strerror(err));
+      rc = cpdl__error(-err, "cannot start loader thread %d: %s", t, strerror(err));
+      break;
     }
-    L->n_running++;
+    L->n_workers++;
   }
+  if (!rc) /* a failed start after some workers exist: tested through CPDL_FAULT */
+    rc = cpdl__fault("start_threads", L->mesh.me.world_rank);
+  if (!rc && (err = pthread_create(&L->threads[0], NULL, leader_main, L)) != 0)
+    rc = cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
+  atomic_store_explicit(&L->gate, rc ? -1 : 1, memory_order_release);
+  if (rc) {
+    for (int t = 1; t <= L->n_workers; t++)
+      pthread_join(L->threads[t], NULL);
+    L->n_workers = 0;
+    if (L->barrier_ready) {
+      pthread_barrier_destroy(&L->barrier);
+      L->barrier_ready = false;
+    }
+    return rc;
+  }
+  L->running = true;
   return 0;
 }
 
 /* Stop and join every loader thread. The leader thread notices `stopping`
- * on its next wake (ring waits tick every few ms). */
+ * on its next wake (ring waits tick every few ms) and releases the workers
+ * through the barrier. */
 static void stop_threads(cpdl_loader_t *L) {
-  if (!L->n_running)
+  if (!L->running)
     return;
   atomic_store_explicit(&L->stopping, true, memory_order_release);
   cpdl__ring_wake_all(L->ring);
-  if (L->n_running < L->n_threads && L->n_threads > 1) {
-    /* A partial start: the barrier would never fill; workers that started
-     * are released by detaching them from a barrier they never reach. */
-  }
-  for (int t = 0; t < L->n_running; t++)
+  pthread_join(L->threads[0], NULL);
+  for (int t = 1; t <= L->n_workers; t++)
     pthread_join(L->threads[t], NULL);
-  L->n_running = 0;
+  L->n_workers = 0;
+  L->running = false;
   if (L->barrier_ready) {
     pthread_barrier_destroy(&L->barrier);
     L->barrier_ready = false;
