@@ -13,7 +13,6 @@ import ctypes
 import gc
 import sys
 import threading
-import traceback
 import weakref
 
 import numpy as np
@@ -23,19 +22,7 @@ from torch.utils.dlpack import from_dlpack
 from cpdl import _dlpack, _lib
 from cpdl import loader as cl
 import cpdl
-
-passed = 0
-failed = 0
-
-
-def report(ok, what, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s %s" % (what, detail))
-
+from testutil import report, run
 
 # cpdl dtype -> (numpy array maker, torch dtype expected)
 rng = np.random.default_rng(3)
@@ -187,13 +174,7 @@ def test_released():
 
 
 def main():
-    for test in (test_layout, test_round_trip, test_scalar, test_lifetime, test_released):
-        try:
-            test()
-        except Exception:  # noqa: BLE001
-            report(False, test.__name__, traceback.format_exc())
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run((test_layout, test_round_trip, test_scalar, test_lifetime, test_released))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference  # noqa: E402
+import testutil  # noqa: E402
+from testutil import report  # noqa: E402
 
 import cpdl  # noqa: E402
 from cpdl import _lib  # noqa: E402
@@ -26,18 +28,6 @@ N_BATCHES = int(os.environ.get("CPDL_TEST_BATCHES", "600"))
 SEED = 20240520
 MODES = ("contiguous", "round_robin", "aux_only")
 CP_SIZES = (1, 2, 3, 4, 5, 6, 8)
-
-passed = 0
-failed = 0
-
-
-def report(ok, what, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s %s" % (what, detail))
 
 
 def compare(got, want, where):
@@ -233,7 +223,7 @@ def property_test():
         except Exception:  # noqa: BLE001 — any exception is a failed case
             reason = traceback.format_exc(limit=3)
         if reason:
-            if failed < 15:
+            if testutil.failed < 15:
                 print("batch %d: %s\n  %s" % (i, describe(batch, cp, kw), reason))
             report(False, "batch %d" % i)
         else:
@@ -430,14 +420,8 @@ def test_abi():
 
 def main():
     print("library: %s" % cpdl.library_path)
-    for test in (test_abi, test_errors, test_input_unchanged, test_one_buffer, test_bfloat16,
-                 test_import_error, property_test):
-        try:
-            test()
-        except Exception:  # noqa: BLE001
-            report(False, test.__name__, traceback.format_exc())
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return testutil.run((test_abi, test_errors, test_input_unchanged, test_one_buffer,
+                         test_bfloat16, test_import_error, property_test))
 
 
 if __name__ == "__main__":

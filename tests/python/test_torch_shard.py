@@ -10,25 +10,13 @@ Run: PYTHONPATH=python CPDL_LIBRARY=<build>/libcpdl.so /usr/bin/python3 tests/py
 """
 import contextlib
 import sys
-import traceback
 
 import numpy as np
 import torch
 
 import cpdl
 from cpdl.torch import make_contiguous_shard_cp_batch_and_ctx as shard
-
-passed = 0
-failed = 0
-
-
-def report(ok, what, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s %s" % (what, detail))
+from testutil import report, run
 
 
 class FakeMesh:
@@ -285,14 +273,8 @@ def test_contract_error():
 
 
 def main():
-    for test in (test_random, test_in_place, test_bfloat16, test_cuda_error,
-                 test_contract_error):
-        try:
-            test()
-        except Exception:  # noqa: BLE001
-            report(False, test.__name__, traceback.format_exc())
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run((test_random, test_in_place, test_bfloat16, test_cuda_error,
+                test_contract_error))
 
 
 if __name__ == "__main__":

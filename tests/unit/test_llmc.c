@@ -4,68 +4,39 @@
  * shards (glob and comma list), for uint16 and uint32; every corruption gives
  * CPDL_ECORRUPT naming the file and offset.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <cmocka.h>
-
-#include "internal.h"
-
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
+#include "source_test_util.h"
 
 static char dir[128];
-
-static void assert_msg_contains(const char *needle) {
-  const char *msg = cpdl_last_error();
-  if (!strstr(msg, needle)) {
-    print_error("message \"%s\" lacks \"%s\"\n", msg, needle);
-    fail();
-  }
-}
 
 /* Write an llm.c shard: header (magic, version, count) + tokens. */
 static void write_shard(const char *name, int32_t magic, int32_t version, int32_t count,
                         const void *tokens, size_t token_bytes, size_t n_written) {
   char path[256];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
+  FILE *f = open_file(path, "wb");
   int32_t header[256] = {0};
   header[0] = magic;
   header[1] = version;
   header[2] = count;
-  assert_int_equal(fwrite(header, 4, 256, f), 256);
-  if (n_written)
-    assert_int_equal(fwrite(tokens, token_bytes, n_written, f), n_written);
+  write_bytes(f, header, sizeof header);
+  write_bytes(f, tokens, token_bytes * n_written);
   fclose(f);
 }
 
 static int setup(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/cpdl-test-llmc-XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
+  return tmpdir_create(dir, sizeof dir, "llmc");
 }
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return tmpdir_remove(dir);
 }
 
 static cpdl__source_t *open_uri(const char *fmt, const char *arg) {
   char uri[512];
   snprintf(uri, sizeof uri, fmt, arg);
-  cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
-  if (rc)
-    print_error("open %s: %s\n", uri, cpdl_last_error());
-  assert_int_equal(rc, 0);
-  return src;
+  return open_ok(uri);
 }
 
 /* Expected documents of a token stream: start at index 0 and at every EOT. */
@@ -170,21 +141,12 @@ static void test_u32_large(void **state) {
   free(t);
 }
 
+/* Opening shard name fails with code; the message names the file, needle1 and needle2. */
 static void expect_corrupt(const char *name, int code, const char *needle1, const char *needle2) {
-  char path[256];
+  char path[256], uri[600];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  cpdl__source_t *src = NULL;
-  char uri[600];
   snprintf(uri, sizeof uri, "llmc:%s", path);
-  int rc = cpdl__source_open(uri, &src);
-  if (rc != code)
-    print_error("%s: rc %d (%s), want %d\n", name, rc, cpdl_last_error(), code);
-  assert_int_equal(rc, code);
-  assert_null(src);
-  assert_msg_contains(path);
-  assert_msg_contains(needle1);
-  if (needle2)
-    assert_msg_contains(needle2);
+  expect_open_error(uri, code, path, needle1, needle2);
 }
 
 static void test_corrupt(void **state) {
@@ -207,10 +169,7 @@ static void test_corrupt(void **state) {
   /* shorter than a header */
   char path[256];
   snprintf(path, sizeof path, "%s/short.bin", dir);
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  fwrite("abc", 1, 3, f);
-  fclose(f);
+  write_file(path, "wb", "abc", 3);
   expect_corrupt("short.bin", CPDL_ECORRUPT, "offset 0: expected a 1024-byte", "has 3 bytes");
   expect_corrupt("missing.bin", -ENOENT, "cannot open", NULL);
 
@@ -219,13 +178,10 @@ static void test_corrupt(void **state) {
   write_shard("mix_b.bin", 20240801, 7, 2, t, 4, 2);
   char uri[600];
   snprintf(uri, sizeof uri, "llmc:%s/mix_*.bin", dir);
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open(uri, &src), CPDL_ECORRUPT);
-  assert_msg_contains("one token width");
+  expect_open_error(uri, CPDL_ECORRUPT, "one token width", NULL, NULL);
   /* unknown query key */
   snprintf(uri, sizeof uri, "llmc:%s/mix_a.bin?eos=1", dir);
-  assert_int_equal(cpdl__source_open(uri, &src), CPDL_EARG);
-  assert_msg_contains("unknown query key 'eos'");
+  expect_open_error(uri, CPDL_EARG, "unknown query key 'eos'", NULL, NULL);
 }
 
 int main(void) {

@@ -4,40 +4,20 @@
  * sequence, for uint16/int32/int64 tokens, with and without the optional
  * modes array; each corruption gives its error naming file and offset.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <cmocka.h>
+#include "source_test_util.h"
 
-#include "internal.h"
-
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
 static char dir[128];
 
-static void assert_msg_contains(const char *needle) {
-  const char *msg = cpdl_last_error();
-  if (!strstr(msg, needle)) {
-    print_error("message \"%s\" lacks \"%s\"\n", msg, needle);
-    fail();
-  }
-}
-
 static int setup(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/cpdl-test-megatron-XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
+  return tmpdir_create(dir, sizeof dir, "megatron");
 }
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return tmpdir_remove(dir);
 }
 
 /* A dataset description for the writer. */
@@ -55,16 +35,10 @@ typedef struct ds {
   uint64_t header_n_seqs; /* != 0: N written in the header instead of n_seqs */
 } ds_t;
 
-static void write_bytes(FILE *f, const void *p, size_t n) {
-  if (n)
-    assert_int_equal(fwrite(p, 1, n, f), n);
-}
-
 static void write_idx(const char *prefix, const ds_t *d) {
   char path[256];
   snprintf(path, sizeof path, "%s/%s.idx", dir, prefix);
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
+  FILE *f = open_file(path, "wb");
   write_bytes(f, d->magic ? d->magic : "MMIDIDX\0\0", 9);
   uint64_t version = d->version ? d->version : 1;
   write_bytes(f, &version, 8);
@@ -86,8 +60,7 @@ static void write_idx(const char *prefix, const ds_t *d) {
 static void write_bin(const char *prefix, int item, uint64_t n_tokens) {
   char path[256];
   snprintf(path, sizeof path, "%s/%s.bin", dir, prefix);
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
+  FILE *f = open_file(path, "wb");
   for (uint64_t k = 0; k < n_tokens; k++) {
     uint64_t v = (k * 7 + 3) % 60000;
     write_bytes(f, &v, (size_t)item); /* little-endian low bytes */
@@ -126,12 +99,7 @@ static void make_contiguous(ds_t *d, uint8_t code, int item, int n_docs, const i
 static cpdl__source_t *open_prefix(const char *prefix, const char *query) {
   char uri[512];
   snprintf(uri, sizeof uri, "megatron:%s/%s%s", dir, prefix, query);
-  cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
-  if (rc)
-    print_error("open %s: %s\n", uri, cpdl_last_error());
-  assert_int_equal(rc, 0);
-  return src;
+  return open_ok(uri);
 }
 
 static void check_dataset(uint8_t code, int item, int with_modes) {
@@ -196,20 +164,12 @@ static void test_read_all_dtypes(void **state) {
   check_dataset(3, 2, 0); /* int16 */
 }
 
+/* Opening prefix + query fails with code; the message names the prefix, n1 and n2. */
 static void expect_error(const char *prefix, const char *query, int code, const char *n1,
                          const char *n2) {
   char uri[512];
   snprintf(uri, sizeof uri, "megatron:%s/%s%s", dir, prefix, query);
-  cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
-  if (rc != code)
-    print_error("%s: rc %d (%s), want %d\n", prefix, rc, cpdl_last_error(), code);
-  assert_int_equal(rc, code);
-  assert_null(src);
-  assert_msg_contains(prefix);
-  assert_msg_contains(n1);
-  if (n2)
-    assert_msg_contains(n2);
+  expect_open_error(uri, code, prefix, n1, n2);
 }
 
 static void test_corrupt(void **state) {
@@ -307,9 +267,7 @@ static void test_corrupt(void **state) {
   write_bin("trailing", 2, n_tokens);
   char path[256];
   snprintf(path, sizeof path, "%s/trailing.idx", dir);
-  FILE *f = fopen(path, "ab");
-  fwrite("xyz", 1, 3, f); /* neither exact nor + N modes bytes */
-  fclose(f);
+  write_file(path, "ab", "xyz", 3); /* neither exact nor + N modes bytes */
   expect_error("trailing", "", CPDL_ECORRUPT, "expected the file to end here", NULL);
 
   expect_error("absent", "", -ENOENT, "absent.idx: cannot open", NULL);

@@ -4,41 +4,27 @@
  * bytes; bad headers, truncated data and a step whose shape differs give
  * their errors naming the file and offset.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <cmocka.h>
-
-#include "internal.h"
-
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "source_test_util.h"
 
 static char dir[128];
 
-static void assert_msg_contains(const char *needle) {
-  const char *msg = cpdl_last_error();
-  if (!strstr(msg, needle)) {
-    print_error("message \"%s\" lacks \"%s\"\n", msg, needle);
-    fail();
-  }
-}
-
 static int setup(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/cpdl-test-npy-XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
+  return tmpdir_create(dir, sizeof dir, "npy");
 }
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return tmpdir_remove(dir);
+}
+
+/* Create <dir>/<sub>/<name> for writing, making <dir>/<sub> as needed. */
+static FILE *create_in(const char *sub, const char *name) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, sub);
+  mkdir_p(path);
+  snprintf(path, sizeof path, "%s/%s/%s", dir, sub, name);
+  return open_file(path, "wb");
 }
 
 /* Write <dir>/<sub>/<name>.npy with the given header dict text and data.
@@ -47,32 +33,21 @@ static int teardown(void **state) {
  * from the dict's claim to make corrupt files. */
 static void write_npy(const char *sub, const char *name, int version, const char *dict,
                       const void *data, size_t data_bytes) {
-  char path[512];
-  snprintf(path, sizeof path, "%s/%s", dir, sub);
-  for (char *slash = path + strlen(dir) + 1; (slash = strchr(slash, '/')) != NULL; slash++) {
-    *slash = '\0'; /* mkdir -p */
-    mkdir(path, 0700);
-    *slash = '/';
-  }
-  mkdir(path, 0700);
-  snprintf(path, sizeof path, "%s/%s/%s", dir, sub, name);
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
+  FILE *f = create_in(sub, name);
   size_t prefix = version == 1 ? 10 : 12;
   size_t len = strlen(dict) + 1;
   size_t total = (prefix + len + 63) / 64 * 64;
   size_t hlen = total - prefix;
-  fwrite("\x93NUMPY", 1, 6, f);
+  write_bytes(f, "\x93NUMPY", 6);
   uint8_t ver[2] = {(uint8_t)version, 0};
-  fwrite(ver, 1, 2, f);
+  write_bytes(f, ver, 2);
   uint8_t l[4] = {(uint8_t)hlen, (uint8_t)(hlen >> 8), (uint8_t)(hlen >> 16), (uint8_t)(hlen >> 24)};
-  fwrite(l, 1, version == 1 ? 2 : 4, f);
-  fwrite(dict, 1, strlen(dict), f);
+  write_bytes(f, l, version == 1 ? 2 : 4);
+  write_bytes(f, dict, strlen(dict));
   for (size_t k = strlen(dict); k + 1 < hlen; k++)
     fputc(' ', f);
   fputc('\n', f);
-  if (data_bytes)
-    fwrite(data, 1, data_bytes, f);
+  write_bytes(f, data, data_bytes);
   fclose(f);
 }
 
@@ -99,8 +74,7 @@ static void test_read_steps(void **state) {
   }
   char uri[256];
   snprintf(uri, sizeof uri, "npy:%s/b", dir);
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open(uri, &src), 0);
+  cpdl__source_t *src = open_ok(uri);
   assert_true(cpdl__source_has_batches(src));
   assert_int_equal(cpdl__source_batch_count(src), 2);
   assert_int_equal(cpdl__source_count(src), 2);
@@ -133,18 +107,11 @@ static void test_read_steps(void **state) {
   cpdl__source_close(src);
 }
 
+/* Opening <dir>/<sub> fails with code and a message holding n1 and n2. */
 static void expect_open(const char *sub, int code, const char *n1, const char *n2) {
   char uri[256];
   snprintf(uri, sizeof uri, "npy:%s/%s", dir, sub);
-  cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
-  if (rc != code)
-    print_error("%s: rc %d (%s), want %d\n", sub, rc, cpdl_last_error(), code);
-  assert_int_equal(rc, code);
-  assert_null(src);
-  assert_msg_contains(n1);
-  if (n2)
-    assert_msg_contains(n2);
+  expect_open_error(uri, code, n1, n2, NULL);
 }
 
 static void test_bad_headers(void **state) {
@@ -172,33 +139,23 @@ static void test_bad_headers(void **state) {
             v, 16);
   expect_open("overflow", CPDL_EOVERFLOW, "overflows", NULL);
 
-  char path[512];
-  snprintf(path, sizeof path, "%s/magic", dir);
-  mkdir(path, 0700);
-  snprintf(path, sizeof path, "%s/magic/s0", dir);
-  mkdir(path, 0700);
-  snprintf(path, sizeof path, "%s/magic/s0/x.npy", dir);
-  FILE *f = fopen(path, "wb");
-  fwrite("PK\x03\x04 not an npy file at all", 1, 28, f);
+  FILE *f = create_in("magic/s0", "x.npy");
+  write_bytes(f, "PK\x03\x04 not an npy file at all", 28);
   fclose(f);
   expect_open("magic", CPDL_ECORRUPT, "x.npy: offset 0: expected the NPY magic", NULL);
 
   /* header length pointing past the end of the file */
-  snprintf(path, sizeof path, "%s/hlen", dir);
-  mkdir(path, 0700);
-  snprintf(path, sizeof path, "%s/hlen/s0", dir);
-  mkdir(path, 0700);
-  snprintf(path, sizeof path, "%s/hlen/s0/x.npy", dir);
-  f = fopen(path, "wb");
-  fwrite("\x93NUMPY\x01\x00\xff\xff{'descr'", 1, 18, f);
+  f = create_in("hlen/s0", "x.npy");
+  write_bytes(f, "\x93NUMPY\x01\x00\xff\xff{'descr'", 18);
   fclose(f);
   expect_open("hlen", CPDL_ECORRUPT, "offset 8: header length 65535 runs past", NULL);
 
   write_npy("version/s0", "x.npy", 4, ok, v, 16);
   expect_open("version", CPDL_ECORRUPT, "offset 6: NPY format version 4", NULL);
 
+  char path[512];
   snprintf(path, sizeof path, "%s/empty", dir);
-  mkdir(path, 0700);
+  mkdir_p(path);
   expect_open("empty", CPDL_ECORRUPT, "no step directories", NULL);
   expect_open("absent", -ENOENT, "cannot open directory", NULL);
 }
@@ -214,8 +171,7 @@ static void test_step_mismatch(void **state) {
             v, 24);
   char uri[256];
   snprintf(uri, sizeof uri, "npy:%s/mm", dir);
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open(uri, &src), 0);
+  cpdl__source_t *src = open_ok(uri);
   cpdl_tensor_t t[CPDL_MAX_FIELDS];
   int n;
   assert_int_equal(cpdl__source_read_batch(src, 0, t, &n), 0);

@@ -4,36 +4,7 @@
  * tree's plugin directory; CPDL_TEST_PLUGIN_DIR holds deliberately broken
  * plugins built from tests/unit/plugin_broken.c.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <cmocka.h>
-
-#include "internal.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static void assert_msg_contains(const char *needle) {
-  const char *msg = cpdl_last_error();
-  if (!strstr(msg, needle)) {
-    print_error("message \"%s\" lacks \"%s\"\n", msg, needle);
-    fail();
-  }
-}
-
-static cpdl__source_t *open_ok(const char *uri) {
-  cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
-  if (rc)
-    print_error("open %s: %s\n", uri, cpdl_last_error());
-  assert_int_equal(rc, 0);
-  assert_non_null(src);
-  return src;
-}
+#include "source_test_util.h"
 
 /* Copy sample i out (synthetic buffers live only until the next read). */
 static uint32_t *read_copy(cpdl__source_t *src, int64_t i, int64_t *n) {
@@ -141,46 +112,32 @@ static void test_synthetic_lengths(void **state) {
 
 static void test_synthetic_bad_query(void **state) {
   (void)state;
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open("synthetic:?seed=1&colour=red", &src), CPDL_EARG);
-  assert_null(src);
-  assert_msg_contains("unknown query key 'colour'");
-  assert_msg_contains("vocab");
-  assert_int_equal(cpdl__source_open("synthetic:?dist=normal", &src), CPDL_EARG);
-  assert_msg_contains("dist=normal");
-  assert_int_equal(cpdl__source_open("synthetic:?vocab=abc", &src), CPDL_EARG);
-  assert_msg_contains("'vocab=abc'");
-  assert_int_equal(cpdl__source_open("synthetic:?min=10&max=5", &src), CPDL_EARG);
-  assert_msg_contains("min <= max");
-  assert_int_equal(cpdl__source_open("synthetic:?min=10&max=50&mean=60", &src), CPDL_EARG);
-  assert_msg_contains("min <= mean <= max");
+  expect_open_error("synthetic:?seed=1&colour=red", CPDL_EARG, "unknown query key 'colour'",
+                    "vocab", NULL);
+  expect_open_error("synthetic:?dist=normal", CPDL_EARG, "dist=normal", NULL, NULL);
+  expect_open_error("synthetic:?vocab=abc", CPDL_EARG, "'vocab=abc'", NULL, NULL);
+  expect_open_error("synthetic:?min=10&max=5", CPDL_EARG, "min <= max", NULL, NULL);
+  expect_open_error("synthetic:?min=10&max=50&mean=60", CPDL_EARG, "min <= mean <= max", NULL,
+                    NULL);
   /* the default mean (1024) is clamped into explicit bounds */
-  src = open_ok("synthetic:?min=10&max=50&samples=100");
+  cpdl__source_t *src = open_ok("synthetic:?min=10&max=50&samples=100");
   for (int64_t i = 0; i < 100; i++) {
     cpdl__sample_t s;
     assert_int_equal(cpdl__source_read(src, i, &s), 0);
     assert_true(s.n_tokens >= 10 && s.n_tokens <= 50);
   }
   cpdl__source_close(src);
-  src = NULL;
-  assert_int_equal(cpdl__source_open("synthetic:/some/path", &src), CPDL_EARG);
-  assert_msg_contains("takes no path");
+  expect_open_error("synthetic:/some/path", CPDL_EARG, "takes no path", NULL, NULL);
 }
 
 static void test_uri_errors(void **state) {
   (void)state;
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open("", &src), CPDL_EARG);
-  assert_msg_contains("empty");
-  assert_int_equal(cpdl__source_open("/data/no/scheme", &src), CPDL_EARG);
-  assert_msg_contains("no scheme");
-  assert_int_equal(cpdl__source_open("Bad$cheme:x", &src), CPDL_EARG);
-  assert_msg_contains("scheme may hold only");
-  assert_int_equal(cpdl__source_open("parquet:/data/x", &src), CPDL_EPLUGIN);
-  assert_null(src);
-  assert_msg_contains("unknown data source scheme 'parquet'");
-  assert_msg_contains("cpdl-parquet.so");
-  assert_msg_contains("synthetic"); /* the known schemes are listed */
+  expect_open_error("", CPDL_EARG, "empty", NULL, NULL);
+  expect_open_error("/data/no/scheme", CPDL_EARG, "no scheme", NULL, NULL);
+  expect_open_error("Bad$cheme:x", CPDL_EARG, "scheme may hold only", NULL, NULL);
+  /* the known schemes are listed */
+  expect_open_error("parquet:/data/x", CPDL_EPLUGIN, "unknown data source scheme 'parquet'",
+                    "cpdl-parquet.so", "synthetic");
   assert_msg_contains("CPDL_PLUGIN_PATH");
 }
 
@@ -206,50 +163,33 @@ static void test_public_api(void **state) {
  * plugins give their specific errors. */
 static char tmpdir[256];
 
-static void write_file(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, n, f), n);
-  fclose(f);
-}
-
 static void test_plugin_path(void **state) {
   (void)state;
   const char *orig = getenv("CPDL_PLUGIN_PATH");
   char *saved = orig ? strdup(orig) : NULL;
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/cpdl-test-source-XXXXXX");
-  assert_non_null(mkdtemp(tmpdir));
+  assert_int_equal(tmpdir_create(tmpdir, sizeof tmpdir, "source"), 0);
   char path[512], env[1024];
 
   /* not an ELF file: dlopen's own text is passed on */
   snprintf(path, sizeof path, "%s/cpdl-garbage.so", tmpdir);
-  write_file(path, "not a shared object", 19);
+  write_file(path, "wb", "not a shared object", 19);
   snprintf(env, sizeof env, "%s:%s", tmpdir, saved ? saved : "");
   setenv("CPDL_PLUGIN_PATH", env, 1);
 
-  cpdl__source_t *src = NULL;
-  assert_int_equal(cpdl__source_open("garbage:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("cannot be loaded");
-  assert_msg_contains("cpdl-garbage.so");
+  expect_open_error("garbage:x", CPDL_EPLUGIN, "cannot be loaded", "cpdl-garbage.so", NULL);
   /* the unknown-scheme listing includes what the extra dir holds */
-  assert_int_equal(cpdl__source_open("nothere:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("garbage");
-  assert_msg_contains("synthetic");
+  expect_open_error("nothere:x", CPDL_EPLUGIN, "garbage", "synthetic", NULL);
   char list[512];
   assert_true(cpdl__source_list(list, sizeof list) >= 2);
 
 #ifdef CPDL_TEST_PLUGIN_DIR
   snprintf(env, sizeof env, "%s:%s", CPDL_TEST_PLUGIN_DIR, saved ? saved : "");
   setenv("CPDL_PLUGIN_PATH", env, 1);
-  assert_int_equal(cpdl__source_open("badabi:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("ABI version 99");
-  assert_msg_contains("version 1");
-  assert_int_equal(cpdl__source_open("small:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("struct_size 8");
-  assert_int_equal(cpdl__source_open("misnamed:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("names itself 'other'");
-  assert_int_equal(cpdl__source_open("nosym:x", &src), CPDL_EPLUGIN);
-  assert_msg_contains("no entry symbol 'cpdl_source_plugin_v1'");
+  expect_open_error("badabi:x", CPDL_EPLUGIN, "ABI version 99", "version 1", NULL);
+  expect_open_error("small:x", CPDL_EPLUGIN, "struct_size 8", NULL, NULL);
+  expect_open_error("misnamed:x", CPDL_EPLUGIN, "names itself 'other'", NULL, NULL);
+  expect_open_error("nosym:x", CPDL_EPLUGIN, "no entry symbol 'cpdl_source_plugin_v1'", NULL,
+                    NULL);
 #endif
 
   if (saved) {
@@ -258,9 +198,7 @@ static void test_plugin_path(void **state) {
   } else {
     unsetenv("CPDL_PLUGIN_PATH");
   }
-  snprintf(path, sizeof path, "%s/cpdl-garbage.so", tmpdir);
-  unlink(path);
-  rmdir(tmpdir);
+  (void)tmpdir_remove(tmpdir); /* best effort: cleanup is not under test */
 }
 
 int main(void) {
