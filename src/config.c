@@ -548,8 +548,10 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
   /* min(h) and min(~h) = ~max(h) in one reduction. */
   uint64_t hash = cpdl__config_hash(&local);
   uint64_t mine[2] = {hash, ~hash}, all[2];
-  if ((mrc = MPI_Allreduce(mine, all, 2, MPI_UINT64_T, MPI_MIN, comm)) != MPI_SUCCESS)
-    return mpi_failed("MPI_Allreduce", mrc);
+  int rc = cpdl__coll_allreduce(mine, all, 2, MPI_UINT64_T, MPI_MIN, comm,
+                                "configuration agreement");
+  if (rc)
+    return rc;
   if (all[0] == ~all[1])
     return cfg ? 0 : cpdl__error(CPDL_EARG, "config is NULL");
 
@@ -557,18 +559,19 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
    * with rank 0's; the lowest (key index, rank) that differs is reported. */
   char *packed0 = malloc(PACKED_MAX), *packed = malloc(PACKED_MAX);
   int alloc_ok = packed0 && packed, all_ok = 0;
-  if ((mrc = MPI_Allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm)) != MPI_SUCCESS ||
-      !all_ok) {
+  rc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm,
+                            "configuration agreement");
+  if (rc || !all_ok) {
     free(packed0);
     free(packed);
-    return mrc != MPI_SUCCESS ? mpi_failed("MPI_Allreduce", mrc)
-                              : cpdl__error(-ENOMEM, "configuration agreement: out of memory");
+    return rc ? rc : cpdl__error(-ENOMEM, "configuration agreement: out of memory");
   }
-  int rc = CPDL_ECONFIG;
+  rc = CPDL_ECONFIG;
   pack_values(&local, packed, PACKED_MAX);
   memcpy(packed0, packed, PACKED_MAX);
-  if ((mrc = MPI_Bcast(packed0, (int)PACKED_MAX, MPI_CHAR, 0, comm)) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Bcast", mrc);
+  if ((mrc = cpdl__coll_bcast(packed0, (int)PACKED_MAX, MPI_CHAR, 0, comm,
+                              "configuration agreement")) != 0) {
+    rc = mrc;
     goto out;
   }
   struct { int key; int rank; } first = {N_KEYS, rank}, lowest;
@@ -581,8 +584,9 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
     v0 += strlen(v0) + 1;
     v += strlen(v) + 1;
   }
-  if ((mrc = MPI_Allreduce(&first, &lowest, 1, MPI_2INT, MPI_MINLOC, comm)) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allreduce", mrc);
+  if ((mrc = cpdl__coll_allreduce(&first, &lowest, 1, MPI_2INT, MPI_MINLOC, comm,
+                                  "configuration agreement")) != 0) {
+    rc = mrc;
     goto out;
   }
   if (lowest.key >= N_KEYS) {
@@ -602,8 +606,9 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
   }
   snprintf(value0, sizeof value0, "%s", v0);
   snprintf(other, sizeof other, "%s", v);
-  if ((mrc = MPI_Bcast(other, (int)sizeof other, MPI_CHAR, lowest.rank, comm)) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Bcast", mrc);
+  if ((mrc = cpdl__coll_bcast(other, (int)sizeof other, MPI_CHAR, lowest.rank, comm,
+                              "configuration agreement")) != 0) {
+    rc = mrc;
     goto out;
   }
   other[sizeof other - 1] = '\0';

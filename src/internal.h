@@ -32,7 +32,7 @@ bool cpdl__add_size(size_t a, size_t b, size_t *out);
  * CPDL_FAULT=<point>:<rank>[:error] — at the named point on that world rank,
  * raise SIGKILL (default) or return CPDL_EFAULT. Points: after_create,
  * after_reserve, before_send_name, before_unlink, mid_fill, holding_slot,
- * waiting, start_threads. \return 0 when no fault fires here. */
+ * waiting, start_threads, attach, restoring, closing. \return 0 when no fault fires here. */
 int cpdl__fault(const char *point, int world_rank);
 
 /* ---- config.c -------------------------------------------------------------
@@ -60,6 +60,9 @@ typedef struct cpdl__mesh {
   int local_cp_index;   /* index of me.cp_rank in local_cp */
   /* world ranks (in comm) of the group's members, by group rank */
   int group_world_ranks[512];
+  /* The real shared-memory node (MPI_COMM_TYPE_SHARED): node_comm itself
+   * unless CPDL_RANKS_PER_NODE fakes nodes; the pid watch covers it. */
+  MPI_Comm host_comm;
 } cpdl__mesh_t;
 
 /* Collective over comm. \return the same on every rank: 0, CPDL_EMESH (size
@@ -73,7 +76,10 @@ int cpdl__mesh_coords(int rank, int size, int cp, int tp, const char *order,
 void cpdl__mesh_free(cpdl__mesh_t *mesh);
 /* Reduce a local result over comm: every rank returns the lowest (most
  * negative) code; the message of the first rank that has it is carried to
- * all ranks, prefixed "rank <r>: ". Never hangs on a live communicator. */
+ * all ranks, prefixed "rank <r>: ". Never hangs on a live communicator.
+ * Its collectives go through coll.c (watched when a watch is installed). A
+ * caller holding a CPDL_EPEER from a watched collective must not agree it:
+ * it returns it as is (another collective would only wait on the dead). */
 int cpdl__agree(MPI_Comm comm, int local_rc);
 
 /* ---- shm.c ----------------------------------------------------------------
@@ -493,6 +499,54 @@ void cpdl__pin_plan_free(cpdl__pin_plan_t *plan);
 void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int local_rank,
                            char *out, size_t size);
 
+
+/* ---- coll.c ---------------------------------------------------------------
+ * Collectives of open/restore/close that cannot hang on a dead peer of this
+ * host (issue 8). A watch = this host's other ranks (rank in the loader's
+ * communicator, pid, pidfd); install it on the calling thread for the scope
+ * of a collective phase. With a watch installed the wrappers poll the
+ * nonblocking collective and return CPDL_EPEER "rank N (pid P) died during
+ * <what>" when a watched member of comm is dead (the request is abandoned,
+ * its buffer copies leaked); without one they are the blocking MPI call.
+ * Each returns 0, CPDL_EPEER or CPDL_EMPI (message naming <what>). Basic
+ * contiguous datatypes only. Ranks on other hosts are never watched.
+ * Every rank of a collective must have a watch installed, or none: MPI
+ * never matches a nonblocking collective with a blocking one. */
+typedef struct cpdl__peer {
+  int rank;       /* in the watch's rank communicator (the loader's comm) */
+  int32_t pid;
+  int pidfd;      /* -1: no pidfds here, kill(pid, 0) decides */
+} cpdl__peer_t;
+typedef struct cpdl__watch {
+  int n;
+  cpdl__peer_t *peers;  /* this rank excluded */
+  MPI_Group group;      /* of the rank communicator (membership tests) */
+} cpdl__watch_t;
+/* pidfd_open(2), or -1 with errno (ENOSYS where the kernel lacks it). */
+int cpdl__pidfd_open(pid_t pid);
+/* Whether the process exited (a zombie counts as dead). */
+bool cpdl__pid_dead(int32_t pid, int pidfd);
+/* Blocking collective over host_comm: every rank's (rank in rank_comm, pid).
+ * \return 0, CPDL_EMPI, -ENOMEM; *out is valid (maybe empty) either way
+ * and freed with cpdl__watch_free (local, no MPI communication). */
+int cpdl__watch_build(MPI_Comm rank_comm, MPI_Comm host_comm, cpdl__watch_t *out);
+const cpdl__peer_t *cpdl__watch_find(const cpdl__watch_t *watch, int rank); /* NULL: not here */
+void cpdl__watch_free(cpdl__watch_t *watch);
+/* Install (NULL: remove) this thread's watch; returns the previous one. */
+const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch);
+/* Wait for *req, watching the installed peers that are members of comm
+ * (MPI_COMM_NULL: all of them). */
+int cpdl__coll_wait(MPI_Request *req, MPI_Comm comm, const char *what);
+int cpdl__coll_allreduce(const void *send, void *recv, int count, MPI_Datatype type, MPI_Op op,
+                         MPI_Comm comm, const char *what);
+int cpdl__coll_bcast(void *data, int count, MPI_Datatype type, int root, MPI_Comm comm,
+                     const char *what);
+int cpdl__coll_barrier(MPI_Comm comm, const char *what);
+/* recv: count elements from each rank, in rank order. */
+int cpdl__coll_allgather(const void *send, int count, MPI_Datatype type, void *recv,
+                         MPI_Comm comm, const char *what);
+int cpdl__coll_allgatherv(const void *send, int count, MPI_Datatype type, void *recv,
+                          const int *counts, const int *displs, MPI_Comm comm, const char *what);
 
 /* ---- dump.c ---------------------------------------------------------------
  * .npy writer for --dump / --dump-collated; mkdir -p. */

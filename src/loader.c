@@ -9,19 +9,20 @@
  *    ranks return the same result.
  *  - After a peer died (CPDL_EPEER) the loader is "failed": close then cleans
  *    up locally without collectives, since a collective would hang.
+ *  - The host's pids are exchanged right after the mesh exists; from then on
+ *    every collective of open/restore/close runs watched (coll.c), so a rank
+ *    of this host dying inside them gives CPDL_EPEER, never a hang. A failed
+ *    open frees everything locally; a living leader unlinks its segment.
  */
 #include "internal.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_GROUP 512
@@ -49,9 +50,11 @@ struct cpdl_loader {
   size_t ctrl_bytes;
   size_t total_bytes;
 
-  /* Peers of the group, by group rank (for liveness and messages). */
-  int32_t peer_pid[MAX_GROUP];
-  int peer_pidfd[MAX_GROUP];
+  /* This host's other ranks (pid, pidfd), watched by open/restore/close's
+   * collectives; the group's members among them by group rank (NULL: self,
+   * or not found on this host) for the ring waits' liveness checks. */
+  cpdl__watch_t watch;
+  const cpdl__peer_t *group_peer[MAX_GROUP];
 
   /* Consumer side (every rank, the leader included). */
   uint64_t next_step;      /* step the next next() returns */
@@ -96,26 +99,6 @@ struct cpdl_loader {
 /* Liveness                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static int pidfd_open_compat(pid_t pid) {
-#ifdef SYS_pidfd_open
-  return (int)syscall(SYS_pidfd_open, pid, 0);
-#else
-  (void)pid;
-  errno = ENOSYS;
-  return -1;
-#endif
-}
-
-/* A process that exited is dead even while it is a zombie: the pidfd polls
- * readable then. Without pidfds, fall back to kill(pid, 0). */
-static bool peer_dead(const cpdl_loader_t *L, int g) {
-  if (L->peer_pidfd[g] >= 0) {
-    struct pollfd p = {.fd = L->peer_pidfd[g], .events = POLLIN};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
-  }
-  return L->peer_pid[g] > 0 && kill(L->peer_pid[g], 0) == -1 && errno == ESRCH;
-}
-
 static int check_peers(cpdl_loader_t *L) {
   /* A rank that saw a death first posts it and may then exit: its own
    * exit must not be mistaken for the cause, so the posted verdict wins. */
@@ -123,12 +106,13 @@ static int check_peers(cpdl_loader_t *L) {
   if (posted)
     return posted;
   for (int g = 0; g < L->mesh.me.group_size; g++) {
-    if (g == L->mesh.me.group_rank || !peer_dead(L, g))
+    const cpdl__peer_t *p = L->group_peer[g];
+    if (!p || !cpdl__pid_dead(p->pid, p->pidfd))
       continue;
     return cpdl__error(CPDL_EPEER,
                        "rank %d (group %d rank %d, pid %d) died; cpdl cannot continue this job "
                        "(restart it; check that rank's log for the cause)",
-                       L->mesh.group_world_ranks[g], L->mesh.me.group, g, (int)L->peer_pid[g]);
+                       L->mesh.group_world_ranks[g], L->mesh.me.group, g, (int)p->pid);
   }
   return 0;
 }
@@ -481,31 +465,42 @@ static void build_view_table(cpdl_loader_t *L) {
   }
 }
 
-static void loader_free(cpdl_loader_t *L) {
+/* Everything but the mesh and the watch: purely local (threads, mappings,
+ * the leader's unlink, feed, plan, pin). Idempotent. */
+static void loader_release(cpdl_loader_t *L) {
   stop_threads(L);
   if (L->cring)
     cpdl__ring_free(L->cring);
+  L->cring = NULL;
   if (L->ring)
     cpdl__ring_free(L->ring);
-  if (L->view_shm.base || L->view_shm.fd >= 0)
-    cpdl__shm_close(&L->view_shm);
-  if (L->shm.base || L->shm.fd >= 0) {
-    if (L->shm.owner && !L->shm.unlinked)
-      cpdl__shm_unlink(&L->shm);
-    cpdl__shm_close(&L->shm);
-  }
+  L->ring = NULL;
+  cpdl__shm_close(&L->view_shm);
+  /* The creator unlinks here if nobody did: a failed open leaves nothing. */
+  cpdl__shm_close(&L->shm);
   if (L->feed)
     cpdl__feed_close(L->feed);
+  L->feed = NULL;
   if (L->plan)
     cpdl_prep_plan_destroy(L->plan);
+  L->plan = NULL;
   if (L->pin)
     cpdl__pin_free(L->pin);
-  for (int g = 0; g < MAX_GROUP; g++)
-    if (L->peer_pidfd[g] >= 0)
-      close(L->peer_pidfd[g]);
+  L->pin = NULL;
+}
+
+/* Local too: Open MPI's MPI_Comm_free and MPI_Group_free send nothing, so
+ * they are safe with a dead member and an abandoned request (tested by the
+ * fault matrix under --enable-recovery). Keeps the current error message. */
+static void loader_free(cpdl_loader_t *L) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
+  loader_release(L);
+  cpdl__watch_free(&L->watch);
   cpdl__mesh_free(&L->mesh);
   free(L->dump_collated);
   free(L);
+  cpdl__error(0, "%s", msg);
 }
 
 static int validate_config(const cpdl_config_t *cfg) {
@@ -518,6 +513,70 @@ static int validate_config(const cpdl_config_t *cfg) {
   if (cfg->threads < 1 || cfg->threads > MAX_THREADS)
     return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, MAX_THREADS);
   return 0;
+}
+
+/* Open after the mesh and the watch exist, with the watch installed: every
+ * collective here either completes or returns CPDL_EPEER. After an EPEER
+ * nothing more is collective: the caller frees locally. */
+static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
+  int rc = cpdl__config_agree(L->mesh.comm, cfg);
+  if (rc)
+    return rc;
+  if (L->mesh.me.group_size > MAX_GROUP)
+    return cpdl__agree(L->mesh.comm, cpdl__error(CPDL_EMESH, "group of %d ranks exceeds %d",
+                                                 L->mesh.me.group_size, MAX_GROUP));
+  /* The group's members among the host's watched ranks (for next()). */
+  for (int g = 0; g < L->mesh.me.group_size; g++)
+    L->group_peer[g] = g == L->mesh.me.group_rank
+                           ? NULL
+                           : cpdl__watch_find(&L->watch, L->mesh.group_world_ranks[g]);
+
+  /* Placement plan (collective over the node): before the segment exists,
+   * so its regions can be bound before first touch. */
+  int local = cpdl__pin_setup(&L->mesh, cfg->pin, cfg->threads, &L->pin);
+  rc = local == CPDL_EPEER ? local : cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+
+  /* Leader creates; its status, name, size and nonce reach the group over
+   * MPI (R3: nobody waits for a broadcast that never comes). */
+  segment_info_t info;
+  memset(&info, 0, sizeof info);
+  if (L->mesh.is_leader) {
+    info.rc = leader_create(L, &info);
+    if (!info.rc)
+      info.rc = cpdl__fault("before_send_name", L->mesh.me.world_rank);
+  }
+  rc = cpdl__agree(L->mesh.comm, L->mesh.is_leader ? info.rc : 0);
+  if (rc)
+    return rc;
+  rc = cpdl__coll_bcast(&info, (int)sizeof info, MPI_BYTE, 0, L->mesh.group_comm,
+                        "open (the segment name's broadcast)");
+  if (rc)
+    return rc;
+  local = consumer_attach(L, &info); /* the leader too: its read-only view mapping */
+  rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+
+  /* Every member registers its pid in the segment (the ring's record). */
+  local = cpdl__fault("attach", L->mesh.me.world_rank);
+  if (!local)
+    cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, (int32_t)getpid());
+
+  /* The whole group has mapped the segment: unlink it now, so a crash from
+   * here on leaves nothing in /dev/shm (R5). */
+  rc = cpdl__coll_barrier(L->mesh.group_comm, "open (the group's barrier before unlink)");
+  if (rc == CPDL_EPEER)
+    return rc;
+  if (rc && !local)
+    local = rc;
+  if (!local && L->mesh.is_leader) {
+    local = cpdl__fault("before_unlink", L->mesh.me.world_rank);
+    if (!local)
+      local = cpdl__shm_unlink(&L->shm);
+  }
+  return cpdl__agree(L->mesh.comm, local);
 }
 
 int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -538,87 +597,34 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
   L->cfg = *cfg;
   L->shm.fd = -1;
   L->view_shm.fd = -1;
-  for (int g = 0; g < MAX_GROUP; g++)
-    L->peer_pidfd[g] = -1;
+  L->watch.group = MPI_GROUP_NULL;
   L->config_hash = cpdl__config_hash(cfg);
   L->end_step = cfg->steps > 0 ? (uint64_t)cfg->steps : UINT64_MAX;
   L->n_threads = cfg->threads;
 
+  /* Up to here, and inside mesh_build, collectives block: no pid is known
+   * yet, so a death is MPI's (mpirun's) to handle. */
   rc = cpdl__mesh_build(comm, cfg->cp, cfg->tp, cfg->order, &L->mesh);
   if (rc) {
     free(L);
     return rc;
   }
-  rc = cpdl__config_agree(L->mesh.comm, cfg);
-  if (rc)
-    goto fail;
-  if (L->mesh.me.group_size > MAX_GROUP) {
-    rc = cpdl__agree(L->mesh.comm, cpdl__error(CPDL_EMESH, "group of %d ranks exceeds %d",
-                                               L->mesh.me.group_size, MAX_GROUP));
-    goto fail;
-  }
-
-  /* Placement plan (collective over the group): before the segment exists,
-   * so its regions can be bound before first touch. */
-  rc = cpdl__agree(L->mesh.comm, cpdl__pin_setup(&L->mesh, cfg->pin, cfg->threads, &L->pin));
-  if (rc)
-    goto fail;
-
-  /* Leader creates; its status, name, size and nonce reach the group over
-   * MPI (R3: nobody waits for a broadcast that never comes). */
-  segment_info_t info;
-  memset(&info, 0, sizeof info);
-  if (L->mesh.is_leader) {
-    info.rc = leader_create(L, &info);
-    if (!info.rc)
-      info.rc = cpdl__fault("before_send_name", L->mesh.me.world_rank);
-  }
-  rc = cpdl__agree(L->mesh.comm, L->mesh.is_leader ? info.rc : 0);
-  if (rc)
-    goto fail;
-  if (MPI_Bcast(&info, (int)sizeof info, MPI_BYTE, 0, L->mesh.group_comm) != MPI_SUCCESS) {
-    rc = cpdl__error(CPDL_EMPI, "MPI_Bcast of the segment name failed");
-    goto fail;
-  }
-  local = consumer_attach(L, &info); /* the leader too: its read-only view mapping */
+  /* First thing after the mesh: the host's pids (one blocking allgather),
+   * then everything runs watched. */
+  local = cpdl__watch_build(L->mesh.comm, L->mesh.host_comm, &L->watch);
+  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   rc = cpdl__agree(L->mesh.comm, local);
-  if (rc)
-    goto fail;
-
-  /* Every member registers its pid; everyone learns everyone's pid. */
-  int32_t pid = (int32_t)getpid();
-  if (MPI_Allgather(&pid, 1, MPI_INT32_T, L->peer_pid, 1, MPI_INT32_T, L->mesh.group_comm) !=
-      MPI_SUCCESS) {
-    rc = cpdl__error(CPDL_EMPI, "MPI_Allgather of group pids failed");
-    goto fail;
+  if (!rc)
+    rc = open_watched(L, cfg);
+  cpdl__watch_install(previous);
+  if (rc) {
+    loader_free(L); /* local only; a living creator unlinks its segment */
+    return rc;
   }
-  cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, pid);
-  for (int g = 0; g < L->mesh.me.group_size; g++)
-    if (g != L->mesh.me.group_rank)
-      L->peer_pidfd[g] = pidfd_open_compat(L->peer_pid[g]);
-
-  /* The whole group has mapped the segment: unlink it now, so a crash from
-   * here on leaves nothing in /dev/shm (R5). */
-  local = 0;
-  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
-    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
-  if (!local && L->mesh.is_leader) {
-    local = cpdl__fault("before_unlink", L->mesh.me.world_rank);
-    if (!local)
-      local = cpdl__shm_unlink(&L->shm);
-  }
-  rc = cpdl__agree(L->mesh.comm, local);
-  if (rc)
-    goto fail;
-
   build_view_table(L);
   L->next_step = L->first_step;
   *out = L;
   return 0;
-
-fail:
-  loader_free(L);
-  return rc;
 }
 
 int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -777,10 +783,48 @@ int cpdl_loader_state_save(const cpdl_loader_t *L, cpdl_state_t *out) {
   return 0;
 }
 
+/* The collective part of restore (a watch installed): agree on the local
+ * checks, then the leader rewinds the ring and seeks its feed between two
+ * group barriers, so no consumer waits on the ring while it changes. */
+static int restore_watched(cpdl_loader_t *L, const cpdl_state_t *state, int local) {
+  int rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+  uint64_t step = state->words[0];
+  uint64_t cursor[CPDL__CURSOR_WORDS];
+  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
+    cursor[i] = state->words[1 + i];
+  rc = cpdl__coll_barrier(L->mesh.group_comm, "restore (the group's barrier)");
+  if (rc == CPDL_EPEER)
+    return rc;
+  local = rc;
+  if (!local && L->mesh.is_leader) {
+    local = cpdl__feed_seek(L->feed, cursor);
+    if (!local)
+      cpdl__ring_reset(L->ring, step);
+  }
+  if (!local)
+    cpdl__ring_rebase(L->cring, step);
+  rc = cpdl__agree(L->mesh.comm, local);
+  if (rc)
+    return rc;
+  /* The reset is complete before any consumer waits on the ring. */
+  rc = cpdl__coll_barrier(L->mesh.group_comm, "restore (the group's barrier)");
+  if (rc)
+    return rc;
+  L->first_step = step;
+  L->next_step = step;
+  memcpy(L->start_words, cursor, sizeof cursor);
+  memcpy(L->state_words, cursor, sizeof cursor);
+  return 0;
+}
+
 int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
   int local = 0;
   if (!L || !state)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
+  if (L->failed)
+    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   if (L->started)
     local = cpdl__error(CPDL_ESTATE, "cpdl_loader_state_restore: only valid before the first "
                         "cpdl_loader_next()");
@@ -795,36 +839,14 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
   else if (L->cfg.steps > 0 && state->words[0] > (uint64_t)L->cfg.steps)
     local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
                         (unsigned long long)state->words[0], (long long)L->cfg.steps);
-  int rc = cpdl__agree(L->mesh.comm, local);
-  if (rc)
-    return rc;
-  uint64_t step = state->words[0];
-  uint64_t cursor[CPDL__CURSOR_WORDS];
-  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
-    cursor[i] = state->words[1 + i];
-  /* No thread runs and nobody consumed yet: the leader rewrites the ring's
-   * step bookkeeping to start at `step` and seeks its feed. */
-  local = 0;
-  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
-    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
-  if (!local && L->mesh.is_leader) {
-    local = cpdl__feed_seek(L->feed, cursor);
-    if (!local)
-      cpdl__ring_reset(L->ring, step);
-  }
   if (!local)
-    cpdl__ring_rebase(L->cring, step);
-  rc = cpdl__agree(L->mesh.comm, local);
-  if (rc)
-    return rc;
-  /* The reset is complete before any consumer waits on the ring. */
-  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
-    return cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed");
-  L->first_step = step;
-  L->next_step = step;
-  memcpy(L->start_words, cursor, sizeof cursor);
-  memcpy(L->state_words, cursor, sizeof cursor);
-  return 0;
+    local = cpdl__fault("restoring", L->mesh.me.world_rank);
+  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  int rc = restore_watched(L, state, local);
+  cpdl__watch_install(previous);
+  if (rc == CPDL_EPEER)
+    L->failed = true; /* close must not try a collective */
+  return rc;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -839,15 +861,18 @@ int cpdl_loader_close(cpdl_loader_t *L) {
     loader_free(L);
     return cpdl__error(CPDL_EPEER, "loader closed without collectives after a rank died");
   }
+  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
-  int local = 0;
-  if (MPI_Barrier(L->mesh.group_comm) != MPI_SUCCESS)
-    local = cpdl__error(CPDL_EMPI, "MPI_Barrier of the group failed at close");
-  MPI_Comm comm = MPI_COMM_NULL;
-  MPI_Comm_dup(L->mesh.comm, &comm);
-  loader_free(L);
-  int rc = cpdl__agree(comm, local);
-  MPI_Comm_free(&comm);
+  int rc = cpdl__coll_barrier(L->mesh.group_comm, "close (the group's barrier)");
+  if (rc != CPDL_EPEER) {
+    if (rc && !local)
+      local = rc;
+    loader_release(L); /* the mesh stays for the agreement */
+    rc = cpdl__agree(L->mesh.comm, local);
+  }
+  cpdl__watch_install(previous);
+  loader_free(L); /* after an EPEER: local only, like a failed open */
   return rc;
 }
 

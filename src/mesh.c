@@ -6,6 +6,9 @@
  * rank proceeds to a collective that another rank skipped. The group's
  * leader is its lowest rank in the user's communicator (split key = rank).
  * All MPI calls run on our own dup with MPI_ERRORS_RETURN.
+ * cpdl__mesh_build's own collectives are blocking: no pid is known before
+ * it returns, so a death inside it is MPI's (mpirun's) to handle. After it,
+ * cpdl__agree runs through coll.c and is watched when a watch is installed.
  */
 #include "internal.h"
 
@@ -84,16 +87,21 @@ int cpdl__agree(MPI_Comm comm, int local_rc) {
     return cpdl__error(CPDL_EMPI, "error agreement: MPI_Comm_rank failed");
   /* MINLOC: the lowest code, and among ranks with it the lowest rank. */
   struct { int code; int rank; } mine = {local_rc, rank}, worst;
-  if (MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MINLOC, comm) != MPI_SUCCESS)
-    return cpdl__error(CPDL_EMPI, "error agreement: MPI_Allreduce failed on rank %d (local "
-                       "result %d)", rank, local_rc);
+  int rc = cpdl__coll_allreduce(&mine, &worst, 1, MPI_2INT, MPI_MINLOC, comm, "error agreement");
+  if (rc == CPDL_EPEER)
+    return rc;
+  if (rc)
+    return cpdl__error_prefix(rc, "on rank %d (local result %d)", rank, local_rc);
   if (worst.code == 0)
     return 0;
   char msg[AGREE_MSG_MAX];
   snprintf(msg, sizeof msg, "%s", rank == worst.rank ? cpdl_last_error() : "");
-  if (MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, worst.rank, comm) != MPI_SUCCESS)
-    return cpdl__error(CPDL_EMPI, "error agreement: MPI_Bcast of rank %d's message failed "
-                       "(its code: %s)", worst.rank, cpdl_err_name(worst.code));
+  rc = cpdl__coll_bcast(msg, (int)sizeof msg, MPI_CHAR, worst.rank, comm, "error agreement");
+  if (rc == CPDL_EPEER)
+    return rc;
+  if (rc)
+    return cpdl__error_prefix(rc, "broadcasting rank %d's message (its code: %s)", worst.rank,
+                              cpdl_err_name(worst.code));
   msg[sizeof msg - 1] = '\0';
   if (msg[0])
     return cpdl__error(worst.code, "rank %d: %s", worst.rank, msg);
@@ -139,6 +147,9 @@ void cpdl__mesh_free(cpdl__mesh_t *mesh) {
   if (finalized) /* nothing can be freed after MPI_Finalize */
     return;
   free_comm(&mesh->group_comm);
+  if (mesh->host_comm != mesh->node_comm)
+    free_comm(&mesh->host_comm);
+  mesh->host_comm = MPI_COMM_NULL;
   free_comm(&mesh->node_comm);
   free_comm(&mesh->comm);
 }
@@ -163,7 +174,7 @@ int cpdl__mesh_build(MPI_Comm comm, int cp, int tp, const char *order, cpdl__mes
   if (!out)
     return cpdl__error(CPDL_EARG, "cpdl__mesh_build: out is NULL");
   memset(out, 0, sizeof *out);
-  out->comm = out->node_comm = out->group_comm = MPI_COMM_NULL;
+  out->comm = out->node_comm = out->group_comm = out->host_comm = MPI_COMM_NULL;
   int mrc, rc;
   if ((mrc = MPI_Comm_dup(comm, &out->comm)) != MPI_SUCCESS)
     return mpi_failed("MPI_Comm_dup", mrc);
@@ -198,6 +209,19 @@ int cpdl__mesh_build(MPI_Comm comm, int cp, int tp, const char *order, cpdl__mes
   MPI_Comm_set_errhandler(out->node_comm, MPI_ERRORS_RETURN);
   MPI_Comm_rank(out->node_comm, &out->node_rank);
   MPI_Comm_size(out->node_comm, &out->node_size);
+  /* The real host too when nodes are faked: one more split, only then. The
+   * loader watches the pids of the host's ranks (coll.c), and every rank of
+   * the host is a process it can see. */
+  if (fake_k > 0) {
+    mrc = MPI_Comm_split_type(out->comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL,
+                              &out->host_comm);
+    rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("host communicator split", mrc);
+    if ((rc = cpdl__agree(out->comm, rc)) < 0)
+      goto fail;
+    MPI_Comm_set_errhandler(out->host_comm, MPI_ERRORS_RETURN);
+  } else {
+    out->host_comm = out->node_comm;
+  }
 
   /* 3. Group = replica ∩ node; key = rank makes group rank 0 the lowest. */
   mrc = MPI_Comm_split(out->node_comm, me->dp_rank, rank, &out->group_comm);

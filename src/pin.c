@@ -4,6 +4,8 @@
  * hwloc_set_area_membind) and reports it. Only an invalid explicit
  * cores:<list> fails; otherwise hwloc trouble degrades to "none" with one
  * warning. After setup the topology is read-only: threads apply concurrently.
+ * Setup's collectives go through coll.c, so inside the loader's open a dead
+ * rank of the host ends them with CPDL_EPEER instead of a hang.
  */
 #include "internal.h"
 
@@ -171,8 +173,9 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
   char *all = NULL;
   cpdl__pin_member_t *members = calloc((size_t)size, sizeof *members);
   int alloc_ok = fields && counts && displs && members, all_ok = 0;
-  if (MPI_Allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allreduce");
+  int mrc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm, "pin setup");
+  if (mrc) {
+    rc = mrc;
     goto done;
   }
   if (!all_ok) {
@@ -180,8 +183,8 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
     rc = rc ? rc : cpdl__error(-ENOMEM, "pin: out of memory on a rank of the node");
     goto done;
   }
-  if (MPI_Allgather(mine, N_FIELDS, MPI_INT, fields, N_FIELDS, MPI_INT, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allgather");
+  if ((mrc = cpdl__coll_allgather(mine, N_FIELDS, MPI_INT, fields, comm, "pin setup")) != 0) {
+    rc = mrc;
     goto done;
   }
   size_t total = 0;
@@ -192,8 +195,9 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
   }
   all = malloc(total ? total : 1);
   alloc_ok = all != NULL;
-  if (MPI_Allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allreduce");
+  if ((mrc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm,
+                                  "pin setup")) != 0) {
+    rc = mrc;
     goto done;
   }
   if (!all_ok) {
@@ -201,9 +205,9 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
     rc = rc ? rc : cpdl__error(-ENOMEM, "pin: out of memory on a rank of the node");
     goto done;
   }
-  if (MPI_Allgatherv(local, mine[F_BYTES], MPI_CHAR, all, counts, displs, MPI_CHAR, comm) !=
-      MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allgatherv");
+  if ((mrc = cpdl__coll_allgatherv(local, mine[F_BYTES], MPI_CHAR, all, counts, displs, comm,
+                                   "pin setup")) != 0) {
+    rc = mrc;
     goto done;
   }
 
