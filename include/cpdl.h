@@ -234,7 +234,8 @@ typedef struct cpdl_config {
   int loss_on_eot;           /* loss_on_eot 1 = EOT tokens count in the loss (1) */
   int drop_last;             /* drop_last  1 = drop the last partial epoch piece, 0 = wrap (1) */
   int threads;               /* threads    loader threads in the leader: with 2 or more, one collates
-                                           step k+1 while the others prepare step k (2) */
+                                           step k+1 while the others prepare step k; steps under
+                                           4 MiB are done by one thread (2) */
   char pin[64];              /* pin        auto | numa | cores:<list> | none ("auto") */
   int timeout_ms;            /* timeout_ms how long next() waits before CPDL_ETIMEDOUT (60000) */
 } cpdl_config_t;

@@ -3,7 +3,9 @@
  * (cpdl-loader<t> in /proc/self/task/<tid>/comm) and compares each one's
  * kernel affinity (Cpus_allowed_list) with the plan's cpuset for it.
  *
- * usage: mpi_loader_binding "<key=value ...>"  (e.g. "threads=2 pin=auto")
+ * usage: mpi_loader_binding "<key=value ...>" [running threads]
+ *   e.g. "threads=2 pin=auto seq_len=256K"; the optional count says how many
+ *   loader threads must run (default: threads): steps under 4 MiB use one.
  */
 #include "internal.h"
 #include "mpi_test.h"
@@ -68,10 +70,11 @@ int main(int argc, char **argv) {
   cpdl_config_t cfg;
   cpdl_config_init(&cfg);
   cfg.cp = size;
-  cfg.seq_len = 4096;
+  cfg.seq_len = 4096; /* tests pass a larger seq_len: >= 4 MiB steps use all threads */
   cfg.steps = 1000; /* the loader threads stay alive (waiting for free slots) */
   if (argc > 1 && cpdl_config_parse(&cfg, argv[1]))
     CHECK(0, "config: %s", cpdl_last_error());
+  int running = argc > 2 ? atoi(argv[2]) : cfg.threads;
   cpdl_loader_t *loader = NULL;
   int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
   CHECK(rc == 0, "open: %s", cpdl_last_error());
@@ -88,7 +91,13 @@ int main(int argc, char **argv) {
     hwloc_topology_init(&topo);
     hwloc_topology_load(topo);
     hwloc_get_cpubind(topo, process, HWLOC_CPUBIND_PROCESS);
-    for (int t = 0; t < cfg.threads; t++) {
+    for (int t = running; t < cfg.threads; t++) {
+      char name[32], tid[300];
+      snprintf(name, sizeof name, "cpdl-loader%d", t);
+      CHECK(!find_task(name, tid, sizeof tid), "%s runs, but only %d thread(s) should", name,
+            running);
+    }
+    for (int t = 0; t < running; t++) {
       char name[32], tid[300], planned[256];
       snprintf(name, sizeof name, "cpdl-loader%d", t);
       CHECK(find_task(name, tid, sizeof tid), "no thread named %s in the leader", name);
