@@ -561,8 +561,9 @@ MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);
 /* Leader of each group: before preparing step k, write the collated batch to
  * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
 int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);
-/* Whether the next next() would return at once (benchmarks time next() "when
- * the data is ready"). Starts the loader threads if not yet started. */
-bool cpdl__loader_ready(cpdl_loader_t *loader);
+/* Wait (futex, no polling) until the next next() would return at once;
+ * benchmarks time next() "when the data is ready". Starts the loader threads
+ * if not yet started. \return 0 or the error next() would return. */
+int cpdl__loader_wait_ready(cpdl_loader_t *loader);
 
 #endif /* CPDL_INTERNAL_H */

@@ -645,6 +645,21 @@ int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out) {
 /* Next / release                                                             */
 /* ------------------------------------------------------------------------- */
 
+/* The first next() (or wait) starts the leader's threads: a state restore
+ * before it must not race with prefetching. A failed start is posted, so
+ * the consumers get the error instead of waiting. */
+static int ensure_started(cpdl_loader_t *L) {
+  if (L->started)
+    return 0;
+  L->started = true;
+  if (!L->mesh.is_leader)
+    return 0;
+  int rc = start_threads(L);
+  if (rc)
+    cpdl__ring_post_error(L->cring, rc, cpdl_last_error());
+  return rc;
+}
+
 int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   if (!L || !out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_next: NULL argument");
@@ -655,17 +670,10 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
                        "cpdl_batch_release() first", (unsigned long long)(L->next_step));
   if (L->next_step == L->end_step)
     return cpdl__error(CPDL_EEOF, "all %lld steps delivered", (long long)L->cfg.steps);
-  if (!L->started) {
-    L->started = true;
-    if (L->mesh.is_leader) {
-      int rc = start_threads(L);
-      if (rc) {
-        cpdl__ring_post_error(L->cring, rc, cpdl_last_error());
-        return rc;
-      }
-    }
-  }
-  int rc = cpdl__fault("waiting", L->mesh.me.world_rank);
+  int rc = ensure_started(L);
+  if (rc)
+    return rc;
+  rc = cpdl__fault("waiting", L->mesh.me.world_rank);
   if (rc) {
     /* A local failure here breaks the group's ring: post it, or the leader
      * waits forever for this rank's cursor and the others for their steps. */
@@ -734,15 +742,13 @@ size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_b
 
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
 
-bool cpdl__loader_ready(cpdl_loader_t *L) {
-  if (!L->started && L->mesh.is_leader) {
-    L->started = true;
-    if (start_threads(L))
-      return true; /* next() reports the error */
-  }
-  L->started = true;
-  return cpdl__ring_published(L->cring, L->next_step) ||
-         cpdl__ring_posted_error(L->cring) != 0;
+int cpdl__loader_wait_ready(cpdl_loader_t *L) {
+  if (L->holding || L->failed || L->next_step == L->end_step)
+    return 0; /* next() reports these */
+  int rc = ensure_started(L);
+  if (rc)
+    return rc;
+  return cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
 }
 
 int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {

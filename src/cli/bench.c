@@ -23,6 +23,8 @@ static const char usage[] =
     "  --seq-lens 8K,128K,1M             sequence lengths (default: 8K,128K,1M)\n"
     "  --steps N                          measured steps per way and length (default 20)\n"
     "  --cp N --tp N --batch B --mode M --slots N --threads N   as for cpdl run\n"
+    "  --touch                            every rank reads all of its slice each step (CPU\n"
+    "                                     consumer); default: one word (a GPU copy is a DMA)\n"
     "  --json                             JSON lines only\n";
 
 
@@ -40,10 +42,17 @@ static long long pss_bytes(void) {
   return kb < 0 ? -1 : kb * 1024;
 }
 
+/* What a rank does with its slice. By default it reads one word: a GPU
+ * trainer's copy to the device is a DMA that costs the host no CPU. With
+ * --touch it reads every byte, as a CPU consumer would (the same work in
+ * every way, competing with the loaders for the cores). */
+static bool touch_all;
+
 static uint64_t checksum(const void *data, size_t bytes) {
   const uint64_t *p = data;
   uint64_t s = 0;
-  for (size_t i = 0; i < bytes / 8; i++)
+  size_t words = touch_all ? bytes / 8 : (bytes >= 8);
+  for (size_t i = 0; i < words; i++)
     s += p[i];
   return s;
 }
@@ -225,11 +234,8 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
     cpdl_batch_t batch;
     /* Time next() when the data is ready, as the baselines time their
      * transfer after the leader prepared; steps/s covers everything. */
-    while (!cpdl__loader_ready(loader)) {
-      /* Sleep, not spin: a spinning consumer would steal the leader's core. */
-      struct timespec pause = {.tv_sec = 0, .tv_nsec = 20000};
-      nanosleep(&pause, NULL);
-    }
+    if ((rc = cpdl__loader_wait_ready(loader)) != 0)
+      break;
     double t0 = cli_now_s();
     rc = cpdl_loader_next(loader, &batch);
     double t1 = cli_now_s();
@@ -267,6 +273,7 @@ int cpdl_cli_bench(int argc, char **argv) {
     MPI_Finalize();
     return 2;
   }
+  touch_all = flags.touch;
   if (cfg.steps <= 0 || cfg.steps == 100)
     cfg.steps = 20; /* the configuration's default is for runs, not benchmarks */
   const char *ways = flags.ways ? flags.ways : "naive,bcast,scatter,cpdl";
@@ -322,11 +329,12 @@ int cpdl_cli_bench(int argc, char **argv) {
           printf("%-8s %9lld %4d %4d %4d %12.1f %12.1f %14.2f %16lld\n", way, (long long)seq_len,
                  mesh.me.world_size, c.cp, c.tp, p50, p99, sps, pss);
         printf("{\"way\": \"%s\", \"seq_len\": %lld, \"np\": %d, \"cp\": %d, \"tp\": %d, "
-               "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
+               "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, \"touch\": %s, "
                "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"group_steps_per_s\": %.3f, "
                "\"node_pss_bytes\": %lld}\n",
                way, (long long)seq_len, mesh.me.world_size, c.cp, c.tp, c.batch,
-               cpdl_mode_name(c.mode), c.slots, c.threads, p50, p99, sps, pss);
+               cpdl_mode_name(c.mode), c.slots, c.threads, touch_all ? "true" : "false", p50, p99,
+               sps, pss);
         fflush(stdout);
       }
     }

@@ -22,6 +22,7 @@ typedef struct cli_flags {
   bool json;              /* --json: only the JSON summary on stdout */
   bool report_binding;    /* --report-binding */
   bool quiet;             /* --quiet: no progress */
+  bool touch;             /* bench --touch: read every byte of the slice */
   const char *dump;       /* --dump DIR */
   const char *dump_collated; /* --dump-collated DIR */
   const char *save_state; /* --save-state FILE */

@@ -56,6 +56,8 @@ int cpdl_cli_options(int argc, char **argv, cpdl_config_t *cfg, cli_flags_t *fla
       flags->report_binding = true;
     } else if (strcmp(key, "quiet") == 0) {
       flags->quiet = true;
+    } else if (strcmp(key, "touch") == 0) {
+      flags->touch = true;
     } else {
       if (take(argc, argv, &i, eq, &value)) {
         fprintf(stderr, "cpdl: option --%s needs a value\n", arg + 2);
