@@ -246,8 +246,7 @@ void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step);
 /* Consumer, at the same point: its handle's slot numbering starts at
  * first_step too (local only). */
 void cpdl__ring_rebase(cpdl__ring_t *ring, uint64_t first_step);
-/* Whether `step` is published in its slot now (no wait). */
-bool cpdl__ring_published(const cpdl__ring_t *ring, uint64_t step);
+
 /* The slot that holds `step`: (step - first_step) mod n_slots, so that
  * consecutive steps use consecutive slots even across the 2^64 wrap for any
  * n_slots (plain step % n_slots breaks there unless n_slots is a power of 2).

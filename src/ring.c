@@ -609,9 +609,3 @@ void cpdl__ring_reset(cpdl__ring_t *ring, uint64_t first_step) {
 }
 
 void cpdl__ring_rebase(cpdl__ring_t *ring, uint64_t first_step) { ring->first_step = first_step; }
-
-bool cpdl__ring_published(const cpdl__ring_t *ring, uint64_t step) {
-  /* Acquire, as in wait_step: a true answer may be followed by reads. */
-  const cpdl__ring_slot_rec_t *slot = &ring->slots[cpdl__ring_slot_of(ring, step)];
-  return atomic_load_explicit(&slot->step, memory_order_acquire) == step;
-}

@@ -6,6 +6,7 @@
  */
 #include "cli.h"
 #include "cpdl.h"
+#include "internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -158,6 +159,8 @@ int cpdl_cli_inspect(int argc, char **argv) {
     json_string(uri);
     printf(", \"plugin\": ");
     json_string(cpdl_source_name(src));
+    printf(", \"plugin_path\": ");
+    json_string(cpdl__source_plugin_path((const cpdl__source_t *)src));
     printf(", \"samples\": %" PRId64 ", \"documents\": %" PRId64 ", \"scanned\": %" PRId64
            ", \"tokens\": %" PRId64 ", \"token_bytes\": %d, \"eot\": %" PRId64
            ", \"length\": {\"min\": %" PRId64 ", \"mean\": %.3f, \"max\": %" PRId64
@@ -175,8 +178,11 @@ int cpdl_cli_inspect(int argc, char **argv) {
     }
     printf("]}\n");
   } else {
-    printf("source      %s\nplugin      %s\nsamples     %" PRId64 "\ndocuments   %" PRId64 "\n",
-           uri, cpdl_source_name(src), count, cpdl_source_document_count(src));
+    const cpdl__source_t *isrc = (const cpdl__source_t *)src;
+    printf("source      %s\nplugin      %s: %s\n            %s\nsamples     %" PRId64
+           "\ndocuments   %" PRId64 "\n",
+           uri, cpdl_source_name(src), cpdl__source_description(isrc),
+           cpdl__source_plugin_path(isrc), count, cpdl_source_document_count(src));
     if (scan < count)
       printf("scanned     %" PRId64 " samples (--limit)\n", scan);
     printf("tokens      %" PRId64 "\ntoken bytes %d (%s)\n", tokens, token_bytes,
