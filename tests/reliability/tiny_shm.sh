@@ -10,13 +10,10 @@
 set -u
 here=$(dirname "$0")
 . "$here/lib.sh"
-if [ -z "${CPDL_REL_NS:-}" ]; then
-  if ! unshare -m sh -c 'mount -t tmpfs -o size=4m none /dev/shm' 2>/dev/null; then
-    say "SKIPPED: cannot make a private /dev/shm (unshare -m + mount tmpfs needs CAP_SYS_ADMIN)"
-    exit 77
-  fi
-  export CPDL_REL_NS=1
-  exec unshare -m sh -c 'mount -t tmpfs -o size=4m none /dev/shm && exec sh "$@"' sh "$0" "$@"
+private_shm 4m "$0" "$@" # re-runs this script with a 4 MiB /dev/shm, if it can
+if [ "$CPDL_REL_PRIVATE_SHM" != 1 ]; then
+  say "SKIPPED: cannot make a private /dev/shm (unshare -m + mount tmpfs needs CAP_SYS_ADMIN)"
+  exit 77
 fi
 mpiexec=$1 cpdl=$2 rel=$3
 mpirun_env
