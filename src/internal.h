@@ -554,6 +554,30 @@ int cpdl__npy_write(const char *path, cpdl_dtype_t dtype, int ndim, const int64_
                     const void *data);
 
 
+/* ---- producer.c -------------------------------------------------------------
+ * The leader's loader threads (collate, prepare into slots, publish). */
+#define CPDL__MAX_THREADS 16
+typedef struct cpdl__producer cpdl__producer_t;
+typedef struct cpdl__producer_args {
+  cpdl__ring_t *ring;            /* the writer's handle */
+  cpdl__feed_t *feed;            /* positioned at first_step */
+  const cpdl_prep_plan_t *plan;
+  cpdl__pin_t *pin;              /* may be NULL */
+  const int *local_cp;           /* CP rank of each of the ring's regions */
+  int world_rank, group;         /* for messages, fault points and dump paths */
+  uint64_t first_step, end_step; /* end_step UINT64_MAX: until the feed ends */
+  int n_threads;                 /* 1..16; steps under 4 MiB use one */
+  const char *dump_collated;     /* directory for the collated batches, or NULL */
+  cpdl__ring_alive_fn alive;     /* checked while waiting for a free slot */
+  void *alive_arg;
+} cpdl__producer_args_t;
+/* Start the threads; they keep the ring `slots` steps ahead until end_step,
+ * EOF or an error (posted to the ring). Pointers in args must outlive it.
+ * \return 0, -ENOMEM, -errno of pthread_create, CPDL_EFAULT (start_threads). */
+int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **out);
+/* Stop, join and free (NULL is a no-op). */
+void cpdl__producer_stop(cpdl__producer_t *producer);
+
 /* ---- loader.c (internals for the CLI and tests) ---------------------------- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
 MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);

@@ -17,8 +17,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,14 +24,6 @@
 #include <unistd.h>
 
 #define MAX_GROUP 512
-#define MAX_THREADS 16
-
-/* One collated step waiting to be prepared. */
-typedef struct pending {
-  cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
-  int n_inputs;
-  int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
-} pending_t;
 
 struct cpdl_loader {
   cpdl_config_t cfg;
@@ -73,25 +63,8 @@ struct cpdl_loader {
   cpdl_prep_plan_t *plan;
   cpdl__pin_t *pin;
   int n_threads;
-  pthread_t threads[MAX_THREADS]; /* [0]: leader_main, [1..n_workers]: worker_main */
-  bool running;             /* the threads run (all of them, or none) */
-  int n_workers;            /* worker threads created */
-  atomic_int gate;          /* 0: wait, 1: all threads exist, -1: start failed */
-  pthread_barrier_t barrier;
-  bool barrier_ready;
-  atomic_bool stopping;
-  uint64_t first_step;      /* step the loader thread starts at */
-  /* Work shared by the loader threads for the step in flight; written by
-   * thread 0 before the first barrier, read by all after it. work[work_set]
-   * is the step being prepared, the other set the one being collated. */
-  pending_t work[2];
-  int work_set;
-  char collate_msg[512];
-  bool pipelined;           /* a worker collates step k+1 during step k */
-  int n_prep;               /* threads that prepare (n_threads, minus the collator) */
-  uint32_t work_slot;
-  atomic_bool work_done;    /* thread 0 tells workers to exit */
-  atomic_int worker_rc;
+  uint64_t first_step;      /* step the loader threads start at */
+  cpdl__producer_t *producer; /* the loader threads, once started */
   char *dump_collated;      /* directory, or NULL */
 };
 
@@ -118,246 +91,6 @@ static int check_peers(cpdl_loader_t *L) {
 }
 
 static int consumer_alive(void *arg) { return check_peers(arg); }
-
-static int leader_alive(void *arg) {
-  cpdl_loader_t *L = arg;
-  if (atomic_load_explicit(&L->stopping, memory_order_acquire))
-    return cpdl__error(CPDL_ESTATE, "loader is closing");
-  return check_peers(L);
-}
-
-/* ------------------------------------------------------------------------- */
-/* Leader: loader threads                                                     */
-/* ------------------------------------------------------------------------- */
-
-/* Prepare this thread's share of the slot: every local CP region, work
- * items (shared fields, (rank, field) shards) dealt round-robin over the
- * n_prep preparing threads (cpdl_prep_execute_part). */
-static int prepare_share(cpdl_loader_t *L, int t) {
-  int ranks[64];
-  void *dst[64];
-  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
-  int n = (int)geo->n_regions;
-  for (int r = 0; r < n; r++) {
-    ranks[r] = L->mesh.local_cp[r];
-    dst[r] = cpdl__ring_rank_block(L->ring, (uint32_t)r, L->work_slot);
-  }
-  void *shared = geo->shared_slot_bytes ? cpdl__ring_shared_block(L->ring, L->work_slot) : NULL;
-  const pending_t *w = &L->work[L->work_set];
-  return cpdl_prep_execute_part(L->plan, w->inputs, w->n_inputs, ranks, n, dst, shared, t,
-                                L->n_prep);
-}
-
-/* Collate the step after the one in flight into the other input set. */
-static void collate_ahead(cpdl_loader_t *L) {
-  pending_t *next = &L->work[L->work_set ^ 1];
-  next->n_inputs = CPDL_MAX_FIELDS;
-  next->rc = cpdl__feed_next(L->feed, next->inputs, &next->n_inputs);
-  if (next->rc && next->rc != CPDL_EEOF)
-    snprintf(L->collate_msg, sizeof L->collate_msg, "%s", cpdl_last_error());
-}
-
-/* Workers are created first and wait at a gate: only when every thread of
- * the barrier exists (gate 1) do they enter it; if one could not be created
- * (gate -1) the others leave without touching the barrier, so a partial
- * start can never leave a thread waiting for a party that does not exist. */
-static bool pass_gate(cpdl_loader_t *L) {
-  int gate;
-  while ((gate = atomic_load_explicit(&L->gate, memory_order_acquire)) == 0) {
-    struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
-    nanosleep(&pause, NULL);
-  }
-  return gate > 0;
-}
-
-/* Threads 1..n-1. With a pipelined feed the last of them collates step k+1
- * while the others prepare step k; otherwise all prepare. */
-static void *worker_main(void *arg) {
-  cpdl_loader_t *L = ((void **)arg)[0];
-  int t = (int)(intptr_t)((void **)arg)[1];
-  free(arg);
-  char name[16];
-  snprintf(name, sizeof name, "cpdl-loader%d", t);
-  pthread_setname_np(pthread_self(), name); /* visible in top, gdb, /proc */
-  if (!pass_gate(L))
-    return NULL;
-  cpdl__pin_thread(L->pin, t);
-  for (;;) {
-    pthread_barrier_wait(&L->barrier); /* step ready (or done) */
-    if (atomic_load_explicit(&L->work_done, memory_order_acquire))
-      break;
-    if (L->pipelined && t == L->n_threads - 1) {
-      collate_ahead(L);
-    } else {
-      int rc = prepare_share(L, t);
-      if (rc) {
-        int zero = 0;
-        atomic_compare_exchange_strong(&L->worker_rc, &zero, rc);
-      }
-    }
-    pthread_barrier_wait(&L->barrier); /* share written, next step collated */
-  }
-  return NULL;
-}
-
-static int dump_inputs(const cpdl_loader_t *L, uint64_t step, const cpdl_tensor_t *in, int n) {
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", L->dump_collated,
-           (unsigned long long)step, L->mesh.me.group);
-  int rc = cpdl__mkdirs(dir);
-  for (int i = 0; !rc && i < n; i++) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s.npy", dir, in[i].name);
-    rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, in[i].shape, in[i].data);
-  }
-  return rc;
-}
-
-/* Thread 0: for each step, wait for a free slot, prepare (with the workers),
- * publish. The barriers order every write of the workers before publish()'s
- * release store. The collated inputs of step k are in work[work_set]; with a
- * pipelined feed, step k+1 is collated during step k's preparation. */
-static void *leader_main(void *arg) {
-  cpdl_loader_t *L = arg;
-  int rc = 0;
-  pthread_setname_np(pthread_self(), "cpdl-loader0");
-  cpdl__pin_thread(L->pin, 0);
-  L->work_set = 0;
-  collate_ahead(L); /* step first_step into set 1 ... */
-  L->work_set = 1;  /* ... which is now the current set */
-  for (uint64_t step = L->first_step; step != L->end_step; step++) {
-    pending_t *cur = &L->work[L->work_set];
-    if (cur->rc == CPDL_EEOF) {
-      cpdl__ring_publish_eof(L->ring, step);
-      break;
-    }
-    if (cur->rc) {
-      rc = cpdl__error(cur->rc, "%s", L->collate_msg);
-      break;
-    }
-    /* The cursor after this step, read before the next one is collated. */
-    uint64_t words[CPDL__CURSOR_WORDS];
-    cpdl__feed_cursor(L->feed, words);
-    rc = cpdl__ring_wait_free(L->ring, step, leader_alive, L);
-    if (rc)
-      break;
-    if (cpdl__fault("mid_fill", L->mesh.me.world_rank)) {
-      rc = CPDL_EFAULT;
-      break;
-    }
-    if (L->dump_collated && (rc = dump_inputs(L, step, cur->inputs, cur->n_inputs)))
-      break;
-    L->work_slot = cpdl__ring_slot_of(L->ring, step);
-    bool more = step + 1 != L->end_step;
-    if (L->n_threads > 1) {
-      pthread_barrier_wait(&L->barrier);
-      rc = prepare_share(L, 0);
-      pthread_barrier_wait(&L->barrier);
-      int wrc = atomic_load(&L->worker_rc);
-      if (!rc && wrc)
-        rc = cpdl__error(wrc, "preparation thread failed for step %llu", (unsigned long long)step);
-    } else {
-      rc = prepare_share(L, 0);
-    }
-    if (rc)
-      break;
-    if (more && !L->pipelined)
-      collate_ahead(L);
-    else if (!more)
-      L->work[L->work_set ^ 1].rc = CPDL_EEOF;
-    cpdl__ring_set_slot_state(L->ring, step, words);
-    cpdl__ring_publish(L->ring, step);
-    cpdl__ring_heartbeat(L->ring);
-    L->work_set ^= 1;
-  }
-  if (L->n_threads > 1) {
-    atomic_store_explicit(&L->work_done, true, memory_order_release);
-    pthread_barrier_wait(&L->barrier);
-  }
-  if (rc && rc != CPDL_ESTATE) {
-    /* Every consumer learns the leader's error, with its message. */
-    char msg[512];
-    snprintf(msg, sizeof msg, "leader (rank %d): %s", L->mesh.me.world_rank, cpdl_last_error());
-    cpdl__ring_post_error(L->ring, rc, msg);
-  }
-  return NULL;
-}
-
-/* Below this many bytes per step one thread collates and prepares alone:
- * handing a small step between threads (two barriers) costs more than the
- * work it spreads (measured: 8K-token steps ran at half the rate). */
-#define SPLIT_MIN_STEP_BYTES ((size_t)4 << 20)
-
-static int start_threads(cpdl_loader_t *L) {
-  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->ring);
-  size_t step_bytes = cpdl_prep_plan_rank_bytes(L->plan) * geo->n_regions +
-                      cpdl_prep_plan_shared_bytes(L->plan);
-  if (step_bytes < SPLIT_MIN_STEP_BYTES)
-    L->n_threads = 1;
-  L->pipelined = L->n_threads > 1 && cpdl__feed_double_buffered(L->feed);
-  L->n_prep = L->pipelined ? L->n_threads - 1 : L->n_threads;
-  atomic_store(&L->stopping, false);
-  atomic_store(&L->work_done, false);
-  atomic_store(&L->worker_rc, 0);
-  atomic_store(&L->gate, 0);
-  if (L->n_threads > 1) {
-    if (pthread_barrier_init(&L->barrier, NULL, (unsigned)L->n_threads))
-      return cpdl__error(-ENOMEM, "cannot create the loader threads' barrier");
-    L->barrier_ready = true;
-  }
-  int rc = 0, err = 0;
-  for (int t = 1; t < L->n_threads && !rc; t++) {
-    void **arg = malloc(2 * sizeof *arg);
-    if (!arg) {
-      rc = cpdl__error(-ENOMEM, "out of memory starting loader threads");
-      break;
-    }
-    arg[0] = L;
-    arg[1] = (void *)(intptr_t)t;
-    if ((err = pthread_create(&L->threads[t], NULL, worker_main, arg)) != 0) {
-      free(arg);
-      rc = cpdl__error(-err, "cannot start loader thread %d: %s", t, strerror(err));
-      break;
-    }
-    L->n_workers++;
-  }
-  if (!rc) /* a failed start after some workers exist: tested through CPDL_FAULT */
-    rc = cpdl__fault("start_threads", L->mesh.me.world_rank);
-  if (!rc && (err = pthread_create(&L->threads[0], NULL, leader_main, L)) != 0)
-    rc = cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
-  atomic_store_explicit(&L->gate, rc ? -1 : 1, memory_order_release);
-  if (rc) {
-    for (int t = 1; t <= L->n_workers; t++)
-      pthread_join(L->threads[t], NULL);
-    L->n_workers = 0;
-    if (L->barrier_ready) {
-      pthread_barrier_destroy(&L->barrier);
-      L->barrier_ready = false;
-    }
-    return rc;
-  }
-  L->running = true;
-  return 0;
-}
-
-/* Stop and join every loader thread. The leader thread notices `stopping`
- * on its next wake (ring waits tick every few ms) and releases the workers
- * through the barrier. */
-static void stop_threads(cpdl_loader_t *L) {
-  if (!L->running)
-    return;
-  atomic_store_explicit(&L->stopping, true, memory_order_release);
-  cpdl__ring_wake_all(L->ring);
-  pthread_join(L->threads[0], NULL);
-  for (int t = 1; t <= L->n_workers; t++)
-    pthread_join(L->threads[t], NULL);
-  L->n_workers = 0;
-  L->running = false;
-  if (L->barrier_ready) {
-    pthread_barrier_destroy(&L->barrier);
-    L->barrier_ready = false;
-  }
-}
 
 /* ------------------------------------------------------------------------- */
 /* Open                                                                       */
@@ -478,7 +211,8 @@ static void build_view_table(cpdl_loader_t *L) {
 /* Everything but the mesh and the watch: purely local (threads, mappings,
  * the leader's unlink, feed, plan, pin). Idempotent. */
 static void loader_release(cpdl_loader_t *L) {
-  stop_threads(L);
+  cpdl__producer_stop(L->producer);
+  L->producer = NULL;
   if (L->cring)
     cpdl__ring_free(L->cring);
   L->cring = NULL;
@@ -520,8 +254,8 @@ static int validate_config(const cpdl_config_t *cfg) {
     return cpdl__error(CPDL_EARG, "invalid configuration: cp=%d tp=%d slots=%d batch=%d seq_len=%lld "
                        "(need cp, tp, batch, seq_len >= 1 and slots >= 2)",
                        cfg->cp, cfg->tp, cfg->slots, cfg->batch, (long long)cfg->seq_len);
-  if (cfg->threads < 1 || cfg->threads > MAX_THREADS)
-    return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, MAX_THREADS);
+  if (cfg->threads < 1 || cfg->threads > CPDL__MAX_THREADS)
+    return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, CPDL__MAX_THREADS);
   return 0;
 }
 
@@ -654,7 +388,22 @@ static int ensure_started(cpdl_loader_t *L) {
   L->started = true;
   if (!L->mesh.is_leader)
     return 0;
-  int rc = start_threads(L);
+  cpdl__producer_args_t args = {
+      .ring = L->ring,
+      .feed = L->feed,
+      .plan = L->plan,
+      .pin = L->pin,
+      .local_cp = L->mesh.local_cp,
+      .world_rank = L->mesh.me.world_rank,
+      .group = L->mesh.me.group,
+      .first_step = L->first_step,
+      .end_step = L->end_step,
+      .n_threads = L->n_threads,
+      .dump_collated = L->dump_collated,
+      .alive = consumer_alive,
+      .alive_arg = L,
+  };
+  int rc = cpdl__producer_start(&args, &L->producer);
   if (rc)
     cpdl__ring_post_error(L->cring, rc, cpdl_last_error());
   return rc;

@@ -1,0 +1,326 @@
+/* producer.c — the leader's loader threads: collate, prepare into the ring's
+ * slots, publish. Thread 0 waits for a free slot and publishes; workers 1..n-1
+ * prepare their share of each step, and with a double-buffered feed the last
+ * worker collates step k+1 while the others prepare step k.
+ *
+ * Invariants: two barriers per step order every worker's writes before
+ * publish()'s release store; the feed cursor stored with step k is read
+ * before step k+1 is collated; no thread calls MPI; a failure is posted to
+ * the ring so every consumer returns it.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* One collated step waiting to be prepared. */
+typedef struct pending {
+  cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
+  int n_inputs;
+  int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
+} pending_t;
+
+struct cpdl__producer {
+  cpdl__producer_args_t args;
+  cpdl__ring_t *ring;       /* the writer's handle */
+  cpdl__feed_t *feed;
+  const cpdl_prep_plan_t *plan;
+  cpdl__pin_t *pin;
+  const int *local_cp;      /* CP rank of each region */
+  int world_rank, group;
+  uint64_t first_step, end_step;
+  const char *dump_collated;
+  int n_threads;
+  pthread_t threads[CPDL__MAX_THREADS]; /* [0]: leader_main, [1..n_workers]: worker_main */
+  int n_workers;            /* worker threads created */
+  atomic_int gate;          /* 0: wait, 1: all threads exist, -1: start failed */
+  pthread_barrier_t barrier;
+  bool barrier_ready;
+  atomic_bool stopping;
+  /* Work shared by the threads for the step in flight; written by thread 0
+   * before the first barrier, read by all after it. work[work_set] is the
+   * step being prepared, the other set the one being collated. */
+  pending_t work[2];
+  int work_set;
+  char collate_msg[512];
+  bool pipelined;           /* a worker collates step k+1 during step k */
+  int n_prep;               /* threads that prepare (n_threads, minus the collator) */
+  uint32_t work_slot;
+  atomic_bool work_done;    /* thread 0 tells workers to exit */
+  atomic_int worker_rc;
+};
+
+/* Thread 0's liveness check while it waits for a free slot: closing, or
+ * what the loader's check (peers alive, errors posted) says. */
+static int producer_alive(void *arg) {
+  cpdl__producer_t *P = arg;
+  if (atomic_load_explicit(&P->stopping, memory_order_acquire))
+    return cpdl__error(CPDL_ESTATE, "loader is closing");
+  return P->args.alive(P->args.alive_arg);
+}
+
+/* Prepare this thread's share of the slot: every local CP region, work
+ * items (shared fields, (rank, field) shards) dealt round-robin over the
+ * n_prep preparing threads (cpdl_prep_execute_part). */
+static int prepare_share(cpdl__producer_t *P, int t) {
+  int ranks[64];
+  void *dst[64];
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->ring);
+  int n = (int)geo->n_regions;
+  for (int r = 0; r < n; r++) {
+    ranks[r] = P->local_cp[r];
+    dst[r] = cpdl__ring_rank_block(P->ring, (uint32_t)r, P->work_slot);
+  }
+  void *shared = geo->shared_slot_bytes ? cpdl__ring_shared_block(P->ring, P->work_slot) : NULL;
+  const pending_t *w = &P->work[P->work_set];
+  return cpdl_prep_execute_part(P->plan, w->inputs, w->n_inputs, ranks, n, dst, shared, t,
+                                P->n_prep);
+}
+
+/* Collate the step after the one in flight into the other input set. */
+static void collate_ahead(cpdl__producer_t *P) {
+  pending_t *next = &P->work[P->work_set ^ 1];
+  next->n_inputs = CPDL_MAX_FIELDS;
+  next->rc = cpdl__feed_next(P->feed, next->inputs, &next->n_inputs);
+  if (next->rc && next->rc != CPDL_EEOF)
+    snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
+}
+
+/* Workers are created first and wait at a gate: only when every thread of
+ * the barrier exists (gate 1) do they enter it; if one could not be created
+ * (gate -1) the others leave without touching the barrier, so a partial
+ * start can never leave a thread waiting for a party that does not exist. */
+static bool pass_gate(cpdl__producer_t *P) {
+  int gate;
+  while ((gate = atomic_load_explicit(&P->gate, memory_order_acquire)) == 0) {
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000};
+    nanosleep(&pause, NULL);
+  }
+  return gate > 0;
+}
+
+/* Threads 1..n-1. With a pipelined feed the last of them collates step k+1
+ * while the others prepare step k; otherwise all prepare. */
+static void *worker_main(void *arg) {
+  cpdl__producer_t *P = ((void **)arg)[0];
+  int t = (int)(intptr_t)((void **)arg)[1];
+  free(arg);
+  char name[16];
+  snprintf(name, sizeof name, "cpdl-loader%d", t);
+  pthread_setname_np(pthread_self(), name); /* visible in top, gdb, /proc */
+  if (!pass_gate(P))
+    return NULL;
+  cpdl__pin_thread(P->pin, t);
+  for (;;) {
+    pthread_barrier_wait(&P->barrier); /* step ready (or done) */
+    if (atomic_load_explicit(&P->work_done, memory_order_acquire))
+      break;
+    if (P->pipelined && t == P->n_threads - 1) {
+      collate_ahead(P);
+    } else {
+      int rc = prepare_share(P, t);
+      if (rc) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&P->worker_rc, &zero, rc);
+      }
+    }
+    pthread_barrier_wait(&P->barrier); /* share written, next step collated */
+  }
+  return NULL;
+}
+
+static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tensor_t *in, int n) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", P->dump_collated,
+           (unsigned long long)step, P->group);
+  int rc = cpdl__mkdirs(dir);
+  for (int i = 0; !rc && i < n; i++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, in[i].name);
+    rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, in[i].shape, in[i].data);
+  }
+  return rc;
+}
+
+/* Thread 0: for each step, wait for a free slot, prepare (with the workers),
+ * publish. The barriers order every write of the workers before publish()'s
+ * release store. The collated inputs of step k are in work[work_set]; with a
+ * pipelined feed, step k+1 is collated during step k's preparation. */
+static void *leader_main(void *arg) {
+  cpdl__producer_t *P = arg;
+  int rc = 0;
+  pthread_setname_np(pthread_self(), "cpdl-loader0");
+  cpdl__pin_thread(P->pin, 0);
+  P->work_set = 0;
+  collate_ahead(P); /* step first_step into set 1 ... */
+  P->work_set = 1;  /* ... which is now the current set */
+  for (uint64_t step = P->first_step; step != P->end_step; step++) {
+    pending_t *cur = &P->work[P->work_set];
+    if (cur->rc == CPDL_EEOF) {
+      cpdl__ring_publish_eof(P->ring, step);
+      break;
+    }
+    if (cur->rc) {
+      rc = cpdl__error(cur->rc, "%s", P->collate_msg);
+      break;
+    }
+    /* The cursor after this step, read before the next one is collated. */
+    uint64_t words[CPDL__CURSOR_WORDS];
+    cpdl__feed_cursor(P->feed, words);
+    rc = cpdl__ring_wait_free(P->ring, step, producer_alive, P);
+    if (rc)
+      break;
+    if (cpdl__fault("mid_fill", P->world_rank)) {
+      rc = CPDL_EFAULT;
+      break;
+    }
+    if (P->dump_collated && (rc = dump_inputs(P, step, cur->inputs, cur->n_inputs)))
+      break;
+    P->work_slot = cpdl__ring_slot_of(P->ring, step);
+    bool more = step + 1 != P->end_step;
+    if (P->n_threads > 1) {
+      pthread_barrier_wait(&P->barrier);
+      rc = prepare_share(P, 0);
+      pthread_barrier_wait(&P->barrier);
+      int wrc = atomic_load(&P->worker_rc);
+      if (!rc && wrc)
+        rc = cpdl__error(wrc, "preparation thread failed for step %llu", (unsigned long long)step);
+    } else {
+      rc = prepare_share(P, 0);
+    }
+    if (rc)
+      break;
+    if (more && !P->pipelined)
+      collate_ahead(P);
+    else if (!more)
+      P->work[P->work_set ^ 1].rc = CPDL_EEOF;
+    cpdl__ring_set_slot_state(P->ring, step, words);
+    cpdl__ring_publish(P->ring, step);
+    cpdl__ring_heartbeat(P->ring);
+    P->work_set ^= 1;
+  }
+  if (P->n_threads > 1) {
+    atomic_store_explicit(&P->work_done, true, memory_order_release);
+    pthread_barrier_wait(&P->barrier);
+  }
+  if (rc && rc != CPDL_ESTATE) {
+    /* Every consumer learns the leader's error, with its message. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "leader (rank %d): %s", P->world_rank, cpdl_last_error());
+    cpdl__ring_post_error(P->ring, rc, msg);
+  }
+  return NULL;
+}
+
+/* Below this many bytes per step one thread collates and prepares alone:
+ * handing a small step between threads (two barriers) costs more than the
+ * work it spreads (measured: 8K-token steps ran at half the rate). */
+#define SPLIT_MIN_STEP_BYTES ((size_t)4 << 20)
+
+static int start_threads(cpdl__producer_t *P) {
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->ring);
+  size_t step_bytes = cpdl_prep_plan_rank_bytes(P->plan) * geo->n_regions +
+                      cpdl_prep_plan_shared_bytes(P->plan);
+  if (step_bytes < SPLIT_MIN_STEP_BYTES)
+    P->n_threads = 1;
+  P->pipelined = P->n_threads > 1 && cpdl__feed_double_buffered(P->feed);
+  P->n_prep = P->pipelined ? P->n_threads - 1 : P->n_threads;
+  atomic_store(&P->stopping, false);
+  atomic_store(&P->work_done, false);
+  atomic_store(&P->worker_rc, 0);
+  atomic_store(&P->gate, 0);
+  if (P->n_threads > 1) {
+    if (pthread_barrier_init(&P->barrier, NULL, (unsigned)P->n_threads))
+      return cpdl__error(-ENOMEM, "cannot create the loader threads' barrier");
+    P->barrier_ready = true;
+  }
+  int rc = 0, err = 0;
+  for (int t = 1; t < P->n_threads && !rc; t++) {
+    void **arg = malloc(2 * sizeof *arg);
+    if (!arg) {
+      rc = cpdl__error(-ENOMEM, "out of memory starting loader threads");
+      break;
+    }
+    arg[0] = P;
+    arg[1] = (void *)(intptr_t)t;
+    if ((err = pthread_create(&P->threads[t], NULL, worker_main, arg)) != 0) {
+      free(arg);
+      rc = cpdl__error(-err, "cannot start loader thread %d: %s", t, strerror(err));
+      break;
+    }
+    P->n_workers++;
+  }
+  if (!rc) /* a failed start after some workers exist: tested through CPDL_FAULT */
+    rc = cpdl__fault("start_threads", P->world_rank);
+  if (!rc && (err = pthread_create(&P->threads[0], NULL, leader_main, P)) != 0)
+    rc = cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
+  atomic_store_explicit(&P->gate, rc ? -1 : 1, memory_order_release);
+  if (rc) {
+    for (int t = 1; t <= P->n_workers; t++)
+      pthread_join(P->threads[t], NULL);
+    P->n_workers = 0;
+    if (P->barrier_ready) {
+      pthread_barrier_destroy(&P->barrier);
+      P->barrier_ready = false;
+    }
+    return rc;
+  }
+  return 0;
+}
+
+/* Stop and join every loader thread. The leader thread notices `stopping`
+ * on its next wake (ring waits tick every few ms) and releases the workers
+ * through the barrier. */
+static void stop_threads(cpdl__producer_t *P) {
+  atomic_store_explicit(&P->stopping, true, memory_order_release);
+  cpdl__ring_wake_all(P->ring);
+  pthread_join(P->threads[0], NULL);
+  for (int t = 1; t <= P->n_workers; t++)
+    pthread_join(P->threads[t], NULL);
+  P->n_workers = 0;
+  if (P->barrier_ready) {
+    pthread_barrier_destroy(&P->barrier);
+    P->barrier_ready = false;
+  }
+}
+
+int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **out) {
+  *out = NULL;
+  if (args->n_threads < 1 || args->n_threads > CPDL__MAX_THREADS)
+    return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", args->n_threads,
+                       CPDL__MAX_THREADS);
+  cpdl__producer_t *P = calloc(1, sizeof *P);
+  if (!P)
+    return cpdl__error(-ENOMEM, "out of memory for the loader threads");
+  P->args = *args;
+  P->ring = args->ring;
+  P->feed = args->feed;
+  P->plan = args->plan;
+  P->pin = args->pin;
+  P->local_cp = args->local_cp;
+  P->world_rank = args->world_rank;
+  P->group = args->group;
+  P->first_step = args->first_step;
+  P->end_step = args->end_step;
+  P->dump_collated = args->dump_collated;
+  P->n_threads = args->n_threads;
+  int rc = start_threads(P);
+  if (rc) {
+    free(P);
+    return rc;
+  }
+  *out = P;
+  return 0;
+}
+
+void cpdl__producer_stop(cpdl__producer_t *P) {
+  if (!P)
+    return;
+  stop_threads(P);
+  free(P);
+}
