@@ -620,3 +620,11 @@ out:
   free(packed);
   return rc;
 }
+
+void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params) {
+  cpdl_prep_params_init(params);
+  params->cp_size = cfg->cp;
+  params->tp_size = cfg->tp;
+  params->mode = cfg->mode;
+  params->padding_token_id = cfg->padding_token_id;
+}

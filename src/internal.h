@@ -42,6 +42,9 @@ uint64_t cpdl__config_hash(const cpdl_config_t *cfg);
  * naming the first key (in canonical order) whose value differs between
  * ranks, the two values and a rank holding each. */
 int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg);
+/* The preparation parameters a configuration implies (cp, tp, mode,
+ * padding_token_id; no metadata fields). */
+void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params);
 
 /* ---- mesh.c ---------------------------------------------------------------
  * The (dp, cp, tp) arrangement of a communicator, its node and group

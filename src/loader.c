@@ -62,7 +62,6 @@ struct cpdl_loader {
   cpdl__feed_t *feed;
   cpdl_prep_plan_t *plan;
   cpdl__pin_t *pin;
-  int n_threads;
   uint64_t first_step;      /* step the loader threads start at */
   cpdl__producer_t *producer; /* the loader threads, once started */
   char *dump_collated;      /* directory, or NULL */
@@ -121,11 +120,7 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   if (rc)
     return rc;
   cpdl_prep_params_t params;
-  cpdl_prep_params_init(&params);
-  params.cp_size = L->cfg.cp;
-  params.tp_size = L->cfg.tp;
-  params.mode = L->cfg.mode;
-  params.padding_token_id = L->cfg.padding_token_id;
+  cpdl__config_prep_params(&L->cfg, &params);
   rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
   if (rc)
     return cpdl__error_prefix(rc, "planning the batch layout");
@@ -344,7 +339,6 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
   L->watch.group = MPI_GROUP_NULL;
   L->config_hash = cpdl__config_hash(cfg);
   L->end_step = cfg->steps > 0 ? (uint64_t)cfg->steps : UINT64_MAX;
-  L->n_threads = cfg->threads;
 
   /* Up to here, and inside mesh_build, collectives block: no pid is known
    * yet, so a death is MPI's (mpirun's) to handle. */
@@ -398,7 +392,7 @@ static int ensure_started(cpdl_loader_t *L) {
       .group = L->mesh.me.group,
       .first_step = L->first_step,
       .end_step = L->end_step,
-      .n_threads = L->n_threads,
+      .n_threads = L->cfg.threads,
       .dump_collated = L->dump_collated,
       .alive = consumer_alive,
       .alive_arg = L,

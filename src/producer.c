@@ -26,16 +26,8 @@ typedef struct pending {
 } pending_t;
 
 struct cpdl__producer {
-  cpdl__producer_args_t args;
-  cpdl__ring_t *ring;       /* the writer's handle */
-  cpdl__feed_t *feed;
-  const cpdl_prep_plan_t *plan;
-  cpdl__pin_t *pin;
-  const int *local_cp;      /* CP rank of each region */
-  int world_rank, group;
-  uint64_t first_step, end_step;
-  const char *dump_collated;
-  int n_threads;
+  cpdl__producer_args_t args; /* what it was started with (ring, feed, plan, ...) */
+  int n_threads;            /* args.n_threads, or 1 for steps under 4 MiB */
   pthread_t threads[CPDL__MAX_THREADS]; /* [0]: leader_main, [1..n_workers]: worker_main */
   int n_workers;            /* worker threads created */
   atomic_int gate;          /* 0: wait, 1: all threads exist, -1: start failed */
@@ -70,15 +62,16 @@ static int producer_alive(void *arg) {
 static int prepare_share(cpdl__producer_t *P, int t) {
   int ranks[64];
   void *dst[64];
-  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->ring);
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
   int n = (int)geo->n_regions;
   for (int r = 0; r < n; r++) {
-    ranks[r] = P->local_cp[r];
-    dst[r] = cpdl__ring_rank_block(P->ring, (uint32_t)r, P->work_slot);
+    ranks[r] = P->args.local_cp[r];
+    dst[r] = cpdl__ring_rank_block(P->args.ring, (uint32_t)r, P->work_slot);
   }
-  void *shared = geo->shared_slot_bytes ? cpdl__ring_shared_block(P->ring, P->work_slot) : NULL;
+  void *shared =
+      geo->shared_slot_bytes ? cpdl__ring_shared_block(P->args.ring, P->work_slot) : NULL;
   const pending_t *w = &P->work[P->work_set];
-  return cpdl_prep_execute_part(P->plan, w->inputs, w->n_inputs, ranks, n, dst, shared, t,
+  return cpdl_prep_execute_part(P->args.plan, w->inputs, w->n_inputs, ranks, n, dst, shared, t,
                                 P->n_prep);
 }
 
@@ -86,7 +79,7 @@ static int prepare_share(cpdl__producer_t *P, int t) {
 static void collate_ahead(cpdl__producer_t *P) {
   pending_t *next = &P->work[P->work_set ^ 1];
   next->n_inputs = CPDL_MAX_FIELDS;
-  next->rc = cpdl__feed_next(P->feed, next->inputs, &next->n_inputs);
+  next->rc = cpdl__feed_next(P->args.feed, next->inputs, &next->n_inputs);
   if (next->rc && next->rc != CPDL_EEOF)
     snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
 }
@@ -115,7 +108,7 @@ static void *worker_main(void *arg) {
   pthread_setname_np(pthread_self(), name); /* visible in top, gdb, /proc */
   if (!pass_gate(P))
     return NULL;
-  cpdl__pin_thread(P->pin, t);
+  cpdl__pin_thread(P->args.pin, t);
   for (;;) {
     pthread_barrier_wait(&P->barrier); /* step ready (or done) */
     if (atomic_load_explicit(&P->work_done, memory_order_acquire))
@@ -136,8 +129,8 @@ static void *worker_main(void *arg) {
 
 static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tensor_t *in, int n) {
   char dir[4096];
-  snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", P->dump_collated,
-           (unsigned long long)step, P->group);
+  snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", P->args.dump_collated,
+           (unsigned long long)step, P->args.group);
   int rc = cpdl__mkdirs(dir);
   for (int i = 0; !rc && i < n; i++) {
     char path[4200];
@@ -155,14 +148,14 @@ static void *leader_main(void *arg) {
   cpdl__producer_t *P = arg;
   int rc = 0;
   pthread_setname_np(pthread_self(), "cpdl-loader0");
-  cpdl__pin_thread(P->pin, 0);
+  cpdl__pin_thread(P->args.pin, 0);
   P->work_set = 0;
   collate_ahead(P); /* step first_step into set 1 ... */
   P->work_set = 1;  /* ... which is now the current set */
-  for (uint64_t step = P->first_step; step != P->end_step; step++) {
+  for (uint64_t step = P->args.first_step; step != P->args.end_step; step++) {
     pending_t *cur = &P->work[P->work_set];
     if (cur->rc == CPDL_EEOF) {
-      cpdl__ring_publish_eof(P->ring, step);
+      cpdl__ring_publish_eof(P->args.ring, step);
       break;
     }
     if (cur->rc) {
@@ -171,18 +164,18 @@ static void *leader_main(void *arg) {
     }
     /* The cursor after this step, read before the next one is collated. */
     uint64_t words[CPDL__CURSOR_WORDS];
-    cpdl__feed_cursor(P->feed, words);
-    rc = cpdl__ring_wait_free(P->ring, step, producer_alive, P);
+    cpdl__feed_cursor(P->args.feed, words);
+    rc = cpdl__ring_wait_free(P->args.ring, step, producer_alive, P);
     if (rc)
       break;
-    if (cpdl__fault("mid_fill", P->world_rank)) {
+    if (cpdl__fault("mid_fill", P->args.world_rank)) {
       rc = CPDL_EFAULT;
       break;
     }
-    if (P->dump_collated && (rc = dump_inputs(P, step, cur->inputs, cur->n_inputs)))
+    if (P->args.dump_collated && (rc = dump_inputs(P, step, cur->inputs, cur->n_inputs)))
       break;
-    P->work_slot = cpdl__ring_slot_of(P->ring, step);
-    bool more = step + 1 != P->end_step;
+    P->work_slot = cpdl__ring_slot_of(P->args.ring, step);
+    bool more = step + 1 != P->args.end_step;
     if (P->n_threads > 1) {
       pthread_barrier_wait(&P->barrier);
       rc = prepare_share(P, 0);
@@ -199,9 +192,9 @@ static void *leader_main(void *arg) {
       collate_ahead(P);
     else if (!more)
       P->work[P->work_set ^ 1].rc = CPDL_EEOF;
-    cpdl__ring_set_slot_state(P->ring, step, words);
-    cpdl__ring_publish(P->ring, step);
-    cpdl__ring_heartbeat(P->ring);
+    cpdl__ring_set_slot_state(P->args.ring, step, words);
+    cpdl__ring_publish(P->args.ring, step);
+    cpdl__ring_heartbeat(P->args.ring);
     P->work_set ^= 1;
   }
   if (P->n_threads > 1) {
@@ -211,8 +204,8 @@ static void *leader_main(void *arg) {
   if (rc && rc != CPDL_ESTATE) {
     /* Every consumer learns the leader's error, with its message. */
     char msg[512];
-    snprintf(msg, sizeof msg, "leader (rank %d): %s", P->world_rank, cpdl_last_error());
-    cpdl__ring_post_error(P->ring, rc, msg);
+    snprintf(msg, sizeof msg, "leader (rank %d): %s", P->args.world_rank, cpdl_last_error());
+    cpdl__ring_post_error(P->args.ring, rc, msg);
   }
   return NULL;
 }
@@ -223,12 +216,12 @@ static void *leader_main(void *arg) {
 #define SPLIT_MIN_STEP_BYTES ((size_t)4 << 20)
 
 static int start_threads(cpdl__producer_t *P) {
-  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->ring);
-  size_t step_bytes = cpdl_prep_plan_rank_bytes(P->plan) * geo->n_regions +
-                      cpdl_prep_plan_shared_bytes(P->plan);
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
+  size_t step_bytes = cpdl_prep_plan_rank_bytes(P->args.plan) * geo->n_regions +
+                      cpdl_prep_plan_shared_bytes(P->args.plan);
   if (step_bytes < SPLIT_MIN_STEP_BYTES)
     P->n_threads = 1;
-  P->pipelined = P->n_threads > 1 && cpdl__feed_double_buffered(P->feed);
+  P->pipelined = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
   P->n_prep = P->pipelined ? P->n_threads - 1 : P->n_threads;
   atomic_store(&P->stopping, false);
   atomic_store(&P->work_done, false);
@@ -256,7 +249,7 @@ static int start_threads(cpdl__producer_t *P) {
     P->n_workers++;
   }
   if (!rc) /* a failed start after some workers exist: tested through CPDL_FAULT */
-    rc = cpdl__fault("start_threads", P->world_rank);
+    rc = cpdl__fault("start_threads", P->args.world_rank);
   if (!rc && (err = pthread_create(&P->threads[0], NULL, leader_main, P)) != 0)
     rc = cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
   atomic_store_explicit(&P->gate, rc ? -1 : 1, memory_order_release);
@@ -278,7 +271,7 @@ static int start_threads(cpdl__producer_t *P) {
  * through the barrier. */
 static void stop_threads(cpdl__producer_t *P) {
   atomic_store_explicit(&P->stopping, true, memory_order_release);
-  cpdl__ring_wake_all(P->ring);
+  cpdl__ring_wake_all(P->args.ring);
   pthread_join(P->threads[0], NULL);
   for (int t = 1; t <= P->n_workers; t++)
     pthread_join(P->threads[t], NULL);
@@ -298,16 +291,6 @@ int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **o
   if (!P)
     return cpdl__error(-ENOMEM, "out of memory for the loader threads");
   P->args = *args;
-  P->ring = args->ring;
-  P->feed = args->feed;
-  P->plan = args->plan;
-  P->pin = args->pin;
-  P->local_cp = args->local_cp;
-  P->world_rank = args->world_rank;
-  P->group = args->group;
-  P->first_step = args->first_step;
-  P->end_step = args->end_step;
-  P->dump_collated = args->dump_collated;
   P->n_threads = args->n_threads;
   int rc = start_threads(P);
   if (rc) {

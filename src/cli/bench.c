@@ -101,11 +101,7 @@ static int baseline_open(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, baseline_
   if ((rc = cpdl__feed_next(b->feed, in, &n)))
     return rc;
   cpdl_prep_params_t params;
-  cpdl_prep_params_init(&params);
-  params.cp_size = cfg->cp;
-  params.tp_size = cfg->tp;
-  params.mode = cfg->mode;
-  params.padding_token_id = cfg->padding_token_id;
+  cpdl__config_prep_params(cfg, &params);
   if ((rc = cpdl_prep_plan_create(in, n, &params, &b->plan)))
     return rc;
   b->rank_bytes = cpdl_prep_plan_rank_bytes(b->plan);
