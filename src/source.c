@@ -605,8 +605,15 @@ CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out) {
   return cpdl__source_open(uri, (cpdl__source_t **)out);
 }
 
+/* Counts are never error codes (cpdl.h "Conventions"): a NULL source counts 0
+ * and leaves a message. */
+static int64_t null_count(const char *fn) {
+  (void)cpdl__error(CPDL_EARG, "%s: the source is NULL", fn);
+  return 0;
+}
+
 CPDL_API int64_t cpdl_source_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_count((const cpdl__source_t *)src) : null_count("cpdl_source_count");
 }
 
 CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src) {
@@ -632,11 +639,13 @@ CPDL_API const char *cpdl_source_name(const cpdl_source_t *src) {
 }
 
 CPDL_API int64_t cpdl_source_document_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_document_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_document_count((const cpdl__source_t *)src)
+             : null_count("cpdl_source_document_count");
 }
 
 CPDL_API int64_t cpdl_source_batch_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_batch_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_batch_count((const cpdl__source_t *)src)
+             : null_count("cpdl_source_batch_count");
 }
 
 CPDL_API int cpdl_source_read_batch(cpdl_source_t *src, int64_t step, cpdl_tensor_t *fields,
