@@ -230,7 +230,7 @@ typedef struct cpdl_config {
   char order[16];            /* order      mesh order, slowest first ("dp,cp,tp") */
   int64_t seq_len;           /* seq_len    tokens per row before padding (4096) */
   int batch;                 /* batch      rows per step (1) */
-  int64_t steps;             /* steps      steps to deliver, 0 = until the source ends (100) */
+  int64_t steps;             /* steps      steps to deliver, 0 = until `epochs` passes end (100) */
   int slots;                 /* slots      ring depth (4) */
   cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only */
   uint64_t seed;             /* seed       sampler and synthetic seed (1234) */
@@ -245,6 +245,16 @@ typedef struct cpdl_config {
                                            4 MiB are done by one thread (2) */
   char pin[64];              /* pin        auto | numa | cores:<list> | none ("auto") */
   int timeout_ms;            /* timeout_ms how long next() waits before CPDL_ETIMEDOUT (60000) */
+  int64_t epochs;            /* epochs     end the run after this many passes over the data;
+                                           0 = 1 when steps=0, else no bound (0). Every
+                                           replica ends on the same step: the fewest steps any
+                                           replica's passes hold (whole steps only; pack counts
+                                           its documents' tokens, pad its rows), counted at open
+                                           from lengths. With steps > 0 too, the earlier end
+                                           wins. Pre-collated (npy) sources: a pass gives each
+                                           replica n/dp of n batches (drop_last=1; the last
+                                           n % dp are not read) or ceil(n/dp) (drop_last=0: the
+                                           last row wraps to batch 0, 1, ...) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). */

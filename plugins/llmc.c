@@ -271,6 +271,13 @@ static int llmc_open(const cpdl_source_host_t *host, const char *path, const cha
     if (s == 0) {
       l->token_bytes = tb;
       l->eot = has_eot ? eot_query : (tb == 2 ? 50256 : 128000);
+      if (tb == 2 && l->eot > UINT16_MAX) {
+        snprintf(err, errlen,
+                 "%s: eot=%lld cannot occur in uint16 tokens (0 .. 65535): the shard would be "
+                 "one document; give the tokenizer's EOT id", sh->path, (long long)l->eot);
+        rc = CPDL_SOURCE_EARG;
+        goto fail;
+      }
     } else if (tb != l->token_bytes) {
       snprintf(err, errlen,
                "%s: offset 0: uint%d tokens, but %s has uint%d tokens; all shards of a dataset "

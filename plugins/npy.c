@@ -1,5 +1,10 @@
 /* npy.c — the `npy:` data source: pre-collated batches from a directory with
- * one sub-directory per step (sorted by name) holding <field>.npy files.
+ * one sub-directory per step holding <field>.npy files.
+ * Step order: by the decimal integer that ends each sub-directory's name
+ * ("step2" before "step10", as `cpdl run --dump` names them; leading zeros
+ * and the text before the digits do not matter). A name that does not end
+ * in a digit, or two names with the same number ("step1" and "step01"), is
+ * an error naming the directory; gaps in the numbers are allowed.
  * NPY v1/v2/v3, little-endian, C order; dtypes |b1 |u1 <i4 <i8 <f2 <f4 <f8.
  * Invariant: the field set, dtypes and shapes are fixed by the first step at
  * open; every later step is checked against them when read. Tensors point
@@ -198,7 +203,68 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Sorted names in `dir`: sub-directories (want_dirs) or *.npy files. */
+/* The trailing decimal digits of name without leading zeros ("0" for all
+ * zeros), as (*digits, *len); *len is 0 when the name does not end in a digit. */
+static void step_number(const char *name, const char **digits, size_t *len) {
+  size_t end = strlen(name), start = end;
+  while (start > 0 && name[start - 1] >= '0' && name[start - 1] <= '9')
+    start--;
+  while (start + 1 < end && name[start] == '0')
+    start++;
+  *digits = name + start;
+  *len = end - start;
+}
+
+/* By step number: any length, no overflow (shorter is smaller, then text). */
+static int cmp_step(const void *a, const void *b) {
+  const char *da, *db;
+  size_t la, lb;
+  step_number(*(char *const *)a, &da, &la);
+  step_number(*(char *const *)b, &db, &lb);
+  if (la != lb)
+    return la < lb ? -1 : 1;
+  int c = memcmp(da, db, la);
+  return c ? c : strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sort step directories by their number; a name without one, or two names
+ * with the same one, is an error. */
+static int order_steps(const char *dir, char **names, int64_t n, char *err, size_t errlen) {
+  for (int64_t k = 0; k < n; k++) {
+    const char *d;
+    size_t len;
+    step_number(names[k], &d, &len);
+    if (len == 0) {
+      snprintf(err, errlen,
+               "npy: %s/%s: a step directory's name must end in its step number (e.g. step0, "
+               "step1, ..., step10); rename or move it", dir, names[k]);
+      return CPDL_SOURCE_EARG;
+    }
+  }
+  qsort(names, (size_t)n, sizeof *names, cmp_step);
+  for (int64_t k = 1; k < n; k++) {
+    const char *da, *db;
+    size_t la, lb;
+    step_number(names[k - 1], &da, &la);
+    step_number(names[k], &db, &lb);
+    if (la == lb && memcmp(da, db, la) == 0) {
+      snprintf(err, errlen,
+               "npy: %s: step directories %s and %s have the same step number %.*s; keep one",
+               dir, names[k - 1], names[k], (int)la, da);
+      return CPDL_SOURCE_EARG;
+    }
+  }
+  return 0;
+}
+
+static void free_names(char **names, int64_t n) {
+  for (int64_t k = 0; k < n; k++)
+    free(names[k]);
+  free(names);
+}
+
+/* Names in `dir`: sub-directories (want_dirs, in step order) or *.npy files
+ * (sorted by name). */
 static int list_names(const char *dir, int want_dirs, char ***out, int64_t *n_out, char *err,
                       size_t errlen) {
   DIR *d = opendir(dir);
@@ -247,17 +313,15 @@ static int list_names(const char *dir, int want_dirs, char ***out, int64_t *n_ou
     snprintf(err, errlen, "npy: out of memory listing %s", dir);
     return rc;
   }
-  if (n)
+  if (n && want_dirs && (rc = order_steps(dir, names, n, err, errlen))) {
+    free_names(names, n);
+    return rc;
+  }
+  if (n && !want_dirs)
     qsort(names, (size_t)n, sizeof *names, cmp_str);
   *out = names;
   *n_out = n;
   return 0;
-}
-
-static void free_names(char **names, int64_t n) {
-  for (int64_t k = 0; k < n; k++)
-    free(names[k]);
-  free(names);
 }
 
 static void unmap_step(npy_source_t *s) {
@@ -326,10 +390,16 @@ static int npy_open(const cpdl_source_host_t *host, const char *path, const char
     return -ENOMEM;
   }
   s->host = host;
+  if (!*path) {
+    snprintf(err, errlen, "npy: no directory given (expected npy:/path/to/dir holding one "
+             "sub-directory per step, e.g. npy:/data/batches)");
+    rc = CPDL_SOURCE_EARG;
+    goto fail;
+  }
   if ((rc = list_names(path, 1, &s->steps, &s->n_steps, err, errlen)))
     goto fail;
   if (s->n_steps == 0) {
-    snprintf(err, errlen, "npy: %s holds no step directories (expected e.g. step0000/)", path);
+    snprintf(err, errlen, "npy: %s holds no step directories (expected step0/, step1/, ... each with <field>.npy files)", path);
     rc = CPDL_SOURCE_ECORRUPT;
     goto fail;
   }

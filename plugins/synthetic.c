@@ -193,6 +193,11 @@ static void syn_close(void *state) {
 
 static int64_t syn_eot(void *state) { return ((synthetic_t *)state)->eot; }
 
+static int64_t syn_length(void *state, int64_t i) {
+  synthetic_t *s = state;
+  return doc_length(s, doc_key(s, i));
+}
+
 static const cpdl_source_plugin_t descriptor = {
   .abi_version = CPDL_SOURCE_ABI_VERSION,
   .struct_size = sizeof(cpdl_source_plugin_t),
@@ -205,6 +210,7 @@ static const cpdl_source_plugin_t descriptor = {
   .read = syn_read,
   .close = syn_close,
   .eot = syn_eot,
+  .length = syn_length,
 };
 
 CPDL_SOURCE_PLUGIN_EXPORT const cpdl_source_plugin_t *cpdl_source_plugin_v1(void) {

@@ -54,7 +54,7 @@ static const config_key_t keys[] = {
     {"seq_len", KEY_I64, MEMBER(seq_len), 1, INT64_C(1) << 40, true},
     {"batch", KEY_INT, MEMBER(batch), 1, 1 << 24, true},
     {"steps", KEY_I64, MEMBER(steps), 0, INT64_MAX, true},
-    {"slots", KEY_INT, MEMBER(slots), 2, 1024, false},
+    {"slots", KEY_INT, MEMBER(slots), 2, CPDL__RING_MAX_SLOTS, false},
     {"mode", KEY_MODE, MEMBER(mode), 0, 0, false},
     {"seed", KEY_U64, MEMBER(seed), 0, 0, false},
     {"source", KEY_SOURCE, MEMBER(source), 0, 0, false},
@@ -63,15 +63,16 @@ static const config_key_t keys[] = {
     {"position_ids", KEY_POSITION, MEMBER(position_ids), 0, 1, false},
     {"loss_on_eot", KEY_BOOL, MEMBER(loss_on_eot), 0, 1, false},
     {"drop_last", KEY_BOOL, MEMBER(drop_last), 0, 1, false},
-    {"threads", KEY_INT, MEMBER(threads), 1, 256, false},
+    {"threads", KEY_INT, MEMBER(threads), 1, CPDL__MAX_THREADS, false},
     {"pin", KEY_PIN, MEMBER(pin), 0, 0, false},
     {"timeout_ms", KEY_INT, MEMBER(timeout_ms), 1, INT_MAX, false},
+    {"epochs", KEY_I64, MEMBER(epochs), 0, INT64_MAX, false},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
 static const char known_keys_text[] =
     "cp, tp, order, seq_len, batch, steps, slots, mode, seed, source, collate, "
-    "padding_token_id, position_ids, loss_on_eot, drop_last, threads, pin, timeout_ms";
+    "padding_token_id, position_ids, loss_on_eot, drop_last, threads, pin, timeout_ms, epochs";
 
 void cpdl_config_init(cpdl_config_t *cfg) {
   if (!cfg)
@@ -96,6 +97,13 @@ void cpdl_config_init(cpdl_config_t *cfg) {
   cfg->threads = 2; /* one collates step k+1 while the other prepares step k */
   snprintf(cfg->pin, sizeof cfg->pin, "auto");
   cfg->timeout_ms = 60000;
+  cfg->epochs = 0; /* 1 when steps=0 (cpdl__config_epochs) */
+}
+
+uint64_t cpdl__config_epochs(const cpdl_config_t *cfg) {
+  if (cfg->epochs > 0)
+    return (uint64_t)cfg->epochs;
+  return cfg->steps == 0 ? 1 : 0;
 }
 
 static const config_key_t *find_key(const char *name, size_t len) {
@@ -392,12 +400,83 @@ int cpdl_config_parse(cpdl_config_t *cfg, const char *text) {
   return 0;
 }
 
-int cpdl_config_from_env(cpdl_config_t *cfg) {
+/* CPDL_* variables that are not configuration keys. */
+static const char *const other_vars[] = {"PLUGIN_PATH", "DEBUG", "FAULT", "GPU", "RANKS_PER_NODE",
+                                         "LIBRARY", "BIN", NULL};
+
+/* Levenshtein distance of two short names (case-insensitive), capped at 9. */
+static int distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > 40 || lb > 40)
+    return 9;
+  int row[41];
+  for (size_t j = 0; j <= lb; j++)
+    row[j] = (int)j;
+  for (size_t i = 1; i <= la; i++) {
+    int diag = row[0];
+    row[0] = (int)i;
+    for (size_t j = 1; j <= lb; j++) {
+      int up = row[j];
+      int cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+      int best = diag + cost;
+      if (row[j] + 1 < best)
+        best = row[j] + 1;
+      if (row[j - 1] + 1 < best)
+        best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb] > 9 ? 9 : row[lb];
+}
+
+/* A CPDL_* variable that is neither a key nor one of other_vars is likely a
+ * misspelt key: say so once per process, naming the closest key. */
+static void warn_unknown_vars(void) {
+  static int warned;
+  extern char **environ;
+  for (char **e = environ; e && *e; e++) {
+    if (strncmp(*e, "CPDL_", 5) != 0)
+      continue;
+    const char *name = *e + 5, *eq = strchr(name, '=');
+    size_t len = eq ? (size_t)(eq - name) : strlen(name);
+    char lower[48];
+    if (len == 0 || len >= sizeof lower || strncmp(name, "TEST_", 5) == 0)
+      continue;
+    for (size_t k = 0; k < len; k++)
+      lower[k] = (char)tolower((unsigned char)name[k]);
+    lower[len] = '\0';
+    bool known = find_key(lower, len) != NULL;
+    for (int k = 0; !known && other_vars[k]; k++)
+      known = strlen(other_vars[k]) == len && strncmp(other_vars[k], name, len) == 0;
+    if (known || __atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+      continue;
+    int best = 0;
+    for (int i = 1; i < N_KEYS; i++)
+      if (distance(lower, keys[i].name) < distance(lower, keys[best].name))
+        best = i;
+    char var[64];
+    snprintf(var, sizeof var, "CPDL_%s", keys[best].name);
+    for (char *c = var + 5; *c; c++)
+      *c = (char)toupper((unsigned char)*c);
+    fprintf(stderr, "cpdl: warning: environment variable CPDL_%.*s is not a configuration key "
+            "and is ignored; did you mean %s? (known keys: %s)\n", (int)len, name, var,
+            known_keys_text);
+  }
+}
+
+int cpdl__config_from_env_except(cpdl_config_t *cfg, const char *const *skip, int n_skip) {
   int rc = check_cfg(cfg);
   if (rc < 0)
     return rc;
+  warn_unknown_vars();
   cpdl_config_t copy = *cfg;
   for (int i = 0; i < N_KEYS; i++) {
+    bool skipped = false;
+    for (int k = 0; k < n_skip && !skipped; k++)
+      skipped = strcmp(skip[k], keys[i].name) == 0;
+    if (skipped)
+      continue;
     char var[64] = "CPDL_";
     size_t at = 5;
     for (const char *c = keys[i].name; *c && at + 1 < sizeof var; c++)
@@ -412,6 +491,8 @@ int cpdl_config_from_env(cpdl_config_t *cfg) {
   *cfg = copy;
   return 0;
 }
+
+int cpdl_config_from_env(cpdl_config_t *cfg) { return cpdl__config_from_env_except(cfg, NULL, 0); }
 
 /* ---- canonical text ------------------------------------------------------- */
 

@@ -6,9 +6,14 @@
  *   [0] epoch, [1] position in this replica's epoch of the document the next
  *   step starts in, [2] token offset in that document (pack; 0 for pad),
  *   [3] steps produced so far.
- * Pre-collated sources (npy) pass their batches through; replica r reads
- * batches r, r + dp_size, … (words 0-2 are then 0) and gets CPDL_EEOF after
- * its last one. Sample sources never end: epochs roll over.
+ * Pre-collated sources (npy) pass their batches through (words 0-2 are then
+ * 0): a pass (epoch) gives every replica the same number of steps P, n / dp
+ * of n batches with drop_last=1 (the last n % dp batches are not read) or
+ * ceil(n / dp) with drop_last=0 (the last row of the pass wraps to batches
+ * 0, 1, …); step s of replica r reads batch ((s mod P) * dp + r) mod n.
+ * Neither kind of source ends by itself: passes roll over, and the loader
+ * ends the run at steps= or after epochs= passes (cpdl__feed_steps counts
+ * them from lengths alone).
  */
 #include "internal.h"
 
@@ -23,6 +28,10 @@ struct cpdl__feed {
   bool double_buffer;    /* the collate keeps two output sets */
   int dp_rank, dp_size;
   int64_t n_batches;
+  int64_t per_pass;      /* pre-collated: this replica's steps per pass */
+  cpdl__collate_kind_t kind;
+  int64_t seq_len;
+  int batch;
   cpdl__sampler_t *sampler;
   cpdl__collate_t *collate;
   uint64_t steps;        /* steps produced; the next step's number */
@@ -88,6 +97,9 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
     return cpdl__error(-ENOMEM, "feed: out of memory");
   feed->dp_rank = dp_rank;
   feed->dp_size = dp_size;
+  feed->kind = cp.kind;
+  feed->seq_len = cfg->seq_len;
+  feed->batch = cfg->batch;
   rc = cpdl__source_open(uri, &feed->source);
   if (rc)
     goto fail_free;
@@ -98,6 +110,15 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
     if (feed->n_batches < 0) {
       rc = cpdl__error(CPDL_ESOURCE, "feed: source \"%s\" reports %lld batches", uri,
                        (long long)feed->n_batches);
+      goto fail_close;
+    }
+    feed->per_pass = cfg->drop_last ? feed->n_batches / dp_size
+                                    : feed->n_batches / dp_size + (feed->n_batches % dp_size != 0);
+    if (feed->per_pass == 0) {
+      rc = cpdl__error(CPDL_ESOURCE,
+                       "feed: source \"%s\" has %lld batches, fewer than dp_size %d, so with "
+                       "drop_last=1 replica %d would get none; set drop_last=0 (wrap) or add "
+                       "batches", uri, (long long)feed->n_batches, dp_size, dp_rank);
       goto fail_close;
     }
     *out = feed;
@@ -139,13 +160,10 @@ fail_free:
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   int rc;
   if (feed->batches) {
-    /* steps * dp_size + dp_rank: compare before multiplying (no overflow). */
-    uint64_t dp = (uint64_t)feed->dp_size;
-    if ((uint64_t)feed->dp_rank >= (uint64_t)feed->n_batches ||
-        feed->steps >= ((uint64_t)feed->n_batches - (uint64_t)feed->dp_rank + dp - 1) / dp)
-      return cpdl__error(CPDL_EEOF, "feed: replica %d has read all of its %lld batches of %lld",
-                         feed->dp_rank, (long long)feed->steps, (long long)feed->n_batches);
-    int64_t batch = (int64_t)(feed->steps * dp + (uint64_t)feed->dp_rank);
+    /* < per_pass * dp + dp <= 2 n + dp: no overflow. */
+    uint64_t in_pass = feed->steps % (uint64_t)feed->per_pass;
+    uint64_t global = in_pass * (uint64_t)feed->dp_size + (uint64_t)feed->dp_rank;
+    int64_t batch = (int64_t)(global % (uint64_t)feed->n_batches);
     rc = cpdl__source_read_batch(feed->source, batch, fields, n_fields);
   } else {
     rc = cpdl__collate_next(feed->collate, fields, n_fields);
@@ -153,6 +171,46 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   if (rc)
     return rc;
   feed->steps++;
+  return 0;
+}
+
+/* Pack: a stream of T tokens holds floor((T - 1) / S) rows (windows of S + 1
+ * tokens overlapping by one); pad: one row per sample of >= 2 tokens. */
+static uint64_t rows_to_steps(unsigned __int128 rows, int batch) {
+  unsigned __int128 steps = rows / (unsigned)batch;
+  return steps > UINT64_MAX ? UINT64_MAX : (uint64_t)steps;
+}
+
+int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out) {
+  *out = 0;
+  if (feed->batches) {
+    unsigned __int128 n = (unsigned __int128)feed->per_pass * epochs;
+    *out = n > cap ? cap : (uint64_t)n;
+    return 0;
+  }
+  const int64_t per_epoch = cpdl__sampler_per_epoch(feed->sampler);
+  const bool pack = feed->kind == CPDL__COLLATE_PACK;
+  unsigned __int128 tokens = 0, rows = 0;
+  uint64_t steps = 0;
+  for (uint64_t e = 0; e < epochs && steps < cap; e++) {
+    for (int64_t p = 0; p < per_epoch; p++) {
+      int64_t index, n;
+      int rc = cpdl__sampler_index(feed->sampler, e, p, &index);
+      if (!rc)
+        rc = cpdl__source_length(feed->source, index, &n);
+      if (rc)
+        return cpdl__error_prefix(rc, "counting the steps of %llu epochs (config key epochs)",
+                                  (unsigned long long)epochs);
+      if (pack)
+        tokens += (uint64_t)n;
+      else
+        rows += n >= 2;
+    }
+    if (pack)
+      rows = tokens > 0 ? (tokens - 1) / (uint64_t)feed->seq_len : 0;
+    steps = rows_to_steps(rows, feed->batch);
+  }
+  *out = steps < cap ? steps : cap;
   return 0;
 }
 

@@ -44,6 +44,12 @@ uint64_t cpdl__config_hash(const cpdl_config_t *cfg);
 int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg);
 /* The preparation parameters a configuration implies (cp, tp, mode,
  * padding_token_id; no metadata fields). */
+/* The passes over the data a run ends after: cfg->epochs, else 1 when
+ * steps=0, else 0 (no bound: steps= ends the run). */
+uint64_t cpdl__config_epochs(const cpdl_config_t *cfg);
+/* cpdl_config_from_env without the keys named in skip (set on a command
+ * line, which wins: their variables are not even parsed). */
+int cpdl__config_from_env_except(cpdl_config_t *cfg, const char *const *skip, int n_skip);
 void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params);
 
 /* ---- mesh.c ---------------------------------------------------------------
@@ -291,6 +297,9 @@ const char *cpdl__source_name(const cpdl__source_t *src);  /* plugin name */
 int64_t cpdl__source_count(const cpdl__source_t *src);      /* samples */
 int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out);
 int64_t cpdl__source_eot(const cpdl__source_t *src);        /* EOT token id, or -1 */
+/* Tokens of sample `index` without producing them (the plugin's length(), or
+ * a read when it has none). */
+int cpdl__source_length(cpdl__source_t *src, int64_t index, int64_t *n_tokens);
 /* Pre-collated sources (npy): batches instead of samples. has_batches is
  * true for them; read_batch fills tensors owned by the source, valid until
  * the next call. */
@@ -328,6 +337,9 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
  * mask. Shapes and dtypes are the same for every step of a feed.
  * \return 0, CPDL_EEOF, or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
+/* Steps this replica's first `epochs` passes over the data hold, at most cap
+ * (counting stops there): lengths only, O(epochs * samples of a replica). */
+int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out);
 void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
 void cpdl__feed_close(cpdl__feed_t *feed);
@@ -587,6 +599,9 @@ MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);
 /* Leader of each group: before preparing step k, write the collated batch to
  * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
 int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);
+/* Leader: rows per step and tokens per row of the data's first batch
+ * (input_ids, else its first field of >= 2 dims); others: left unchanged. */
+void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *seq_len);
 /* Wait (futex, no polling) until the next next() would return at once;
  * benchmarks time next() "when the data is ready". Starts the loader threads
  * if not yet started. \return 0 or the error next() would return. */

@@ -23,7 +23,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#define MAX_GROUP 512
+#define MAX_GROUP ((int)CPDL__RING_MAX_CONSUMERS) /* one ring consumer per group member */
 
 struct cpdl_loader {
   cpdl_config_t cfg;
@@ -63,6 +63,7 @@ struct cpdl_loader {
   cpdl_prep_plan_t *plan;
   cpdl__pin_t *pin;
   uint64_t first_step;      /* step the loader threads start at */
+  int64_t data_batch, data_seq_len; /* the first batch's input_ids (else first 2-d field) shape */
   cpdl__producer_t *producer; /* the loader threads, once started */
   char *dump_collated;      /* directory, or NULL */
 };
@@ -119,6 +120,12 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all", L->cfg.source);
   if (rc)
     return rc;
+  for (int pass = 0; pass < 2 && !L->data_batch; pass++)
+    for (int i = 0; i < n_inputs && !L->data_batch; i++)
+      if (inputs[i].ndim >= 2 && (pass || strcmp(inputs[i].name, "input_ids") == 0)) {
+        L->data_batch = inputs[i].shape[0];
+        L->data_seq_len = inputs[i].shape[1];
+      }
   cpdl_prep_params_t params;
   cpdl__config_prep_params(&L->cfg, &params);
   rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
@@ -126,6 +133,10 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return cpdl__error_prefix(rc, "planning the batch layout");
   rc = cpdl__feed_seek(L->feed, L->start_words);
   if (rc)
+    return rc;
+  /* This replica's end: the steps its first `epochs` passes hold. */
+  uint64_t epochs = cpdl__config_epochs(&L->cfg);
+  if (epochs && (rc = cpdl__feed_steps(L->feed, epochs, L->end_step, &L->end_step)))
     return rc;
 
   int n_fields = cpdl_prep_plan_nfields(L->plan);
@@ -289,6 +300,19 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   rc = cpdl__agree(L->mesh.comm, L->mesh.is_leader ? info.rc : 0);
   if (rc)
     return rc;
+  /* Every replica ends on the same step: the smallest leader's end (the
+   * others hold UINT64_MAX or their steps=). */
+  uint64_t end = L->end_step;
+  rc = cpdl__coll_allreduce(&end, &L->end_step, 1, MPI_UINT64_T, MPI_MIN, L->mesh.comm,
+                            "open (the run's end step)");
+  if (rc)
+    return rc;
+  if (L->end_step == 0)
+    return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) of the smallest replica "
+                       "hold no whole step of batch=%d rows of seq_len=%lld tokens; use more "
+                       "data, more epochs, a smaller batch or seq_len, or fewer replicas",
+                       L->cfg.source, (unsigned long long)cpdl__config_epochs(&L->cfg),
+                       L->cfg.batch, (long long)L->cfg.seq_len);
   rc = cpdl__coll_bcast(&info, (int)sizeof info, MPI_BYTE, 0, L->mesh.group_comm,
                         "open (the segment name's broadcast)");
   if (rc)
@@ -412,7 +436,7 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     return cpdl__error(CPDL_ESTATE, "cpdl_loader_next: step %llu is still held; call "
                        "cpdl_batch_release() first", (unsigned long long)(L->next_step));
   if (L->next_step == L->end_step)
-    return cpdl__error(CPDL_EEOF, "all %lld steps delivered", (long long)L->cfg.steps);
+    return cpdl__error(CPDL_EEOF, "all %llu steps delivered", (unsigned long long)L->end_step);
   int rc = ensure_started(L);
   if (rc)
     return rc;
@@ -502,6 +526,13 @@ int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
   return dir && !L->dump_collated ? cpdl__error(-ENOMEM, "out of memory") : 0;
 }
 MPI_Comm cpdl__loader_comm(const cpdl_loader_t *L) { return L->mesh.comm; }
+
+void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *seq_len) {
+  if (L->data_batch) {
+    *batch = L->data_batch;
+    *seq_len = L->data_seq_len;
+  }
+}
 
 /* ------------------------------------------------------------------------- */
 /* State                                                                      */
@@ -595,9 +626,11 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
                         "(stream hash %016llx, now %016llx); resume with the same cp, tp, "
                         "seq_len, batch, mode, seed, source and collate options",
                         (unsigned long long)state->words[5], (unsigned long long)stream_hash(L));
-  else if (L->cfg.steps > 0 && state->words[0] > (uint64_t)L->cfg.steps)
-    local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
-                        (unsigned long long)state->words[0], (long long)L->cfg.steps);
+  else if (state->words[0] > L->end_step)
+    local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond the run's end at step "
+                        "%llu (steps=%lld epochs=%lld)", (unsigned long long)state->words[0],
+                        (unsigned long long)L->end_step, (long long)L->cfg.steps,
+                        (long long)L->cfg.epochs);
   if (!local)
     local = cpdl__fault("restoring", L->mesh.me.world_rank);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);

@@ -60,8 +60,8 @@ static int producer_alive(void *arg) {
  * items (shared fields, (rank, field) shards) dealt round-robin over the
  * n_prep preparing threads (cpdl_prep_execute_part). */
 static int prepare_share(cpdl__producer_t *P, int t) {
-  int ranks[64];
-  void *dst[64];
+  int ranks[CPDL__RING_MAX_REGIONS];
+  void *dst[CPDL__RING_MAX_REGIONS];
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
   int n = (int)geo->n_regions;
   for (int r = 0; r < n; r++) {

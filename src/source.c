@@ -193,6 +193,29 @@ static int host_query_check(const char *query, const char *const *known, char *e
   return 0;
 }
 
+/* The first key that occurs twice in "k=v&k=v" (its length in *len), or NULL. */
+static const char *query_repeated(const char *query, size_t *len) {
+  for (const char *p = query; p && *p;) {
+    const char *end = strchr(p, '&');
+    size_t plen = end ? (size_t)(end - p) : strlen(p);
+    const char *eq = memchr(p, '=', plen);
+    size_t name_len = eq ? (size_t)(eq - p) : plen;
+    for (const char *q = end ? end + 1 : NULL; name_len && q && *q;) {
+      const char *qend = strchr(q, '&');
+      size_t qlen = qend ? (size_t)(qend - q) : strlen(q);
+      const char *qeq = memchr(q, '=', qlen);
+      size_t qname = qeq ? (size_t)(qeq - q) : qlen;
+      if (qname == name_len && memcmp(p, q, name_len) == 0) {
+        *len = name_len;
+        return p;
+      }
+      q = qend ? qend + 1 : NULL;
+    }
+    p = end ? end + 1 : NULL;
+  }
+  return NULL;
+}
+
 static const cpdl_source_host_t host_table = {
   .abi_version = CPDL_SOURCE_ABI_VERSION,
   .struct_size = sizeof(cpdl_source_host_t),
@@ -363,6 +386,11 @@ int cpdl__source_open(const char *uri, cpdl__source_t **out) {
   int rc = parse_uri(uri, scheme, &path_start, &path_len, &query);
   if (rc)
     return rc;
+  size_t dup_len = 0;
+  const char *dup = query_repeated(query, &dup_len);
+  if (dup)
+    return cpdl__error(CPDL_EARG, "data source URI '%s': query key '%.*s' is given more than "
+                       "once; give it once", uri, (int)dup_len, dup);
 
   struct find_arg fa = {.scheme = scheme};
   if (!for_each_dir(find_in_dir, &fa)) {
@@ -524,6 +552,27 @@ int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out) {
   out->tokens = tokens;
   out->n_tokens = n;
   out->token_bytes = token_bytes;
+  return 0;
+}
+
+int cpdl__source_length(cpdl__source_t *src, int64_t index, int64_t *n_tokens) {
+  if (!HAS_MEMBER(src, length)) {
+    cpdl__sample_t sample;
+    int rc = cpdl__source_read(src, index, &sample);
+    *n_tokens = rc ? 0 : sample.n_tokens;
+    return rc;
+  }
+  int64_t count = cpdl__source_count(src);
+  if (index < 0 || index >= count)
+    return cpdl__error(CPDL_EARG, "data source %s: sample %" PRId64 " out of range [0, %" PRId64 ")",
+                       src->scheme, index, count);
+  lock(src);
+  int64_t n = src->plugin->length(src->state, index);
+  unlock(src);
+  if (n < 0)
+    return cpdl__error(CPDL_ESOURCE, "data source %s: the length of sample %" PRId64
+                       " failed (%s)", src->scheme, index, cpdl_strerror((int)n));
+  *n_tokens = n;
   return 0;
 }
 

@@ -139,6 +139,11 @@ typedef struct cpdl_source_plugin {
    *  [*first, *first + *n_samples). NULL means sample i is document i. */
   int64_t (*document_count)(void *state);
   int (*document)(void *state, int64_t j, int64_t *first, int64_t *n_samples);
+  /** Number of tokens of sample i (0 <= i < count) without producing them,
+   *  or a negative error code. The host uses it to count an epoch's steps at
+   *  open (config key epochs); NULL: the host reads the sample instead, which
+   *  is as cheap for mmap-backed sources. */
+  int64_t (*length)(void *state, int64_t i);
 } cpdl_source_plugin_t;
 
 /** The entry symbol's type. */

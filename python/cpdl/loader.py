@@ -50,6 +50,7 @@ class Config(ctypes.Structure):
         ("threads", ctypes.c_int),
         ("pin", ctypes.c_char * 64),
         ("timeout_ms", ctypes.c_int),
+        ("epochs", ctypes.c_int64),
     ]
 
 

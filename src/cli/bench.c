@@ -265,9 +265,10 @@ int cpdl_cli_bench(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   cpdl_config_t cfg;
   cli_flags_t flags;
-  if (cpdl_cli_options(argc, argv, &cfg, &flags, usage)) {
+  int opt_rc = cpdl_cli_options(argc, argv, &cfg, &flags, usage);
+  if (opt_rc) {
     MPI_Finalize();
-    return 2;
+    return opt_rc == 1 ? 0 : 2; /* 1: --help */
   }
   touch_all = flags.touch;
   if (cfg.steps <= 0 || cfg.steps == 100)

@@ -31,7 +31,8 @@ typedef struct cli_flags {
   const char *seq_lens;   /* bench: --seq-lens 8K,128K,1M */
   int reps;               /* bench: --reps */
 } cli_flags_t;
-/* \return 0, or 2 after printing the error (usage error). */
+/* \return 0; 1 after printing the usage for --help (exit 0); or 2 after
+ * printing the error (usage error). */
 int cpdl_cli_options(int argc, char **argv, cpdl_config_t *cfg, cli_flags_t *flags,
                      const char *usage);
 

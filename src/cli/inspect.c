@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,20 @@ static int inspect_batches(cpdl_source_t *src, const char *uri, int json) {
   return 0;
 }
 
+/* A non-negative decimal count, nothing else. */
+static int parse_count(const char *option, const char *text, int64_t *out) {
+  char *end = NULL;
+  errno = 0;
+  long long v = text ? strtoll(text, &end, 10) : 0;
+  if (!text || !*text || *end || errno || v < 0 || !(*text >= '0' && *text <= '9')) {
+    fprintf(stderr, "cpdl inspect: %s needs a non-negative integer, got '%s'\n", option,
+            text ? text : "");
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
 int cpdl_cli_inspect(int argc, char **argv) {
   const char *uri = NULL;
   int json = 0;
@@ -88,10 +103,14 @@ int cpdl_cli_inspect(int argc, char **argv) {
   for (int a = 1; a < argc; a++) {
     if (strcmp(argv[a], "--json") == 0)
       json = 1;
-    else if (strcmp(argv[a], "--limit") == 0 && a + 1 < argc)
-      limit = strtoll(argv[++a], NULL, 10);
-    else if (strcmp(argv[a], "--show") == 0 && a + 1 < argc)
-      show = strtoll(argv[++a], NULL, 10);
+    else if (strcmp(argv[a], "--limit") == 0 || strcmp(argv[a], "--show") == 0) {
+      int64_t *dst = argv[a][2] == 'l' ? &limit : &show;
+      if (a + 1 >= argc || parse_count(argv[a], argv[a + 1], dst)) {
+        usage(stderr);
+        return 2;
+      }
+      a++;
+    }
     else if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) {
       usage(stdout);
       return 0;

@@ -1,6 +1,11 @@
 /* run.c — `cpdl run` under mpirun: every rank takes its view of every step,
  * reads it (a checksum, as a trainer would touch it), optionally dumps it,
- * releases it; rank 0 shows progress and prints a one-line JSON summary.
+ * releases it; rank 0 shows progress and prints a one-line JSON summary:
+ * steps (every rank's count; the run fails if they differ), the data's
+ * seq_len and batch, tokens_per_s_per_rank (the mean of the ranks' rates of
+ * the tokens in their views), tokens_per_s_slowest_rank (the lowest),
+ * tokens_per_s_per_node (the ranks' rates summed, divided by the nodes, so
+ * at most np x per_rank).
  * Errors are printed once per rank that sees them, prefixed with the rank. */
 #include "cli.h"
 #include "internal.h"
@@ -16,7 +21,10 @@ static const char usage[] =
     "usage: mpirun -np N cpdl run [options]\n"
     "  --cp N --tp N            context- and tensor-parallel sizes (dp = N / (cp*tp))\n"
     "  --seq-len S --batch B    tokens per row (suffix K/M) and rows per step\n"
-    "  --steps N --slots N      steps to deliver (0: until the source ends), ring depth\n"
+    "  --steps N --slots N      steps to deliver (0: until --epochs passes end), ring depth\n"
+    "  --epochs N               end after N passes over the data (default 1 when --steps 0);\n"
+    "                           every replica ends on the same step; with --steps too, the\n"
+    "                           earlier end wins\n"
     "  --mode M                 contiguous | round_robin | aux_only\n"
     "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
@@ -162,9 +170,10 @@ int cpdl_cli_run(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   cpdl_config_t cfg;
   cli_flags_t flags;
-  if (cpdl_cli_options(argc, argv, &cfg, &flags, usage)) {
+  int opt_rc = cpdl_cli_options(argc, argv, &cfg, &flags, usage);
+  if (opt_rc) {
     MPI_Finalize();
-    return 2;
+    return opt_rc == 1 ? 0 : 2; /* 1: --help */
   }
 
   cpdl_loader_t *loader = NULL;
@@ -274,6 +283,21 @@ int cpdl_cli_run(int argc, char **argv) {
       report_error(rank, "save-state", rc);
   }
 
+  /* Every replica delivers the same steps (the loader's end); say so only
+   * if it is true. */
+  unsigned long long mine = delivered, fewest = 0, most = 0;
+  MPI_Allreduce(&mine, &fewest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(&mine, &most, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+  if (fewest != most && !run_rc) {
+    fprintf(stderr, "cpdl run: rank %d: ranks delivered between %llu and %llu steps (this rank "
+            "%llu); every rank must get the same number\n", rank, fewest, most, mine);
+    run_rc = CPDL_ESTATE;
+  }
+  /* The data's rows per step and tokens per row (a pre-collated source's
+   * own, not the configuration's). */
+  int64_t data_seq_len = cfg.seq_len, data_batch = cfg.batch;
+  cpdl__loader_data_shape(loader, &data_batch, &data_seq_len);
+
   double p50, p99;
   cli_percentiles(lat, n_lat, &p50, &p99);
   double rate = elapsed > 0 ? tokens / elapsed : 0;
@@ -300,12 +324,14 @@ int cpdl_cli_run(int argc, char **argv) {
   if (rank == 0 && !any_rc) {
     printf("{\"steps\": %llu, \"np\": %d, \"dp\": %d, \"cp\": %d, \"tp\": %d, \"seq_len\": %lld, "
            "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
-           "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_per_node\": %.0f, "
+           "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_slowest_rank\": %.0f, "
+           "\"tokens_per_s_per_node\": %.0f, "
            "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"segment_bytes\": %zu, "
            "\"elapsed_s\": %.3f, \"checksum\": %llu%s%s}\n",
            (unsigned long long)delivered, me.world_size, me.dp_size, me.cp_size, me.tp_size,
-           (long long)cfg.seq_len, cfg.batch, cpdl_mode_name(cfg.mode), cfg.slots, cfg.threads,
-           min_rate, n_nodes ? sum_rate / n_nodes : 0, worst_p50, worst_p99, seg, elapsed,
+           (long long)data_seq_len, (int)data_batch, cpdl_mode_name(cfg.mode), cfg.slots, cfg.threads,
+           sum_rate / me.world_size, min_rate, n_nodes ? sum_rate / n_nodes : 0, worst_p50,
+           worst_p99, seg, elapsed,
            (unsigned long long)checksum, binding ? ", \"binding\": " : "", binding ? binding : "");
     fflush(stdout);
   }

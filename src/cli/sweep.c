@@ -12,6 +12,11 @@ int cpdl_cli_sweep(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--remove") == 0) {
       remove = true;
+    } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      printf("usage: cpdl sweep [--remove]\n"
+             "  lists leftover cpdl segments in /dev/shm whose creator process is gone;\n"
+             "  --remove deletes them\n");
+      return 0;
     } else {
       fprintf(stderr, "usage: cpdl sweep [--remove]\n");
       return 2;
