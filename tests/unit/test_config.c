@@ -142,6 +142,9 @@ static void test_bad_values(void **state) {
       {"position_ids", "sometimes", "restart, continuous, 0 or 1"},
       {"loss_on_eot", "2", "expected 0 or 1"},
       {"threads", "0", "out of range"},
+      {"threads", "17", "out of range (expected 1 .. 16)"}, /* CPDL__MAX_THREADS, as open */
+      {"slots", "1025", "out of range (expected 2 .. 1024)"}, /* the ring's slots */
+      {"epochs", "-1", "out of range"},
       {"pin", "cores:", "cores:<list>"},
       {"pin", "cores:3-1", "cores:<list>"},
       {"pin", "everywhere", "cores:<list>"},
@@ -256,7 +259,7 @@ static void test_format_round_trip(void **state) {
                                            "slots=9 mode=aux_only seed=99 collate=pad "
                                            "padding_token_id=-5 position_ids=1 loss_on_eot=0 "
                                            "drop_last=0 threads=3 pin=cores:1,2,5-7 "
-                                           "timeout_ms=10"),
+                                           "timeout_ms=10 epochs=3"),
                    0);
   assert_int_equal(cpdl_config_set(&cfg, "source", "npy:/a dir/with \"quotes\"\\,cp=3"), 0);
 
@@ -267,6 +270,7 @@ static void test_format_round_trip(void **state) {
   assert_true(strncmp(text, "cp=4 tp=2 order=tp,cp,dp seq_len=1048576 ", 41) == 0);
   assert_contains(text, "position_ids=continuous");
   assert_contains(text, "timeout_ms=10");
+  assert_contains(text, "epochs=3");
 
   cpdl_config_init(&back);
   assert_int_equal(cpdl_config_parse(&back, text), 0);

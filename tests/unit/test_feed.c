@@ -277,8 +277,10 @@ static void write_npy(const char *path, int64_t base) {
   fclose(f);
 }
 
-/* Pre-collated batches pass through unchanged; replica r of dp reads
- * batches r, r + dp, …; CPDL_EEOF after its last; resume by cursor. */
+/* Pre-collated batches pass through unchanged. Every replica gets the same
+ * number of steps per pass: 5 batches, dp 2 → 2 each (drop_last=1: batch 4
+ * is not read) or 3 each (drop_last=0: replica 1's third step wraps to batch
+ * 0); passes roll over; resume by cursor. */
 static void test_npy_batches(void **state) {
   (void)state;
   char dir[] = "/tmp/cpdl-test-feed-XXXXXX";
@@ -294,41 +296,55 @@ static void test_npy_batches(void **state) {
   }
   char uri[300];
   snprintf(uri, sizeof uri, "npy:%s", dir);
-  cpdl_config_t cfg = config("pack", uri);
-  for (int dp_rank = 0; dp_rank < 2; dp_rank++) {
-    cpdl__feed_t *f = NULL;
-    int rc = cpdl__feed_open(&cfg, dp_rank, 2, &f);
-    if (rc == CPDL_EPLUGIN) {
-      print_message("SKIP: the npy plugin is not available (%s)\n", cpdl_last_error());
-      skip();
-    }
-    assert_int_equal(rc, 0);
-    uint64_t cursor[CPDL__CURSOR_WORDS];
-    int got = 0;
-    for (int64_t batch = dp_rank; batch < 5; batch += 2, got++) {
-      if (got == 1)
-        cpdl__feed_cursor(f, cursor);
-      cpdl_tensor_t fl[CPDL_MAX_FIELDS];
-      int nf = 0;
-      assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
-      assert_int_equal(nf, 2);
-      for (int i = 0; i < nf; i++) {
-        int64_t base = 100 * batch + (strcmp(fl[i].name, "labels") == 0);
-        assert_int_equal(fl[i].dtype, CPDL_DTYPE_INT64);
-        assert_int_equal(fl[i].shape[1], 4);
-        assert_int_equal(((const int64_t *)fl[i].data)[3], base + 3);
+  for (int drop_last = 1; drop_last >= 0; drop_last--) {
+    cpdl_config_t cfg = config("pack", uri);
+    cfg.drop_last = drop_last;
+    const int64_t want[2][2][3] = {{{0, 2, 0}, {1, 3, 1}}, {{0, 2, 4}, {1, 3, 0}}};
+    const int per_pass = drop_last ? 2 : 3;
+    for (int dp_rank = 0; dp_rank < 2; dp_rank++) {
+      cpdl__feed_t *f = NULL;
+      int rc = cpdl__feed_open(&cfg, dp_rank, 2, &f);
+      if (rc == CPDL_EPLUGIN) {
+        print_message("SKIP: the npy plugin is not available (%s)\n", cpdl_last_error());
+        skip();
       }
+      assert_int_equal(rc, 0);
+      uint64_t steps = 0;
+      assert_int_equal(cpdl__feed_steps(f, 1, UINT64_MAX, &steps), 0);
+      assert_int_equal(steps, per_pass);
+      assert_int_equal(cpdl__feed_steps(f, 3, UINT64_MAX, &steps), 0);
+      assert_int_equal(steps, 3 * per_pass);
+      uint64_t cursor[CPDL__CURSOR_WORDS];
+      for (int s = 0; s < 3; s++) {
+        if (s == 1)
+          cpdl__feed_cursor(f, cursor);
+        cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+        int nf = 0;
+        assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+        assert_int_equal(nf, 2);
+        int64_t batch = want[!drop_last][dp_rank][s];
+        for (int i = 0; i < nf; i++) {
+          int64_t base = 100 * batch + (strcmp(fl[i].name, "labels") == 0);
+          assert_int_equal(fl[i].dtype, CPDL_DTYPE_INT64);
+          assert_int_equal(fl[i].shape[1], 4);
+          assert_int_equal(((const int64_t *)fl[i].data)[3], base + 3);
+        }
+      }
+      /* resume after the first batch */
+      cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+      int nf;
+      assert_int_equal(cpdl__feed_seek(f, cursor), 0);
+      assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+      assert_int_equal(((const int64_t *)fl[0].data)[0], 100 * want[!drop_last][dp_rank][1]);
+      cpdl__feed_close(f);
     }
-    assert_int_equal(got, dp_rank == 0 ? 3 : 2);
-    cpdl_tensor_t fl[CPDL_MAX_FIELDS];
-    int nf;
-    assert_int_equal(cpdl__feed_next(f, fl, &nf), CPDL_EEOF);
-    /* resume after the first batch */
-    assert_int_equal(cpdl__feed_seek(f, cursor), 0);
-    assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
-    assert_int_equal(((const int64_t *)fl[0].data)[0], 100 * (dp_rank + 2));
-    cpdl__feed_close(f);
   }
+  /* Fewer batches than replicas with drop_last=1: an error, not a replica
+   * without data. */
+  cpdl_config_t cfg = config("pack", uri);
+  cpdl__feed_t *f = NULL;
+  assert_int_equal(cpdl__feed_open(&cfg, 0, 6, &f), CPDL_ESOURCE);
+  assert_non_null(strstr(cpdl_last_error(), "drop_last=0"));
   for (int step = 0; step < 5; step++) {
     snprintf(path, sizeof path, "%s/step%04d/input_ids.npy", dir, step);
     unlink(path);

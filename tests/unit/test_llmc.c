@@ -155,6 +155,11 @@ static void test_corrupt(void **state) {
   uint16_t t[4] = {50256, 1, 2, 3};
   write_shard("magic.bin", 12345, 1, 4, t, 2, 4);
   expect_corrupt("magic.bin", CPDL_ECORRUPT, "offset 0: bad magic 12345", "20240520");
+  /* an EOT id that uint16 tokens cannot hold would make the shard one document */
+  write_shard("eot.bin", 20240520, 1, 4, t, 2, 4);
+  char eot_uri[300];
+  snprintf(eot_uri, sizeof eot_uri, "llmc:%s/eot.bin?eot=70000", dir);
+  expect_open_error(eot_uri, CPDL_EARG, "eot=70000", "uint16", NULL);
   write_shard("version.bin", 20240520, 7, 4, t, 2, 4);
   expect_corrupt("version.bin", CPDL_ECORRUPT, "offset 4: version 7", "expected version 1");
   write_shard("version32.bin", 20240801, 1, 2, t, 4, 2);

@@ -185,9 +185,45 @@ static void test_step_mismatch(void **state) {
   cpdl__source_close(src);
 }
 
+/* Step directories are read in the order of the number ending their names
+ * (as `cpdl run --dump` writes step0 … step11), not in text order. */
+static void test_step_order(void **state) {
+  (void)state;
+  const char *dict = "{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), }";
+  for (int64_t k = 0; k < 12; k++) {
+    char sub[32];
+    snprintf(sub, sizeof sub, "o/step%lld", (long long)k);
+    write_npy(sub, "input_ids.npy", 1, dict, &k, sizeof k);
+  }
+  char uri[256];
+  snprintf(uri, sizeof uri, "npy:%s/o", dir);
+  cpdl__source_t *src = open_ok(uri);
+  assert_int_equal(cpdl__source_batch_count(src), 12);
+  for (int64_t k = 0; k < 12; k++) {
+    cpdl_tensor_t t[CPDL_MAX_FIELDS];
+    int n = 0;
+    assert_int_equal(cpdl__source_read_batch(src, k, t, &n), 0);
+    assert_int_equal(((const int64_t *)t[0].data)[0], k);
+  }
+  cpdl__source_close(src);
+
+  /* Leading zeros do not matter; the same number twice is an error. */
+  int64_t v = 0;
+  write_npy("dup/step1", "input_ids.npy", 1, dict, &v, sizeof v);
+  write_npy("dup/step01", "input_ids.npy", 1, dict, &v, sizeof v);
+  expect_open("dup", CPDL_EARG, "same step number 1", "step01");
+  /* A directory whose name does not end in a number is named. */
+  write_npy("nonum/step0", "input_ids.npy", 1, dict, &v, sizeof v);
+  write_npy("nonum/extra", "input_ids.npy", 1, dict, &v, sizeof v);
+  expect_open("nonum", CPDL_EARG, "nonum/extra", "must end in its step number");
+  /* An empty path says what is expected. */
+  expect_open_error("npy:", CPDL_EARG, "no directory given", "npy:/path", NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_read_steps),
+    cmocka_unit_test(test_step_order),
     cmocka_unit_test(test_bad_headers),
     cmocka_unit_test(test_step_mismatch),
   };

@@ -139,6 +139,10 @@ static void test_uri_errors(void **state) {
   expect_open_error("parquet:/data/x", CPDL_EPLUGIN, "unknown data source scheme 'parquet'",
                     "cpdl-parquet.so", "synthetic");
   assert_msg_contains("CPDL_PLUGIN_PATH");
+  /* a key given twice is ambiguous: refused, naming it */
+  expect_open_error("synthetic:?seed=1&seed=2", CPDL_EARG, "query key 'seed'", "more than once",
+                    NULL);
+  expect_open_error("synthetic:?vocab=9&samples=3&vocab", CPDL_EARG, "'vocab'", NULL, NULL);
 }
 
 static void test_public_api(void **state) {
