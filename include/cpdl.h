@@ -361,6 +361,9 @@ typedef struct cpdl_source cpdl_source_t;
 /** Open a data source from a URI "scheme:path?key=value&key=value", e.g.
  *  "synthetic:?seed=1&vocab=1000", "llmc:/data/fineweb_train_*.bin",
  *  "megatron:/data/corpus_text_document?unit=sequence", "npy:/data/batches".
+ *  A query key may appear once. npy: batch k is the step directory with the
+ *  k-th smallest number ending its name (step0, step1, ..., step10; leading
+ *  zeros ignored; a name without a number, or a number twice, is CPDL_EARG).
  *  The plugin cpdl-<scheme>.so is searched in $CPDL_PLUGIN_PATH (colon-
  *  separated), then the install and build plugin directories.
  *  \return 0; CPDL_EPLUGIN (unknown scheme — the message lists the known
