@@ -301,11 +301,12 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   if (rc)
     return rc;
   /* Every replica ends on the same step: the smallest leader's end (the
-   * others hold UINT64_MAX or their steps=). */
+   * others hold UINT64_MAX or their steps=). Without epochs that is steps=
+   * on every rank (the configuration is agreed): nothing to exchange. */
   uint64_t end = L->end_step;
-  rc = cpdl__coll_allreduce(&end, &L->end_step, 1, MPI_UINT64_T, MPI_MIN, L->mesh.comm,
-                            "open (the run's end step)");
-  if (rc)
+  if (cpdl__config_epochs(&L->cfg) &&
+      (rc = cpdl__coll_allreduce(&end, &L->end_step, 1, MPI_UINT64_T, MPI_MIN, L->mesh.comm,
+                                 "open (the run's end step)")))
     return rc;
   if (L->end_step == 0)
     return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) of the smallest replica "
