@@ -5,12 +5,12 @@
  *  - Only the group's leader writes data; it writes a slot only after every
  *    consumer released it (ring) and publishes it only when complete.
  *  - Loader threads never call MPI; every collective happens on the caller's
- *    thread in open/restore/close, each one followed by cpdl__agree() so all
+ *    thread in open/save/restore/close, each one followed by cpdl__agree() so all
  *    ranks return the same result.
  *  - After a peer died (CPDL_EPEER) the loader is "failed": close then cleans
  *    up locally without collectives, since a collective would hang.
  *  - The host's pids are exchanged right after the mesh exists; from then on
- *    every collective of open/restore/close runs watched (coll.c), so a rank
+ *    every collective of open/save/restore/close runs watched (coll.c), so a rank
  *    of this host dying inside them gives CPDL_EPEER, never a hang. A failed
  *    open frees everything locally; a living leader unlinks its segment.
  */
