@@ -202,7 +202,10 @@ class Device:
         stats = getattr(torch.cuda, "host_memory_stats", None)
         if not self.cuda or stats is None:
             return None
-        s = stats()
+        try:
+            s = stats()
+        except RuntimeError:
+            return None
         for key in ("reserved_bytes.current", "allocated_bytes.current",
                     "reserved_bytes.all.current", "allocated_bytes.all.current"):
             if key in s:
@@ -362,6 +365,9 @@ def main():
         ap.error("--data is required")
 
     mpi = Mpi()
+    # One intra-op thread per rank, as torchrun sets OMP_NUM_THREADS=1 for
+    # several processes per node (DataLoader workers use one already).
+    torch.set_num_threads(1)
     local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", mpi.rank))
     dev = Device(args.dry, local)
     host = socket.gethostname().split(".")[0]
