@@ -31,7 +31,7 @@ def main():
     lengths = []
     total = 0
     while total < need:
-        n = np.maximum(1, rng.exponential(2048, 4096).astype(np.int64))
+        n = np.maximum(1, rng.exponential(2048, 256).astype(np.int64))
         lengths.extend(n.tolist())
         total += int(n.sum())
     lengths = np.array(lengths, np.int64)
