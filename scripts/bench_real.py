@@ -13,7 +13,8 @@ scripts/profile-gpu on GPU nodes). Two ways, on the same Megatron .idx/.bin:
   cpdl  cpdl.Loader over the same file (pin=True where CUDA exists): next(),
         this rank's prepared slice to the device.
 Per step: data (the critical path: wall clock, after a device synchronize on
-GPU, plus the CUDA-event time of the same span), then a compute stand-in
+GPU, plus the CUDA-event time of the same span; get_p50 is its first part,
+next() of the DataLoader or the Loader), then a compute stand-in
 (sleep --compute-ms; it lets workers and cpdl's loader prefetch).
 Owns the measurements, over a window of --steps steps after --warmup:
   * data p50/p99 (slowest rank), group steps/s;
@@ -260,7 +261,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
         loader = cpdl.Loader(cfg, pin=dev.cuda)
         itemsize = read_megatron_index(args.data)[0].itemsize
         touched_per_step = args.batch * (seq_len + 1) * itemsize  # once per node
-    data_t, event_t = [], []
+    data_t, event_t, get_t = [], [], []
     pinned = None
     try:
         for i in range(total):
@@ -273,15 +274,18 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             e0 = dev.start()
             if way == "real":
                 batch = next(it)
+                tg = time.perf_counter()
                 batch = {k: v.to(dev.dev, non_blocking=True) for k, v in batch.items()}
                 _, mine = make_contiguous_shard_cp_batch_and_ctx(mesh, None, batch)
             else:
                 b = next(loader)
+                tg = time.perf_counter()
                 mine = {k: v.to(dev.dev, non_blocking=True) for k, v in b.torch().items()}
             ev = dev.finish(e0)
             t1 = time.perf_counter()
             if i >= args.warmup:
                 data_t.append(t1 - t0)
+                get_t.append(tg - t0)
                 if ev is not None:
                     event_t.append(ev / 1e3)
             if args.compute_ms > 0:
@@ -303,7 +307,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
     mine_row = [pct(data_t, 0.5), pct(data_t, 0.99),
                 pct(event_t, 0.5) if event_t else -1, args.steps / elapsed,
                 d[0], s1[1] - base_pss, s1[1], case_read / total,
-                -1 if pinned is None else pinned, len(pids) - 1]
+                -1 if pinned is None else pinned, len(pids) - 1, pct(get_t, 0.5)]
     g = mpi.gather(mine_row)
     if me != 0:
         return None
@@ -311,6 +315,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             "batch": args.batch, "steps": args.steps, "compute_ms": args.compute_ms,
             "data_p50_us": g[:, 0].max() * 1e6, "data_p99_us": g[:, 1].max() * 1e6,
             "data_event_p50_us": (g[:, 2].max() * 1e6) if dev.cuda else None,
+            "get_p50_us": g[:, 10].max() * 1e6,
             "group_steps_per_s": g[:, 3].min(),
             "node_cpu_s_per_step": g[:, 4].sum() / args.steps,
             "node_data_pss_bytes": int(g[:, 5].sum()), "node_pss_bytes": int(g[:, 6].sum()),
@@ -323,16 +328,18 @@ def run_case(args, mpi, dev, way, seq_len, workers):
 # ---- the table ------------------------------------------------------------------------
 
 def table(rows):
-    head = ("| S | cp | way | workers | data p50 µs | data p99 µs | steps/s | node CPU ms/step |"
-            " node data PSS MiB | pinned MiB | touched MiB/step | read_bytes MiB/step |")
+    head = ("| S | cp | way | workers | data p50 µs (next() part) | data p99 µs | steps/s |"
+            " node CPU ms/step | node data PSS MiB | pinned MiB | touched MiB/step |"
+            " read_bytes MiB/step |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         s = r["seq_len"]
         pinned = r.get("node_pinned_bytes")
-        lines.append("| %s | %d | %s | %s | %.1f | %.1f | %.2f | %.1f | %.1f | %s | %.1f | %.1f |" % (
+        lines.append("| %s | %d | %s | %s | %.1f (%.1f) | %.1f | %.2f | %.1f | %.1f | %s | %.1f | %.1f |" % (
             "%dK" % (s >> 10) if s < 1 << 20 else "%dM" % (s >> 20), r["cp"],
             "**cpdl**" if r["way"] == "cpdl" else r["way"],
-            r["workers"] if r["way"] == "real" else "–", r["data_p50_us"], r["data_p99_us"],
+            r["workers"] if r["way"] == "real" else "–", r["data_p50_us"],
+            r.get("get_p50_us", float("nan")), r["data_p99_us"],
             r["group_steps_per_s"], r["node_cpu_s_per_step"] * 1e3,
             r["node_data_pss_bytes"] / 2**20, "–" if pinned is None else "%.1f" % (pinned / 2**20),
             r["touched_bytes_per_step"] / 2**20, r["node_read_bytes_per_step"] / 2**20))
