@@ -510,7 +510,8 @@ MPI_Comm cpdl__loader_comm(const cpdl_loader_t *L) { return L->mesh.comm; }
 #define STATE_VERSION 1
 
 /* What decides the stream of batches (not steps, slots, threads, pin or
- * timeouts, which may change between a run and its resumption). */
+ * timeouts, which may change between a run and its resumption; nor the dp
+ * size for a global-order source, whose state is the samples consumed). */
 static uint64_t stream_hash(const cpdl_loader_t *L) {
   const cpdl_config_t *c = &L->cfg;
   char text[1024];
@@ -518,7 +519,9 @@ static uint64_t stream_hash(const cpdl_loader_t *L) {
                    "cp=%d tp=%d dp=%d order=%s seq_len=%lld batch=%d mode=%d seed=%llu "
                    "source=%s collate=%s padding_token_id=%lld position_ids=%d loss_on_eot=%d "
                    "drop_last=%d",
-                   c->cp, c->tp, L->mesh.me.dp_size, c->order, (long long)c->seq_len, c->batch,
+                   c->cp, c->tp,
+                   /* gpt: resumes by samples consumed, whatever the dp size */
+                   cpdl__feed_global_order(c) ? 0 : L->mesh.me.dp_size, c->order, (long long)c->seq_len, c->batch,
                    (int)c->mode, (unsigned long long)c->seed, c->source, c->collate,
                    (long long)c->padding_token_id, c->position_ids, c->loss_on_eot, c->drop_last);
   uint64_t h = 1469598103934665603ull; /* FNV-1a 64 */
