@@ -12,7 +12,8 @@
  * Global-order sources (gpt:, Megatron's GPTDataset) bypass sampler and
  * collate: step k, replica r, row b is sample base + ((k - k0)*dp + r)*batch + b
  * (Megatron's pretraining sampler after a resume at step k0 with `base`
- * samples consumed); the cursor is [0] samples consumed before the next step
+ * samples consumed; the URI's consumed_samples= sets it at step 0); the
+ * cursor is [0] samples consumed before the next step
  * (the same on every replica, whatever dp is), [3] steps. The stream ends at
  * the last full global batch (CPDL_EEOF).
  */
@@ -46,8 +47,35 @@ bool cpdl__feed_global_order(const cpdl_config_t *cfg) {
   return strncmp(cfg->source, "gpt:", 4) == 0;
 }
 
+/* The value of `key` in the query of uri as an unsigned integer; 0 if absent. */
+static int uri_u64(const char *uri, const char *key, uint64_t *out) {
+  *out = 0;
+  const char *q = strchr(uri, '?');
+  size_t klen = strlen(key);
+  while (q) {
+    q++;
+    if (strncmp(q, key, klen) == 0 && q[klen] == '=') {
+      char *end;
+      errno = 0;
+      unsigned long long v = strtoull(q + klen + 1, &end, 10);
+      if (errno || end == q + klen + 1 || (*end && *end != '&') || q[klen + 1] == '-')
+        return cpdl__error(CPDL_EARG, "feed: %s= in \"%.200s\" is not a non-negative integer",
+                           key, uri);
+      *out = v;
+      return 0;
+    }
+    q = strchr(q, '&');
+  }
+  return 0;
+}
+
 static int global_open(cpdl__feed_t *feed, const cpdl_config_t *cfg, bool double_buffer) {
   feed->global = true;
+  /* consumed_samples=C: start where a Megatron run left off (its
+   * consumed_samples); a resume state replaces it (cpdl__feed_seek). */
+  int rc = uri_u64(cfg->source, "consumed_samples", &feed->base);
+  if (rc)
+    return rc;
   feed->batch = cfg->batch;
   feed->seq_len = cfg->seq_len;
   feed->n_global = cpdl__source_count(feed->source);

@@ -269,7 +269,8 @@ static int gpt_open(const cpdl_source_host_t *host, const char *path, const char
                     void **state, char *err, size_t errlen) {
   static const char *const known[] = {"num_samples", "split", "split_index", "eod", "pad",
                                       "mid_level_dataset_surplus", "reset_position_ids",
-                                      "eod_mask_loss", "add_extra_token", "seq_len", "seed", NULL};
+                                      "eod_mask_loss", "add_extra_token", "seq_len", "seed",
+                                      "consumed_samples" /* the loader's */, NULL};
   int rc = host->query_check(query, known, err, errlen);
   if (rc)
     return rc;
@@ -395,6 +396,11 @@ static int gpt_open(const cpdl_source_host_t *host, const char *path, const char
         if (size > num_samples)
           size = num_samples;
       }
+    }
+    if (!rc && size < 1) {
+      snprintf(err, errlen, "gpt: the datasets of the blend hold no sample of seq_len=%" PRId64
+               " in their %s split", g->seq_len, split_names[split_index]);
+      rc = CPDL_SOURCE_EARG;
     }
     if (!rc)
       rc = gpt_blend_build(&g->blend, bw, g->n, size, err, errlen);

@@ -147,7 +147,7 @@ int gpt_mid_build(gpt_mid_t *m, const uint8_t *lengths, int64_t beg, int64_t end
   if (!m->doc_index || !m->ckpt || (!m->shuffle32 && !m->shuffle64)) {
     gpt_mid_free(m);
     snprintf(err, errlen, "out of memory for the indices of %" PRId64 " documents and %" PRId64
-             " samples", n * epochs, (int64_t)0);
+             " samples", n * epochs, (epochs * tpe - extra) / seq_len);
     return -ENOMEM;
   }
 

@@ -56,10 +56,11 @@ class _Handle:
 class Source:
     """A data source opened from a URI ("synthetic:?seed=1", "llmc:/data/x.bin",
     "megatron:/data/corpus_text_document", "gpt:0.3,/data/a,0.7,/data/b?num_samples=K",
-    ...); seq_len= and seed= are added to the URI's query when it lacks them. len() is the sample count;
-    source[i] is sample i's tokens as a read-only 1-D numpy array (uint16,
-    uint32 or int64 as the file stores them): a zero-copy view of the mapped
-    file for llmc and megatron, a copy otherwise. Views stay valid after
+    ...); seq_len= and seed= are added to the URI's query when it lacks them.
+    len() is the sample count; source[i] is sample i's tokens as a read-only
+    1-D numpy array (uint16, uint32 or int64 as the file stores them; gpt:
+    gives Megatron's seq_len + 1 int64 tokens): a zero-copy view of the
+    mapped file for llmc and megatron, a copy otherwise. Views stay valid after
     close(): the mapping lives until the last view is gone.
     Pre-collated sources (npy) have no token samples: indexing raises."""
 

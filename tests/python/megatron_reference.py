@@ -41,7 +41,7 @@ class Indexed:
     """IndexedDataset, sequences only: sequence_lengths and get()."""
 
     def __init__(self, prefix):
-        raw = np.fromfile(prefix + ".idx", dtype=np.uint8)
+        raw = np.memmap(prefix + ".idx", dtype=np.uint8, mode="r")  # as Megatron
         assert raw[:9].tobytes() == b"MMIDIDX\x00\x00"
         self.dtype = np.dtype(DTYPES[int(raw[17])])
         n = int(raw[18:26].view("<u8")[0])

@@ -5,7 +5,8 @@ pretraining sampler gives it (step k, replica r, row b: sample
 labels, loss_mask and position_ids by megatron_reference.row() (Megatron's
 GPTDataset.__getitem__), and each rank's view is tests/python/reference.py's
 CP contract applied to them. Then resume across a dp change: 3 steps at dp=2,
---save-state, --resume at dp=1 (and back): the samples continue exactly.
+--save-state, --resume at dp=1 (and back): the samples continue exactly;
+consumed_samples=C (switching from Megatron) starts at sample C.
 """
 import json
 import os
@@ -41,11 +42,11 @@ URI = make_uri()
 SOURCE = cpdl.Source(URI, seq_len=S, seed=SEED)
 
 
-def cpdl_run(np_, args):
+def cpdl_run(np_, args, uri=URI):
     env = dict(os.environ)
     env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json", "--source", URI, "--seq-len", str(S), "--batch", str(B),
+           "--quiet", "--json", "--source", uri, "--seq-len", str(S), "--batch", str(B),
            "--seed", str(SEED)] + args
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        timeout=120)
@@ -118,6 +119,19 @@ def test_resume_other_dp():
                         base=3 * dp_a * B, first_step=3)
 
 
+def test_consumed_samples():
+    # switching from Megatron mid-run: consumed_samples=C starts step 0 at sample C
+    d = os.path.join(TMP, "consumed")
+    p = cpdl_run(2, ["--steps", "3", "--dump", d, "--dump-collated", d],
+                 uri=URI + "&consumed_samples=10")
+    report(p.returncode == 0, "consumed_samples run", p.stderr[-1000:])
+    if p.returncode == 0:
+        check_steps(d, "consumed_samples=10", base=10)
+    p = cpdl_run(1, ["--steps", "1"], uri=URI + "&consumed_samples=-1")
+    report(p.returncode != 0 and "consumed_samples" in p.stderr, "consumed_samples=-1: clear error",
+           p.stderr[-500:])
+
+
 def test_end_of_samples():
     # the stream ends at the last full global batch, as Megatron's sampler
     n = len(SOURCE)
@@ -129,4 +143,4 @@ def test_end_of_samples():
 
 
 if __name__ == "__main__":
-    sys.exit(run([test_meshes, test_resume_other_dp, test_end_of_samples]))
+    sys.exit(run([test_meshes, test_resume_other_dp, test_consumed_samples, test_end_of_samples]))
