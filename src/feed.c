@@ -13,7 +13,7 @@
  * collate: step k, replica r, row b is sample base + ((k - k0)*dp + r)*batch + b
  * (Megatron's pretraining sampler after a resume at step k0 with `base`
  * samples consumed; the URI's consumed_samples= sets it at step 0); the
- * cursor is [0] samples consumed before the next step
+ * cursor is [1] (CPDL__CURSOR_CONSUMED) samples consumed before the next step
  * (the same on every replica, whatever dp is), [3] steps. The stream ends at
  * the last full global batch (CPDL_EEOF).
  */
@@ -42,10 +42,6 @@ struct cpdl__feed {
   int64_t *rows[2][3];       /* input_ids, labels, position_ids [batch, seq_len] */
   float *loss_mask[2];
 };
-
-bool cpdl__feed_global_order(const cpdl_config_t *cfg) {
-  return strncmp(cfg->source, "gpt:", 4) == 0;
-}
 
 /* The value of `key` in the query of uri as an unsigned integer; 0 if absent. */
 static int uri_u64(const char *uri, const char *key, uint64_t *out) {
@@ -300,8 +296,8 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
 void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]) {
   memset(words, 0, CPDL__CURSOR_WORDS * sizeof *words);
   if (feed->global) {
-    words[0] = feed->base + (feed->steps - feed->base_step) * (uint64_t)feed->dp_size *
-                                (uint64_t)feed->batch;
+    words[CPDL__CURSOR_CONSUMED] = feed->base + (feed->steps - feed->base_step) *
+                                                    (uint64_t)feed->dp_size * (uint64_t)feed->batch;
   } else if (!feed->batches) {
     uint64_t epoch;
     int64_t position, offset;
@@ -323,12 +319,12 @@ int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]
     return 0;
   }
   if (feed->global) {
-    if (words[1] || words[2] || words[0] > (uint64_t)feed->n_global)
+    if (words[0] || words[2] || words[CPDL__CURSOR_CONSUMED] > (uint64_t)feed->n_global)
       return cpdl__error(CPDL_EARG, "feed: cursor (%llu, %llu, %llu) is not one of a gpt: source "
                          "of %lld samples", (unsigned long long)words[0],
                          (unsigned long long)words[1], (unsigned long long)words[2],
                          (long long)feed->n_global);
-    feed->base = words[0];
+    feed->base = words[CPDL__CURSOR_CONSUMED];
     feed->base_step = feed->steps = words[3];
     return 0;
   }
@@ -354,4 +350,9 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) {
   return !feed->batches && (feed->collate || feed->global) && feed->double_buffer;
+}
+
+bool cpdl__feed_global_order(const cpdl__feed_t *feed) {
+  /* gpt: (CPDL_SOURCE_GLOBAL_ORDER); the sampler's and npy's orders are per replica */
+  return feed && feed->global;
 }
