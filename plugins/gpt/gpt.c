@@ -10,8 +10,9 @@
  * add_extra_token tokens, int64); read_row() gives the loader's row of it as
  * Megatron's GPTDataset.__getitem__ builds tokens, labels, loss_mask and
  * position_ids. Indices are built at open (gpt_index.c); files are mapped.
- * Invariant after open: every sequence of every prefix lies inside its .bin,
- * and every sample's window lies inside the document index's token stream.
+ * Invariant after open: every sample's window lies inside the document
+ * index's token stream; each sequence a read touches is checked against its
+ * .bin then (open reads only the .idx's lengths, as Megatron's build).
  */
 #include "cpdl/plugin.h"
 
@@ -78,7 +79,7 @@ static int low_open(const cpdl_source_host_t *host, gpt_low_t *l, char *err, siz
   if (rc)
     return rc;
   const uint8_t *b = l->idx_map.addr;
-  uint64_t size = l->idx_map.size, bin = l->bin_map.size;
+  uint64_t size = l->idx_map.size;
   if (size < MM_HEADER_BYTES || memcmp(b, "MMIDIDX\0\0", 9) != 0 || rd_i64(b + 9) != 1) {
     snprintf(err, errlen, "gpt: %s.idx: offset 0: not a Megatron MMIDIDX version 1 index",
              l->prefix);
@@ -103,19 +104,9 @@ static int low_open(const cpdl_source_host_t *host, gpt_low_t *l, char *err, siz
   l->n_seqs = (int64_t)n;
   l->lengths = b + MM_HEADER_BYTES;
   l->pointers = l->lengths + 4 * n;
-  for (uint64_t k = 0; k < n; k++) {
-    int32_t ln;
-    memcpy(&ln, l->lengths + 4 * k, 4);
-    int64_t ptr = rd_i64(l->pointers + 8 * k);
-    uint64_t nb = (uint64_t)(ln < 0 ? 0 : ln) * (uint64_t)l->item_bytes;
-    if (ln < 0 || ptr < 0 || (uint64_t)ptr > bin || nb > bin - (uint64_t)ptr ||
-        (uint64_t)ptr % (uint64_t)l->item_bytes) {
-      snprintf(err, errlen, "gpt: %s.idx: sequence %" PRIu64 " (length %d at byte %" PRId64
-               ") does not lie inside %s.bin (%" PRIu64 " bytes) aligned to %d-byte tokens",
-               l->prefix, k, ln, ptr, l->prefix, bin, l->item_bytes);
-      return CPDL_SOURCE_ECORRUPT;
-    }
-  }
+  /* Sequences are checked against the .bin when a sample reads them
+   * (check_sequence), lengths when the split's index is built: opening
+   * touches no more of the .idx than Megatron's build does. */
   return 0;
 }
 
@@ -449,8 +440,22 @@ static int64_t token_at(const gpt_low_t *l, const uint8_t *p) {
   }
 }
 
+/* Sequence seq of l lies inside its .bin, aligned to the token size. */
+static int check_sequence(const gpt_low_t *l, int64_t seq, int64_t len, int64_t ptr, char *err,
+                          size_t errlen) {
+  uint64_t bin = l->bin_map.size, nb = (uint64_t)len * (uint64_t)l->item_bytes;
+  if (ptr < 0 || (uint64_t)ptr > bin || nb > bin - (uint64_t)ptr ||
+      (uint64_t)ptr % (uint64_t)l->item_bytes) {
+    snprintf(err, errlen, "gpt: %s.idx: sequence %" PRId64 " (length %" PRId64 " at byte %" PRId64
+             ") does not lie inside %s.bin (%" PRIu64 " bytes) aligned to %d-byte tokens",
+             l->prefix, seq, len, ptr, l->prefix, bin, l->item_bytes);
+    return CPDL_SOURCE_ECORRUPT;
+  }
+  return 0;
+}
+
 /* Global sample i's window into g->window. */
-static void fill_window(gpt_t *g, int64_t i) {
+static int fill_window(gpt_t *g, int64_t i, char *err, size_t errlen) {
   int d = 0;
   int64_t s = i;
   if (g->blended)
@@ -462,20 +467,24 @@ static void fill_window(gpt_t *g, int64_t i) {
   const uint8_t *bin = l->bin_map.addr;
   while (got < need) {
     int64_t seq = l->mid.doc_index[pos++];
-    int64_t len = gpt_mid_length(&l->mid, seq);
-    const uint8_t *p = bin + rd_i64(l->pointers + 8 * seq) + off * l->item_bytes;
+    int64_t len = gpt_mid_length(&l->mid, seq), ptr = rd_i64(l->pointers + 8 * seq);
+    int rc = check_sequence(l, seq, len, ptr, err, errlen);
+    if (rc)
+      return rc;
+    const uint8_t *p = bin + ptr + off * l->item_bytes;
     for (int64_t t = off; t < len && got < need; t++, p += l->item_bytes)
       g->window[got++] = token_at(l, p);
     off = 0;
   }
+  return 0;
 }
 
 static int gpt_read(void *state, int64_t i, const void **tokens, int64_t *n, int *token_bytes,
                     char *err, size_t errlen) {
   gpt_t *g = state;
-  (void)err;
-  (void)errlen;
-  fill_window(g, i);
+  int rc = fill_window(g, i, err, errlen);
+  if (rc)
+    return rc;
   *tokens = g->window;
   *n = g->seq_len + g->extra;
   *token_bytes = 8;
@@ -491,7 +500,9 @@ static int gpt_read_row(void *state, int64_t i, int64_t width, int64_t *ids, int
              "seq_len=%" PRId64, width, g->seq_len);
     return CPDL_SOURCE_EARG;
   }
-  fill_window(g, i);
+  int rc = fill_window(g, i, err, errlen);
+  if (rc)
+    return rc;
   int64_t S = g->seq_len, *w = g->window;
   for (int64_t t = 0; t < S; t++) {
     ids[t] = w[t];

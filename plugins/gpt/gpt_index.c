@@ -102,8 +102,15 @@ int gpt_mid_build(gpt_mid_t *m, const uint8_t *lengths, int64_t beg, int64_t end
     return -1;
   }
   int64_t tpe = 0;
-  for (int64_t k = beg; k < end; k++)
-    tpe += gpt_mid_length(m, k);
+  for (int64_t k = beg; k < end; k++) {
+    int32_t len = gpt_mid_length(m, k);
+    if (len < 0) {
+      snprintf(err, errlen, "sequence %" PRId64 " has length %d in the .idx (offset %" PRId64
+               "), expected >= 0", k, (int)len, 34 + 4 * k);
+      return -1;
+    }
+    tpe += len;
+  }
   if (tpe < 1) {
     snprintf(err, errlen, "the split's %" PRId64 " sequences hold 0 tokens; Megatron would loop "
              "forever here", n);

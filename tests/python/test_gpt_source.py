@@ -141,6 +141,18 @@ def test_bad_input():
     expect_error("no num_samples", "gpt:" + a, ["num_samples"])
     expect_error("bad split", uri([a], 10, split="1.2.3"), ["split"])
     expect_error("unknown key", uri([a], 10, bogus=1), ["bogus"])
+    # a sequence pointing past the .bin: the read that touches it fails, naming it
+    c = dataset("corrupt", 10, 10, seed=11, min_len=1)
+    raw = bytearray(open(c + ".idx", "rb").read())
+    raw[34 + 4 * 10 + 8 * 3:34 + 4 * 10 + 8 * 4] = (1 << 40).to_bytes(8, "little")
+    open(c + ".idx", "wb").write(bytes(raw))
+    src = cpdl.Source(uri([c], 10, split="1"), seq_len=4, seed=1)
+    try:
+        for i in range(len(src)):
+            src[i]
+        report(False, "corrupt pointer", "every sample read without an error")
+    except cpdl.Error as e:
+        report("sequence 3" in str(e) and "corrupt.bin" in str(e), "corrupt pointer", str(e))
 
 
 if __name__ == "__main__":
