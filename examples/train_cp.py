@@ -284,8 +284,15 @@ def torch_ring_context(args, grid, cp_rank, local_len):
     if int(flag):
         raise SystemExit("train_cp: " + text + "; refusing to train on a wrong layout")
 
+    if args.ring_rotate != "default":
+        cpa.set_rotate_method(args.ring_rotate)
+
     def make():
-        return context_parallel(mesh, buffers=[], buffer_seq_dims=[], no_restore_buffers=set())
+        # context_parallel wants at least one buffer to shard; cpdl already sharded
+        # the batch, so it gets a dummy one of 2*cp positions.
+        dummy = torch.zeros(1, 2 * args.cp, device=_DEVICE)
+        return context_parallel(mesh, buffers=[dummy], buffer_seq_dims=[1],
+                                no_restore_buffers={dummy})
     return make, text
 
 
@@ -378,6 +385,10 @@ def main():
                    help="every rank loads the whole batch and keeps its shard")
     p.add_argument("--prefetch", action="store_true",
                    help="cpdl.Loader(device='cuda', prefetch=1)")
+    p.add_argument("--ring-rotate", default="alltoall",
+                   choices=["alltoall", "allgather", "default"],
+                   help="torch-ring: how K/V shards travel (alltoall passes them round the "
+                   "ring; torch's default is allgather)")
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)

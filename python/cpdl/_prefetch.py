@@ -4,12 +4,14 @@ Owns: DeviceBatch (a step's fields as device tensors) and DeviceFeed, which a
 Loader opened with device="cuda" uses for next(): it takes each step's host
 view from the loader, copies the shard from the registered (pinned) segment to
 the device on a side CUDA stream with non_blocking copies, and keeps up to
-`prefetch` further steps in flight.
+`prefetch` further steps ready (a worker thread does the taking and copying,
+so the training step only dequeues).
 Invariants:
   * the C side holds at most one unreleased batch, so a step's slot is given
     back only after its copy has finished (the copy's event, synchronized on
-    the host — by then it is normally long done), and before the next step is
-    acquired;
+    the host by whoever launched it), and before the next step is acquired;
+  * with prefetch >= 1 only the worker thread calls into the C loader until
+    close() has joined it;
   * a DeviceBatch is handed out only after the consumer stream (the current
     stream at next()) waits on its copy's event, and its memory is recorded for
     that stream, so the caching allocator never reuses it under the consumer;
@@ -19,7 +21,8 @@ Why one copy per step: a rank's shard of a slot is one dense block, so the
 fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
 """
-import collections
+import queue
+import threading
 from collections.abc import Mapping
 
 from . import _dlpack, _lib
@@ -112,7 +115,16 @@ class DeviceBatch(Mapping):
 
 class DeviceFeed:
     """The loader's next() for device=cuda. `take` returns the loader's next
-    host Batch (raising StopIteration at the end)."""
+    host Batch (raising StopIteration at the end).
+
+    prefetch=0: next() takes the step, launches its copy, makes the consumer
+    wait for it and keeps the slot until the following next() (the copy must
+    finish first). prefetch=N >= 1: a worker thread takes each step, copies it
+    on the side stream, waits for that copy (off the training step's path),
+    gives the slot back and queues the device batch, at most N ahead of the
+    consumer (plus the one the worker holds while the queue is full); next()
+    only dequeues, so its data wait is a queue get unless the loader is behind.
+    """
 
     def __init__(self, take, device, prefetch):
         import torch
@@ -121,9 +133,15 @@ class DeviceFeed:
         self.device = device
         self.prefetch = prefetch
         self._stream = torch.cuda.Stream(device=device)
-        self._ready = collections.deque()  # (DeviceBatch, event)
-        self._held = None  # (host Batch, event of its copy) not yet released
-        self._exhausted = False
+        self._held = None  # prefetch=0: (host Batch, event of its copy) not yet released
+        self._done = False
+        self._queue = None
+        self._stop = threading.Event()
+        if prefetch:
+            self._queue = queue.Queue(maxsize=prefetch)
+            self._worker = threading.Thread(target=self._work, name="cpdl-prefetch",
+                                            daemon=True)
+            self._worker.start()
 
     def _finish_held(self):
         if self._held is not None:
@@ -144,6 +162,7 @@ class DeviceFeed:
         return (lo, hi) if aligned and hi - lo <= total + 4096 * len(fields) else None
 
     def _launch(self, batch):
+        """Start the copy of `batch` on the side stream: (DeviceBatch, event, buffer)."""
         torch = self._torch
         from torch.utils.dlpack import from_dlpack
         tensors = {}
@@ -175,23 +194,39 @@ class DeviceFeed:
             event.record(self._stream)
         return DeviceBatch(batch.step, batch.mesh, tensors), event, buf
 
-    def next(self):
-        torch = self._torch
-        while len(self._ready) <= self.prefetch and not self._exhausted:
-            self._finish_held()  # one unreleased host batch at a time (the C rule)
+    def _work(self):
+        """Worker (prefetch >= 1): copy each step, release its slot, queue it."""
+        try:
+            self._torch.cuda.set_device(self.device)  # per thread in torch
+            while not self._stop.is_set():
+                try:
+                    batch = self._take()
+                except StopIteration:
+                    break
+                item = self._launch(batch)
+                item[1].synchronize()  # the copy has read the slot
+                batch.release()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+            self._put_end(None)
+        except BaseException as exc:  # noqa: BLE001 — handed to the consumer
+            self._put_end(exc)
+
+    def _put_end(self, exc):
+        while not self._stop.is_set():
             try:
-                batch = self._take()
-            except StopIteration:
-                self._exhausted = True
-                break
-            dbatch, event, buf = self._launch(batch)
-            self._held = (batch, event)
-            self._ready.append((dbatch, event, buf))
-        if not self._ready:
-            self._finish_held()
-            raise StopIteration
-        dbatch, event, buf = self._ready.popleft()
-        consumer = torch.cuda.current_stream(self.device)
+                self._queue.put(("end", exc), timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def _hand_over(self, item):
+        dbatch, event, buf = item
+        consumer = self._torch.cuda.current_stream(self.device)
         consumer.wait_event(event)
         # Memory allocated on the side stream, used on the consumer's.
         for tensor in ([buf] if buf is not None else dbatch._tensors.values()):
@@ -199,9 +234,37 @@ class DeviceFeed:
                 tensor.record_stream(consumer)
         return dbatch
 
+    def next(self):
+        if self._done:
+            raise StopIteration
+        if self._queue is None:
+            self._finish_held()  # one unreleased host batch at a time (the C rule)
+            try:
+                batch = self._take()
+            except StopIteration:
+                self._done = True
+                raise
+            item = self._launch(batch)
+            self._held = (batch, item[1])
+            return self._hand_over(item)
+        item = self._queue.get()
+        if item[0] == "end":
+            self._done = True
+            if item[1] is not None:
+                raise item[1]
+            raise StopIteration
+        return self._hand_over(item)
+
     def close(self):
-        """Wait for every copy in flight and give the held slot back."""
-        for _, event, _ in self._ready:
-            event.synchronize()
-        self._ready.clear()
+        """Stop the worker, wait for every copy in flight, give the held slot back."""
+        if self._queue is not None:
+            self._stop.set()
+            while self._worker.is_alive():
+                try:
+                    self._queue.get(timeout=0.05)  # unblock a put
+                except queue.Empty:
+                    pass
+                self._worker.join(timeout=0.05)
+            self._queue = None
         self._finish_held()
+        self._done = True
