@@ -122,8 +122,10 @@ class DeviceFeed:
     finish first). prefetch=N >= 1: a worker thread takes each step, copies it
     on the side stream, waits for that copy (off the training step's path),
     gives the slot back and queues the device batch, at most N ahead of the
-    consumer (plus the one the worker holds while the queue is full); next()
-    only dequeues, so its data wait is a queue get unless the loader is behind.
+    consumer; next() only dequeues, so its data wait is a queue get unless the
+    loader is behind. The worker starts a step only once next() has returned
+    (a credit per next()), so it does its Python work while the step trains
+    and never holds the GIL that next() is waiting for.
     """
 
     def __init__(self, take, device, prefetch):
@@ -138,7 +140,8 @@ class DeviceFeed:
         self._queue = None
         self._stop = threading.Event()
         if prefetch:
-            self._queue = queue.Queue(maxsize=prefetch)
+            self._queue = queue.Queue()
+            self._credits = threading.Semaphore(prefetch)
             self._worker = threading.Thread(target=self._work, name="cpdl-prefetch",
                                             daemon=True)
             self._worker.start()
@@ -199,6 +202,8 @@ class DeviceFeed:
         try:
             self._torch.cuda.set_device(self.device)  # per thread in torch
             while not self._stop.is_set():
+                if not self._credits.acquire(timeout=0.1):
+                    continue
                 try:
                     batch = self._take()
                 except StopIteration:
@@ -206,23 +211,10 @@ class DeviceFeed:
                 item = self._launch(batch)
                 item[1].synchronize()  # the copy has read the slot
                 batch.release()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-            self._put_end(None)
+                self._queue.put(item)
+            self._queue.put(("end", None))
         except BaseException as exc:  # noqa: BLE001 — handed to the consumer
-            self._put_end(exc)
-
-    def _put_end(self, exc):
-        while not self._stop.is_set():
-            try:
-                self._queue.put(("end", exc), timeout=0.1)
-                return
-            except queue.Full:
-                pass
+            self._queue.put(("end", exc))
 
     def _hand_over(self, item):
         dbatch, event, buf = item
@@ -253,18 +245,15 @@ class DeviceFeed:
             if item[1] is not None:
                 raise item[1]
             raise StopIteration
-        return self._hand_over(item)
+        dbatch = self._hand_over(item)
+        self._credits.release()  # the worker may start the next step now
+        return dbatch
 
     def close(self):
         """Stop the worker, wait for every copy in flight, give the held slot back."""
         if self._queue is not None:
             self._stop.set()
-            while self._worker.is_alive():
-                try:
-                    self._queue.get(timeout=0.05)  # unblock a put
-                except queue.Empty:
-                    pass
-                self._worker.join(timeout=0.05)
+            self._worker.join()  # it finishes the step it is copying, then sees the stop
             self._queue = None
         self._finish_held()
         self._done = True

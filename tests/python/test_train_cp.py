@@ -5,7 +5,10 @@ and compares per-step losses, which include 10 optimizer updates, so the
 gradients' all-reduce over dp x cp is checked too:
   --cp 2 (np 2)            vs --cp 1 (np 1)             contiguous and round_robin
   dp 2 x --cp 2 (np 4)     vs dp 2 x --cp 1 (np 2)      contiguous and round_robin
-within 1e-5 relative. The sequence length is not a multiple of 2 x cp, so the
+within 1e-5 relative. The data is an llm.c shard of documents that repeat
+their first half (a copy task), so a token's loss depends on attention to
+earlier positions, also across shard boundaries: attending in the wrong
+global order moved the loss by 3e-4 .. 2e-3 relative. The sequence length is not a multiple of 2 x cp, so the
 padding (labels -100) is exercised. The references themselves must differ
 (dp 1 vs dp 2 see other global batches) and change over steps, so an
 equality here is not trivial. Also: device="cuda" without CUDA is a clear
@@ -15,6 +18,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+
+import numpy as np
 
 import testutil
 from testutil import report
@@ -23,16 +29,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "examples", "train_cp.py")
 MPIEXEC = sys.argv[1] if len(sys.argv) > 1 else "mpirun"  # CTest passes MPIEXEC_EXECUTABLE
 COMMON = ["--steps", "10", "--seq-len", "250", "--dim", "32", "--heads", "2", "--layers", "2",
-          "--vocab", "256", "--json"]
+          "--vocab", "256", "--lr", "3e-3", "--json"]
+EOT = 50256  # llm.c's (GPT-2) end-of-text, the llmc source's default
+
+
+def write_copy_shard(path, tokens=40000, seed=7):
+    """An llm.c uint16 shard: EOT, r, r for random r of 24..63 tokens in [1, 256)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < tokens:
+        r = rng.integers(1, 256, int(rng.integers(24, 64))).tolist()
+        out += [EOT] + r + r
+    header = np.zeros(256, np.int32)
+    header[:3] = [20240520, 1, len(out)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + np.array(out, np.uint16).tobytes())
 RTOL = 1e-5
 
 
 def train(np_, cp, mode):
     cmd = [MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np", str(np_), sys.executable,
-           SCRIPT, "--cp", str(cp), "--mode", mode] + COMMON
+           SCRIPT, "--cp", str(cp), "--mode", mode, "--source", "llmc:" + SHARD] + COMMON
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                         timeout=120, universal_newlines=True)
+                         timeout=240, universal_newlines=True)
     if run.returncode != 0:
         raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), run.returncode,
                                                          run.stdout, run.stderr))
@@ -89,4 +109,7 @@ def test_device_errors():
 
 
 if __name__ == "__main__":
-    sys.exit(testutil.run([test_device_errors, test_losses]))
+    with tempfile.TemporaryDirectory(prefix="cpdl-train-cp-") as tmp:
+        SHARD = os.path.join(tmp, "copy.bin")
+        write_copy_shard(SHARD)
+        sys.exit(testutil.run([test_device_errors, test_losses]))
