@@ -17,6 +17,8 @@ Invariants:
     that stream, so the caching allocator never reuses it under the consumer;
   * close() waits for every copy in flight before the loader releases its slot
     and unregisters the region.
+Resume: the loader's state_dict() counts the steps the worker has already
+taken, up to `prefetch` beyond the one in use.
 Why one copy per step: a rank's shard of a slot is one dense block, so the
 fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
