@@ -17,8 +17,10 @@ Invariants:
     that stream, so the caching allocator never reuses it under the consumer;
   * close() waits for every copy in flight before the loader releases its slot
     and unregisters the region.
-Resume: the loader's state_dict() counts the steps the worker has already
-taken, up to `prefetch` beyond the one in use.
+Resume: with prefetch >= 1 the worker has taken steps beyond the one in use,
+and ranks may differ in how many, so state_dict() is refused (CPDL_ESTATE);
+with prefetch=0 the step in use is the loader's held batch and the state is
+exact (it starts at the next step).
 Why one copy per step: a rank's shard of a slot is one dense block, so the
 fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
@@ -250,6 +252,14 @@ class DeviceFeed:
         dbatch = self._hand_over(item)
         self._credits.release()  # the worker may start the next step now
         return dbatch
+
+    def check_state_save(self):
+        if self.prefetch:
+            raise Error(CPDL_ESTATE, "state_dict() with prefetch=%d: the prefetch worker has "
+                        "already taken steps beyond the one in use (ranks may differ in how "
+                        "many), so the state would skip them; open the loader with prefetch=0 "
+                        "for the runs that save state (copies still go on a side stream), or "
+                        "save before the first step" % self.prefetch)
 
     def close(self):
         """Stop the worker, wait for every copy in flight, give the held slot back."""

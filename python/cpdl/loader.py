@@ -535,6 +535,8 @@ class Loader:
         "<hex>"} (JSON and torch.save friendly); the dict any rank returns
         restores every rank, so rank 0 alone may write the checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
+        if self._feed is not None:
+            self._feed.check_state_save()
         handle = self._live()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))

@@ -98,6 +98,21 @@ def check_feed(want, prefetch, stop_after=None):
     return got
 
 
+def test_state_save():
+    with cpdl.Loader(device="fake", prefetch=1, **CONFIG) as loader:
+        next(loader)
+        try:
+            loader.state_dict()
+            report(False, "state_dict() under prefetch=1 refused")
+        except cpdl.Error as exc:
+            report("prefetch=0" in str(exc), "state_dict() refusal names the fix", str(exc))
+    with cpdl.Loader(device="fake", prefetch=0, **CONFIG) as loader:
+        first = next(loader).step
+        state = loader.state_dict()
+        report(state["step"] == first + 1, "prefetch=0: state starts after the step in use",
+               "%s after step %d" % (state, first))
+
+
 def test_feeds():
     want = host_steps()
     report(len(want) == CONFIG["steps"], "host loader steps", str(len(want)))
@@ -113,4 +128,4 @@ def test_feeds():
 
 if __name__ == "__main__":
     install_fakes()
-    sys.exit(testutil.run([test_feeds]))
+    sys.exit(testutil.run([test_feeds, test_state_save]))
