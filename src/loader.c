@@ -301,7 +301,8 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   /* Every member registers its pid in the segment (the ring's record). */
   local = cpdl__fault("attach", L->mesh.me.world_rank);
   if (!local)
-    cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, (int32_t)getpid());
+    cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, (int32_t)getpid(),
+                        (int32_t)L->mesh.me.world_rank);
 
   /* The whole group has mapped the segment: unlink it now, so a crash from
    * here on leaves nothing in /dev/shm (R5). */
@@ -612,18 +613,36 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
 /* Close                                                                      */
 /* ------------------------------------------------------------------------- */
 
+/* While close's barrier waits: a death or departure posted to the group
+ * means some member stopped in next() and will never reach this barrier. */
+static int close_check(void *arg) {
+  cpdl_loader_t *L = arg;
+  int posted = cpdl__ring_posted_error(L->cring);
+  return posted == CPDL_EPEER ? posted : 0;
+}
+
 int cpdl_loader_close(cpdl_loader_t *L) {
   if (!L)
     return 0;
+  /* Tell the group first (R19): if this close is out of turn (an exception,
+   * an early exit) the others are still in next(); the first of them to
+   * wait for a step that needs this rank's slot fails naming this rank and
+   * posts it, which ends the barrier below. A collective close waits for no
+   * such step, so nothing is posted and the barrier completes. */
+  if (L->cring)
+    cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
     return cpdl__error(CPDL_EPEER, "loader closed without collectives after a rank died");
   }
+  L->watch.check = close_check;
+  L->watch.check_arg = L;
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(L->mesh.group_comm, "close (the group's barrier)");
+  L->watch.check = NULL;
   if (rc != CPDL_EPEER) {
     if (rc && !local)
       local = rc;

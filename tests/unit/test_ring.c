@@ -98,7 +98,7 @@ static void fixture_open(fixture_t *f, uint32_t n_slots, uint64_t first_step, bo
       base = f->views[c].base;
     }
     assert_int_equal(cpdl__ring_attach(base, f->total, NONCE, HASH, &f->consumers[c]), 0);
-    cpdl__ring_register(f->consumers[c], (uint32_t)c, (int32_t)getpid());
+    cpdl__ring_register(f->consumers[c], (uint32_t)c, (int32_t)getpid(), (int32_t)c);
   }
   assert_int_equal(cpdl__shm_unlink(&f->shm), 0);
 }
