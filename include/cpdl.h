@@ -5,12 +5,19 @@
  *   2. batch preparation: cpdl_prep_*          (pure functions, no MPI)
  *   3. the loader: cpdl_config_*, cpdl_loader_* (collective over an MPI communicator)
  *
- * Conventions: functions return 0 or a negative code (POSIX errors as -errno,
- * cpdl's own codes below -4000). Every failure a user can cause also leaves a
- * message, readable with cpdl_last_error() on the same thread, that names the
- * thing at fault (file, field, rank, bytes needed and available).
- * Pointers returned by the library belong to the library unless said otherwise.
- * The library never calls exit() or abort().
+ * Conventions (the one error convention; every function keeps it):
+ *  - Functions that can fail return int: 0, or a negative code — POSIX errors
+ *    as -errno, cpdl's own codes below -4000 (CPDL_ERRNO_MAP below).
+ *  - Every failure leaves a message, readable with cpdl_last_error() on the
+ *    same thread, that names the thing at fault (file, field, key, rank, bytes
+ *    needed and available) and, where there is one, the fix.
+ *  - Counts and sizes (int64_t, size_t) are never error codes: an invalid
+ *    handle counts 0 and leaves a message.
+ *  - Arguments are checked before use: a NULL where an object is required is
+ *    CPDL_EARG, and out-parameters are written only after that check.
+ *  - Collective calls say so and return the same result on every rank.
+ *  - Pointers returned by the library belong to the library unless said
+ *    otherwise. The library never calls exit() or abort().
  */
 #ifndef CPDL_H
 #define CPDL_H
@@ -369,7 +376,7 @@ typedef struct cpdl_source cpdl_source_t;
  *          file, the byte offset and what was expected); CPDL_ESOURCE;
  *          -errno. *out belongs to the caller: close it with cpdl_source_close(). */
 CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out);
-/** Number of samples (npy: of steps). */
+/** Number of samples (npy: of steps); 0 for a NULL source (with a message). */
 CPDL_API int64_t cpdl_source_count(const cpdl_source_t *src);
 /** End-of-text token id, or -1 when the source has none. */
 CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src);

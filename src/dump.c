@@ -1,7 +1,7 @@
 /* dump.c — writes tensors as .npy files (NPY format 1.0, little-endian,
- * C order) and small JSON metadata, for `cpdl run --dump` and the leader's
- * --dump-collated. Files are written to a temporary name and renamed, so a
- * reader never sees a half-written file. */
+ * C order) for `cpdl run --dump` and the group leader's --dump-collated, and
+ * creates their directories (mkdir -p). Files are written to a temporary name
+ * and renamed, so a reader never sees a half-written file. */
 #include "internal.h"
 
 #include <errno.h>

@@ -411,7 +411,7 @@ void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64
 int cpdl__collate_seek(cpdl__collate_t *collate, uint64_t epoch, int64_t position, int64_t offset);
 
 /* ---- pin.c, pin_plan.c ---------------------------------------------------
- * hwloc placement (issue 5). pin_plan.c is the pure plan (topology + gathered
+ * hwloc placement. pin_plan.c is the pure plan (topology + gathered
  * bindings + GPU requests -> per-thread cpusets and per-region NUMA nodes);
  * pin.c gathers the inputs over MPI, applies the plan and reports it.
  * The loader uses only these four: */
@@ -514,7 +514,7 @@ void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int l
 
 /* ---- coll.c ---------------------------------------------------------------
  * Collectives of open/restore/close that cannot hang on a dead peer of this
- * host (issue 8). A watch = this host's other ranks (rank in the loader's
+ * host. A watch = this host's other ranks (rank in the loader's
  * communicator, pid, pidfd); install it on the calling thread for the scope
  * of a collective phase. With a watch installed the wrappers poll the
  * nonblocking collective and return CPDL_EPEER "rank N (pid P) died during

@@ -340,7 +340,7 @@ static int append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
     int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
     va_end(ap);
     if (n < 0)
-      return -EINVAL;
+      return cpdl__error(-EINVAL, "pin report: cannot format an entry (vsnprintf failed)");
     if (*buf && *len + (size_t)n < *cap) {
       *len += (size_t)n;
       return 0;
@@ -348,7 +348,8 @@ static int append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
     size_t want = (*cap ? *cap * 2 : 512) + (size_t)n;
     char *grown = realloc(*buf, want);
     if (!grown)
-      return -ENOMEM;
+      return cpdl__error(-ENOMEM, "pin report: out of memory growing the report to %zu bytes",
+                         want);
     *buf = grown;
     *cap = want;
   }
@@ -376,7 +377,8 @@ static int local_entries(const cpdl__pin_t *pin, int comm_rank, char **buf, size
     hwloc_const_cpuset_t cpus = thread_set(pin, t);
     if (cpus) {
       if (hwloc_bitmap_list_asprintf(&set, cpus) < 0)
-        return -ENOMEM;
+        return cpdl__error(-ENOMEM, "pin report: out of memory printing loader thread %d's "
+                           "cpuset", t);
       rc = entry(buf, len, &cap, rank, name, set, plan->thread_numa[t],
                  plan->member_gpu[plan->thread_member[t]]);
       free(set);

@@ -15,6 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Every failure leaves a message (cpdl.h "Conventions"); hwloc's bitmap calls
+ * fail only on allocation. */
+static int no_memory(const char *what) {
+  return cpdl__error(-ENOMEM, "pin plan: out of memory %s", what);
+}
+
 #define MAX_CPU_ID 65535 /* a cores:<list> entry above this is a typo, not a CPU */
 
 static void add_note(cpdl__pin_plan_t *plan, const char *fmt, ...)
@@ -59,7 +65,7 @@ static int parse_cpu_list(const char *text, hwloc_bitmap_t cpus) {
       p = end;
     }
     if (hwloc_bitmap_set_range(cpus, (unsigned)lo, (int)hi) < 0)
-      return -ENOMEM;
+      return no_memory("setting a range of the cores list");
     if (*p == ',') {
       p++;
       if (!*p)
@@ -90,7 +96,7 @@ int cpdl__pin_policy_parse(const char *policy, cpdl__pin_policy_t *kind, hwloc_b
   if (!strncmp(policy, "cores:", 6)) {
     hwloc_bitmap_t set = hwloc_bitmap_alloc();
     if (!set)
-      return -ENOMEM;
+      return no_memory("allocating the cores list");
     int rc = parse_cpu_list(policy + 6, set);
     if (rc < 0 || !cpus)
       hwloc_bitmap_free(set);
@@ -220,7 +226,7 @@ static int member_home(hwloc_topology_t topo, const cpdl__pin_member_t *m, hwloc
     snprintf(gpu_out, 16, "%04x:%02x:%02x.%x", (unsigned)a->domain, a->bus, a->dev, a->func);
     hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(topo, gpu);
     if (hwloc_bitmap_and(home, anc->cpuset, allowed) < 0)
-      return -ENOMEM;
+      return no_memory("computing a GPU's home cpuset");
     if (!hwloc_bitmap_iszero(home)) {
       *numa = hwloc_bitmap_weight(anc->nodeset) == 1 ? hwloc_bitmap_first(anc->nodeset) : -1;
       return 0;
@@ -229,7 +235,7 @@ static int member_home(hwloc_topology_t topo, const cpdl__pin_member_t *m, hwloc
   *numa = -1;
   hwloc_bitmap_t bound = hwloc_bitmap_alloc();
   if (!bound)
-    return -ENOMEM;
+    return no_memory("allocating a rank's binding");
   bool known = m->binding && *m->binding && hwloc_bitmap_list_sscanf(bound, m->binding) == 0 &&
                hwloc_bitmap_and(bound, bound, allowed) == 0 && !hwloc_bitmap_iszero(bound) &&
                !hwloc_bitmap_isincluded(allowed, bound);
@@ -240,7 +246,7 @@ static int member_home(hwloc_topology_t topo, const cpdl__pin_member_t *m, hwloc
     hwloc_bitmap_t both = hwloc_bitmap_alloc();
     if (!both) {
       hwloc_bitmap_free(bound);
-      return -ENOMEM;
+      return no_memory("intersecting a rank's binding");
     }
     hwloc_bitmap_and(both, bound, n->cpuset);
     int overlap = hwloc_bitmap_weight(both);
@@ -253,10 +259,10 @@ static int member_home(hwloc_topology_t topo, const cpdl__pin_member_t *m, hwloc
   hwloc_bitmap_free(bound);
   if (best) {
     *numa = (int)best->os_index;
-    return hwloc_bitmap_and(home, best->cpuset, allowed) < 0 ? -ENOMEM : 0;
+    return hwloc_bitmap_and(home, best->cpuset, allowed) < 0 ? no_memory("intersecting the best NUMA node with the allowed cpuset") : 0;
   }
   if (hwloc_bitmap_copy(home, allowed) < 0)
-    return -ENOMEM;
+    return no_memory("copying the allowed cpuset");
   if (hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_NUMANODE) == 1)
     *numa = (int)hwloc_get_obj_by_type(topo, HWLOC_OBJ_NUMANODE, 0)->os_index;
   return 0;
@@ -316,23 +322,23 @@ static int place_auto(planner_t *pl, hwloc_const_cpuset_t home, hwloc_cpuset_t o
       add_note(plan, "group %d: loader thread(s) on a free core of their consumer's package, "
                      "its NUMA node has none", group);
     pl->uses[u->logical_index]++;
-    return hwloc_bitmap_copy(out, u->cpuset) < 0 ? -ENOMEM : 0;
+    return hwloc_bitmap_copy(out, u->cpuset) < 0 ? no_memory("copying a core's cpuset") : 0;
   }
   if (keep)
     add_note(plan, "group %d: loader thread(s) share cores with training ranks: every core "
                    "near their consumer is bound to one", group);
-  return hwloc_bitmap_copy(out, home) < 0 ? -ENOMEM : 0;
+  return hwloc_bitmap_copy(out, home) < 0 ? no_memory("copying a home cpuset") : 0;
 }
 
 /* numa: the home's NUMA node, less the ranks' CPUs when that leaves some. */
 static int place_numa(planner_t *pl, hwloc_const_cpuset_t home, int home_numa, hwloc_cpuset_t out) {
   hwloc_obj_t node = home_numa >= 0 ? numa_by_os(pl->topo, home_numa) : NULL;
   if (hwloc_bitmap_copy(out, node && !hwloc_bitmap_iszero(node->cpuset) ? node->cpuset : home) < 0)
-    return -ENOMEM;
+    return no_memory("copying a NUMA node's cpuset");
   hwloc_bitmap_and(out, out, hwloc_topology_get_allowed_cpuset(pl->topo));
   hwloc_bitmap_t free_cpus = hwloc_bitmap_alloc();
   if (!free_cpus)
-    return -ENOMEM;
+    return no_memory("allocating the free-CPU set");
   hwloc_bitmap_andnot(free_cpus, out, pl->busy);
   if (!hwloc_bitmap_iszero(free_cpus))
     hwloc_bitmap_copy(out, free_cpus);
@@ -392,7 +398,7 @@ static int group_leader(const cpdl__pin_plan_in_t *in, int group) {
 static int plan_alloc(const cpdl__pin_plan_in_t *in, cpdl__pin_plan_t **out) {
   cpdl__pin_plan_t *plan = calloc(1, sizeof *plan);
   if (!plan)
-    return -ENOMEM;
+    return no_memory("allocating the plan");
   size_t nt = (size_t)in->n_threads, nm = (size_t)in->n_members;
   plan->n_threads = in->n_threads;
   plan->n_members = in->n_members;
@@ -405,7 +411,7 @@ static int plan_alloc(const cpdl__pin_plan_in_t *in, cpdl__pin_plan_t **out) {
   if (!plan->thread_cpuset || !plan->thread_numa || !plan->thread_member || !plan->region_numa ||
       !plan->member_numa || !plan->member_gpu) {
     cpdl__pin_plan_free(plan);
-    return -ENOMEM;
+    return no_memory("allocating the plan's tables");
   }
   for (size_t t = 0; t < nt; t++)
     plan->thread_numa[t] = -1;
@@ -454,24 +460,29 @@ int cpdl__pin_plan_make(hwloc_topology_t topo, const cpdl__pin_plan_in_t *in,
   pl.busy = hwloc_bitmap_alloc();
   homes = calloc((size_t)in->n_members, sizeof *homes);
   consumer = calloc((size_t)in->n_members, sizeof *consumer);
-  rc = -ENOMEM;
-  if (!pl.uses || !pl.busy || !homes || !consumer)
+  rc = 0;
+  if (!pl.uses || !pl.busy || !homes || !consumer) {
+    rc = no_memory("allocating the planner's tables");
     goto fail;
+  }
 
   /* Every member's home, and the CPUs the training ranks occupy. An unbound
    * rank (its binding covers every allowed CPU) occupies nothing in
    * particular, so it does not make every core busy. */
   hwloc_const_cpuset_t allowed = hwloc_topology_get_allowed_cpuset(topo);
   for (int i = 0; i < in->n_members; i++) {
-    if (!(homes[i] = hwloc_bitmap_alloc()))
+    if (!(homes[i] = hwloc_bitmap_alloc())) {
+      rc = no_memory("allocating a member's home cpuset");
       goto fail;
+    }
     if ((rc = member_home(topo, &in->members[i], homes[i], &plan->member_numa[i],
                           plan->member_gpu[i], plan)) < 0)
       goto fail;
     hwloc_bitmap_t bound = hwloc_bitmap_alloc();
-    rc = -ENOMEM;
-    if (!bound)
+    if (!bound) {
+      rc = no_memory("allocating a member's binding");
       goto fail;
+    }
     const char *b = in->members[i].binding;
     if (b && *b && hwloc_bitmap_list_sscanf(bound, b) == 0) {
       hwloc_bitmap_and(bound, bound, allowed);
@@ -508,7 +519,7 @@ int cpdl__pin_plan_make(hwloc_topology_t topo, const cpdl__pin_plan_in_t *in,
       int who = (t == 0 || n_regions == 0) ? leader : consumer[(t - 1) % n_regions];
       hwloc_bitmap_t set = NULL;
       if (kind != CPDL__PIN_NONE && !(set = hwloc_bitmap_alloc())) {
-        rc = -ENOMEM;
+        rc = no_memory("allocating a loader thread's cpuset");
         goto fail;
       }
       rc = 0;

@@ -85,7 +85,7 @@ int cpdl__shm_create(size_t size, cpdl__shm_t *out) {
   /* Check first so the common case (Docker's 64 MiB /dev/shm) gets a clear
    * message before anything is created; posix_fallocate below is the real
    * reservation (the space can go between the two: R2). */
-  uint64_t available;
+  uint64_t available = 0; /* set by shm_free_bytes on success; 0 keeps GCC -O2 quiet */
   int rc = shm_free_bytes(&available);
   if (rc)
     return rc;

@@ -206,8 +206,25 @@ static const cpdl_source_host_t host_table = {
 
 /* ---- discovery -------------------------------------------------------------- */
 
-/* The search path, in order: $CPDL_PLUGIN_PATH (colon-separated), the install
- * dir, the build tree. Calls fn(dir, arg) per dir until it returns non-zero. */
+/* "<directory of the loaded libcpdl.so>/cpdl" into buf, or "" when unknown
+ * (a static link: the tests). A relocated install (a Python wheel keeps
+ * libcpdl.so and its cpdl/ plugin directory together) finds its plugins
+ * there without CPDL_PLUGIN_PATH; for a normal install it is the install
+ * dir itself. */
+static void library_plugin_dir(char *buf, size_t size) {
+  Dl_info info;
+  buf[0] = '\0';
+  if (!dladdr((void *)&library_plugin_dir, &info) || !info.dli_fname)
+    return;
+  const char *slash = strrchr(info.dli_fname, '/');
+  if (!slash || strncmp(slash + 1, "libcpdl.so", 10) != 0)
+    return; /* not the shared library (a test linking the static archive) */
+  snprintf(buf, size, "%.*s/cpdl", (int)(slash - info.dli_fname), info.dli_fname);
+}
+
+/* The search path, in order: $CPDL_PLUGIN_PATH (colon-separated), the
+ * directory beside libcpdl.so, the install dir, the build tree. Calls
+ * fn(dir, arg) per dir until it returns non-zero. */
 static int for_each_dir(int (*fn)(const char *dir, void *arg), void *arg) {
   const char *env = getenv("CPDL_PLUGIN_PATH");
   if (env && *env) {
@@ -219,6 +236,13 @@ static int for_each_dir(int (*fn)(const char *dir, void *arg), void *arg) {
       if (rc)
         return rc;
     }
+  }
+  char beside[4096];
+  library_plugin_dir(beside, sizeof beside);
+  if (beside[0] && strcmp(beside, CPDL_PLUGIN_INSTALL_DIR) != 0) {
+    int rc = fn(beside, arg);
+    if (rc)
+      return rc;
   }
   int rc = fn(CPDL_PLUGIN_INSTALL_DIR, arg);
   if (rc)
@@ -286,8 +310,10 @@ static int list_dir(const char *dir, void *arg) {
 
 static void list_dirs(char *buf, size_t size) {
   const char *env = getenv("CPDL_PLUGIN_PATH");
-  snprintf(buf, size, "%s%s%s:%s", env && *env ? env : "", env && *env ? ":" : "",
-           CPDL_PLUGIN_INSTALL_DIR, CPDL_PLUGIN_BUILD_DIR);
+  char beside[4096];
+  library_plugin_dir(beside, sizeof beside);
+  snprintf(buf, size, "%s%s%.400s%s%s:%s", env && *env ? env : "", env && *env ? ":" : "",
+           beside, beside[0] ? ":" : "", CPDL_PLUGIN_INSTALL_DIR, CPDL_PLUGIN_BUILD_DIR);
 }
 
 /* "a, b, c" of the schemes found on the search path. */
@@ -579,8 +605,15 @@ CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out) {
   return cpdl__source_open(uri, (cpdl__source_t **)out);
 }
 
+/* Counts are never error codes (cpdl.h "Conventions"): a NULL source counts 0
+ * and leaves a message. */
+static int64_t null_count(const char *fn) {
+  (void)cpdl__error(CPDL_EARG, "%s: the source is NULL", fn);
+  return 0;
+}
+
 CPDL_API int64_t cpdl_source_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_count((const cpdl__source_t *)src) : null_count("cpdl_source_count");
 }
 
 CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src) {
@@ -606,11 +639,13 @@ CPDL_API const char *cpdl_source_name(const cpdl_source_t *src) {
 }
 
 CPDL_API int64_t cpdl_source_document_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_document_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_document_count((const cpdl__source_t *)src)
+             : null_count("cpdl_source_document_count");
 }
 
 CPDL_API int64_t cpdl_source_batch_count(const cpdl_source_t *src) {
-  return src ? cpdl__source_batch_count((const cpdl__source_t *)src) : CPDL_EARG;
+  return src ? cpdl__source_batch_count((const cpdl__source_t *)src)
+             : null_count("cpdl_source_batch_count");
 }
 
 CPDL_API int cpdl_source_read_batch(cpdl_source_t *src, int64_t step, cpdl_tensor_t *fields,

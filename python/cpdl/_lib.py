@@ -94,12 +94,19 @@ _SIGNATURES = {
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "libcpdl.so")
+
+
 def _candidates():
-    """Paths to try, in order: $CPDL_LIBRARY alone if set; else build/, other
-    build*/ dirs (newest first), then the system loader's name."""
+    """Paths to try, in order: $CPDL_LIBRARY alone if set; else the copy that
+    `pip install .` put inside the package (cpdl/_native/); else build/, other
+    build*/ dirs of the source tree (newest first), then the system loader's
+    name."""
     env = os.environ.get("CPDL_LIBRARY")
     if env:
         return [env]
+    if os.path.exists(_PACKAGED):
+        return [_PACKAGED]
     paths = [os.path.join(_REPO_ROOT, "build", "libcpdl.so")]
     others = [p for p in glob.glob(os.path.join(_REPO_ROOT, "build*", "libcpdl.so"))
               if p not in paths]
@@ -145,8 +152,8 @@ def _load():
         return lib, path
     raise ImportError(
         "cpdl: cannot load libcpdl.so; tried:\n  " + "\n  ".join(tried) +
-        "\nBuild it with `scripts/test` from the repository root, or set "
-        "CPDL_LIBRARY to the path of libcpdl.so.")
+        "\nBuild it with `scripts/test` from the repository root, install the "
+        "package with `pip install .`, or set CPDL_LIBRARY to the path of libcpdl.so.")
 
 
 lib, path = _load()

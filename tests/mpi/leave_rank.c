@@ -4,7 +4,7 @@
  * within 2 s of the close (measured from the close, not the job's start),
  * never a timeout that blames the leader. After that first CPDL_EPEER the
  * loader is failed: next() keeps returning CPDL_EPEER, and close returns
- * CPDL_EPEER without collectives (issue 19.4). The rank that left gets
+ * CPDL_EPEER without collectives. The rank that left gets
  * CPDL_EPEER from its close too (its barrier ends when the group reports
  * it), so everyone reaches the final verdict and nothing is left in /dev/shm.
  *

@@ -10,7 +10,7 @@
  *  stall_named SECS ["k=v"] the same with timeout_ms=3000 < SECS: the others'
  *                        next() times out naming rank 1 as stalled (never
  *                        "leader stalled?"), and retrying then completes
- *                        every step (issue 12.6)
+ *                        every step
  *  open ERR WORD... ["k=v"] every rank's open must fail with ERR (an error
  *                        name, or OK) and a message holding each WORD; each
  *                        rank prints "reliability: rank R open: NAME: msg"

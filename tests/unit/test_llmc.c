@@ -34,8 +34,9 @@ static int teardown(void **state) {
 }
 
 static cpdl__source_t *open_uri(const char *fmt, const char *arg) {
-  char uri[512];
-  snprintf(uri, sizeof uri, fmt, arg);
+  char uri[1024];
+  int n = snprintf(uri, sizeof uri, fmt, arg);
+  assert_true(n > 0 && (size_t)n < sizeof uri);
   return open_ok(uri);
 }
 

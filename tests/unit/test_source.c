@@ -157,6 +157,13 @@ static void test_public_api(void **state) {
   assert_int_equal(cpdl_source_read(src, 5, &tokens, &n, &tb), CPDL_EARG);
   cpdl_source_close(src);
   cpdl_source_close(NULL);
+  /* Counts are never error codes: a NULL source counts 0 and says why. */
+  cpdl__error_clear();
+  assert_int_equal(cpdl_source_count(NULL), 0);
+  assert_msg_contains("cpdl_source_count: the source is NULL");
+  assert_int_equal(cpdl_source_document_count(NULL), 0);
+  assert_int_equal(cpdl_source_batch_count(NULL), 0);
+  assert_int_equal(cpdl_source_eot(NULL), -1);
 }
 
 /* Plugin search path: a directory listed first shadows later ones; broken

@@ -1,0 +1,71 @@
+"""setup.py — `pip install .` of the cpdl Python package with its native parts.
+
+The package (python/cpdl) is pure Python over ctypes; what makes it installable
+is that the build step runs CMake on this repository and copies libcpdl.so into
+cpdl/_native/ and the data-source plugins into cpdl/_native/cpdl/, where the
+library looks for them (the directory beside libcpdl.so). `import cpdl` then
+works from any directory without PYTHONPATH, CPDL_LIBRARY or CPDL_PLUGIN_PATH.
+Needs cmake, a C compiler, Open MPI and hwloc development files (the same as a
+source build: scripts/install-deps).
+"""
+import glob
+import os
+import shutil
+import subprocess
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildWithNative(build_py):
+    """build_py, then the CMake build of libcpdl.so and the plugins."""
+
+    def run(self):
+        super().run()
+        build_dir = os.path.join(ROOT, "build-python")
+        jobs = str(os.cpu_count() or 2)
+        subprocess.check_call(["cmake", "-S", ROOT, "-B", build_dir,
+                               "-DCMAKE_BUILD_TYPE=Release", "-DCPDL_BUILD_TESTS=OFF"])
+        subprocess.check_call(["cmake", "--build", build_dir, "-j", jobs,
+                               "--target", "cpdl", "cpdl_plugins", "cpdl_cli"])
+        native = os.path.join(self.build_lib, "cpdl", "_native")
+        plugins = os.path.join(native, "cpdl")
+        os.makedirs(plugins, exist_ok=True)
+        # The real file under the plain name: ctypes loads it by path.
+        shutil.copyfile(os.path.realpath(os.path.join(build_dir, "libcpdl.so")),
+                        os.path.join(native, "libcpdl.so"))
+        found = glob.glob(os.path.join(build_dir, "plugins", "cpdl-*.so"))
+        if not found:
+            raise RuntimeError("the CMake build produced no data-source plugins in %s"
+                               % os.path.join(build_dir, "plugins"))
+        for so in found:
+            shutil.copyfile(so, os.path.join(plugins, os.path.basename(so)))
+        # The cpdl command (run with `cpdl` through the console script below).
+        bindir = os.path.join(native, "bin")
+        os.makedirs(bindir, exist_ok=True)
+        shutil.copy2(os.path.join(build_dir, "cpdl"), os.path.join(bindir, "cpdl"))
+
+
+class NativeDistribution(Distribution):
+    """The wheel carries native code: tag it for this platform, not py3-none-any."""
+
+    def has_ext_modules(self):
+        return True
+
+
+setup(
+    name="cpdl",
+    version="0.1.0",  # CPDL_VERSION_MAJOR.MINOR.PATCH of include/cpdl.h
+    description="Context-parallel data loading through node-local shared memory",
+    package_dir={"": "python"},
+    packages=["cpdl"],
+    python_requires=">=3.8",
+    install_requires=["numpy"],
+    distclass=NativeDistribution,
+    cmdclass={"build_py": BuildWithNative},
+    entry_points={"console_scripts": ["cpdl = cpdl._cli:main"]},
+    zip_safe=False,
+)
