@@ -46,6 +46,13 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg);
  * padding_token_id; no metadata fields). */
 void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params);
 
+/* ---- dtype.c --------------------------------------------------------------
+ * float16 / bfloat16 <-> float32, round to nearest even. */
+uint16_t cpdl__dtype_f32_to_f16(float f);
+float cpdl__dtype_f16_to_f32(uint16_t h);
+uint16_t cpdl__dtype_f32_to_bf16(float f);
+float cpdl__dtype_bf16_to_f32(uint16_t h);
+
 /* ---- mesh.c ---------------------------------------------------------------
  * The (dp, cp, tp) arrangement of a communicator, its node and group
  * communicators. CPDL_RANKS_PER_NODE=k fakes nodes of k consecutive ranks. */
