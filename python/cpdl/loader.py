@@ -295,7 +295,8 @@ class Batch(Mapping):
 
     def __init__(self, loader, cbatch):
         self._loader = loader
-        self._mapping = loader._mapping  # the views' memory lives while this does
+        # The views' memory lives while this does (after Loader.close() too).
+        self._mapping = loader._mapping if loader is not None else None
         self._c = cbatch
         self.step = int(cbatch.step)
         self.mesh = _mesh_of(cbatch.mesh)
