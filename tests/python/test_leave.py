@@ -11,35 +11,44 @@ remain in /dev/shm. Prints "N passed, M failed".
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import testutil
 from testutil import report
 
 
-def worker(raiser):
+def worker(raiser, out_dir):
     import cpdl
     loader = cpdl.Loader("source=synthetic: seq_len=4096 steps=1000000 timeout_ms=20000",
                          cp=int(os.environ["OMPI_COMM_WORLD_SIZE"]))
     rank = loader.mesh.world_rank
-    print("PID %d %d" % (rank, os.getpid()), flush=True)
+    # One file per rank: mpirun's forwarding may join lines of several ranks.
+    report_file = open(os.path.join(out_dir, "rank%d.txt" % rank), "w", buffering=1)
+
+    def say(line):
+        report_file.write(line + "\n")
+        print(line, flush=True)
+
+    say("PID %d %d" % (rank, os.getpid()))
     try:
         for step, batch in enumerate(loader):
             if rank == raiser and step == 2:
-                print("RAISE %d %.6f" % (rank, time.monotonic()), flush=True)
+                say("RAISE %d %.6f" % (rank, time.monotonic()))
                 raise RuntimeError("a training bug on rank %d" % rank)
     except cpdl.Error as exc:
-        print("ERROR %d %.6f %s" % (rank, time.monotonic(), str(exc).replace("\n", " ")),
-              flush=True)
+        say("ERROR %d %.6f %s" % (rank, time.monotonic(), str(exc).replace("\n", " ")))
         sys.exit(3)
-    print("END %d without an error" % rank, flush=True)
+    say("END %d without an error" % rank)
 
 
 def driver(mpirun, np_, raiser):
+    out_dir = tempfile.mkdtemp(prefix="cpdl-test-leave-")
     cmd = [mpirun, "--oversubscribe", "--bind-to", "none", "-np", str(np_), sys.executable,
-           os.path.abspath(__file__), "--worker", "--raiser", str(raiser)]
+           os.path.abspath(__file__), "--worker", "--raiser", str(raiser), "--out", out_dir]
     try:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=90, universal_newlines=True)
@@ -47,6 +56,12 @@ def driver(mpirun, np_, raiser):
     except subprocess.TimeoutExpired as exc:
         out, rc = (exc.stdout or b"").decode(errors="replace"), None
     report(rc is not None, "the job ended (no hang)", out[-3000:])
+    job_output, out = out, ""
+    for name in sorted(os.listdir(out_dir)):
+        with open(os.path.join(out_dir, name)) as f:
+            out += f.read()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print("--- mpirun output ---\n" + job_output[-3000:])
     report(rc not in (None, 0), "the job failed (a rank raised)", "rc=%s" % rc)
     raises = [float(m.group(1)) for m in re.finditer(r"^RAISE %d (\S+)" % raiser, out, re.M)]
     errors = {int(m.group(1)): (float(m.group(2)), m.group(3))
@@ -76,9 +91,10 @@ def main():
     parser.add_argument("--np", type=int, default=3)
     parser.add_argument("--raiser", type=int, default=1)
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--out")
     args = parser.parse_args()
     if args.worker:
-        worker(args.raiser)
+        worker(args.raiser, args.out)
         return 0
     return testutil.run([lambda: driver(args.mpirun, args.np, args.raiser)])
 
