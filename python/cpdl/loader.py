@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cuda, _dlpack, _lib
+from . import _cuda, _dlpack, _lib, _prefetch
 from ._lib import lib
 from .prep import Error, _check
 
@@ -106,6 +106,8 @@ _SIGNATURES = {
     "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
                                                  ctypes.c_size_t]),
     "cpdl_loader_close": (ctypes.c_int, [ctypes.c_void_p]),
+    "cpdl_loader_mapping_retain": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "cpdl_mapping_release": (None, [ctypes.c_void_p]),
 }
 for _sym, (_restype, _argtypes) in _SIGNATURES.items():
     _fn = getattr(lib, _sym)
@@ -229,6 +231,24 @@ def _comm_handle(comm):
 
 # ---- Batch -----------------------------------------------------------------
 
+class _Mapping:
+    """One reference to a loader's read-only view mapping (the C side's
+    cpdl_mapping_t). Every Batch holds the loader's, and each exported array
+    or tensor holds its Batch, so the memory a view points at stays mapped as
+    long as the view lives — even after Loader.close() — and is unmapped by
+    whoever lets go last."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref):
+        self._ref = ref
+
+    def __del__(self):
+        ref, self._ref = self._ref, None
+        if ref and lib is not None:
+            lib.cpdl_mapping_release(ref)
+
+
 class _FieldExport:
     """One field for the DLPack protocol (torch.from_dlpack(batch.dlpack(name)))."""
 
@@ -265,14 +285,18 @@ class Batch(Mapping):
       * batch[name], .torch(), .copy() raise cpdl.Error("... released") after
         release; release() a second time does nothing;
       * arrays and tensors taken *before* release keep pointing at the slot:
-        reading them later gives another step's data (or crashes after close).
-        Keep data beyond the step with batch.copy() or np.array(arr).
+        reading them later gives another step's data. After Loader.close()
+        they stay readable (the mapping lives as long as they do: they hold
+        the segment's last contents, read-only). Keep data beyond the step
+        with batch.copy() or np.array(arr).
     Tensors from .torch() are writable in torch's eyes but the memory is
     mapped read-only: writing to them raises SIGSEGV.
     """
 
     def __init__(self, loader, cbatch):
         self._loader = loader
+        # The views' memory lives while this does (after Loader.close() too).
+        self._mapping = loader._mapping if loader is not None else None
         self._c = cbatch
         self.step = int(cbatch.step)
         self.mesh = _mesh_of(cbatch.mesh)
@@ -448,11 +472,18 @@ class Loader:
     pin: register this rank's whole region with CUDA once (needs libcudart
     and a device; otherwise one warning and nothing else), so
     `tensor.cuda(non_blocking=True)` copies asynchronously from shared memory.
+    device="cuda" (implies pin): next() gives a DeviceBatch of CUDA tensors,
+    copied on a side stream; prefetch=N copies N steps ahead while the current
+    one trains (see _prefetch.py). Without CUDA, device="cuda" is a cpdl.Error.
     Errors raise cpdl.Error carrying the library's message.
     """
 
-    def __init__(self, config=None, comm=None, *, pin=False, **kwargs):
+    def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0, **kwargs):
         self._handle = None
+        self._mapping = None
+        self._feed = None
+        device, prefetch = _prefetch.resolve(device, prefetch)
+        pin = pin or device is not None
         self._current = None
         self._pinned = None
         self._pin = bool(pin)
@@ -467,6 +498,7 @@ class Loader:
             lib.cpdl_loader_open.argtypes = [ctype, _P(Config), _P(ctypes.c_void_p)]
             _check(lib.cpdl_loader_open(value, ctypes.byref(cfg), ctypes.byref(handle)))
         self._handle = handle
+        self._mapping = _Mapping(lib.cpdl_loader_mapping_retain(handle))
         self._comm = comm
         coords = MeshCoords()
         _check(lib.cpdl_loader_mesh(handle, ctypes.byref(coords)))
@@ -475,6 +507,8 @@ class Loader:
                               else getattr(cfg, name))
                        for name, _ in Config._fields_ if name != "struct_size"}
         _open_loaders.add(self)
+        if device is not None:
+            self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
 
     def _live(self):
         if self._handle is None:
@@ -494,6 +528,12 @@ class Loader:
         return self
 
     def __next__(self):
+        if self._feed is not None:
+            self._live()
+            return self._feed.next()
+        return self._next_host()
+
+    def _next_host(self):
         handle = self._live()
         if self._current is not None:
             self._current.release()
@@ -522,6 +562,8 @@ class Loader:
         "<hex>"} (JSON and torch.save friendly); the dict any rank returns
         restores every rank, so rank 0 alone may write the checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
+        if self._feed is not None:
+            self._feed.check_state_save()
         handle = self._live()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
@@ -561,12 +603,15 @@ class Loader:
         """Collective. Releases the held batch, unpins, closes. Idempotent."""
         if self._handle is None:
             return
+        if self._feed is not None:
+            self._feed.close()  # copies in flight read the slots: wait for them
         if self._current is not None:
             try:
                 self._current.release()
             except Error:
                 pass
         handle, self._handle = self._handle, None
+        self._mapping = None  # batches and their views keep their own reference
         _open_loaders.discard(self)
         if self._pinned:
             _cuda.unregister(self._pinned)  # before the region is unmapped
@@ -576,6 +621,15 @@ class Loader:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        # Leaving the block by an exception closes out of turn: the group is
+        # told (R19) and close() returns CPDL_EPEER once it knows; the
+        # exception in flight is the news, not that.
+        if exc_type is None:
+            self.close()
+            return False
+        try:
+            self.close()
+        except Error:
+            pass
         return False
