@@ -270,6 +270,30 @@ def test_python_loader():
         report(p.returncode == 0 and "0 failed" in p.stdout, "Python loader in mode thd", p.stdout[-2000:])
 
 
+def test_exact_resume():
+    """12 steps uninterrupted == 6 steps, --save-state, --resume to 12 (a carried document
+    and a document cut at a row's end resume where they were)."""
+    rng = np.random.default_rng(21)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "shard.bin")
+        write_llmc(path, [rng.integers(0, 50000, size=int(n)) for n in rng.integers(1, 200, size=25)])
+        common = ["--cp", "2", "--seq-len", "64", "--mode", "thd", "--source", "llmc:" + path,
+                  "--seed", "3"]
+        d = {k: os.path.join(tmp, k) for k in ("full", "first", "second", "state")}
+        ok = run(2, common + ["--steps", "12", "--dump", d["full"]]).returncode == 0
+        ok = ok and run(2, common + ["--steps", "6", "--dump", d["first"], "--save-state",
+                                     d["state"]]).returncode == 0
+        ok = ok and run(2, common + ["--steps", "12", "--dump", d["second"], "--resume",
+                                     d["state"]]).returncode == 0
+        report(ok, "thd resume runs")
+        for k in range(6, 12) if ok else []:
+            for r in range(2):
+                a = load_dir(os.path.join(d["full"], "step%d" % k, "rank%d" % r))
+                b = load_dir(os.path.join(d["second"], "step%d" % k, "rank%d" % r))
+                report(set(a) == set(b) and all(np.array_equal(a[n], b[n]) for n in a),
+                       "resumed step %d rank %d differs from the uninterrupted run" % (k, r))
+
+
 def segment_bytes(args):
     p = run(4, args)
     report(p.returncode == 0, "cpdl run %s" % " ".join(args), p.stderr)
@@ -306,5 +330,6 @@ def test_config_errors():
 
 
 sys.exit(testutil.run([test_pure_prep_random_packs, test_capacity_tail, test_errors,
-                       test_loader_real_files, test_python_loader, test_shared_fields_stored_once,
+                       test_loader_real_files, test_python_loader, test_exact_resume,
+                       test_shared_fields_stored_once,
                        test_config_errors]))
