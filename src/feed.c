@@ -201,3 +201,8 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) {
   return !feed->batches && feed->collate && feed->double_buffer;
 }
+
+bool cpdl__feed_global_order(const cpdl__feed_t *feed) {
+  (void)feed; /* every order today is per replica (sampler or npy batches r, r + dp, …) */
+  return false;
+}
