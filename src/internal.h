@@ -325,6 +325,11 @@ void cpdl__source_close(cpdl__source_t *src);
 const char *cpdl__source_description(const cpdl__source_t *src);
 const char *cpdl__source_plugin_path(const cpdl__source_t *src); /* the .so loaded */
 bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close */
+/* Sources with one global sample order (CPDL_SOURCE_GLOBAL_ORDER: gpt): sample
+ * `index` as one training row of `width` positions (plugin.h, read_row). */
+bool cpdl__source_global_order(const cpdl__source_t *src);
+int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int64_t *input_ids,
+                          int64_t *labels, float *loss_mask, int64_t *position_ids);
 /* Documents: sample i is document i unless the plugin says otherwise
  * (megatron ?unit=sequence): document j = samples [*first, *first+*n). */
 int64_t cpdl__source_document_count(const cpdl__source_t *src);

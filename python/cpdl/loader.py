@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cuda, _dlpack, _lib
+from . import _cuda, _dlpack, _lib, _prefetch
 from ._lib import lib
 from .prep import Error, _check
 
@@ -447,11 +447,17 @@ class Loader:
     pin: register this rank's whole region with CUDA once (needs libcudart
     and a device; otherwise one warning and nothing else), so
     `tensor.cuda(non_blocking=True)` copies asynchronously from shared memory.
+    device="cuda" (implies pin): next() gives a DeviceBatch of CUDA tensors,
+    copied on a side stream; prefetch=N copies N steps ahead while the current
+    one trains (see _prefetch.py). Without CUDA, device="cuda" is a cpdl.Error.
     Errors raise cpdl.Error carrying the library's message.
     """
 
-    def __init__(self, config=None, comm=None, *, pin=False, **kwargs):
+    def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0, **kwargs):
         self._handle = None
+        self._feed = None
+        device, prefetch = _prefetch.resolve(device, prefetch)
+        pin = pin or device is not None
         self._current = None
         self._pinned = None
         self._pin = bool(pin)
@@ -474,6 +480,8 @@ class Loader:
                               else getattr(cfg, name))
                        for name, _ in Config._fields_ if name != "struct_size"}
         _open_loaders.add(self)
+        if device is not None:
+            self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
 
     def _live(self):
         if self._handle is None:
@@ -493,6 +501,12 @@ class Loader:
         return self
 
     def __next__(self):
+        if self._feed is not None:
+            self._live()
+            return self._feed.next()
+        return self._next_host()
+
+    def _next_host(self):
         handle = self._live()
         if self._current is not None:
             self._current.release()
@@ -521,6 +535,8 @@ class Loader:
         "<hex>"} (JSON and torch.save friendly); the dict any rank returns
         restores every rank, so rank 0 alone may write the checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
+        if self._feed is not None:
+            self._feed.check_state_save()
         handle = self._live()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
@@ -560,6 +576,8 @@ class Loader:
         """Collective. Releases the held batch, unpins, closes. Idempotent."""
         if self._handle is None:
             return
+        if self._feed is not None:
+            self._feed.close()  # copies in flight read the slots: wait for them
         if self._current is not None:
             try:
                 self._current.release()
