@@ -208,6 +208,9 @@ int cpdl__coll_wait(MPI_Request *req, MPI_Comm comm, const char *what) {
         return peer_died(dead, what); /* *req is abandoned (see the header) */
     } else if (t - last_check >= CHECK_NS) {
       last_check = t;
+      int rc = w->check ? w->check(w->check_arg) : 0;
+      if (rc)
+        return rc; /* *req is abandoned, as after a death */
       if ((dead = find_dead(w, comm)) != NULL)
         dead_at = t;
     }
