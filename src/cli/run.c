@@ -25,7 +25,7 @@ static const char usage[] =
     "  --epochs N               end after N passes over the data (default 1 when --steps 0);\n"
     "                           every replica ends on the same step; with --steps too, the\n"
     "                           earlier end wins\n"
-    "  --mode M                 contiguous | round_robin | aux_only\n"
+    "  --mode M                 contiguous | round_robin | aux_only | thd\n"
     "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
     "  --json                   print only the JSON summary line on stdout\n"
