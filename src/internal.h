@@ -48,6 +48,13 @@ int cpdl__config_agree(const cpdl__team_t *team, const cpdl_config_t *cfg);
  * padding_token_id; no metadata fields). */
 void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params);
 
+/* ---- dtype.c --------------------------------------------------------------
+ * float16 / bfloat16 <-> float32, round to nearest even. */
+uint16_t cpdl__dtype_f32_to_f16(float f);
+float cpdl__dtype_f16_to_f32(uint16_t h);
+uint16_t cpdl__dtype_f32_to_bf16(float f);
+float cpdl__dtype_bf16_to_f32(uint16_t h);
+
 /* ---- coll.c: the control plane (declared before the mesh, which holds it) ----
  * Collectives of open/restore/close, each built on the world allgather of a
  * cpdl_oob_t. A team is a subset of the world (node, group, host, or the

@@ -1,4 +1,4 @@
-/* test_prep.c — batch preparation (src/prep.c) against a slow reference.
+/* test_prep.c — batch preparation (src/prep.c plan, src/prep_exec.c executor) against a slow reference.
  *
  * The reference in this file materializes every output field padded to full length, element
  * by element from multi-indices, then slices each rank's shard out of it. The library never
