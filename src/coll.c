@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,12 +31,15 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Polling: spin on req_test for SPIN_NS, then sleep between tests (growing
+/* Polling: test with sched_yield for SPIN_NS (MPI's nonblocking collectives
+ * progress only inside MPI_Test, and a rank that sleeps stalls every round
+ * of the allgather on its peers; yielding lets an oversubscribed peer run),
+ * then sleep between tests (growing
  * up to SLEEP_MAX_NS so a long wait costs no core), look at the peers every
  * CHECK_NS, and declare a death only after GRACE_NS more of testing: a peer
  * that finished the collective and exited normally left its messages in
  * our queues, and they still complete the request. */
-#define SPIN_NS 50000L
+#define SPIN_NS 2000000L
 #define SLEEP_MIN_NS 20000L
 #define SLEEP_MAX_NS 1000000L
 #define CHECK_NS 1000000L
@@ -238,8 +242,10 @@ static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, s
       return p ? peer_died(p, what) : oob_failed(st, "req_test", what);
     }
     long t = elapsed_ns(&t0);
-    if (t < SPIN_NS)
+    if (t < SPIN_NS) {
+      sched_yield();
       continue;
+    }
     if (dead) {
       if (t - dead_at >= GRACE_NS)
         return peer_died(dead, what); /* req is abandoned (see the header) */
