@@ -12,9 +12,12 @@ small) and reports tokens/s. With a GPU, the rank's region is pinned once
 (pin=True) and each shard is copied with non_blocking=True: an asynchronous
 DMA straight from shared memory. Gradients are not synchronized across ranks:
 this shows the data path, not distributed training.
---save-state writes the loader's resume state at the end (rank 0 only);
---resume reads it on every rank before the first step. The state is tied to
-the loader's options (steps included): resume with the same ones.
+--save-state: every rank calls state_dict() (collective: it gathers every
+replica's cursor into one state for the whole job) and rank 0 alone writes it,
+as a trainer's checkpoint does; --resume: every rank loads that one file, and
+each replica continues from its own cursor. The state is tied to the options
+that decide the data (cp, tp, seq_len, batch, source, ... and the number of
+ranks): a mismatch is refused naming the option; steps may differ.
 """
 import argparse
 import json
@@ -89,17 +92,21 @@ def main():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
 
-    state = loader.state_dict()
+    state = loader.state_dict()  # collective: every rank, the whole job's state
     if args.save_state and rank == 0:
-        with open(args.save_state, "w") as f:
+        tmp = "%s.tmp.%d" % (args.save_state, os.getpid())
+        with open(tmp, "w") as f:
             json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.save_state)  # a crash leaves the old checkpoint or the new one
     mesh = loader.mesh
     pinned = loader.pinned
     loader.close()
     if rank == 0:
         print("steps %s..%d  rank 0 (dp %d cp %d tp %d) on %s, pinned %s: %d tokens in "
               "%.3f s = %.0f tokens/s per rank, last loss %.4f"
-              % (first_step, state["words"][0] - 1, mesh.dp_rank, mesh.cp_rank, mesh.tp_rank,
+              % (first_step, state["step"] - 1, mesh.dp_rank, mesh.cp_rank, mesh.tp_rank,
                  device, pinned, tokens, elapsed, tokens / max(elapsed, 1e-9),
                  float(loss.detach())), flush=True)
 

@@ -392,17 +392,53 @@ CPDL_API int cpdl_loader_mesh(const cpdl_loader_t *loader, cpdl_mesh_coords_t *o
 /** Bytes of the group's segment. */
 CPDL_API size_t cpdl_loader_segment_bytes(const cpdl_loader_t *loader);
 
-/** Resume state: a handful of integers. save: the state that makes the next
- *  next() return the step after the last one this rank acquired. */
-#define CPDL_STATE_WORDS 8
-typedef struct cpdl_state {
-  uint64_t version;
-  uint64_t words[CPDL_STATE_WORDS]; /* step, epoch, position, seed, config hash, ... */
-} cpdl_state_t;
-CPDL_API int cpdl_loader_state_save(const cpdl_loader_t *loader, cpdl_state_t *out);
-/** Set the start state; valid only right after open, before the first next().
- *  Collective. \return 0, CPDL_ESTATE, CPDL_ECONFIG (state of another config). */
-CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const cpdl_state_t *state);
+/* Resume state: one versioned, self-describing byte blob for the whole job.
+ * Saving is collective and gathers every replica's feed cursor, so the state
+ * that ANY rank returns restores EVERY replica exactly (a trainer's rank 0
+ * may write it and every rank load it). Layout (docs/state.md), 64-bit
+ * little-endian words:
+ *   [0] magic "CPDLSTAT"   [1] version (CPDL_STATE_VERSION)   [2] total bytes
+ *   [3] step of the next batch                [4] order kind: 0 per-replica
+ *   cursors, 1 global (one consumed-sample count for the job)
+ *   [5] consumed samples (global order; else 0)   [6] dp size
+ *   [7] n = replica cursors (dp size; 0 for global order)   [8] w = words per
+ *   cursor   [9] t = bytes of the configuration text (NUL-padded to 8)
+ *   then n*w cursor words (replica 0 first), then the text: the canonical
+ *   "key=value ..." of the keys that decide the stream (cp, tp, order,
+ *   seq_len, batch, mode, seed, source, collate, padding_token_id,
+ *   position_ids, loss_on_eot, drop_last), then an FNV-1a 64 checksum of
+ *   every byte before it.
+ * Not in the state (they may change on resume): steps, slots, threads, pin,
+ * timeout_ms. */
+#define CPDL_STATE_VERSION 2
+
+/** Bytes cpdl_loader_state_save needs at most for this job (it grows with
+ *  the dp size). Local. \return 0 or CPDL_EARG (NULL argument). */
+CPDL_API int cpdl_loader_state_size(const cpdl_loader_t *loader, size_t *bytes);
+
+/** Collective over the loader's ranks: every rank calls it at the same
+ *  point (after the same number of steps; a held step counts as consumed).
+ *  Writes the whole job's state into buf[0, size) and its length to *used
+ *  (may be NULL; set to the size needed also when size is too small): the
+ *  state that makes the next next() of every rank of every replica return
+ *  the step after the last one acquired.
+ *  \return the same on every rank: 0; CPDL_EOVERFLOW (buf NULL or smaller
+ *          than *used on some rank); CPDL_ESTATE (ranks at different steps,
+ *          the message names them); CPDL_EPEER; CPDL_EMPI; -ENOMEM.
+ *          CPDL_EARG (NULL loader) is local. */
+CPDL_API int cpdl_loader_state_save(cpdl_loader_t *loader, void *buf, size_t size, size_t *used);
+
+/** Collective. Set the start state of every rank from a saved state; every
+ *  rank must pass the same bytes (any rank's save). Valid only right after
+ *  open, before the first next(). The buffer may be freed after the call.
+ *  \return the same on every rank: 0; CPDL_ESTATE (after next(); not a
+ *          state: wrong magic, version, size or checksum, or words that
+ *          disagree — the message says which); CPDL_ECONFIG (a state of
+ *          another layout — the message names the key and both values, e.g.
+ *          "saved with seq_len=4096, this job has seq_len=8192", or the dp
+ *          sizes —, or ranks given different states); CPDL_EARG (a step
+ *          beyond steps=); CPDL_EPEER; CPDL_EMPI. CPDL_EARG (NULL) is local. */
+CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const void *buf, size_t size);
 
 /** Collective. Stops the loader threads, unmaps and frees. If a rank of the
  *  group has died (an earlier CPDL_EPEER) it cleans up locally without

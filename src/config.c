@@ -2,8 +2,9 @@
  * the canonical text, its hash and the collective agreement on it.
  *
  * One table (keys[]) lists every key once, in canonical order; setting,
- * formatting, CPDL_<KEY> lookup and the mismatch report all walk it, so a key
- * cannot exist in one of them and be missing from another. Setters validate
+ * formatting, CPDL_<KEY> lookup, the known-keys text, the mismatch report and
+ * the resume state's stream text (the keys marked `stream`) all walk it, so a
+ * key cannot exist in one of them and be missing from another. Setters validate
  * into a copy and commit only on success: a failed call leaves cfg unchanged.
  */
 #include "internal.h"
@@ -42,36 +43,47 @@ typedef struct {
   size_t size;     /* of the member (strings: buffer size) */
   int64_t min, max;
   bool suffix;     /* accepts K/M/G (1024-based) */
+  bool stream;     /* decides the stream of batches: a resume state must match it
+                      (steps, slots, threads, pin, timeouts may change between a
+                      run and its resumption) */
 } config_key_t;
 
 #define MEMBER(m) offsetof(cpdl_config_t, m), sizeof(((cpdl_config_t *)0)->m)
 
 /* Canonical order = struct order. */
 static const config_key_t keys[] = {
-    {"cp", KEY_INT, MEMBER(cp), 1, 1 << 20, false},
-    {"tp", KEY_INT, MEMBER(tp), 1, 1 << 20, false},
-    {"order", KEY_ORDER, MEMBER(order), 0, 0, false},
-    {"seq_len", KEY_I64, MEMBER(seq_len), 1, INT64_C(1) << 40, true},
-    {"batch", KEY_INT, MEMBER(batch), 1, 1 << 24, true},
-    {"steps", KEY_I64, MEMBER(steps), 0, INT64_MAX, true},
-    {"slots", KEY_INT, MEMBER(slots), 2, 1024, false},
-    {"mode", KEY_MODE, MEMBER(mode), 0, 0, false},
-    {"seed", KEY_U64, MEMBER(seed), 0, 0, false},
-    {"source", KEY_SOURCE, MEMBER(source), 0, 0, false},
-    {"collate", KEY_COLLATE, MEMBER(collate), 0, 0, false},
-    {"padding_token_id", KEY_I64, MEMBER(padding_token_id), INT64_MIN, INT64_MAX, false},
-    {"position_ids", KEY_POSITION, MEMBER(position_ids), 0, 1, false},
-    {"loss_on_eot", KEY_BOOL, MEMBER(loss_on_eot), 0, 1, false},
-    {"drop_last", KEY_BOOL, MEMBER(drop_last), 0, 1, false},
-    {"threads", KEY_INT, MEMBER(threads), 1, 256, false},
-    {"pin", KEY_PIN, MEMBER(pin), 0, 0, false},
-    {"timeout_ms", KEY_INT, MEMBER(timeout_ms), 1, INT_MAX, false},
+    {"cp", KEY_INT, MEMBER(cp), 1, 1 << 20, false, true},
+    {"tp", KEY_INT, MEMBER(tp), 1, 1 << 20, false, true},
+    {"order", KEY_ORDER, MEMBER(order), 0, 0, false, true},
+    {"seq_len", KEY_I64, MEMBER(seq_len), 1, INT64_C(1) << 40, true, true},
+    {"batch", KEY_INT, MEMBER(batch), 1, 1 << 24, true, true},
+    {"steps", KEY_I64, MEMBER(steps), 0, INT64_MAX, true, false},
+    {"slots", KEY_INT, MEMBER(slots), 2, 1024, false, false},
+    {"mode", KEY_MODE, MEMBER(mode), 0, 0, false, true},
+    {"seed", KEY_U64, MEMBER(seed), 0, 0, false, true},
+    {"source", KEY_SOURCE, MEMBER(source), 0, 0, false, true},
+    {"collate", KEY_COLLATE, MEMBER(collate), 0, 0, false, true},
+    {"padding_token_id", KEY_I64, MEMBER(padding_token_id), INT64_MIN, INT64_MAX, false, true},
+    {"position_ids", KEY_POSITION, MEMBER(position_ids), 0, 1, false, true},
+    {"loss_on_eot", KEY_BOOL, MEMBER(loss_on_eot), 0, 1, false, true},
+    {"drop_last", KEY_BOOL, MEMBER(drop_last), 0, 1, false, true},
+    {"threads", KEY_INT, MEMBER(threads), 1, 256, false, false},
+    {"pin", KEY_PIN, MEMBER(pin), 0, 0, false, false},
+    {"timeout_ms", KEY_INT, MEMBER(timeout_ms), 1, INT_MAX, false, false},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
-static const char known_keys_text[] =
-    "cp, tp, order, seq_len, batch, steps, slots, mode, seed, source, collate, "
-    "padding_token_id, position_ids, loss_on_eot, drop_last, threads, pin, timeout_ms";
+/* "cp, tp, ..." from the table. */
+static void known_keys(char *buf, size_t size) {
+  size_t at = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < N_KEYS && at < size; i++) {
+    int n = snprintf(buf + at, size - at, "%s%s", i ? ", " : "", keys[i].name);
+    if (n < 0)
+      break;
+    at += (size_t)n;
+  }
+}
 
 void cpdl_config_init(cpdl_config_t *cfg) {
   if (!cfg)
@@ -297,9 +309,12 @@ static int check_cfg(const cpdl_config_t *cfg) {
 
 static int set_key(cpdl_config_t *cfg, const char *name, size_t name_len, const char *value) {
   const config_key_t *key = find_key(name, name_len);
-  if (!key)
+  if (!key) {
+    char known[512];
+    known_keys(known, sizeof known);
     return cpdl__error(CPDL_EARG, "unknown config key '%.*s' (known keys: %s)", (int)name_len, name,
-                       known_keys_text);
+                       known);
+  }
   return apply(cfg, key, value);
 }
 
@@ -462,7 +477,8 @@ static void put(char *buf, size_t size, size_t *len, char c) {
   (*len)++;
 }
 
-int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size) {
+/* The canonical text of every key, or of the stream keys only. */
+static int format_keys(const cpdl_config_t *cfg, bool stream_only, char *buf, size_t size) {
   if (!cfg)
     return cpdl__error(CPDL_EARG, "config is NULL");
   if (!buf)
@@ -470,7 +486,9 @@ int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size) {
   size_t len = 0;
   char value[VALUE_MAX];
   for (int i = 0; i < N_KEYS; i++) {
-    if (i > 0)
+    if (stream_only && !keys[i].stream)
+      continue;
+    if (len > 0)
       put(buf, size, &len, ' ');
     for (const char *c = keys[i].name; *c; c++)
       put(buf, size, &len, *c);
@@ -492,6 +510,39 @@ int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size) {
   return len > INT_MAX ? INT_MAX : (int)len;
 }
 
+int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size) {
+  return format_keys(cfg, false, buf, size);
+}
+
+int cpdl__config_stream_format(const cpdl_config_t *cfg, char *buf, size_t size) {
+  return format_keys(cfg, true, buf, size);
+}
+
+int cpdl__config_stream_compare(const cpdl_config_t *saved, const cpdl_config_t *now) {
+  char was[VALUE_MAX], is[VALUE_MAX];
+  for (int i = 0; i < N_KEYS; i++) {
+    if (!keys[i].stream)
+      continue;
+    format_value(saved, &keys[i], was, sizeof was);
+    format_value(now, &keys[i], is, sizeof is);
+    if (strcmp(was, is) != 0)
+      return cpdl__error(CPDL_ECONFIG, "resume state was saved with %s=%s, this job has %s=%s; "
+                         "resume with the options the state was saved with", keys[i].name, was,
+                         keys[i].name, is);
+  }
+  return 0;
+}
+
+int cpdl__config_key_count(void) { return N_KEYS; }
+
+const char *cpdl__config_key(int i, bool *stream) {
+  if (i < 0 || i >= N_KEYS)
+    return NULL;
+  if (stream)
+    *stream = keys[i].stream;
+  return keys[i].name;
+}
+
 uint64_t cpdl__config_hash(const cpdl_config_t *cfg) {
   char text[CONFIG_TEXT_MAX];
   int len = cpdl_config_format(cfg, text, sizeof text);
@@ -499,12 +550,7 @@ uint64_t cpdl__config_hash(const cpdl_config_t *cfg) {
     return 0;
   if ((size_t)len >= sizeof text)
     len = (int)sizeof text - 1; /* cannot happen: CONFIG_TEXT_MAX bounds every key */
-  uint64_t hash = UINT64_C(14695981039346656037);
-  for (int i = 0; i < len; i++) {
-    hash ^= (unsigned char)text[i];
-    hash *= UINT64_C(1099511628211);
-  }
-  return hash;
+  return cpdl__fnv1a(CPDL__FNV1A_BASIS, text, (size_t)len);
 }
 
 /* ---- agreement over the control plane ---------------------------------------------------- */

@@ -9,6 +9,13 @@
  * Pre-collated sources (npy) pass their batches through; replica r reads
  * batches r, r + dp_size, … (words 0-2 are then 0) and gets CPDL_EEOF after
  * its last one. Sample sources never end: epochs roll over.
+ * Global-order sources (gpt:, Megatron's GPTDataset) bypass sampler and
+ * collate: step k, replica r, row b is sample base + ((k - k0)*dp + r)*batch + b
+ * (Megatron's pretraining sampler after a resume at step k0 with `base`
+ * samples consumed; the URI's consumed_samples= sets it at step 0); the
+ * cursor is [1] (CPDL__CURSOR_CONSUMED) samples consumed before the next step
+ * (the same on every replica, whatever dp is), [3] steps. The stream ends at
+ * the last full global batch (CPDL_EEOF).
  */
 #include "internal.h"
 
@@ -26,7 +33,115 @@ struct cpdl__feed {
   cpdl__sampler_t *sampler;
   cpdl__collate_t *collate;
   uint64_t steps;        /* steps produced; the next step's number */
+  /* global order (gpt:) */
+  bool global;
+  int batch;
+  int64_t seq_len, n_global;
+  uint64_t base, base_step;  /* samples consumed at step base_step (the last seek) */
+  int n_sets, set;
+  int64_t *rows[2][3];       /* input_ids, labels, position_ids [batch, seq_len] */
+  float *loss_mask[2];
 };
+
+/* The value of `key` in the query of uri as an unsigned integer; 0 if absent. */
+static int uri_u64(const char *uri, const char *key, uint64_t *out) {
+  *out = 0;
+  const char *q = strchr(uri, '?');
+  size_t klen = strlen(key);
+  while (q) {
+    q++;
+    if (strncmp(q, key, klen) == 0 && q[klen] == '=') {
+      char *end;
+      errno = 0;
+      unsigned long long v = strtoull(q + klen + 1, &end, 10);
+      if (errno || end == q + klen + 1 || (*end && *end != '&') || q[klen + 1] == '-')
+        return cpdl__error(CPDL_EARG, "feed: %s= in \"%.200s\" is not a non-negative integer",
+                           key, uri);
+      *out = v;
+      return 0;
+    }
+    q = strchr(q, '&');
+  }
+  return 0;
+}
+
+static int global_open(cpdl__feed_t *feed, const cpdl_config_t *cfg, bool double_buffer) {
+  feed->global = true;
+  /* consumed_samples=C: start where a Megatron run left off (its
+   * consumed_samples); a resume state replaces it (cpdl__feed_seek). */
+  int rc = uri_u64(cfg->source, "consumed_samples", &feed->base);
+  if (rc)
+    return rc;
+  feed->batch = cfg->batch;
+  feed->seq_len = cfg->seq_len;
+  feed->n_global = cpdl__source_count(feed->source);
+  feed->n_sets = double_buffer ? 2 : 1;
+  size_t elems;
+  if (cfg->batch < 1 || cfg->seq_len < 1 ||
+      !cpdl__mul_size((size_t)cfg->batch, (size_t)cfg->seq_len, &elems) || elems > SIZE_MAX / 8)
+    return cpdl__error(CPDL_EOVERFLOW, "feed: batch %d x seq_len %lld does not fit in memory",
+                       cfg->batch, (long long)cfg->seq_len);
+  for (int s = 0; s < feed->n_sets; s++) {
+    for (int f = 0; f < 3; f++)
+      if (!(feed->rows[s][f] = malloc(elems * sizeof(int64_t))))
+        return cpdl__error(-ENOMEM, "feed: out of memory for [%d, %lld] rows", cfg->batch,
+                           (long long)cfg->seq_len);
+    if (!(feed->loss_mask[s] = malloc(elems * sizeof(float))))
+      return cpdl__error(-ENOMEM, "feed: out of memory for [%d, %lld] rows", cfg->batch,
+                         (long long)cfg->seq_len);
+  }
+  return 0;
+}
+
+static void global_free(cpdl__feed_t *feed) {
+  for (int s = 0; s < 2; s++) {
+    for (int f = 0; f < 3; f++)
+      free(feed->rows[s][f]);
+    free(feed->loss_mask[s]);
+  }
+}
+
+static void set_field(cpdl_tensor_t *t, const char *name, cpdl_dtype_t dtype,
+                      const cpdl__feed_t *feed, const void *data) {
+  memset(t, 0, sizeof *t);
+  t->name = name;
+  t->dtype = dtype;
+  t->ndim = 2;
+  t->shape[0] = feed->batch;
+  t->shape[1] = feed->seq_len;
+  t->data = data;
+}
+
+/* Step feed->steps of this replica: rows of consecutive global samples. */
+static int global_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  uint64_t dp = (uint64_t)feed->dp_size, b = (uint64_t)feed->batch;
+  uint64_t k = feed->steps - feed->base_step;
+  uint64_t n = (uint64_t)feed->n_global;
+  /* the whole global batch of this step must exist (Megatron drops the last
+   * partial one) */
+  if (feed->base > n || k > (n - feed->base) / (dp * b) ||
+      (k + 1) > (n - feed->base) / (dp * b))
+    return cpdl__error(CPDL_EEOF, "feed: the source's %llu samples are consumed (%llu before "
+                       "this step, %llu per global batch)", (unsigned long long)n,
+                       (unsigned long long)(feed->base + k * dp * b), (unsigned long long)(dp * b));
+  uint64_t first = feed->base + (k * dp + (uint64_t)feed->dp_rank) * b;
+  feed->set = (feed->set + 1) % feed->n_sets;
+  int s = feed->set;
+  int64_t S = feed->seq_len;
+  for (int64_t row = 0; row < feed->batch; row++) {
+    int rc = cpdl__source_read_row(feed->source, (int64_t)(first + (uint64_t)row), S,
+                                   feed->rows[s][0] + row * S, feed->rows[s][1] + row * S,
+                                   feed->loss_mask[s] + row * S, feed->rows[s][2] + row * S);
+    if (rc)
+      return rc;
+  }
+  set_field(&fields[0], "input_ids", CPDL_DTYPE_INT64, feed, feed->rows[s][0]);
+  set_field(&fields[1], "labels", CPDL_DTYPE_INT64, feed, feed->rows[s][1]);
+  set_field(&fields[2], "loss_mask", CPDL_DTYPE_FLOAT32, feed, feed->loss_mask[s]);
+  set_field(&fields[3], "position_ids", CPDL_DTYPE_INT64, feed, feed->rows[s][2]);
+  *n_fields = 4;
+  return 0;
+}
 
 static int read_sample(void *arg, int64_t index, cpdl__sample_t *out) {
   return cpdl__source_read((cpdl__source_t *)arg, index, out);
@@ -54,6 +169,16 @@ static int source_uri(const cpdl_config_t *cfg, char *buf, size_t size) {
     /* As signed: the plugin parses int64 and takes the bits back as uint64. */
     n = snprintf(buf, size, "%s%cseed=%lld", uri, strchr(uri, '?') ? '&' : '?',
                  (long long)(int64_t)cfg->seed);
+  else if (strncmp(uri, "gpt:", 4) == 0) {
+    /* Megatron's --seq-length and --seed are the loader's. */
+    char extra[64] = "", *e = extra;
+    if (!uri_has_key(uri, "seq_len"))
+      e += snprintf(e, sizeof extra, "&seq_len=%lld", (long long)cfg->seq_len);
+    if (!uri_has_key(uri, "seed"))
+      snprintf(e, sizeof extra - (size_t)(e - extra), "&seed=%llu", (unsigned long long)cfg->seed);
+    n = snprintf(buf, size, "%s%s%s", uri, strchr(uri, '?') ? "" : "?",
+                 extra + (strchr(uri, '?') ? 0 : 1));
+  }
   else
     n = snprintf(buf, size, "%s", uri);
   if (n < 0 || (size_t)n >= size)
@@ -103,6 +228,16 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
     *out = feed;
     return 0;
   }
+  if (cpdl__source_global_order(feed->source)) {
+    rc = global_open(feed, cfg, cp.double_buffer);
+    if (rc) {
+      global_free(feed);
+      goto fail_close;
+    }
+    feed->double_buffer = cp.double_buffer;
+    *out = feed;
+    return 0;
+  }
 
   cpdl__sampler_params_t sp = {
       .n_samples = cpdl__source_count(feed->source),
@@ -147,6 +282,8 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
                          feed->dp_rank, (long long)feed->steps, (long long)feed->n_batches);
     int64_t batch = (int64_t)(feed->steps * dp + (uint64_t)feed->dp_rank);
     rc = cpdl__source_read_batch(feed->source, batch, fields, n_fields);
+  } else if (feed->global) {
+    rc = global_next(feed, fields, n_fields);
   } else {
     rc = cpdl__collate_next(feed->collate, fields, n_fields);
   }
@@ -158,7 +295,10 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
 
 void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]) {
   memset(words, 0, CPDL__CURSOR_WORDS * sizeof *words);
-  if (!feed->batches) {
+  if (feed->global) {
+    words[CPDL__CURSOR_CONSUMED] = feed->base + (feed->steps - feed->base_step) *
+                                                    (uint64_t)feed->dp_size * (uint64_t)feed->batch;
+  } else if (!feed->batches) {
     uint64_t epoch;
     int64_t position, offset;
     cpdl__collate_cursor(feed->collate, &epoch, &position, &offset);
@@ -178,6 +318,16 @@ int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]
     feed->steps = words[3];
     return 0;
   }
+  if (feed->global) {
+    if (words[0] || words[2] || words[CPDL__CURSOR_CONSUMED] > (uint64_t)feed->n_global)
+      return cpdl__error(CPDL_EARG, "feed: cursor (%llu, %llu, %llu) is not one of a gpt: source "
+                         "of %lld samples", (unsigned long long)words[0],
+                         (unsigned long long)words[1], (unsigned long long)words[2],
+                         (long long)feed->n_global);
+    feed->base = words[CPDL__CURSOR_CONSUMED];
+    feed->base_step = feed->steps = words[3];
+    return 0;
+  }
   if (words[1] > INT64_MAX || words[2] > INT64_MAX)
     return cpdl__error(CPDL_EARG, "feed: cursor position %llu / offset %llu out of range",
                        (unsigned long long)words[1], (unsigned long long)words[2]);
@@ -191,6 +341,7 @@ int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]
 void cpdl__feed_close(cpdl__feed_t *feed) {
   if (!feed)
     return;
+  global_free(feed);
   cpdl__collate_destroy(feed->collate);
   cpdl__sampler_destroy(feed->sampler);
   cpdl__source_close(feed->source);
@@ -198,5 +349,10 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 }
 
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) {
-  return !feed->batches && feed->collate && feed->double_buffer;
+  return !feed->batches && (feed->collate || feed->global) && feed->double_buffer;
+}
+
+bool cpdl__feed_global_order(const cpdl__feed_t *feed) {
+  /* gpt: (CPDL_SOURCE_GLOBAL_ORDER); the sampler's and npy's orders are per replica */
+  return feed && feed->global;
 }

@@ -28,6 +28,12 @@ void cpdl__error_clear(void);
 bool cpdl__mul_size(size_t a, size_t b, size_t *out);
 bool cpdl__add_size(size_t a, size_t b, size_t *out);
 
+/* ---- hash.c ---------------------------------------------------------------
+ * FNV-1a 64: start from CPDL__FNV1A_BASIS, feed bytes in any number of calls. */
+#define CPDL__FNV1A_BASIS UINT64_C(14695981039346656037)
+#define CPDL__FNV1A_PRIME UINT64_C(1099511628211)
+uint64_t cpdl__fnv1a(uint64_t hash, const void *data, size_t n);
+
 /* ---- fault.c --------------------------------------------------------------
  * CPDL_FAULT=<point>:<rank>[:error] — at the named point on that world rank,
  * raise SIGKILL (default) or return CPDL_EFAULT. Points: after_create,
@@ -40,6 +46,16 @@ typedef struct cpdl__team cpdl__team_t; /* coll.c */
 /* ---- config.c -------------------------------------------------------------
  * Hash of the canonical text (FNV-1a 64). */
 uint64_t cpdl__config_hash(const cpdl_config_t *cfg);
+/* The canonical text of the stream keys only (those that decide the batches;
+ * the key table marks them): what a resume state records. Like snprintf. */
+int cpdl__config_stream_format(const cpdl_config_t *cfg, char *buf, size_t size);
+/* 0, or CPDL_ECONFIG naming the first stream key whose values differ:
+ * "resume state was saved with seq_len=4096, this job has seq_len=8192". */
+int cpdl__config_stream_compare(const cpdl_config_t *saved, const cpdl_config_t *now);
+/* The key table, for tests and messages: its size; key i's name (NULL out of
+ * range) and whether it is a stream key. */
+int cpdl__config_key_count(void);
+const char *cpdl__config_key(int i, bool *stream);
 /* Collective over a team: every rank gets 0, or CPDL_ECONFIG with a message
  * naming the first key (in canonical order) whose value differs between
  * ranks, the two values and a rank holding each. */
@@ -393,6 +409,11 @@ void cpdl__source_close(cpdl__source_t *src);
 const char *cpdl__source_description(const cpdl__source_t *src);
 const char *cpdl__source_plugin_path(const cpdl__source_t *src); /* the .so loaded */
 bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close */
+/* Sources with one global sample order (CPDL_SOURCE_GLOBAL_ORDER: gpt): sample
+ * `index` as one training row of `width` positions (plugin.h, read_row). */
+bool cpdl__source_global_order(const cpdl__source_t *src);
+int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int64_t *input_ids,
+                          int64_t *labels, float *loss_mask, int64_t *position_ids);
 /* Documents: sample i is document i unless the plugin says otherwise
  * (megatron ?unit=sequence): document j = samples [*first, *first+*n). */
 int64_t cpdl__source_document_count(const cpdl__source_t *src);
@@ -409,6 +430,8 @@ int cpdl__source_list(char *buf, size_t size);
  * communication. The cursor (a few integers) says where the next step
  * starts; setting it reproduces the stream exactly from there. */
 #define CPDL__CURSOR_WORDS 4
+#define CPDL__CURSOR_STEP 3     /* the word counting the steps produced (== the loader's step) */
+#define CPDL__CURSOR_CONSUMED 1 /* global order: the job's consumed-sample count */
 typedef struct cpdl__feed cpdl__feed_t;
 /* \return 0, CPDL_EPLUGIN (unknown scheme, ABI mismatch, dlerror text),
  *         CPDL_ESOURCE, CPDL_ECORRUPT (file named with offset), CPDL_EARG. */
@@ -421,6 +444,14 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
+/* Whether the feed's order is global: one sequence of samples for the whole
+ * job, dealt to the replicas step by step (Megatron's order), so that its
+ * whole position is one consumed-sample count — cursor word
+ * CPDL__CURSOR_CONSUMED, the same on every replica — and a job may resume it
+ * with another dp size. Such a feed must seek from the cursor
+ * {0, consumed, 0, step} on any replica. False for per-replica orders, whose
+ * cursor is one replica's own (epoch, position, offset, steps). */
+bool cpdl__feed_global_order(const cpdl__feed_t *feed);
 void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
@@ -623,6 +654,41 @@ typedef struct cpdl__producer_args {
 int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **out);
 /* Stop, join and free (NULL is a no-op). */
 void cpdl__producer_stop(cpdl__producer_t *producer);
+
+/* ---- state.c --------------------------------------------------------------
+ * The resume state's bytes (layout: include/cpdl.h, docs/state.md). Pure. */
+#define CPDL__STATE_MAGIC UINT64_C(0x544154534c445043) /* the bytes "CPDLSTAT" (little-endian) */
+#define CPDL__STATE_VERSION 2
+typedef enum {
+  CPDL__ORDER_REPLICA = 0, /* one cursor per replica */
+  CPDL__ORDER_GLOBAL = 1,  /* one consumed-sample count for the job */
+} cpdl__order_kind_t;
+typedef struct cpdl__state {
+  uint64_t step;            /* the step of the next batch */
+  uint32_t kind;            /* cpdl__order_kind_t */
+  uint64_t consumed;        /* GLOBAL: samples the job consumed; REPLICA: 0 */
+  uint64_t dp_size;
+  uint64_t n_replicas;      /* REPLICA: dp_size; GLOBAL: 0 */
+  const uint64_t *cursors;  /* n_replicas * CPDL__CURSOR_WORDS, replica-major */
+  const char *stream;       /* cpdl__config_stream_format() text */
+} cpdl__state_t;
+/* A decoded blob: the fields above, cursors read with cpdl__state_cursor. */
+typedef struct cpdl__state_view {
+  uint64_t step, consumed, dp_size, n_replicas;
+  uint32_t kind;
+  const char *stream;       /* inside the blob, NUL-terminated */
+  const void *blob;
+} cpdl__state_view_t;
+/* Bytes of the blob of n_replicas cursors and a stream text of stream_len. */
+size_t cpdl__state_bytes(uint64_t n_replicas, size_t stream_len);
+/* \return 0 or CPDL_EOVERFLOW (buffer too small; *used says how much). */
+int cpdl__state_encode(const cpdl__state_t *st, void *buf, size_t size, size_t *used);
+/* Check and view a blob (any alignment). \return 0 or CPDL_ESTATE naming
+ * what is wrong: magic, version, size, cursor width, checksum, kind and
+ * replica count, or a cursor whose step word differs from the state's step. */
+int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
+void cpdl__state_cursor(const cpdl__state_view_t *st, uint64_t replica,
+                        uint64_t cursor[CPDL__CURSOR_WORDS]);
 
 /* ---- loader.c (internals for the CLI and tests) ---------------------------- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);

@@ -6,12 +6,12 @@
  *    consumer released it (ring) and publishes it only when complete.
  *  - Loader threads never use the control plane (coll.c: the caller's
  *    out-of-band allgather, MPI by default); every collective happens on the
- *    caller's thread in open/restore/close, each one followed by
+ *    caller's thread in open/save/restore/close, each one followed by
  *    cpdl__agree() so all ranks return the same result.
  *  - After a peer died (CPDL_EPEER) the loader is "failed": close then cleans
  *    up locally without collectives, since a collective would hang.
  *  - The host's pids are exchanged right after the mesh exists; from then on
- *    every collective of open/restore/close runs watched (coll.c), so a rank
+ *    every collective of open/save/restore/close runs watched (coll.c), so a rank
  *    of this host dying inside them gives CPDL_EPEER, never a hang. A failed
  *    open frees everything locally; a living leader unlinks its segment.
  */
@@ -544,61 +544,196 @@ int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
 const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *L) { return &L->mesh.world; }
 
 /* ------------------------------------------------------------------------- */
-/* State                                                                      */
+/* State (the blob's bytes: state.c; its layout: docs/state.md)               */
 /* ------------------------------------------------------------------------- */
 
-#define STATE_VERSION 1
+/* What each rank contributes to a save: its replica, whether it leads a
+ * group (and so knows its feed's order kind), the step of its next batch (a
+ * held step counts as consumed) and its replica's cursor at that step. Every
+ * rank knows its replica's cursor: the leader stores it in each slot. */
+enum { REC_DP, REC_FLAGS, REC_STEP, REC_CURSOR, REC_WORDS = REC_CURSOR + CPDL__CURSOR_WORDS };
+#define REC_LEADER 1u
+#define REC_GLOBAL 2u
 
-/* What decides the stream of batches (not steps, slots, threads, pin or
- * timeouts, which may change between a run and its resumption). */
-static uint64_t stream_hash(const cpdl_loader_t *L) {
-  const cpdl_config_t *c = &L->cfg;
-  char text[1024];
-  int n = snprintf(text, sizeof text,
-                   "cp=%d tp=%d dp=%d order=%s seq_len=%lld batch=%d mode=%d seed=%llu "
-                   "source=%s collate=%s padding_token_id=%lld position_ids=%d loss_on_eot=%d "
-                   "drop_last=%d",
-                   c->cp, c->tp, L->mesh.me.dp_size, c->order, (long long)c->seq_len, c->batch,
-                   (int)c->mode, (unsigned long long)c->seed, c->source, c->collate,
-                   (long long)c->padding_token_id, c->position_ids, c->loss_on_eot, c->drop_last);
-  uint64_t h = 1469598103934665603ull; /* FNV-1a 64 */
-  for (int i = 0; i < n && i < (int)sizeof text; i++)
-    h = (h ^ (unsigned char)text[i]) * 1099511628211ull;
-  return h;
+static void state_record(const cpdl_loader_t *L, uint64_t rec[REC_WORDS]) {
+  uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
+  const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
+  rec[REC_DP] = (uint64_t)L->mesh.me.dp_rank;
+  rec[REC_FLAGS] = L->mesh.is_leader ? REC_LEADER : 0;
+  if (L->mesh.is_leader && cpdl__feed_global_order(L->feed))
+    rec[REC_FLAGS] |= REC_GLOBAL;
+  rec[REC_STEP] = step;
+  memcpy(&rec[REC_CURSOR], cursor, CPDL__CURSOR_WORDS * sizeof *cursor);
 }
 
-int cpdl_loader_state_save(const cpdl_loader_t *L, cpdl_state_t *out) {
-  if (!L || !out)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL argument");
-  memset(out, 0, sizeof *out);
-  out->version = STATE_VERSION;
-  /* The next step to deliver, the feed cursor at its start, the config. */
-  uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
-  out->words[0] = step;
-  const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
-  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
-    out->words[1 + i] = cursor[i];
-  out->words[5] = stream_hash(L);
+/* The stream keys' text (malloc'd) or NULL with -ENOMEM. */
+static char *stream_text(const cpdl_loader_t *L) {
+  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
+  char *text = len < 0 ? NULL : malloc((size_t)len + 1);
+  if (!text) {
+    cpdl__error(-ENOMEM, "out of memory formatting the resume state's configuration");
+    return NULL;
+  }
+  cpdl__config_stream_format(&L->cfg, text, (size_t)len + 1);
+  return text;
+}
+
+int cpdl_loader_state_size(const cpdl_loader_t *L, size_t *bytes) {
+  if (!L || !bytes)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_state_size: NULL argument");
+  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
+  if (len < 0)
+    return len;
+  *bytes = cpdl__state_bytes((uint64_t)L->mesh.me.dp_size, (size_t)len);
+  return 0;
+}
+
+/* From every rank's record, the job's state, encoded into buf. */
+static int state_build(cpdl_loader_t *L, const uint64_t *recs, void *buf, size_t size,
+                       size_t *used) {
+  int n = L->mesh.me.world_size, dp = L->mesh.me.dp_size;
+  uint64_t step = recs[REC_STEP];
+  bool global = false;
+  for (int r = 0; r < n; r++) {
+    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
+    if (rec[REC_STEP] != step)
+      return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: rank 0 is at step %llu but rank "
+                         "%d at step %llu; save when every rank has taken the same steps",
+                         (unsigned long long)step, r, (unsigned long long)rec[REC_STEP]);
+    global |= (rec[REC_FLAGS] & REC_GLOBAL) != 0;
+  }
+  uint64_t *cursors = calloc((size_t)dp * CPDL__CURSOR_WORDS, sizeof *cursors);
+  char *text = stream_text(L);
+  int rc = 0;
+  if (!cursors || !text) {
+    rc = cpdl__error(-ENOMEM, "out of memory building the resume state");
+    goto out;
+  }
+  /* Each replica's cursor from one of its group leaders (every group of a
+   * replica computes the same stream; the leader's is the feed's own). */
+  for (int r = 0; r < n; r++) {
+    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
+    if ((rec[REC_FLAGS] & REC_LEADER) && rec[REC_DP] < (uint64_t)dp)
+      memcpy(cursors + rec[REC_DP] * CPDL__CURSOR_WORDS, &rec[REC_CURSOR],
+             CPDL__CURSOR_WORDS * sizeof *cursors);
+  }
+  cpdl__state_t st = {
+      .step = step,
+      .kind = global ? CPDL__ORDER_GLOBAL : CPDL__ORDER_REPLICA,
+      .consumed = global ? cursors[CPDL__CURSOR_CONSUMED] : 0,
+      .dp_size = (uint64_t)dp,
+      .n_replicas = global ? 0 : (uint64_t)dp,
+      .cursors = cursors,
+      .stream = text,
+  };
+  rc = cpdl__state_encode(&st, buf, size, used);
+out:
+  free(cursors);
+  free(text);
+  return rc;
+}
+
+static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, int local) {
+  int n = L->mesh.me.world_size;
+  uint64_t *recs = malloc((size_t)n * REC_WORDS * sizeof *recs);
+  if (!recs && !local)
+    local = cpdl__error(-ENOMEM, "out of memory gathering the resume state");
+  int rc = cpdl__agree(&L->mesh.world, local);
+  if (rc) {
+    free(recs);
+    return rc;
+  }
+  uint64_t mine[REC_WORDS];
+  state_record(L, mine);
+  rc = cpdl__coll_allgather(&L->mesh.world, mine, REC_WORDS * sizeof(uint64_t), recs,
+                            "state save (the cursors' gather)");
+  if (!rc)
+    rc = cpdl__agree(&L->mesh.world, state_build(L, recs, buf, size, used));
+  free(recs);
+  return rc;
+}
+
+int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *used) {
+  if (!L)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL loader");
+  if (L->failed)
+    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
+  size_t need = 0;
+  int local = cpdl_loader_state_size(L, &need);
+  if (used)
+    *used = need;
+  if (!local && (!buf || size < need))
+    local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
+                        "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
+  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  int rc = save_watched(L, buf, size, used, local);
+  cpdl__watch_install(previous);
+  if (rc == CPDL_EPEER)
+    L->failed = true; /* close must not try a collective */
+  return rc;
+}
+
+/* Local checks of a state against this job: the blob itself (CPDL_ESTATE),
+ * then its layout (CPDL_ECONFIG naming the key and both values). */
+static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
+                       cpdl__state_view_t *view) {
+  int rc = cpdl__state_decode(buf, size, view);
+  if (rc)
+    return rc;
+  cpdl_config_t saved;
+  cpdl_config_init(&saved);
+  if ((rc = cpdl_config_parse(&saved, view->stream)))
+    return cpdl__error_prefix(CPDL_ECONFIG, "resume state's configuration is not one this cpdl "
+                              "reads");
+  if ((rc = cpdl__config_stream_compare(&saved, &L->cfg)))
+    return rc;
+  if (view->kind == CPDL__ORDER_REPLICA && view->dp_size != (uint64_t)L->mesh.me.dp_size)
+    return cpdl__error(CPDL_ECONFIG, "resume state was saved with dp size %llu, this job has dp "
+                       "size %d; resume with the same number of ranks, cp and tp",
+                       (unsigned long long)view->dp_size, L->mesh.me.dp_size);
+  if (L->cfg.steps > 0 && view->step > (uint64_t)L->cfg.steps)
+    return cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
+                       (unsigned long long)view->step, (long long)L->cfg.steps);
   return 0;
 }
 
 /* The collective part of restore (a watch installed): agree on the local
- * checks, then the leader rewinds the ring and seeks its feed between two
+ * checks and that every rank was given the same state, then the leader
+ * rewinds the ring and seeks its feed to its replica's cursor between two
  * group barriers, so no consumer waits on the ring while it changes. */
-static int restore_watched(cpdl_loader_t *L, const cpdl_state_t *state, int local) {
+static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uint64_t checksum,
+                           int local) {
   int rc = cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
-  uint64_t step = state->words[0];
-  uint64_t cursor[CPDL__CURSOR_WORDS];
-  for (int i = 0; i < CPDL__CURSOR_WORDS; i++)
-    cursor[i] = state->words[1 + i];
+  /* min(c) and min(~c) = ~max(c): signed min of top-bit-flipped values. */
+  const uint64_t flip = UINT64_C(1) << 63;
+  int64_t all[2] = {(int64_t)(checksum ^ flip), (int64_t)(~checksum ^ flip)};
+  rc = cpdl__coll_min_i64(&L->mesh.world, all, 2, "restore (the states' comparison)");
+  if (rc)
+    return rc;
+  if (((uint64_t)all[0] ^ flip) != ~((uint64_t)all[1] ^ flip))
+    return cpdl__error(CPDL_ECONFIG, "ranks were given different resume states: give every rank "
+                       "the same one (any rank's save holds the whole job)");
+  uint64_t step = view->step;
+  uint64_t cursor[CPDL__CURSOR_WORDS] = {0};
+  if (view->kind == CPDL__ORDER_GLOBAL) {
+    cursor[CPDL__CURSOR_CONSUMED] = view->consumed;
+    cursor[CPDL__CURSOR_STEP] = step;
+  } else {
+    cpdl__state_cursor(view, (uint64_t)L->mesh.me.dp_rank, cursor);
+  }
   rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
   if (rc == CPDL_EPEER)
     return rc;
   local = rc;
   if (!local && L->mesh.is_leader) {
-    local = cpdl__feed_seek(L->feed, cursor);
+    if ((view->kind == CPDL__ORDER_GLOBAL) != cpdl__feed_global_order(L->feed))
+      local = cpdl__error(CPDL_ECONFIG, "resume state keeps a %s order, this job's source has a "
+                          "%s order", view->kind == CPDL__ORDER_GLOBAL ? "global" : "per-replica",
+                          view->kind == CPDL__ORDER_GLOBAL ? "per-replica" : "global");
+    else
+      local = cpdl__feed_seek(L->feed, cursor);
     if (!local)
       cpdl__ring_reset(L->ring, step);
   }
@@ -618,30 +753,26 @@ static int restore_watched(cpdl_loader_t *L, const cpdl_state_t *state, int loca
   return 0;
 }
 
-int cpdl_loader_state_restore(cpdl_loader_t *L, const cpdl_state_t *state) {
-  int local = 0;
-  if (!L || !state)
+int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
+  if (!L || !buf)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
+  cpdl__state_view_t view;
+  memset(&view, 0, sizeof view);
+  int local = 0;
   if (L->started)
     local = cpdl__error(CPDL_ESTATE, "cpdl_loader_state_restore: only valid before the first "
                         "cpdl_loader_next()");
-  else if (state->version != STATE_VERSION)
-    local = cpdl__error(CPDL_ESTATE, "resume state has version %llu, this cpdl reads %d",
-                        (unsigned long long)state->version, STATE_VERSION);
-  else if (state->words[5] != stream_hash(L))
-    local = cpdl__error(CPDL_ECONFIG, "resume state was saved with a different configuration "
-                        "(stream hash %016llx, now %016llx); resume with the same cp, tp, "
-                        "seq_len, batch, mode, seed, source and collate options",
-                        (unsigned long long)state->words[5], (unsigned long long)stream_hash(L));
-  else if (L->cfg.steps > 0 && state->words[0] > (uint64_t)L->cfg.steps)
-    local = cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond steps=%lld",
-                        (unsigned long long)state->words[0], (long long)L->cfg.steps);
+  else
+    local = state_check(L, buf, size, &view);
+  uint64_t checksum = 0;
+  if (!local)
+    memcpy(&checksum, (const char *)buf + size - 8, 8);
   if (!local)
     local = cpdl__fault("restoring", L->mesh.me.world_rank);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  int rc = restore_watched(L, state, local);
+  int rc = restore_watched(L, &view, checksum, local);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
     L->failed = true; /* close must not try a collective */

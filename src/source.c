@@ -489,6 +489,7 @@ bool cpdl__source_stable(const cpdl__source_t *src) {
 
 int64_t cpdl__source_count(const cpdl__source_t *src) { return src->plugin->count(src->state); }
 
+
 int64_t cpdl__source_eot(const cpdl__source_t *src) {
   return HAS_MEMBER(src, eot) ? src->plugin->eot(src->state) : -1;
 }
@@ -524,6 +525,29 @@ int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out) {
   out->tokens = tokens;
   out->n_tokens = n;
   out->token_bytes = token_bytes;
+  return 0;
+}
+
+bool cpdl__source_global_order(const cpdl__source_t *src) {
+  return (src->plugin->flags & CPDL_SOURCE_GLOBAL_ORDER) != 0 && HAS_MEMBER(src, read_row);
+}
+
+int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int64_t *input_ids,
+                          int64_t *labels, float *loss_mask, int64_t *position_ids) {
+  int64_t count = cpdl__source_count(src);
+  if (!cpdl__source_global_order(src))
+    return cpdl__error(CPDL_ESOURCE, "data source %s has no global sample order", src->scheme);
+  if (index < 0 || index >= count)
+    return cpdl__error(CPDL_EEOF, "data source %s: sample %" PRId64 " out of range [0, %" PRId64 ")",
+                       src->scheme, index, count);
+  char err[PLUGIN_ERR_MAX] = "";
+  lock(src);
+  int rc = src->plugin->read_row(src->state, index, width, input_ids, labels, loss_mask,
+                                 position_ids, err, sizeof err);
+  unlock(src);
+  if (rc)
+    return cpdl__error(rc > 0 ? CPDL_ESOURCE : rc, "data source %s, sample %" PRId64 ": %s",
+                       src->scheme, index, err[0] ? err : cpdl_strerror(rc));
   return 0;
 }
 

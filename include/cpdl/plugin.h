@@ -104,6 +104,11 @@ typedef struct cpdl_source_host {
 /* Descriptor flags. */
 #define CPDL_SOURCE_STABLE_TOKENS 0x1u    /* read() pointers valid until close() */
 #define CPDL_SOURCE_CONCURRENT_READS 0x2u /* read()/read_batch() may run concurrently */
+/* Samples are training rows in one global order (Megatron-LM's GPTDataset):
+ * the host reads step k, replica r (of dp), row b from sample
+ * (k*dp + r)*batch + b through read_row() instead of sampling and packing,
+ * and the resume state is the number of samples consumed. Requires read_row. */
+#define CPDL_SOURCE_GLOBAL_ORDER 0x4u
 
 /** The descriptor. Required members are non-NULL; optional ones may be NULL. */
 typedef struct cpdl_source_plugin {
@@ -139,6 +144,12 @@ typedef struct cpdl_source_plugin {
    *  [*first, *first + *n_samples). NULL means sample i is document i. */
   int64_t (*document_count)(void *state);
   int (*document)(void *state, int64_t j, int64_t *first, int64_t *n_samples);
+  /* ---- appended: hosts check struct_size before using these ---- */
+  /** CPDL_SOURCE_GLOBAL_ORDER sources: sample i as one training row of
+   *  `width` positions (the loader's seq_len): input_ids, labels and
+   *  position_ids as int64, loss_mask as float32, `width` entries each. */
+  int (*read_row)(void *state, int64_t i, int64_t width, int64_t *input_ids, int64_t *labels,
+                  float *loss_mask, int64_t *position_ids, char *err, size_t errlen);
 } cpdl_source_plugin_t;
 
 /** The entry symbol's type. */

@@ -1,7 +1,7 @@
 """loader — cpdl.Loader: iterate a cpdl loader's batches as zero-copy numpy views.
 
 Owns: the ctypes mirror of cpdl_config_t, cpdl_mesh_coords_t, cpdl_view_field_t,
-cpdl_batch_t and cpdl_state_t (tests/python/test_loader.py compares them with
+cpdl_batch_t (tests/python/test_loader.py compares them with
 the C compiler); MPI start-up when nobody started it; the Batch object.
 Invariants: a Loader holds at most one unreleased batch (the C side's rule);
 next() releases the previous one first. Every array handed out views the shared
@@ -18,11 +18,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cuda, _dlpack, _launch, _lib
+from . import _cuda, _dlpack, _launch, _lib, _prefetch
 from ._lib import lib
 from .prep import Error, _check
 
-CPDL_STATE_WORDS = 8
+CPDL_STATE_VERSION = 2
+_STATE_MAGIC = b"CPDLSTAT"
 CPDL_EEOF = -4011
 CPDL_ESTATE = -4014
 CPDL_EARG = -4001
@@ -87,11 +88,6 @@ class CBatch(ctypes.Structure):
     ]
 
 
-class State(ctypes.Structure):
-    """cpdl_state_t"""
-    _fields_ = [("version", ctypes.c_uint64), ("words", ctypes.c_uint64 * CPDL_STATE_WORDS)]
-
-
 _P = ctypes.POINTER
 _SIGNATURES = {
     "cpdl_config_init": (None, [_P(Config)]),
@@ -103,8 +99,11 @@ _SIGNATURES = {
     "cpdl_batch_release": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
     "cpdl_loader_mesh": (ctypes.c_int, [ctypes.c_void_p, _P(MeshCoords)]),
     "cpdl_loader_segment_bytes": (ctypes.c_size_t, [ctypes.c_void_p]),
-    "cpdl_loader_state_save": (ctypes.c_int, [ctypes.c_void_p, _P(State)]),
-    "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, _P(State)]),
+    "cpdl_loader_state_size": (ctypes.c_int, [ctypes.c_void_p, _P(ctypes.c_size_t)]),
+    "cpdl_loader_state_save": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                              _P(ctypes.c_size_t)]),
+    "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
+                                                 ctypes.c_size_t]),
     "cpdl_loader_close": (ctypes.c_int, [ctypes.c_void_p]),
 }
 for _sym, (_restype, _argtypes) in _SIGNATURES.items():
@@ -487,12 +486,18 @@ class Loader:
     pin: register this rank's whole region with CUDA once (needs libcudart
     and a device; otherwise one warning and nothing else), so
     `tensor.cuda(non_blocking=True)` copies asynchronously from shared memory.
+    device="cuda" (implies pin): next() gives a DeviceBatch of CUDA tensors,
+    copied on a side stream; prefetch=N copies N steps ahead while the current
+    one trains (see _prefetch.py). Without CUDA, device="cuda" is a cpdl.Error.
     Errors raise cpdl.Error carrying the library's message.
     """
 
-    def __init__(self, config=None, comm=None, *, pin=False, process_group=None, mesh=None,
-                 dims=None, coords=None, **kwargs):
+    def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0,
+                 process_group=None, mesh=None, dims=None, coords=None, **kwargs):
         self._handle = None
+        self._feed = None
+        device, prefetch = _prefetch.resolve(device, prefetch)
+        pin = pin or device is not None
         self._current = None
         self._pinned = None
         self._pin = bool(pin)
@@ -560,6 +565,8 @@ class Loader:
                               else getattr(cfg, name))
                        for name, _ in Config._fields_ if name != "struct_size"}
         _open_loaders.add(self)
+        if device is not None:
+            self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
 
     def _live(self):
         if self._handle is None:
@@ -579,6 +586,12 @@ class Loader:
         return self
 
     def __next__(self):
+        if self._feed is not None:
+            self._live()
+            return self._feed.next()
+        return self._next_host()
+
+    def _next_host(self):
         handle = self._live()
         if self._current is not None:
             self._current.release()
@@ -601,34 +614,55 @@ class Loader:
     next = __next__
 
     def state_dict(self):
-        """{"version", "words"}: resume state; a Loader that loads it starts at
-        the step after the last one this rank acquired."""
-        state = State()
-        _check(lib.cpdl_loader_state_save(self._live(), ctypes.byref(state)))
-        return {"version": int(state.version), "words": [int(w) for w in state.words]}
+        """Collective: every rank must call it at the same step (as a
+        trainer's checkpoint code does). Returns the WHOLE job's resume state
+        — every replica's cursor — as {"version": 2, "step": k, "state":
+        "<hex>"} (JSON and torch.save friendly); the dict any rank returns
+        restores every rank, so rank 0 alone may write the checkpoint. A held
+        batch counts as consumed: the state starts at the step after it."""
+        if self._feed is not None:
+            self._feed.check_state_save()
+        handle = self._live()
+        need = ctypes.c_size_t(0)
+        _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
+        buf = ctypes.create_string_buffer(need.value)
+        used = ctypes.c_size_t(0)
+        _check(lib.cpdl_loader_state_save(handle, buf, need, ctypes.byref(used)))
+        blob = buf.raw[:used.value]
+        return {"version": int.from_bytes(blob[8:16], "little"),
+                "step": int.from_bytes(blob[24:32], "little"),
+                "state": blob.hex()}
 
     def load_state_dict(self, state):
         """Collective; only before the first iteration (else cpdl.Error
-        CPDL_ESTATE), with the configuration it was saved with (CPDL_ECONFIG)."""
+        CPDL_ESTATE). Every rank loads the same dict (e.g. rank 0's
+        state_dict(), read from its checkpoint): each replica resumes at its
+        own cursor. A state of another layout (dp size, cp, seq_len, source,
+        ...) is cpdl.Error CPDL_ECONFIG naming the key; a damaged state or one
+        of another version CPDL_ESTATE (the C library judges the version
+        given here, so a dict of another version is refused as such)."""
         try:
             version = operator.index(state["version"])
-            words = [operator.index(w) for w in state["words"]]
-        except (KeyError, TypeError) as exc:
-            raise ValueError("cpdl: state must be {'version': int, 'words': [int]*%d} as "
-                             "state_dict() returns (%s)" % (CPDL_STATE_WORDS, exc)) from None
-        if len(words) != CPDL_STATE_WORDS:
-            raise ValueError("cpdl: state['words'] has %d entries, expected %d"
-                             % (len(words), CPDL_STATE_WORDS))
-        c = State()
-        c.version = version
-        for i, w in enumerate(words):
-            c.words[i] = w
-        _check(lib.cpdl_loader_state_restore(self._live(), ctypes.byref(c)))
+            blob = state.get("state")
+            if isinstance(blob, str):
+                blob = bytes.fromhex(blob)
+            elif blob is None:
+                blob = _STATE_MAGIC + bytes(8)  # a dict of another version: no blob
+            else:
+                blob = bytes(blob)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError("cpdl: state must be {'version': int, 'step': int, 'state': hex "
+                             "str} as state_dict() returns (%s)" % (exc,)) from None
+        if len(blob) >= 16 and 0 <= version < 1 << 64:
+            blob = blob[:8] + version.to_bytes(8, "little") + blob[16:]
+        _check(lib.cpdl_loader_state_restore(self._live(), blob, len(blob)))
 
     def close(self):
         """Collective. Releases the held batch, unpins, closes. Idempotent."""
         if self._handle is None:
             return
+        if self._feed is not None:
+            self._feed.close()  # copies in flight read the slots: wait for them
         if self._current is not None:
             try:
                 self._current.release()

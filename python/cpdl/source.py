@@ -36,6 +36,11 @@ _TOKEN_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.
 _MAPPED = {"llmc", "megatron"}
 
 
+def _has_key(uri, key):
+    query = uri.split("?", 1)[1] if "?" in uri else ""
+    return any(part.split("=", 1)[0] == key for part in query.split("&") if part)
+
+
 class _Handle:
     """Owns the cpdl_source_t*; closes it when the last reference goes."""
 
@@ -50,14 +55,25 @@ class _Handle:
 
 class Source:
     """A data source opened from a URI ("synthetic:?seed=1", "llmc:/data/x.bin",
-    "megatron:/data/corpus_text_document", ...). len() is the sample count;
-    source[i] is sample i's tokens as a read-only 1-D numpy array (uint16,
-    uint32 or int64 as the file stores them): a zero-copy view of the mapped
-    file for llmc and megatron, a copy otherwise. Views stay valid after
+    "megatron:/data/corpus_text_document", "gpt:0.3,/data/a,0.7,/data/b?num_samples=K",
+    ...); seq_len= and seed= are added to the URI's query when it lacks them.
+    len() is the sample count; source[i] is sample i's tokens as a read-only
+    1-D numpy array (uint16, uint32 or int64 as the file stores them; gpt:
+    gives Megatron's seq_len + 1 int64 tokens): a zero-copy view of the
+    mapped file for llmc and megatron, a copy otherwise. Views stay valid after
     close(): the mapping lives until the last view is gone.
     Pre-collated sources (npy) have no token samples: indexing raises."""
 
-    def __init__(self, uri):
+    def __init__(self, uri, seq_len=None, seed=None):
+        uri = str(uri)
+        # seq_len= and seed= join the query when it lacks them, as the loader
+        # passes its own (the gpt: source needs both: Megatron's --seq-length
+        # and --seed).
+        extra = ["%s=%d" % (key, int(value)) for key, value in
+                 (("seq_len", seq_len), ("seed", seed)) if value is not None
+                 and not _has_key(uri, key)]
+        if extra:
+            uri += ("&" if "?" in uri else "?") + "&".join(extra)
         pointer = ctypes.c_void_p()
         _check(lib.cpdl_source_open(str(uri).encode(), ctypes.byref(pointer)))
         self._handle = _Handle(pointer.value)

@@ -24,8 +24,9 @@ static const char usage[] =
     "  --dump DIR               write each rank's view as DIR/step<k>/rank<r>/<field>.npy\n"
     "  --dump-collated DIR      the group leader writes each collated batch before preparation\n"
     "                           as DIR/step<k>/group<g>/collated/<field>.npy\n"
-    "  --save-state FILE        after the run, save the resume state\n"
-    "  --resume FILE            start from a saved state\n"
+    "  --save-state FILE        after the run, save the whole job's resume state (rank 0\n"
+    "                           writes FILE; a failed write fails the run)\n"
+    "  --resume FILE            start every replica from a saved state (same options)\n"
     "  --report-binding         print where loader threads and memory were placed\n"
     "  any other configuration key as --key value (see cpdl_config_t in cpdl.h);\n"
     "  CPDL_<KEY> environment variables set defaults.\n";
@@ -110,34 +111,88 @@ static void progress(bool tty, uint64_t done, uint64_t total, double tokens, dou
   }
 }
 
-static int read_state(const char *file, cpdl_state_t *st) {
-  FILE *f = fopen(file, "r");
-  if (!f)
-    return cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
-  unsigned long long v, w[CPDL_STATE_WORDS];
-  int n = fscanf(f, "cpdl-state %llu", &v);
-  for (int i = 0; n == 1 && i < CPDL_STATE_WORDS; i++)
-    if (fscanf(f, " %llu", &w[i]) != 1)
-      n = 0;
-  fclose(f);
-  if (n != 1)
-    return cpdl__error(CPDL_ECORRUPT, "%s is not a cpdl resume state (expected 'cpdl-state "
-                       "<version> <%d words>')", file, CPDL_STATE_WORDS);
-  st->version = v;
-  for (int i = 0; i < CPDL_STATE_WORDS; i++)
-    st->words[i] = w[i];
+static void report_error(int rank, const char *what, int rc);
+
+/* The resume file is the state's bytes as cpdl_loader_state_save returns
+ * them (self-describing: magic, version, size, checksum; docs/state.md). */
+#define STATE_FILE_MAX (64u << 20)
+
+/* Rank 0 reads the file; every rank gets its bytes (or the error). */
+static int read_state(const char *file, int rank, void **buf, size_t *size) {
+  uint64_t n = 0;
+  int rc = 0;
+  char *bytes = NULL;
+  if (rank == 0) {
+    FILE *f = fopen(file, "rb");
+    if (!f)
+      rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    if (!rc && (fseek(f, 0, SEEK_END) != 0 || (long)(n = (uint64_t)ftell(f)) < 0 ||
+                fseek(f, 0, SEEK_SET) != 0))
+      rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    if (!rc && (n == 0 || n > STATE_FILE_MAX))
+      rc = cpdl__error(CPDL_ESTATE, "%s has %llu bytes: not a cpdl resume state", file,
+                       (unsigned long long)n);
+    if (!rc && !(bytes = malloc(n)))
+      rc = cpdl__error(-ENOMEM, "out of memory reading %s", file);
+    if (!rc && fread(bytes, 1, n, f) != n)
+      rc = cpdl__error(-EIO, "cannot read resume state %s: short read", file);
+    if (f)
+      fclose(f);
+  }
+  int all = 0;
+  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (all) {
+    free(bytes);
+    return rank == 0 ? rc : cpdl__error(all, "rank 0 could not read the resume state %s", file);
+  }
+  MPI_Bcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  if (rank != 0 && !(bytes = malloc(n)))
+    abort(); /* n <= 64 MiB: out of memory here is out of memory everywhere */
+  MPI_Bcast(bytes, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
+  *buf = bytes;
+  *size = n;
   return 0;
 }
 
-static int write_state(const char *file, const cpdl_state_t *st) {
-  FILE *f = fopen(file, "w");
+/* Write to a temporary file beside it, fsync, rename: a crash leaves the old
+ * checkpoint or the new one, never half of one. */
+static int write_state(const char *file, const void *buf, size_t size) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
+  FILE *f = fopen(tmp, "wb");
   if (!f)
     return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
-  fprintf(f, "cpdl-state %llu", (unsigned long long)st->version);
-  for (int i = 0; i < CPDL_STATE_WORDS; i++)
-    fprintf(f, " %llu", (unsigned long long)st->words[i]);
-  fprintf(f, "\n");
-  return fclose(f) == 0 ? 0 : cpdl__error(-errno, "cannot write %s", file);
+  int rc = 0;
+  if (fwrite(buf, 1, size, f) != size || fflush(f) != 0 || fsync(fileno(f)) != 0)
+    rc = cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+  if (fclose(f) != 0 && !rc)
+    rc = cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+  if (!rc && rename(tmp, file) != 0)
+    rc = cpdl__error(-errno, "cannot rename %s to %s: %s", tmp, file, strerror(errno));
+  if (rc)
+    unlink(tmp);
+  return rc;
+}
+
+/* Collective: gather the whole job's state; rank 0 writes it. \return the
+ * same on every rank (0 or the first error), after reporting it. */
+static int save_state(cpdl_loader_t *loader, const char *file, int rank) {
+  size_t need = 0, used = 0;
+  cpdl_loader_state_size(loader, &need);
+  void *buf = malloc(need);
+  int rc = cpdl_loader_state_save(loader, buf, buf ? need : 0, &used);
+  int local = rc;
+  if (!rc && rank == 0)
+    local = write_state(file, buf, used);
+  free(buf);
+  if (local && rank == 0)
+    report_error(rank, "save-state", local);
+  int all = 0;
+  MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (all && rank != 0)
+    fprintf(stderr, "cpdl run: rank %d: save-state: %s: the resume state %s was not written "
+            "(see rank 0)\n", rank, cpdl_err_name(all), file);
+  return all;
 }
 
 /* One line per entry of the binding report's JSON array (rank 0 only). */
@@ -190,20 +245,18 @@ int cpdl_cli_run(int argc, char **argv) {
   }
 
   if (flags.resume) {
-    cpdl_state_t st;
-    memset(&st, 0, sizeof st);
-    int local = rank == 0 ? read_state(flags.resume, &st) : 0;
-    int all = 0;
-    MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (all) {
+    void *st = NULL;
+    size_t st_size = 0;
+    rc = read_state(flags.resume, rank, &st, &st_size);
+    if (rc) {
       if (rank == 0)
-        report_error(rank, "resume", local);
+        report_error(rank, "resume", rc);
       cpdl_loader_close(loader);
       MPI_Finalize();
       return 1;
     }
-    MPI_Bcast(&st, (int)sizeof st, MPI_BYTE, 0, MPI_COMM_WORLD);
-    rc = cpdl_loader_state_restore(loader, &st);
+    rc = cpdl_loader_state_restore(loader, st, st_size);
+    free(st);
     if (rc) {
       if (rank == 0)
         report_error(rank, "resume", rc);
@@ -268,11 +321,10 @@ int cpdl_cli_run(int argc, char **argv) {
     return 1;
   }
 
-  if (flags.save_state && rank == 0 && !run_rc) {
-    cpdl_state_t st;
-    if (cpdl_loader_state_save(loader, &st) == 0 && (rc = write_state(flags.save_state, &st)))
-      report_error(rank, "save-state", rc);
-  }
+  int any_rc = 0;
+  MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  /* A checkpoint that was not written fails the run, on every rank. */
+  int save_rc = flags.save_state && !any_rc ? save_state(loader, flags.save_state, rank) : 0;
 
   double p50, p99;
   cli_percentiles(lat, n_lat, &p50, &p99);
@@ -282,8 +334,6 @@ int cpdl_cli_run(int argc, char **argv) {
   MPI_Reduce(&p99, &worst_p99, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
   MPI_Reduce(&rate, &sum_rate, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
   MPI_Reduce(&rate, &min_rate, 1, MPI_DOUBLE, MPI_MIN, 0, MPI_COMM_WORLD);
-  int any_rc = 0;
-  MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   /* Nodes: ranks sharing memory. */
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
@@ -297,7 +347,7 @@ int cpdl_cli_run(int argc, char **argv) {
   if (close_rc && rank == 0)
     report_error(rank, "close", close_rc);
 
-  if (rank == 0 && !any_rc) {
+  if (rank == 0 && !any_rc && !save_rc) {
     printf("{\"steps\": %llu, \"np\": %d, \"dp\": %d, \"cp\": %d, \"tp\": %d, \"seq_len\": %lld, "
            "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
            "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_per_node\": %.0f, "
@@ -312,5 +362,5 @@ int cpdl_cli_run(int argc, char **argv) {
   free(lat);
   free(binding);
   MPI_Finalize();
-  return any_rc || close_rc ? 1 : 0;
+  return any_rc || save_rc || close_rc ? 1 : 0;
 }

@@ -105,10 +105,11 @@ int main(int argc, char **argv) {
   int steps = 0;
   if (rc == 0 && strcmp(point, "restoring") == 0) {
     where = "restore";
-    cpdl_state_t state;
-    rc = cpdl_loader_state_save(loader, &state);
+    char state[4096];
+    size_t used = 0;
+    rc = cpdl_loader_state_save(loader, state, sizeof state, &used);
     CHECK(rc == 0, "save: %s", cpdl_last_error());
-    rc = cpdl_loader_state_restore(loader, &state);
+    rc = cpdl_loader_state_restore(loader, state, used);
   } else if (rc == 0 && strcmp(point, "closing") == 0) {
     where = "close";
     for (; steps < 3 && rc == 0; steps++) {

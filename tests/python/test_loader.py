@@ -15,6 +15,7 @@ on an mpi4py communicator; cpdl.Source. Prints "N passed, M failed" (all ranks' 
 import argparse
 import ctypes
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -77,8 +78,7 @@ def test_abi():
     if rank != 0:
         return
     structs = {"cpdl_config_t": cl.Config, "cpdl_mesh_coords_t": cl.MeshCoords,
-               "cpdl_view_field_t": cl.ViewField, "cpdl_batch_t": cl.CBatch,
-               "cpdl_state_t": cl.State}
+               "cpdl_view_field_t": cl.ViewField, "cpdl_batch_t": cl.CBatch}
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "cpdl.h"',
              'int main(void) {']
     for cname, py in structs.items():
@@ -255,7 +255,20 @@ def test_resume():
                 state = a.state_dict()
             if batch.step == 5:
                 break
-    report(isinstance(state, dict) and len(state["words"]) == 8, "state_dict shape", state)
+    report(isinstance(state, dict) and state.get("version") == 2 and state.get("step") == 3,
+           "state_dict of a held step 2: version 2, step 3", state)
+    # rank 0's dict, through JSON, on every rank (what a trainer's checkpoint does)
+    state = json.loads(comm.bcast(json.dumps(state), root=0))
+    for bad, what in (({**state, "version": 1}, "a dict of version 1"),
+                      ({"version": 1, "words": [3, 0, 0, 0, 3, 0, 0, 0]}, "an old words dict"),
+                      ({**state, "version": 3}, "a dict of version 3")):
+        with cpdl.Loader(**CONFIG) as b:
+            try:
+                b.load_state_dict(bad)
+                report(False, "%s refused" % what)
+            except cpdl.Error as exc:
+                report(exc.name == "CPDL_ESTATE" and "version %d" % bad["version"] in str(exc),
+                       "%s refused with CPDL_ESTATE naming its version" % what, str(exc))
     with cpdl.Loader(**CONFIG) as b:
         b.load_state_dict(state)
         again = run_steps(b, 3)

@@ -1,0 +1,485 @@
+"""train_cp — a small decoder-only transformer trained with real context parallelism on cpdl's shards.
+
+    mpirun -np 2 python3 examples/train_cp.py --cp 2 --steps 10 --json          # CP over 2 ranks
+    mpirun -np 1 python3 examples/train_cp.py --cp 1 --steps 10 --json          # its reference
+    mpirun -np 4 python3 examples/train_cp.py --cp 2 --mode round_robin          # dp 2 x cp 2
+    mpirun -np 2 python3 examples/train_cp.py --cp 2 --device cuda --dtype bf16 \\
+        --seq-len 128K --attn torch-ring --prefetch --json
+
+Each rank holds only its CP shard of every batch (cpdl.Loader; --mode contiguous or
+round_robin). Attention sees the whole sequence of the CP group either by
+  --attn allgather-kv  every rank all-gathers K and V of its CP group (autograd-aware:
+                       the backward sums each rank's K/V gradients back to their owner) and
+                       attends its local queries causally at their global positions;
+  --attn torch-ring    PyTorch's ring attention (torch.distributed.tensor.experimental.
+                       context_parallel, torch >= 2.7, CUDA), load balancing on for
+                       round_robin (its head-tail layout is cpdl's: checked at start) and off
+                       for contiguous.
+RoPE angles come from the batch's position_ids, the loss is next-token cross entropy on the
+batch's labels (-100 ignored). The loss of a step is the sum of token losses over the global
+batch (all dp x cp ranks) divided by its number of labelled tokens, and gradients are summed
+over dp x cp, so every --cp gives the loss of --cp 1 on the same global batches (same dp).
+Feeds: host views (CPU), pin=True + copy in the loop (CUDA, default), --prefetch
+(device="cuda", prefetch=1: the next shard is copied on a side stream while this step
+trains), --baseline (every rank loads the whole batch and keeps its shard, as trainers
+without cpdl do). data_ms: the time the step waited for its data (max over ranks).
+Launch: mpirun (OMPI_COMM_WORLD_*) or torchrun (RANK/WORLD_SIZE/LOCAL_RANK); torch.distributed
+meets at MASTER_ADDR:MASTER_PORT if set, else in a file under /tmp (one host).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import cpdl  # noqa: E402
+
+
+# ---- process group ----------------------------------------------------------
+
+def launch_env():
+    """(rank, world_size, local_rank, job id) from torchrun's or mpirun's environment."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return (int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                env.get("TORCHELASTIC_RUN_ID", "torchrun"))
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return (int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
+                int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
+                env.get("PMIX_NAMESPACE") or env.get("OMPI_MCA_ess_base_jobid", "mpirun"))
+    if "PMI_RANK" in env:  # MPICH / Hydra
+        return (int(env["PMI_RANK"]), int(env["PMI_SIZE"]), int(env.get("MPI_LOCALRANKID", 0)),
+                env.get("PMI_KVSNAME", "mpich"))
+    return 0, 1, 0, "single-%d" % os.getpid()
+
+
+def init_process_group(backend):
+    """torch.distributed over the launcher's ranks: env:// when MASTER_ADDR and
+    MASTER_PORT are set (torchrun sets them; several hosts need them), else a
+    file store named after the job (all ranks on this host)."""
+    rank, world, local, job = launch_env()
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        init = "env://"
+    else:
+        path = os.path.join(tempfile.gettempdir(), "cpdl-train-cp-%s" % job)
+        init = "file://" + path
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    return rank, world, local
+
+
+def cp_groups(mesh):
+    """(this rank's CP group, its world ranks by cp_rank, the dp x cp table of
+    world ranks): every rank tells every other its (dp_rank, cp_rank)."""
+    mine = torch.tensor([mesh.dp_rank, mesh.cp_rank, mesh.tp_rank], dtype=torch.int64,
+                        device=_comm_device())
+    table = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(table, mine)
+    grid = [[None] * mesh.cp_size for _ in range(mesh.dp_size)]
+    for world_rank, coords in enumerate(table):
+        dp, cp, tp = (int(x) for x in coords)
+        if tp != 0:
+            raise SystemExit("train_cp: tp > 1 is not supported by this example")
+        grid[dp][cp] = world_rank
+    mine_group = None
+    for row in grid:  # new_group is collective: every rank creates every group
+        group = dist.new_group(row)
+        if dist.get_rank() in row:
+            mine_group, ranks = group, row
+    # A group orders its members by world rank: where does CP rank j sit in it?
+    _GROUP_POS[:] = [sorted(ranks).index(r) for r in ranks]
+    return mine_group, ranks, grid
+
+
+_GROUP_POS = []
+
+
+_DEVICE = torch.device("cpu")
+
+
+def _comm_device():
+    return _DEVICE if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---- CP layout ------------------------------------------------------------
+
+def local_blocks(mode, cp, cp_rank, local_len):
+    """[(global start, length)] of this rank's tokens, in shard order (cpdl's layouts)."""
+    if mode == "contiguous":
+        return [(cp_rank * local_len, local_len)]
+    if mode == "round_robin":
+        c = local_len // 2
+        return [(cp_rank * c, c), ((2 * cp - 1 - cp_rank) * c, c)]
+    raise SystemExit("train_cp: --mode %s is not supported (contiguous, round_robin)" % mode)
+
+
+class _GatherSeq(torch.autograd.Function):
+    """All-gather of x over the CP group; backward sums the gathered gradient
+    over the group and keeps this rank's part (its K/V are used by every rank)."""
+
+    @staticmethod
+    def forward(ctx, x, group, index):
+        ctx.group, ctx.index = group, index
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == "nccl":
+            out = torch.empty_like(grad[0])
+            dist.reduce_scatter(out, list(grad.unbind(0)), group=ctx.group)
+            return out, None, None
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.index].clone(), None, None
+
+
+def gather_global(x, group, cp, cp_rank, mode):
+    """[B, H, L, D] shards of the CP group -> [B, H, cp*L, D] in global order."""
+    parts = _GatherSeq.apply(x, group, _GROUP_POS[cp_rank])
+    parts = [parts[_GROUP_POS[j]] for j in range(cp)]
+    local_len = x.shape[2]
+    chunks = [None] * (2 * cp if mode == "round_robin" else cp)
+    for j in range(cp):
+        if mode == "contiguous":
+            chunks[j] = parts[j]
+        else:
+            a, b = parts[j].split(local_len // 2, dim=2)
+            chunks[j], chunks[2 * cp - 1 - j] = a, b
+    return torch.cat(chunks, dim=2)
+
+
+def causal_attention(q, k, v):
+    """q [B,H,Lq,D] at the last Lq of the Lk key positions (lower-right causal)."""
+    lq, lk = q.shape[2], k.shape[2]
+    sdpa = getattr(F, "scaled_dot_product_attention", None)
+    if sdpa is not None and q.is_cuda:
+        if lq == lk:
+            return sdpa(q, k, v, is_causal=True)
+        from torch.nn.attention.bias import causal_lower_right
+        return sdpa(q, k, v, attn_mask=causal_lower_right(lq, lk))
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    qi = torch.arange(lq, device=q.device).unsqueeze(1) + (lk - lq)
+    kj = torch.arange(lk, device=q.device).unsqueeze(0)
+    scores = scores.masked_fill(kj > qi, float("-inf"))
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+
+
+# ---- model ------------------------------------------------------------------
+
+def rope(x, position_ids, base=10000.0):
+    """Rotary embedding of x [B,H,L,D] at position_ids [B,L]."""
+    d = x.shape[-1]
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    ang = position_ids.to(torch.float32).unsqueeze(-1) * inv  # [B,L,D/2]
+    cos, sin = ang.cos().unsqueeze(1), ang.sin().unsqueeze(1)
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = torch.nn.Linear(dim, dim, bias=False)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(),
+                                       torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x, position_ids, attend):
+        b, length, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = rope(q, position_ids), rope(k, position_ids)
+        y = attend(q, k, v).transpose(1, 2).reshape(b, length, dim)
+        x = x + self.proj(y)
+        return x + self.mlp(self.norm2(x))
+
+
+class Model(torch.nn.Module):
+    def __init__(self, vocab, dim, heads, layers):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.blocks = torch.nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids, position_ids, attend):
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x, position_ids, attend)
+        return self.head(self.norm(x))
+
+
+def make_attend(args, group, cp_rank, local_len):
+    """attend(q, k, v) on local shards for the chosen backend."""
+    if args.attn == "torch-ring":
+        def ring(q, k, v):
+            # context_parallel patches F.scaled_dot_product_attention: look it up now.
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return ring
+    blocks = local_blocks(args.mode, args.cp, cp_rank, local_len)
+
+    def allgather_kv(q, k, v):
+        if args.cp > 1:
+            k = gather_global(k, group, args.cp, cp_rank, args.mode)
+            v = gather_global(v, group, args.cp, cp_rank, args.mode)
+            offset, outs = 0, []
+            for start, length in blocks:
+                outs.append(causal_attention(q[:, :, offset:offset + length],
+                                             k[:, :, :start + length], v[:, :, :start + length]))
+                offset += length
+            return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return causal_attention(q, k, v)
+    return allgather_kv
+
+
+# ---- torch-ring -------------------------------------------------------------
+
+def torch_ring_context(args, grid, cp_rank, local_len):
+    """(context factory, layout check text) for PyTorch's ring attention."""
+    try:
+        from torch.distributed.device_mesh import DeviceMesh
+        from torch.distributed.tensor.experimental import context_parallel
+        try:
+            from torch.distributed.tensor.experimental._context_parallel import _attention as cpa
+        except ImportError:
+            from torch.distributed.tensor.experimental import _attention as cpa
+    except ImportError as exc:
+        raise SystemExit("train_cp: --attn torch-ring needs torch >= 2.7 with "
+                         "context_parallel (%s, torch %s)" % (exc, torch.__version__))
+    if _DEVICE.type != "cuda":
+        raise SystemExit("train_cp: --attn torch-ring runs on CUDA only (use --attn "
+                         "allgather-kv on the CPU)")
+    mesh = DeviceMesh("cuda", torch.tensor(grid), mesh_dim_names=("dp", "cp"))["cp"]
+    options = getattr(cpa, "_cp_options", None)
+    if options is None:
+        from torch.distributed.tensor.experimental import _attention as cpa
+        options = cpa._cp_options
+    options.enable_load_balance = args.mode == "round_robin"
+    # Check torch's layout against cpdl's: shard the global positions with torch's own
+    # sharder and compare with the positions this rank holds.
+    total = local_len * args.cp
+    probe = torch.arange(total, device=_DEVICE).unsqueeze(0)
+    with context_parallel(mesh, buffers=[probe], buffer_seq_dims=[1], no_restore_buffers={probe}):
+        theirs = probe.clone()
+    ours = torch.cat([torch.arange(s, s + n, device=_DEVICE)
+                      for s, n in local_blocks(args.mode, args.cp, cp_rank, local_len)])
+    same = torch.equal(theirs.flatten().to(ours.dtype), ours)
+    flag = torch.tensor([0 if same else 1], device=_DEVICE)
+    dist.all_reduce(flag)
+    text = "torch-ring layout (load balance %s) %s cpdl's %s layout" % (
+        "on" if options.enable_load_balance else "off",
+        "EQUALS" if int(flag) == 0 else "DIFFERS FROM", args.mode)
+    if int(flag):
+        raise SystemExit("train_cp: " + text + "; refusing to train on a wrong layout")
+
+    if args.ring_rotate != "default":
+        cpa.set_rotate_method(args.ring_rotate)
+
+    def make():
+        # context_parallel wants at least one buffer to shard; cpdl already sharded
+        # the batch, so it gets a dummy one of 2*cp positions.
+        dummy = torch.zeros(1, 2 * args.cp, device=_DEVICE)
+        return context_parallel(mesh, buffers=[dummy], buffer_seq_dims=[1],
+                                no_restore_buffers={dummy})
+    return make, text
+
+
+# ---- feeds ------------------------------------------------------------------
+
+class Feed:
+    """Yields (shard dict of tensors on the device, data_ms) per step."""
+
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        kw = dict(cp=args.cp, seq_len=args.seq_len, batch=args.batch, steps=args.steps,
+                  mode=args.mode)
+        if args.source:
+            kw["source"] = args.source
+        self.full = None
+        if args.prefetch:
+            self.loader = cpdl.Loader(device=device, prefetch=1, **kw)
+        else:
+            self.loader = cpdl.Loader(pin=device.type == "cuda", **kw)
+        self.mesh = self.loader.mesh
+        if args.baseline:
+            if self.mesh.dp_size != 1:
+                raise SystemExit("train_cp: --baseline needs dp = 1 (each rank's own cp=1 "
+                                 "loader must see the global batch)")
+            from mpi4py import MPI
+            kw.update(cp=1, mode="contiguous")
+            self.full = cpdl.Loader(comm=MPI.COMM_SELF, **kw)
+
+    def __iter__(self):
+        cuda = self.device.type == "cuda"
+        it = iter(self.loader) if self.full is None else None
+        full = iter(self.full) if self.full is not None else None
+        while True:
+            t0 = time.perf_counter()
+            if full is not None:
+                try:
+                    whole = next(full)
+                except StopIteration:
+                    return
+                prepared = cpdl.shard_batch(dict(whole), self.args.cp, self.mesh.cp_rank,
+                                            mode=self.args.mode)
+                shard = {name: torch.from_numpy(a).to(self.device, non_blocking=False)
+                         for name, a in prepared.items()}
+                whole.release()
+                data_ms = (time.perf_counter() - t0) * 1e3
+                yield shard, data_ms
+                continue
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            if isinstance(batch, cpdl.Batch):
+                shard = {name: t.to(self.device, non_blocking=True)
+                         for name, t in batch.torch().items()}
+                if cuda:  # the copies read the slot: wait before it goes back
+                    torch.cuda.current_stream().synchronize()
+                    batch.release()
+            else:
+                shard = batch.torch()  # device="cuda", prefetch: already there
+            data_ms = (time.perf_counter() - t0) * 1e3
+            yield shard, data_ms
+
+    def close(self):
+        if self.full is not None:
+            self.full.close()
+        self.loader.close()
+
+
+# ---- main -------------------------------------------------------------------
+
+def parse_size(text):
+    text = text.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+def main():
+    global _DEVICE
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cp", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seq-len", type=parse_size, default=256, help="tokens; 128K and 1M work")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--mode", default="contiguous", choices=["contiguous", "round_robin"])
+    p.add_argument("--attn", default="allgather-kv", choices=["allgather-kv", "torch-ring"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--source", default="", help="cpdl source URI (default synthetic:)")
+    p.add_argument("--baseline", action="store_true",
+                   help="every rank loads the whole batch and keeps its shard")
+    p.add_argument("--prefetch", action="store_true",
+                   help="cpdl.Loader(device='cuda', prefetch=1)")
+    p.add_argument("--ring-rotate", default="alltoall",
+                   choices=["alltoall", "allgather", "default"],
+                   help="torch-ring: how K/V shards travel (alltoall passes them round the "
+                   "ring; torch's default is allgather)")
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--json", action="store_true", help="one JSON line per step")
+    args = p.parse_args()
+    if args.prefetch and args.device != "cuda":
+        raise SystemExit("train_cp: --prefetch copies to the GPU: it needs --device cuda")
+    if args.prefetch and args.baseline:
+        raise SystemExit("train_cp: --prefetch and --baseline are two different feeds")
+
+    rank, world, local = init_process_group("nccl" if args.device == "cuda" else "gloo")
+    if args.device == "cuda":
+        _DEVICE = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(_DEVICE)
+    device = _DEVICE
+    feed = Feed(args, device)
+    mesh = feed.mesh
+    if mesh.cp_size != args.cp:
+        raise SystemExit("train_cp: loader cp %d != --cp %d" % (mesh.cp_size, args.cp))
+    group, _, grid = cp_groups(mesh)
+    local_len = None
+    ring = None
+
+    torch.manual_seed(0)
+    model = Model(args.vocab, args.dim, args.heads, args.layers).to(device)
+    params = [q for q in model.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if args.dtype == "bf16" else None)
+
+    step = 0
+    for shard, data_ms in feed:
+        t0 = time.perf_counter()
+        ids = shard["input_ids"] % args.vocab
+        labels = shard["labels"]
+        labels = torch.where(labels < 0, labels, labels % args.vocab)
+        positions = shard["position_ids"]
+        if local_len is None:
+            local_len = ids.shape[1]
+            attend = make_attend(args, group, mesh.cp_rank, local_len)
+            if args.attn == "torch-ring":
+                ring, text = torch_ring_context(args, grid, mesh.cp_rank, local_len)
+                if rank == 0 and not args.json:
+                    print("train_cp: " + text, flush=True)
+                if rank == 0:
+                    print(json.dumps({"layout_check": text}), file=sys.stderr, flush=True)
+        valid = (labels != -100).sum().to(torch.float64)
+        dist.all_reduce(valid)  # labelled tokens of the global batch
+        ctx = ring() if ring is not None else None
+        if ctx is not None:
+            ctx.__enter__()
+        if autocast is not None:
+            with autocast:
+                logits = model(ids, positions, attend)
+        else:
+            logits = model(ids, positions, attend)
+        loss_sum = F.cross_entropy(logits.float().reshape(-1, args.vocab), labels.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        loss = loss_sum / valid.to(loss_sum.dtype)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+        flat = torch.cat([q.grad.reshape(-1) for q in params])
+        dist.all_reduce(flat)  # sum over dp x cp: the gradient of the global loss
+        offset = 0
+        for q in params:
+            q.grad.copy_(flat[offset:offset + q.numel()].view_as(q))
+            offset += q.numel()
+        opt.step()
+        stats = torch.tensor([loss_sum.detach().double().item(), data_ms], dtype=torch.float64,
+                             device=_comm_device())
+        gathered = [torch.zeros_like(stats) for _ in range(world)]
+        dist.all_gather(gathered, stats)
+        total = sum(float(g[0]) for g in gathered) / float(valid)
+        wait = max(float(g[1]) for g in gathered)
+        step_ms = (time.perf_counter() - t0) * 1e3
+        if rank == 0:
+            if args.json:
+                print(json.dumps({"step": step, "loss": total, "data_ms": round(wait, 4),
+                                  "step_ms": round(step_ms, 2)}), flush=True)
+            else:
+                print("step %d loss %.6f data %.3f ms step %.1f ms"
+                      % (step, total, wait, step_ms), flush=True)
+        step += 1
+    feed.close()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""test_train_cp — context-parallel training on cpdl's shards learns what training without CP learns.
+
+Runs examples/train_cp.py under mpirun (gloo, CPU, fp32, tiny model, 10 steps)
+and compares per-step losses, which include 10 optimizer updates, so the
+gradients' all-reduce over dp x cp is checked too:
+  --cp 2 (np 2)            vs --cp 1 (np 1)             contiguous and round_robin
+  dp 2 x --cp 2 (np 4)     vs dp 2 x --cp 1 (np 2)      contiguous and round_robin
+within 1e-5 relative. The data is an llm.c shard of documents that repeat
+their first half (a copy task), so a token's loss depends on attention to
+earlier positions, also across shard boundaries: attending in the wrong
+global order moved the loss by 3e-4 .. 2e-3 relative. The sequence length is not a multiple of 2 x cp, so the
+padding (labels -100) is exercised. The references themselves must differ
+(dp 1 vs dp 2 see other global batches) and change over steps, so an
+equality here is not trivial. Also: device="cuda" without CUDA is a clear
+cpdl.Error, and Loader(prefetch=...) without a device is refused.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import testutil
+from testutil import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "examples", "train_cp.py")
+MPIEXEC = sys.argv[1] if len(sys.argv) > 1 else "mpirun"  # CTest passes MPIEXEC_EXECUTABLE
+COMMON = ["--steps", "10", "--seq-len", "250", "--dim", "32", "--heads", "2", "--layers", "2",
+          "--vocab", "256", "--lr", "3e-3", "--json"]
+EOT = 50256  # llm.c's (GPT-2) end-of-text, the llmc source's default
+
+
+def write_copy_shard(path, tokens=40000, seed=7):
+    """An llm.c uint16 shard: EOT, r, r for random r of 24..63 tokens in [1, 256)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < tokens:
+        r = rng.integers(1, 256, int(rng.integers(24, 64))).tolist()
+        out += [EOT] + r + r
+    header = np.zeros(256, np.int32)
+    header[:3] = [20240520, 1, len(out)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + np.array(out, np.uint16).tobytes())
+RTOL = 1e-5
+
+
+def train(np_, cp, mode):
+    cmd = [MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np", str(np_), sys.executable,
+           SCRIPT, "--cp", str(cp), "--mode", mode, "--source", "llmc:" + SHARD] + COMMON
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         timeout=240, universal_newlines=True)
+    if run.returncode != 0:
+        raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), run.returncode,
+                                                         run.stdout, run.stderr))
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    steps = [r["step"] for r in rows]
+    if steps != list(range(10)):
+        raise AssertionError("%s printed steps %s" % (" ".join(cmd), steps))
+    for r in rows:
+        if not (r["data_ms"] >= 0 and r["loss"] > 0):
+            raise AssertionError("bad row %s" % r)
+    return [r["loss"] for r in rows]
+
+
+def same(what, got, want):
+    worst = max(abs(g - w) / abs(w) for g, w in zip(got, want))
+    report(len(got) == len(want) and worst <= RTOL, what,
+           "worst relative difference %.3g > %g\n got %s\nwant %s" % (worst, RTOL, got, want))
+
+
+def test_losses():
+    ref_dp1 = train(1, 1, "contiguous")
+    ref_dp2 = train(2, 1, "contiguous")
+    # cp 1 is the same layout in both modes (chunks 0 and 1 of 2, in order).
+    report(max(abs(a - b) for a, b in zip(ref_dp1, ref_dp2)) > 1e-3, "dp references differ",
+           "%s vs %s" % (ref_dp1, ref_dp2))
+    report(len(set(round(x, 6) for x in ref_dp1)) > 5, "reference loss changes over steps",
+           str(ref_dp1))
+    for mode in ("contiguous", "round_robin"):
+        same("cp2 np2 %s" % mode, train(2, 2, mode), ref_dp1)
+        same("dp2 x cp2 np4 %s" % mode, train(4, 2, mode), ref_dp2)
+
+
+def test_device_errors():
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import cpdl
+    from cpdl import _prefetch
+    import torch
+    if not torch.cuda.is_available():
+        try:
+            cpdl.Loader(device="cuda", prefetch=1)  # refused before anything opens
+            report(False, "device=cuda without CUDA raises")
+        except cpdl.Error as exc:
+            report("CUDA is not available" in str(exc) and "device=None" in str(exc),
+                   "device=cuda error names the fix", str(exc))
+    for bad in (dict(device=None, prefetch=1), dict(device="cuda", prefetch=-1),
+                dict(device="meta", prefetch=0)):
+        try:
+            _prefetch.resolve(bad["device"], bad["prefetch"])
+            report(False, "refused %s" % bad)
+        except cpdl.Error as exc:
+            report("prefetch" in str(exc) or "device" in str(exc), "message for %s" % bad,
+                   str(exc))
+    report(_prefetch.resolve("cpu", 0) == (None, 0), "device=cpu means host views")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="cpdl-train-cp-") as tmp:
+        SHARD = os.path.join(tmp, "copy.bin")
+        write_copy_shard(SHARD)
+        sys.exit(testutil.run([test_device_errors, test_losses]))
