@@ -442,9 +442,26 @@ CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const void *buf, s
 
 /** Collective. Stops the loader threads, unmaps and frees. If a rank of the
  *  group has died (an earlier CPDL_EPEER) it cleans up locally without
- *  collectives. \return 0 or the first error seen on any rank. *loader is
- *  freed either way. */
+ *  collectives. Closing out of turn (an exception, an early exit) tells the
+ *  group first: a rank still in next() then fails at once with CPDL_EPEER
+ *  naming this rank as the one that left, and this close returns CPDL_EPEER
+ *  once the group knows. \return 0 or the first error seen on any rank.
+ *  *loader is freed either way (a retained mapping stays; see below). */
 CPDL_API int cpdl_loader_close(cpdl_loader_t *loader);
+
+/** The read-only mapping behind every batch view of a loader, kept alive by
+ *  reference for bindings whose zero-copy views have their own lifetime
+ *  (Python's numpy arrays and torch tensors). While a reference is held the
+ *  views' addresses stay mapped, even after cpdl_loader_close(): read there
+ *  after close they hold the segment's last contents, still read-only, and
+ *  the group's memory stays allocated until the last reference goes.
+ *  \return a reference, or NULL (loader NULL or closed, out of memory:
+ *  message set). Drop each with cpdl_mapping_release(); thread-safe. */
+typedef struct cpdl_mapping cpdl_mapping_t;
+CPDL_API cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *loader);
+/** Drop one reference; the last one (the loader holds one until close)
+ *  unmaps. NULL does nothing. */
+CPDL_API void cpdl_mapping_release(cpdl_mapping_t *mapping);
 
 /* ------------------------------------------------------------------------- */
 /* Data sources (plugins: include/cpdl/plugin.h)                              */

@@ -251,6 +251,9 @@ static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, s
         return peer_died(dead, what); /* req is abandoned (see the header) */
     } else if (w && w->n > 0 && t - last_check >= CHECK_NS) {
       last_check = t;
+      int rc = w->check ? w->check(w->check_arg) : 0;
+      if (rc)
+        return rc; /* *req is abandoned, as after a death */
       if ((dead = find_dead(w)) != NULL)
         dead_at = t;
     }

@@ -126,6 +126,10 @@ typedef struct cpdl__peer {
 typedef struct cpdl__watch {
   int n;
   cpdl__peer_t *peers;  /* this rank excluded */
+  /* Optional, polled with the peers: nonzero ends the wait with that error
+   * (the request is abandoned as after a death). NULL: none. */
+  int (*check)(void *arg);
+  void *check_arg;
 } cpdl__watch_t;
 /* pidfd_open(2), or -1 with errno (ENOSYS where the kernel lacks it). */
 int cpdl__pidfd_open(pid_t pid);
@@ -248,7 +252,7 @@ typedef struct cpdl__ring cpdl__ring_t; /* process-local handle */
  * [hdr][field records][slot records][consumer records], each table 64-byte
  * aligned, the whole control part page-aligned. */
 #define CPDL__RING_MAGIC UINT64_C(0x474e49524c445043) /* "CPDLRING" little-endian */
-#define CPDL__RING_VERSION 1u
+#define CPDL__RING_VERSION 2u /* 2: consumer records carry world_rank and left */
 #define CPDL__RING_MAX_SLOTS 1024u
 #define CPDL__RING_MAX_REGIONS 64u
 #define CPDL__RING_MAX_CONSUMERS 512u
@@ -285,7 +289,9 @@ typedef struct cpdl__ring_slot_rec {
 typedef struct cpdl__ring_consumer_rec { /* one cache line, written by its consumer */
   _Alignas(CPDL__CACHE_LINE) _Atomic uint64_t cursor; /* last released step + 1 */
   _Atomic int32_t pid;
-  _Atomic uint32_t futex;         /* bumped per release; the leader sleeps on it */
+  _Atomic uint32_t futex;         /* bumped per release (and on leave); the leader sleeps on it */
+  _Atomic int32_t world_rank;     /* for messages that name this consumer */
+  _Atomic uint32_t left;          /* 1: this consumer closed its loader; its cursor is final */
 } cpdl__ring_consumer_rec_t;
 /* Offsets of the tables in the control part (pure function of n_fields,
  * n_slots). */
@@ -313,8 +319,14 @@ const cpdl_prep_field_t *cpdl__ring_fields(const cpdl__ring_t *ring); /* validat
 void *cpdl__ring_rank_block(const cpdl__ring_t *ring, uint32_t region, uint32_t slot);
 void *cpdl__ring_shared_block(const cpdl__ring_t *ring, uint32_t slot);
 void *cpdl__ring_region(const cpdl__ring_t *ring, uint32_t region, size_t *bytes);
-/* Consumer `consumer` (its group rank) registers its pid. */
-void cpdl__ring_register(cpdl__ring_t *ring, uint32_t consumer, int32_t pid);
+/* Consumer `consumer` (its group rank) registers its pid and world rank
+ * (both only name it in messages). */
+void cpdl__ring_register(cpdl__ring_t *ring, uint32_t consumer, int32_t pid, int32_t world_rank);
+/* Consumer `consumer` leaves (its loader closes, in turn or not): its cursor
+ * is final. Steps whose slot waits on that cursor can never come, so a
+ * consumer waiting for one gets CPDL_EPEER naming the rank that left (a
+ * normal, collective close waits for no such step). Wakes every waiter. */
+void cpdl__ring_leave(cpdl__ring_t *ring, uint32_t consumer);
 
 /* Liveness callback: return 0 while all peers are alive, else an error
  * (CPDL_EPEER with a message naming the dead rank). Called on every wake. */
@@ -333,8 +345,10 @@ void cpdl__ring_publish(cpdl__ring_t *ring, uint64_t step);
 void cpdl__ring_publish_eof(cpdl__ring_t *ring, uint64_t step);
 /* Consumer: wait until `step` is published in its slot (acquire), until
  * timeout_ms passes (< 0: no timeout, alive() still checked every tick), or
- * until EOF/abort. \return 0, CPDL_EEOF, CPDL_ETIMEDOUT, alive()'s error
- * (CPDL_EPEER), the error posted to the group, or CPDL_ESTATE (the slot
+ * until EOF/abort. \return 0, CPDL_EEOF, CPDL_ETIMEDOUT (naming the consumer
+ * that holds the slot back, if one does, else the leader), alive()'s error
+ * (CPDL_EPEER), CPDL_EPEER naming a consumer that left while the step still
+ * needed its slot, the error posted to the group, or CPDL_ESTATE (the slot
  * already holds a later step: this consumer released out of order). */
 int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
                          cpdl__ring_alive_fn alive, void *arg);

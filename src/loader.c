@@ -18,9 +18,11 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -39,6 +41,7 @@ struct cpdl_loader {
    * read-only data mapping: the leader maps its own segment a second time,
    * so no rank can write into a view by mistake. */
   cpdl__shm_t view_shm;
+  cpdl_mapping_t *view_map; /* view_shm's base and size, by reference (may be NULL) */
   cpdl__ring_t *cring;
   uint64_t nonce;
   uint64_t config_hash;
@@ -71,6 +74,36 @@ struct cpdl_loader {
   cpdl__producer_t *producer; /* the loader threads, once started */
   char *dump_collated;      /* directory, or NULL */
 };
+
+/* ------------------------------------------------------------------------- */
+/* The view mapping's lifetime                                                */
+/* ------------------------------------------------------------------------- */
+
+/* The loader holds one reference from open to close; bindings that export
+ * views add theirs. Whoever drops the last unmaps (acq_rel: every use of the
+ * memory by other holders happens before the munmap). */
+struct cpdl_mapping {
+  void *base;
+  size_t size;
+  _Atomic int refs;
+};
+
+cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *L) {
+  if (!L || !L->view_map) {
+    cpdl__error(CPDL_EARG, "cpdl_loader_mapping_retain: %s", L ? "the loader has no mapping "
+                "(out of memory at open)" : "NULL loader");
+    return NULL;
+  }
+  atomic_fetch_add_explicit(&L->view_map->refs, 1, memory_order_relaxed);
+  return L->view_map;
+}
+
+void cpdl_mapping_release(cpdl_mapping_t *map) {
+  if (!map || atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  munmap(map->base, map->size);
+  free(map);
+}
 
 /* ------------------------------------------------------------------------- */
 /* Liveness                                                                   */
@@ -219,6 +252,12 @@ static void loader_release(cpdl_loader_t *L) {
   if (L->ring)
     cpdl__ring_free(L->ring);
   L->ring = NULL;
+  if (L->view_map) {
+    /* The mapping is the references' to unmap; close only the fd here. */
+    L->view_shm.base = NULL;
+    cpdl_mapping_release(L->view_map);
+    L->view_map = NULL;
+  }
   cpdl__shm_close(&L->view_shm);
   /* The creator unlinks here if nobody did: a failed open leaves nothing. */
   cpdl__shm_close(&L->shm);
@@ -307,7 +346,8 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   /* Every member registers its pid in the segment (the ring's record). */
   local = cpdl__fault("attach", L->mesh.me.world_rank);
   if (!local)
-    cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, (int32_t)getpid());
+    cpdl__ring_register(L->cring, (uint32_t)L->mesh.me.group_rank, (int32_t)getpid(),
+                        (int32_t)L->mesh.me.world_rank);
 
   /* The whole group has mapped the segment: unlink it now, so a crash from
    * here on leaves nothing in /dev/shm (R5). */
@@ -376,6 +416,13 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
     return rc;
   }
   build_view_table(L);
+  /* Without memory for it the loader still works; only retain fails. */
+  L->view_map = malloc(sizeof *L->view_map);
+  if (L->view_map) {
+    L->view_map->base = L->view_shm.base;
+    L->view_map->size = L->view_shm.size;
+    atomic_init(&L->view_map->refs, 1);
+  }
   L->next_step = L->first_step;
   *out = L;
   return 0;
@@ -783,18 +830,36 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
 /* Close                                                                      */
 /* ------------------------------------------------------------------------- */
 
+/* While close's barrier waits: a death or departure posted to the group
+ * means some member stopped in next() and will never reach this barrier. */
+static int close_check(void *arg) {
+  cpdl_loader_t *L = arg;
+  int posted = cpdl__ring_posted_error(L->cring);
+  return posted == CPDL_EPEER ? posted : 0;
+}
+
 int cpdl_loader_close(cpdl_loader_t *L) {
   if (!L)
     return 0;
+  /* Tell the group first (R19): if this close is out of turn (an exception,
+   * an early exit) the others are still in next(); the first of them to
+   * wait for a step that needs this rank's slot fails naming this rank and
+   * posts it, which ends the barrier below. A collective close waits for no
+   * such step, so nothing is posted and the barrier completes. */
+  if (L->cring)
+    cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
     return cpdl__error(CPDL_EPEER, "loader closed without collectives after a rank died");
   }
+  L->watch.check = close_check;
+  L->watch.check_arg = L;
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
+  L->watch.check = NULL;
   if (rc != CPDL_EPEER) {
     if (rc && !local)
       local = rc;

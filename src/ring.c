@@ -8,6 +8,9 @@
  * read once into locals and validated; geometry and fields come only from the
  * process-local handle. No locks: waits are bounded spins, then futex sleeps
  * in short ticks that re-check the abort word and the peers' liveness.
+ * A consumer that leaves (closes) sets its `left` word; its cursor is final
+ * from then on, so a step whose slot still waits on that cursor is known
+ * never to come, and whoever waits for it is told who left (R19).
  */
 #include "internal.h"
 
@@ -255,6 +258,8 @@ int cpdl__ring_init(void *base, size_t total, const cpdl__ring_geometry_t *geo,
     atomic_init(&ring->consumers[c].cursor, first_step);
     atomic_init(&ring->consumers[c].pid, 0);
     atomic_init(&ring->consumers[c].futex, 0);
+    atomic_init(&ring->consumers[c].world_rank, -1);
+    atomic_init(&ring->consumers[c].left, 0);
   }
   *out = ring;
   return 0;
@@ -386,12 +391,13 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void cpdl__ring_register(cpdl__ring_t *ring, uint32_t consumer, int32_t pid) {
+void cpdl__ring_register(cpdl__ring_t *ring, uint32_t consumer, int32_t pid, int32_t world_rank) {
   if (consumer >= ring->geo.n_consumers)
     return;
-  /* Relaxed: the pid is only used for liveness diagnostics; the group learns
-   * about registration through MPI, not through this word. */
+  /* Relaxed: pid and rank only name the consumer in messages; the group
+   * learns about registration through MPI, not through these words. */
   atomic_store_explicit(&ring->consumers[consumer].pid, pid, memory_order_relaxed);
+  atomic_store_explicit(&ring->consumers[consumer].world_rank, world_rank, memory_order_relaxed);
 }
 
 int32_t cpdl__ring_pid(const cpdl__ring_t *ring, uint32_t consumer) {
@@ -501,6 +507,50 @@ int cpdl__ring_slot_state(const cpdl__ring_t *ring, uint64_t step, uint64_t *wor
   return 0;
 }
 
+/* The first consumer whose cursor has not reached `need` (it still holds or
+ * has not yet taken step need - 1), preferring one that left; n_consumers if
+ * none. Acquire on `left` pairs with leave()'s release store: a consumer
+ * seen as left has its final cursor visible to us. */
+static uint32_t holder_of(const cpdl__ring_t *ring, uint64_t need, bool *left) {
+  uint32_t first = ring->geo.n_consumers;
+  *left = false;
+  for (uint32_t c = 0; c < ring->geo.n_consumers; c++) {
+    cpdl__ring_consumer_rec_t *rec = &ring->consumers[c];
+    bool gone = atomic_load_explicit(&rec->left, memory_order_acquire) != 0;
+    uint64_t cursor = atomic_load_explicit(&rec->cursor, memory_order_acquire);
+    if ((int64_t)(cursor - need) >= 0)
+      continue;
+    if (gone) {
+      *left = true;
+      return c;
+    }
+    if (first == ring->geo.n_consumers)
+      first = c;
+  }
+  return first;
+}
+
+static int left_error(const cpdl__ring_t *ring, uint32_t c, uint64_t step) {
+  cpdl__ring_consumer_rec_t *rec = &ring->consumers[c];
+  return cpdl__error(CPDL_EPEER, "rank %" PRId32 " (group rank %" PRIu32 ", pid %" PRId32 ") left "
+                     "the job at step %" PRIu64 " (its loader was closed or its process is "
+                     "exiting), so step %" PRIu64 " can never come; see that rank's log",
+                     atomic_load_explicit(&rec->world_rank, memory_order_relaxed), c,
+                     atomic_load_explicit(&rec->pid, memory_order_relaxed),
+                     atomic_load_explicit(&rec->cursor, memory_order_relaxed), step);
+}
+
+void cpdl__ring_leave(cpdl__ring_t *ring, uint32_t consumer) {
+  if (consumer >= ring->geo.n_consumers)
+    return;
+  /* Release: our final cursor store is ordered before the flag, so whoever
+   * sees left == 1 (acquire, holder_of) also sees the cursor we leave at. */
+  atomic_store_explicit(&ring->consumers[consumer].left, 1, memory_order_release);
+  /* Waiters sleep on slot seq words (consumers) and consumer futex words
+   * (the leader): bump and wake them all so they look at `left` now. */
+  wake_everyone(ring);
+}
+
 int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
                          cpdl__ring_alive_fn alive, void *arg) {
   uint32_t slot_index = cpdl__ring_slot_of(ring, step);
@@ -530,13 +580,32 @@ int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
     }
     if (alive && (rc = alive(arg)) != 0)
       return rc;
+    /* Who holds the slot back: a consumer that left never releases it. */
+    bool gone;
+    uint64_t need = step - ring->geo.n_slots + 1;
+    uint32_t holder = holder_of(ring, need, &gone);
+    if (gone)
+      return left_error(ring, holder, step);
     int tick = TICK_MS;
     if (timeout_ms >= 0) {
       int64_t left = deadline - now_ms();
+      if (left <= 0 && holder < ring->geo.n_consumers) {
+        cpdl__ring_consumer_rec_t *rec = &ring->consumers[holder];
+        return cpdl__error(CPDL_ETIMEDOUT, "ring: step %" PRIu64 " was not published within "
+                           "%d ms: rank %" PRId32 " (group rank %" PRIu32 ", pid %" PRId32 ") has "
+                           "not released step %" PRIu64 " for %.1f s, and the leader needs its "
+                           "slot: that rank is stalled; raise timeout_ms if that is expected",
+                           step, timeout_ms,
+                           atomic_load_explicit(&rec->world_rank, memory_order_relaxed), holder,
+                           atomic_load_explicit(&rec->pid, memory_order_relaxed),
+                           atomic_load_explicit(&rec->cursor, memory_order_relaxed),
+                           timeout_ms / 1000.0);
+      }
       if (left <= 0)
         return cpdl__error(CPDL_ETIMEDOUT, "ring: step %" PRIu64 " was not published within "
-                           "%d ms (slot %" PRIu32 " holds step %" PRIu64 "; leader stalled? "
-                           "raise timeout_ms)", step, timeout_ms, slot_index, published);
+                           "%d ms (slot %" PRIu32 " holds step %" PRIu64 ", every consumer has "
+                           "released it: the leader is stalled or slow; raise timeout_ms if "
+                           "that is expected)", step, timeout_ms, slot_index, published);
       if (left < tick)
         tick = (int)left;
     }

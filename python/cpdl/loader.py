@@ -105,6 +105,8 @@ _SIGNATURES = {
     "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
                                                  ctypes.c_size_t]),
     "cpdl_loader_close": (ctypes.c_int, [ctypes.c_void_p]),
+    "cpdl_loader_mapping_retain": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "cpdl_mapping_release": (None, [ctypes.c_void_p]),
 }
 for _sym, (_restype, _argtypes) in _SIGNATURES.items():
     _fn = getattr(lib, _sym)
@@ -252,6 +254,24 @@ def _comm_handle(comm):
 
 # ---- Batch -----------------------------------------------------------------
 
+class _Mapping:
+    """One reference to a loader's read-only view mapping (the C side's
+    cpdl_mapping_t). Every Batch holds the loader's, and each exported array
+    or tensor holds its Batch, so the memory a view points at stays mapped as
+    long as the view lives — even after Loader.close() — and is unmapped by
+    whoever lets go last."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref):
+        self._ref = ref
+
+    def __del__(self):
+        ref, self._ref = self._ref, None
+        if ref and lib is not None:
+            lib.cpdl_mapping_release(ref)
+
+
 class _FieldExport:
     """One field for the DLPack protocol (torch.from_dlpack(batch.dlpack(name)))."""
 
@@ -288,14 +308,18 @@ class Batch(Mapping):
       * batch[name], .torch(), .copy() raise cpdl.Error("... released") after
         release; release() a second time does nothing;
       * arrays and tensors taken *before* release keep pointing at the slot:
-        reading them later gives another step's data (or crashes after close).
-        Keep data beyond the step with batch.copy() or np.array(arr).
+        reading them later gives another step's data. After Loader.close()
+        they stay readable (the mapping lives as long as they do: they hold
+        the segment's last contents, read-only). Keep data beyond the step
+        with batch.copy() or np.array(arr).
     Tensors from .torch() are writable in torch's eyes but the memory is
     mapped read-only: writing to them raises SIGSEGV.
     """
 
     def __init__(self, loader, cbatch):
         self._loader = loader
+        # The views' memory lives while this does (after Loader.close() too).
+        self._mapping = loader._mapping if loader is not None else None
         self._c = cbatch
         self.step = int(cbatch.step)
         self.mesh = _mesh_of(cbatch.mesh)
@@ -495,6 +519,7 @@ class Loader:
     def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0,
                  process_group=None, mesh=None, dims=None, coords=None, **kwargs):
         self._handle = None
+        self._mapping = None
         self._feed = None
         device, prefetch = _prefetch.resolve(device, prefetch)
         pin = pin or device is not None
@@ -557,6 +582,7 @@ class Loader:
             _check(lib.cpdl_loader_open_mpi(value, layout_p, ctypes.byref(cfg),
                                             ctypes.byref(handle)))
         self._handle = handle
+        self._mapping = _Mapping(lib.cpdl_loader_mapping_retain(handle))
         self._comm = comm
         coords = MeshCoords()
         _check(lib.cpdl_loader_mesh(handle, ctypes.byref(coords)))
@@ -669,6 +695,7 @@ class Loader:
             except Error:
                 pass
         handle, self._handle = self._handle, None
+        self._mapping = None  # batches and their views keep their own reference
         _open_loaders.discard(self)
         if self._pinned:
             _cuda.unregister(self._pinned)  # before the region is unmapped
@@ -678,6 +705,15 @@ class Loader:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        # Leaving the block by an exception closes out of turn: the group is
+        # told (R19) and close() returns CPDL_EPEER once it knows; the
+        # exception in flight is the news, not that.
+        if exc_type is None:
+            self.close()
+            return False
+        try:
+            self.close()
+        except Error:
+            pass
         return False

@@ -256,3 +256,54 @@ def shard_batch_all(batch, cp_size, *, tp_size=1, loss_mask=None, padding_token_
     for view in shared_views.values():
         view.flags.writeable = False
     return out
+
+
+def plan_fields(specs, cp_size, *, tp_size=1, padding_token_id=0, metadata_seq_dims=None,
+                metadata_pad_values=None, mode="contiguous"):
+    """What the contract makes of a batch, from names, dtypes and shapes alone
+    (no data is read): the C core's plan, for callers that execute it
+    themselves (cpdl.torch on GPU tensors).
+
+    specs: {name: (cpdl dtype name, shape)}; a loss mask is the entry
+    "loss_mask". Returns (seq_len, padded_len, [(name, dtype name, shape,
+    seq_dim)]) — shape as one CP rank sees it, seq_dim -1 for a field passed
+    through whole. Raises cpdl.Error with the library's message for a batch
+    the contract rejects, exactly as shard_batch() would.
+    """
+    items = list(specs.items())
+    tensors = (_lib.Tensor * max(len(items), 1))()
+    names = []
+    for i, (name, (dtype, shape)) in enumerate(items):
+        code = _CPDL_DTYPE_BY_NAME.get(dtype)
+        if code is None:
+            raise TypeError("cpdl: field '%s' has dtype %s; supported: %s"
+                            % (name, dtype, ", ".join(_CPDL_DTYPE_BY_NAME)))
+        if len(shape) > _lib.CPDL_MAX_DIMS:
+            raise ValueError("cpdl: field '%s' has %d dimensions; at most %d are supported"
+                             % (name, len(shape), _lib.CPDL_MAX_DIMS))
+        names.append(name.encode())
+        t = tensors[i]
+        t.name = names[-1]
+        t.dtype = code
+        t.ndim = len(shape)
+        for d, extent in enumerate(shape):
+            t.shape[d] = int(extent)
+        t.data = None
+    params, keep_alive = _params(cp_size, tp_size, mode, padding_token_id,
+                                 metadata_seq_dims, metadata_pad_values)
+    plan = ctypes.c_void_p()
+    _check(lib.cpdl_prep_plan_create(tensors, len(items), ctypes.byref(params),
+                                     ctypes.byref(plan)))
+    try:
+        by_code = {v: k for k, v in _CPDL_DTYPE_BY_NAME.items()}
+        fields = []
+        for i in range(lib.cpdl_prep_plan_nfields(plan)):
+            f = lib.cpdl_prep_plan_field(plan, i).contents
+            fields.append((f.name.decode(), by_code[f.dtype],
+                           tuple(f.shape[d] for d in range(f.ndim)), int(f.seq_dim)))
+        seq_len = int(lib.cpdl_prep_plan_seq_len(plan))
+        padded = int(lib.cpdl_prep_plan_padded_len(plan))
+    finally:
+        lib.cpdl_prep_plan_destroy(plan)
+    del names, keep_alive
+    return seq_len, padded, fields

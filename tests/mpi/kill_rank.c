@@ -68,7 +68,10 @@ int main(int argc, char **argv) {
   /* The loader is failed: next() keeps failing, close cleans up locally. */
   cpdl_batch_t again;
   CHECK(cpdl_loader_next(loader, &again) == CPDL_EPEER);
-  cpdl_loader_close(loader);
+  rc = cpdl_loader_close(loader);
+  CHECK(rc == CPDL_EPEER && strstr(cpdl_last_error(), "without collectives"),
+        "close after a death must clean up locally: %s: %s", cpdl_err_name(rc),
+        cpdl_last_error());
   CHECK(cpdl_test_shm_residue("after a rank died") == 0, "segments left in /dev/shm");
   printf("kill test: rank %d %s after %.2f s (%d steps): %s\n", rank,
          cpdl_test_failures ? "FAIL" : "PASS", waited, got, why);

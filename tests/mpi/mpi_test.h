@@ -21,10 +21,14 @@
 #include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int cpdl_test_failures;   /* failed CHECKs on this rank */
 static int cpdl_test_rank = -1;  /* rank in MPI_COMM_WORLD, -1 before init */
+static int *cpdl_test_pids;      /* every rank's pid (cpdl_test_init), NULL before */
+static int cpdl_test_npids;
 
 static inline int cpdl_test_world_rank(void) {
   if (cpdl_test_rank < 0) {
@@ -41,6 +45,15 @@ static inline int cpdl_test_init(int *argc, char ***argv) {
   int rc = MPI_Init(argc, argv);
   cpdl_test_rank = -1;
   cpdl_test_world_rank();
+  /* The job's pids, while every rank is alive: segment names carry their
+   * creator's pid, so the residue check can look at this job's only. */
+  int size = 0, pid = (int)getpid();
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  free(cpdl_test_pids);
+  cpdl_test_pids = calloc((size_t)(size > 0 ? size : 1), sizeof *cpdl_test_pids);
+  if (cpdl_test_pids && MPI_Allgather(&pid, 1, MPI_INT, cpdl_test_pids, 1, MPI_INT,
+                                      MPI_COMM_WORLD) == MPI_SUCCESS)
+    cpdl_test_npids = size;
   return rc;
 }
 
@@ -67,8 +80,27 @@ static inline void cpdl_test_check(int ok, const char *expr, const char *file, i
 #define CHECK(cond, ...) \
   cpdl_test_check(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
 
-/* List /dev/shm entries whose name starts with "cpdl-" on stderr (tagged with
- * `tag` and the rank) and return how many there are. */
+/* Whether /dev/shm entry `name` is a segment created by a process of this
+ * job: "cpdl-<uid>-<pid>-<random>" with one of the job's pids (all of them
+ * once cpdl_test_init ran, else this process's). Other jobs' segments — a
+ * concurrent test run, a crashed earlier one — are none of this job's
+ * business. */
+static inline int cpdl_test_segment_is_ours(const char *name) {
+  unsigned uid;
+  int pid, used = 0;
+  if (sscanf(name, "cpdl-%u-%d-%n", &uid, &pid, &used) != 2 || used == 0 ||
+      uid != (unsigned)geteuid())
+    return 0;
+  if (cpdl_test_npids == 0)
+    return pid == (int)getpid();
+  for (int i = 0; i < cpdl_test_npids; i++)
+    if (cpdl_test_pids[i] == pid)
+      return 1;
+  return 0;
+}
+
+/* List this job's segments left in /dev/shm on stderr (tagged with `tag`
+ * and the rank) and return how many there are. */
 static inline int cpdl_test_shm_residue(const char *tag) {
   DIR *dir = opendir("/dev/shm");
   if (!dir)
@@ -76,7 +108,7 @@ static inline int cpdl_test_shm_residue(const char *tag) {
   int count = 0;
   struct dirent *entry;
   while ((entry = readdir(dir)) != NULL) {
-    if (strncmp(entry->d_name, "cpdl-", 5) != 0)
+    if (!cpdl_test_segment_is_ours(entry->d_name))
       continue;
     count++;
     fprintf(stderr, "[rank %d] %s: leftover /dev/shm/%s\n", cpdl_test_world_rank(),

@@ -7,6 +7,10 @@
  *  stall SECS ["k=v"]    rank 1 stops itself (SIGSTOP) while holding a slot; a
  *                        helper child sends SIGCONT after SECS; no false death
  *                        verdict, every rank completes every step (R9)
+ *  stall_named SECS ["k=v"] the same with timeout_ms=3000 < SECS: the others'
+ *                        next() times out naming rank 1 as stalled (never
+ *                        "leader stalled?"), and retrying then completes
+ *                        every step
  *  open ERR WORD... ["k=v"] every rank's open must fail with ERR (an error
  *                        name, or OK) and a message holding each WORD; each
  *                        rank prints "reliability: rank R open: NAME: msg"
@@ -141,12 +145,16 @@ static void scenario_cycles(int cycles, const char *text, int size) {
            cycles, now_s() - t0, fds, fds_after, maps, maps_after, segs, segs_after);
 }
 
-static void scenario_stall(int secs, const char *text, int size) {
+static void scenario_stall(int secs, const char *text, int size, bool named) {
   cpdl_config_t cfg;
   base_config(&cfg, size, text);
   cfg.steps = 12;
   cfg.slots = 2;
   cfg.timeout_ms = (secs + 60) * 1000; /* the stall is no timeout either */
+  if (named)
+    cfg.timeout_ms = 3000;
+  int timeouts = 0;
+  char first_timeout[1024] = "";
   int rank = cpdl_test_world_rank();
   const int stopper = 1, stop_step = 3;
   cpdl_loader_t *loader = NULL;
@@ -161,6 +169,11 @@ static void scenario_stall(int secs, const char *text, int size) {
     double t0 = now_s();
     rc = cpdl_loader_next(loader, &batch);
     double took = now_s() - t0;
+    if (named && rc == CPDL_ETIMEDOUT) {
+      if (!timeouts++)
+        snprintf(first_timeout, sizeof first_timeout, "%s", cpdl_last_error());
+      continue; /* a timeout is no failure of the loader: try again */
+    }
     if (rc)
       break;
     if (took > longest)
@@ -187,7 +200,16 @@ static void scenario_stall(int secs, const char *text, int size) {
   CHECK(rc == CPDL_EEOF, "a stalled rank was taken for dead or timed out: %s: %s",
         cpdl_err_name(rc), cpdl_last_error());
   CHECK(steps == 12, "delivered %d of 12 steps", steps);
-  if (rank == stopper)
+  if (named && rank != stopper && size > 1) {
+    CHECK(timeouts > 0, "no CPDL_ETIMEDOUT while rank %d was stopped", stopper);
+    CHECK(strstr(first_timeout, "rank 1 ") && strstr(first_timeout, "stalled") &&
+          !strstr(first_timeout, "leader stalled"),
+          "the timeout does not name rank 1 as the stalled one: %s", first_timeout);
+    printf("reliability: rank %d: %s\n", rank, first_timeout);
+  }
+  if (named)
+    ; /* the others' waits were cut short by their timeouts */
+  else if (rank == stopper)
     CHECK(stopped >= secs - 1, "the stop lasted %.1f s, not %d s", stopped, secs);
   else if (size > 1)
     /* Proves the others really waited on the stalled rank (slots=2). */
@@ -225,7 +247,9 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "cycles") == 0 && argc > 2) {
     scenario_cycles(atoi(argv[2]), argc > 3 ? argv[3] : "", size);
   } else if (strcmp(mode, "stall") == 0 && argc > 2) {
-    scenario_stall(atoi(argv[2]), argc > 3 ? argv[3] : "", size);
+    scenario_stall(atoi(argv[2]), argc > 3 ? argv[3] : "", size, false);
+  } else if (strcmp(mode, "stall_named") == 0 && argc > 2) {
+    scenario_stall(atoi(argv[2]), argc > 3 ? argv[3] : "", size, true);
   } else if (strcmp(mode, "open") == 0 && argc > 2) {
     /* Words end at an argument holding '=' (the configuration), if any. */
     int n = argc - 3;
@@ -236,7 +260,7 @@ int main(int argc, char **argv) {
     }
     scenario_open(argv[2], argv + 3, n, text, size);
   } else {
-    CHECK(0, "usage: mpi_reliability cycles N | stall SECS | open ERR WORD... [config]");
+    CHECK(0, "usage: mpi_reliability cycles N | stall SECS | stall_named SECS | open ERR WORD... [config]");
   }
   int code = cpdl_test_finish();
   MPI_Finalize();

@@ -241,6 +241,36 @@ def test_release():
         report(third.step == 2, "next after the with-block")
 
 
+def torch_equal(tensor, array):
+    return bool((tensor.numpy() == array).all())
+
+
+def test_view_after_close():
+    # Issue 12.8: arrays and tensors taken from a batch stay readable after
+    # Loader.close() (no segfault): the mapping lives while a view does,
+    # holding the last contents, read-only, still no copy.
+    loader = cpdl.Loader(**CONFIG)
+    batch = next(loader)
+    ids = batch["input_ids"]
+    tensor = batch.torch()["input_ids"]
+    keep = np.array(ids)
+    address = ids.__array_interface__["data"][0]
+    loader.close()
+    del batch
+    gc.collect()
+    # close() released the batch first, so the slot may hold a later step
+    # (the leader prefetches until it stops): the last contents, then stable.
+    after = np.array(ids)
+    report(after.shape == keep.shape and after.dtype == keep.dtype,
+           "array readable after close")
+    report(np.array_equal(np.array(ids), after) and torch_equal(tensor, after),
+           "array and tensor hold the same, stable contents after close")
+    report(not ids.flags.writeable, "array still read-only after close")
+    report(ids.__array_interface__["data"][0] == address, "still the zero-copy view")
+    del ids, tensor
+    gc.collect()
+
+
 def run_steps(loader, n):
     return [(b.step, b.copy()) for _, b in zip(range(n), loader)]
 
@@ -380,7 +410,8 @@ def test_source():
 
 
 def main():
-    for test in (test_abi, test_iterate, test_release, test_resume, test_errors,
+    for test in (test_abi, test_iterate, test_release, test_view_after_close, test_resume,
+                 test_errors,
                  test_pin_without_cuda, test_mpi4py_comm, test_source):
         try:
             test()

@@ -4,9 +4,12 @@ Checks the drop-in against (a) a small torch statement of DESIGN.md's contract
 written here, independently of the C core, on random batches that reach its
 branches, and (b) cpdl.shard_batch on the same inputs; then the in-place
 semantics (same dict, keys added/removed, pass-through objects untouched),
-metadata popping, bfloat16, and the CUDA-tensor error.
+metadata popping, bfloat16; then the torch-ops path (the one GPU tensors
+take) on the same random cases against the C core, bit for bit, on meta
+tensors (which fail on any host round trip) and the device errors.
 Plain script: prints "N passed, M failed", exits non-zero on failure.
 Run: PYTHONPATH=python CPDL_LIBRARY=<build>/libcpdl.so /usr/bin/python3 tests/python/test_torch_shard.py
+     ... test_torch_shard.py --device cuda   (GPU node: the random cases on CUDA tensors)
 """
 import contextlib
 import sys
@@ -243,24 +246,87 @@ def test_bfloat16():
            "bfloat16 padded with 0")
 
 
-class FakeCudaTensor(torch.Tensor):
-    """A CPU tensor that claims to live on a GPU."""
+def torch_ops_cases(device, torch_ops, count=300):
+    """The random cases moved to `device`, through the torch-ops path, against
+    the C core on the CPU originals: same keys, dtypes, shapes, bits."""
+    rng = np.random.default_rng(11)
+    for case in range(count):
+        batch, cp, rank, tp, loss_mask, pad_id, meta_dims, meta_pads = random_batch(rng)
+        tp_mesh = FakeMesh(tp) if tp > 1 or case % 2 else None
+        want = dict(batch)
+        if meta_dims:
+            want["_cp_metadata_seq_dims"] = dict(meta_dims)
+            want["_cp_metadata_pad_values"] = dict(meta_pads)
+        mine = {k: (v.to(device) if isinstance(v, torch.Tensor) and k != "pixel_values" else v)
+                for k, v in want.items()}
+        shard(FakeMesh(cp, rank), tp_mesh, want, loss_mask=loss_mask, padding_token_id=pad_id)
+        ctx, out = shard(FakeMesh(cp, rank), tp_mesh, mine, padding_token_id=pad_id,
+                         loss_mask=None if loss_mask is None else loss_mask.to(device),
+                         torch_ops=torch_ops)
+        where = "case %d (cp %d rank %d)" % (case, cp, rank)
+        bad = [k for k in want if k not in out]
+        bad += [k for k in out if k not in want]
+        for k in want:
+            if k in out and isinstance(want[k], torch.Tensor) and k != "pixel_values":
+                g = out[k]
+                if g.device != torch.device(device) and not (g.device.type == "cuda" and
+                                                             device.startswith("cuda")):
+                    bad.append("%s on %s" % (k, g.device))
+                elif g.dtype != want[k].dtype or g.shape != want[k].shape or \
+                        not torch.equal(g.cpu(), want[k]):
+                    bad.append(k)
+        report(not bad and out is mine and ctx is contextlib.nullcontext and
+               out.get("pixel_values") is batch.get("pixel_values"),
+               "torch ops on %s = C core" % device, "%s: %s" % (where, bad))
 
-    @property
-    def is_cuda(self):
-        return True
+
+def test_torch_ops_cpu():
+    torch_ops_cases("cpu", True)
 
 
-def test_cuda_error():
-    ids = torch.arange(8).view(1, 8).as_subclass(FakeCudaTensor)
-    batch = {"input_ids": ids, "labels": torch.arange(8).view(1, 8)}
+def test_torch_ops_meta():
+    """Meta tensors have shapes and no data: any .cpu(), .item() or numpy
+    round trip fails. The path must give the C core's shapes and dtypes."""
+    rng = np.random.default_rng(5)
+    for case in range(100):
+        batch, cp, rank, tp, loss_mask, pad_id, meta_dims, meta_pads = random_batch(rng)
+        if meta_dims:
+            continue
+        want = shard(FakeMesh(cp, rank), FakeMesh(tp), dict(batch), loss_mask=loss_mask,
+                     padding_token_id=pad_id)[1]
+        meta = {k: v.to("meta") for k, v in batch.items()}
+        _, out = shard(FakeMesh(cp, rank), FakeMesh(tp), meta, padding_token_id=pad_id,
+                       loss_mask=None if loss_mask is None else loss_mask.to("meta"))
+        bad = [k for k in want if k not in out or out[k].shape != want[k].shape or
+               out[k].dtype != want[k].dtype or
+               (k != "pixel_values" and out[k].device.type != "meta")]
+        report(not bad and set(out) == set(want), "meta: no host round trip, C shapes",
+               "case %d: %s" % (case, bad))
+
+
+def test_device_errors():
+    ids = torch.arange(8).view(1, 8)
+    batch = {"input_ids": ids.to("meta"), "labels": ids}
     try:
         shard(FakeMesh(2, 0), None, batch)
-        report(False, "CUDA tensor refused", "no error")
+        report(False, "mixed devices refused", "no error")
     except ValueError as exc:
         text = str(exc)
-        report("input_ids" in text and "CPU" in text, "CUDA tensor error names field", text)
-    report(batch["input_ids"] is ids, "batch unchanged after the error")
+        report("labels" in text and "input_ids" in text and "meta" in text,
+               "mixed devices: error names both fields", text)
+    report(batch["input_ids"].device.type == "meta" and batch["labels"] is ids,
+           "batch unchanged after the error")
+    batch = {"input_ids": ids.to("meta")}  # no labels, no loss mask: the C core's error
+    try:
+        shard(FakeMesh(2, 0), None, batch)
+        report(False, "torch ops: missing labels refused")
+    except cpdl.Error as exc:
+        report("labels" in str(exc), "torch ops: the C core's error names labels", str(exc))
+    try:
+        shard(FakeMesh(2, 5), None, {"input_ids": ids, "labels": ids}, torch_ops=True)
+        report(False, "torch ops: bad cp rank refused")
+    except ValueError as exc:
+        report("cp rank 5" in str(exc), "torch ops: bad cp rank named", str(exc))
 
 
 def test_contract_error():
@@ -273,8 +339,12 @@ def test_contract_error():
 
 
 def main():
-    return run((test_random, test_in_place, test_bfloat16, test_cuda_error,
-                test_contract_error))
+    if "--device" in sys.argv:
+        # On a GPU node: the same random cases on that device (default path by device).
+        device = sys.argv[sys.argv.index("--device") + 1]
+        return run((lambda: torch_ops_cases(device, None),))
+    return run((test_random, test_in_place, test_bfloat16, test_contract_error,
+                test_torch_ops_cpu, test_torch_ops_meta, test_device_errors))
 
 
 if __name__ == "__main__":

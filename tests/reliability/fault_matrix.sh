@@ -12,8 +12,9 @@
 #                        died between creating and unlinking its segment:
 #                        the segment stays until `cpdl sweep --remove`;
 #           all        — every rank prints PASS (error mode);
-#           aborted    — a death inside open: mpirun ends the job within the
-#                        bound; nothing of the job runs afterwards;
+#           aborted    — a death inside open: mpirun ends the job (no hang:
+#                        within the outer bound); nothing of the job runs
+#                        afterwards;
 #           leftover   — aborted, and the victim's segment stays in /dev/shm
 #                        until `cpdl sweep --remove` removes it and only it.
 set -u
@@ -29,7 +30,10 @@ trap 'rm -f "$out"' EXIT
 
 recovery=""
 case $expect in survivors*) recovery="--enable-recovery" ;; esac
-bound=30
+# Only a hang bound on the whole job: its wall time includes mpirun's
+# start-up, which a loaded machine stretches. The time cpdl controls — from
+# the failing call to the survivors' error — is bounded by the program itself.
+bound=60
 start=$(date +%s)
 # shellcheck disable=SC2086
 timeout -k 5 $bound "$mpiexec" --oversubscribe --bind-to none $recovery -np "$np" \
@@ -52,16 +56,13 @@ check "no rank reports FAIL" [ "$(grep -c 'FAIL\|CHECK(' "$out")" -eq 0 ]
 
 case $expect in
 survivors*)
-  check "every survivor passed ($passes of $((np - 1)))" [ "$passes" -eq $((np - 1)) ]
-  # The survivors end on their own (no mpirun abort): within the 10 s
-  # bound of the program plus the start of the job.
-  check "the job ended within 15 s of its start (${took}s)" [ "$took" -le 15 ] ;;
+  # Each survivor's PASS includes its CPDL_EPEER within 10 s of its call.
+  check "every survivor passed ($passes of $((np - 1)))" [ "$passes" -eq $((np - 1)) ] ;;
 all)
   check "every rank passed ($passes of $np)" [ "$passes" -eq "$np" ]
   check "mpirun exit 0" [ "$rc" -eq 0 ] ;;
 aborted|leftover)
-  check "the job failed (mpirun exit $rc)" [ "$rc" -ne 0 ]
-  check "the job ended within 15 s of its start (${took}s)" [ "$took" -le 15 ] ;;
+  check "the job failed (mpirun exit $rc)" [ "$rc" -ne 0 ] ;;
 esac
 
 segs=$(job_segments $pids)

@@ -40,6 +40,25 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The leader never waits without a deadline here: a protocol bug (a slot
+ * reused early, a cursor off by one, a lost release) or a consumer that
+ * stopped on an error must fail the test in seconds with a message, not
+ * hang it until CTest's timeout. */
+#define WAIT_FREE_BOUND_MS 10000
+static _Thread_local int64_t wait_free_since;
+static int wait_free_deadline(void *arg) {
+  (void)arg;
+  int64_t waited = now_ms() - wait_free_since;
+  if (waited > WAIT_FREE_BOUND_MS)
+    return cpdl__error(CPDL_ETIMEDOUT, "test: the leader waited %" PRId64 " ms for a free slot: "
+                       "a consumer stopped (see its error) or a release was lost", waited);
+  return 0;
+}
+static int wait_free_bounded(cpdl__ring_t *ring, uint64_t step) {
+  wait_free_since = now_ms();
+  return cpdl__ring_wait_free(ring, step, wait_free_deadline, NULL);
+}
+
 static void test_fields(cpdl_prep_field_t fields[2]) {
   memset(fields, 0, 2 * sizeof fields[0]);
   snprintf(fields[0].name, sizeof fields[0].name, "input_ids");
@@ -98,7 +117,7 @@ static void fixture_open(fixture_t *f, uint32_t n_slots, uint64_t first_step, bo
       base = f->views[c].base;
     }
     assert_int_equal(cpdl__ring_attach(base, f->total, NONCE, HASH, &f->consumers[c]), 0);
-    cpdl__ring_register(f->consumers[c], (uint32_t)c, (int32_t)getpid());
+    cpdl__ring_register(f->consumers[c], (uint32_t)c, (int32_t)getpid(), (int32_t)c);
   }
   assert_int_equal(cpdl__shm_unlink(&f->shm), 0);
 }
@@ -258,6 +277,7 @@ typedef struct run {
   fixture_t *f;
   uint64_t first_step, n_steps;
   int leader_rc;
+  char leader_msg[256];
   int consumer_rc[N_CONSUMERS];
   uint64_t bad_words[N_CONSUMERS];
   uint64_t bad_state[N_CONSUMERS];
@@ -276,9 +296,12 @@ static void *leader_main(void *p) {
   cpdl__ring_t *ring = run->f->leader;
   for (uint64_t i = 0; i < run->n_steps; i++) {
     uint64_t step = run->first_step + i;
-    int rc = cpdl__ring_wait_free(ring, step, NULL, NULL);
+    int rc = wait_free_bounded(ring, step);
     if (rc) {
       run->leader_rc = rc;
+      snprintf(run->leader_msg, sizeof run->leader_msg, "step %" PRIu64 ": %s", step,
+               cpdl_last_error());
+      cpdl__ring_post_error(ring, rc, run->leader_msg); /* the consumers stop too */
       return NULL;
     }
     uint32_t slot = cpdl__ring_slot_of(ring, step);
@@ -307,6 +330,8 @@ static void *consumer_main(void *p) {
     if (rc) {
       run->consumer_rc[me] = rc;
       snprintf(run->msg[me], sizeof run->msg[me], "step %" PRIu64 ": %s", step, cpdl_last_error());
+      /* Tell the group, so the leader does not wait for this cursor. */
+      cpdl__ring_post_error(ring, rc, run->msg[me]);
       return NULL;
     }
     const uint64_t *words = cpdl__ring_rank_block(ring, region, cpdl__ring_slot_of(ring, step));
@@ -319,7 +344,7 @@ static void *consumer_main(void *p) {
     run->seen[me]++;
     cpdl__ring_release(ring, me, step);
   }
-  run->eof_rc[me] = cpdl__ring_wait_step(ring, run->first_step + run->n_steps, 30000, NULL, NULL);
+  run->eof_rc[me] = cpdl__ring_wait_step(ring, run->first_step + run->n_steps, 10000, NULL, NULL);
   return NULL;
 }
 
@@ -337,7 +362,6 @@ static void run_protocol(uint32_t n_slots, uint64_t first_step, uint64_t n_steps
   pthread_join(leader, NULL);
   for (int c = 0; c < N_CONSUMERS; c++)
     pthread_join(consumers[c], NULL);
-  assert_int_equal(run.leader_rc, 0);
   for (int c = 0; c < N_CONSUMERS; c++) {
     if (run.consumer_rc[c])
       fail_msg("consumer %d: %d %s", c, run.consumer_rc[c], run.msg[c]);
@@ -346,6 +370,8 @@ static void run_protocol(uint32_t n_slots, uint64_t first_step, uint64_t n_steps
     assert_int_equal(run.bad_state[c], 0);
     assert_int_equal(run.eof_rc[c], CPDL_EEOF);
   }
+  if (run.leader_rc)
+    fail_msg("leader: %d %s", run.leader_rc, run.leader_msg);
   fixture_close(&f);
 }
 
@@ -393,7 +419,7 @@ static void test_reset_and_rebase(void **state) {
   assert_int_equal(cpdl__ring_slot_of(f.leader, 1000), 0);
   assert_int_equal(cpdl__ring_slot_of(f.consumers[0], 1001), 1);
   for (uint64_t s = 1000; s < 1003; s++) {
-    assert_int_equal(cpdl__ring_wait_free(f.leader, s, NULL, NULL), 0);
+    assert_int_equal(wait_free_bounded(f.leader, s), 0);
     cpdl__ring_publish(f.leader, s);
   }
   /* The ring is full: step 1003 needs step 1000 released by both. */
@@ -403,7 +429,7 @@ static void test_reset_and_rebase(void **state) {
       assert_int_equal(cpdl__ring_wait_step(f.consumers[c], s, 100, NULL, NULL), 0);
       cpdl__ring_release(f.consumers[c], c, s);
     }
-  assert_int_equal(cpdl__ring_wait_free(f.leader, 1003, NULL, NULL), 0);
+  assert_int_equal(wait_free_bounded(f.leader, 1003), 0);
   /* A late attacher numbers slots from the reset step too. */
   cpdl__ring_t *late;
   assert_int_equal(cpdl__ring_attach(f.views[0].base, f.total, NONCE, HASH, &late), 0);
@@ -443,7 +469,7 @@ static void test_eof(void **state) {
   cpdl__ring_publish(f.leader, 0);
   cpdl__ring_release(f.consumers[0], 0, 0);
   cpdl__ring_release(f.consumers[1], 1, 0);
-  assert_int_equal(cpdl__ring_wait_free(f.leader, 1, NULL, NULL), 0);
+  assert_int_equal(wait_free_bounded(f.leader, 1), 0);
   cpdl__ring_publish(f.leader, 1);
   assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 0, 100, NULL, NULL), CPDL_ESTATE);
   uint64_t words[CPDL__CURSOR_WORDS];
@@ -492,7 +518,7 @@ static void join_bounded(pthread_t thread) {
 /* Fill every slot without releasing, so wait_free(step n_slots) blocks. */
 static void fill_ring(fixture_t *f, uint32_t n_slots) {
   for (uint64_t s = 0; s < n_slots; s++) {
-    assert_int_equal(cpdl__ring_wait_free(f->leader, s, NULL, NULL), 0);
+    assert_int_equal(wait_free_bounded(f->leader, s), 0);
     cpdl__ring_publish(f->leader, s);
   }
 }
@@ -521,6 +547,60 @@ static void test_post_error_wakes_everyone(void **state) {
     assert_true(ws[i].done_at - t0 < 500);
   }
   assert_int_equal(cpdl__ring_posted_error(f.consumers[0]), CPDL_ESOURCE);
+  fixture_close(&f);
+}
+
+/* R19: a consumer that leaves with the slot of a later step still held is
+ * named by whoever waits for that step, at once; a step that does not need
+ * its slot is still delivered (a collective close waits for none). */
+static void test_leave_is_named(void **state) {
+  (void)state;
+  fixture_t f;
+  fixture_open(&f, 2, 0, true);
+  fill_ring(&f, 2);
+  /* Consumer 0 takes and releases steps 0 and 1; consumer 1 releases step 0
+   * and leaves holding step 1 (cursor 1). Step 2 needs cursors >= 1: it can
+   * still come; step 3 needs consumer 1's release of step 1: never. */
+  for (uint64_t s = 0; s < 2; s++)
+    cpdl__ring_release(f.consumers[0], 0, s);
+  cpdl__ring_release(f.consumers[1], 1, 0);
+  waiter_t w = {.ring = f.consumers[0], .step = 3};
+  pthread_t thread;
+  assert_int_equal(pthread_create(&thread, NULL, waiter_main, &w), 0);
+  usleep(100 * 1000);
+  assert_int_equal(w.done_at, 0); /* waiting: consumer 1 may still release */
+  int64_t t0 = now_ms();
+  cpdl__ring_leave(f.consumers[1], 1);
+  join_bounded(thread);
+  assert_int_equal(w.rc, CPDL_EPEER);
+  assert_true(w.done_at - t0 < 500);
+  assert_non_null(strstr(w.msg, "rank 1 "));
+  assert_non_null(strstr(w.msg, "left the job at step 1"));
+  assert_int_equal(wait_free_bounded(f.leader, 2), 0); /* step 2 needs no more */
+  cpdl__ring_publish(f.leader, 2);
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 2, 100, NULL, NULL), 0);
+  fixture_close(&f);
+}
+
+/* A timeout names the consumer that holds the slot back, not the leader;
+ * with every slot released it is the leader that is slow. */
+static void test_timeout_names_stalled_consumer(void **state) {
+  (void)state;
+  fixture_t f;
+  fixture_open(&f, 2, 0, true);
+  fill_ring(&f, 2);
+  for (uint64_t s = 0; s < 2; s++)
+    cpdl__ring_release(f.consumers[0], 0, s);
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 2, 50, NULL, NULL), CPDL_ETIMEDOUT);
+  const char *msg = cpdl_last_error();
+  assert_non_null(strstr(msg, "rank 1 (group rank 1"));
+  assert_non_null(strstr(msg, "has not released step 0"));
+  assert_non_null(strstr(msg, "stalled"));
+  assert_null(strstr(msg, "leader is stalled"));
+  for (uint64_t s = 0; s < 2; s++)
+    cpdl__ring_release(f.consumers[1], 1, s);
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 2, 50, NULL, NULL), CPDL_ETIMEDOUT);
+  assert_non_null(strstr(cpdl_last_error(), "the leader is stalled"));
   fixture_close(&f);
 }
 
@@ -627,6 +707,8 @@ int main(void) {
       cmocka_unit_test(test_eof),
       cmocka_unit_test(test_post_error_wakes_everyone),
       cmocka_unit_test(test_dead_peer_within_tick),
+      cmocka_unit_test(test_leave_is_named),
+      cmocka_unit_test(test_timeout_names_stalled_consumer),
       cmocka_unit_test(test_stalled_consumer_is_waited_for),
       cmocka_unit_test(test_fault_injection),
   };
