@@ -124,7 +124,9 @@ typedef struct cpdl_tensor {
 typedef enum {
   CPDL_MODE_CONTIGUOUS = 0, /* rank r keeps [r*L, (r+1)*L) — the contract */
   CPDL_MODE_ROUND_ROBIN,    /* rank r keeps chunks r and 2cp-1-r of 2cp chunks */
-  CPDL_MODE_AUX_ONLY        /* primary full length, unpadded, shared; rest contiguous */
+  CPDL_MODE_AUX_ONLY,       /* primary full length, unpadded, shared; rest contiguous */
+  CPDL_MODE_THD             /* packed documents (B = 1): rank r keeps, per document of
+                             * cu_seqlens_padded, its chunks r and 2cp-1-r (docs/thd.md) */
 } cpdl_mode_t;
 
 CPDL_API const char *cpdl_mode_name(cpdl_mode_t mode);
@@ -232,7 +234,7 @@ typedef struct cpdl_config {
   int batch;                 /* batch      rows per step (1) */
   int64_t steps;             /* steps      steps to deliver, 0 = until the source ends (100) */
   int slots;                 /* slots      ring depth (4) */
-  cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only */
+  cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only | thd (docs/thd.md) */
   uint64_t seed;             /* seed       sampler and synthetic seed (1234) */
   char source[CPDL_SOURCE_MAX]; /* source  data-source URI ("synthetic:") */
   char collate[16];          /* collate    pack | pad ("pack") */

@@ -17,6 +17,15 @@
  *   doc[:-1] then padding_token_id, labels = doc[1:] then -100,
  *   attention_mask 1 on real tokens, 0 on padding. Documents of fewer than
  *   2 tokens (no input/label pair) are skipped.
+ * pack with thd_multiple = m (mode thd, docs/thd.md): one row; each document
+ *   gives its input/label pairs (input = doc[:-1], labels = doc[1:], as pad),
+ *   padded to a multiple of m (padding_token_id, labels -100, loss_mask 0,
+ *   position ids 0.. through the document and its padding). A document whose
+ *   padded pairs no longer fit waits for the next row, and the row's tail
+ *   becomes padding of its last document; a document longer than a whole row
+ *   fills it and continues in the next. Adds loss_mask and, int32, cu_seqlens
+ *   (real lengths) and cu_seqlens_padded, each of capacity S/m + 1 entries
+ *   whose tail repeats the last boundary, and max_seqlen [1].
  * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
  * Invariant: the cursor (document at sampler (epoch, position), token offset
  * in it) is where the next row's window starts; it is all the state. The
@@ -48,6 +57,9 @@ struct cpdl__collate {
    * two sets of `sets` take turns, so the previous step's set stays intact. */
   int64_t *input_ids, *labels, *aux0, *aux1; /* aux: position/seq ids or attention mask */
   int64_t *sets[2][4];
+  int32_t *cu_seqlens, *cu_seqlens_padded, *max_seqlen; /* thd: the set being written */
+  int32_t *thd_sets[2][3];
+  int64_t thd_capacity;                                  /* entries of each cu_seqlens */
   int n_sets, current;
   int64_t *window;
 };
@@ -78,6 +90,14 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
                        params->position_ids);
   if (!sampler || !read)
     return cpdl__error(CPDL_EARG, "collate: a sampler and a read callback are required");
+  if (params->thd_multiple < 0 ||
+      (params->thd_multiple > 0 &&
+       (params->kind != CPDL__COLLATE_PACK || params->batch != 1 ||
+        params->seq_len % params->thd_multiple != 0 || params->seq_len >= INT32_MAX)))
+    return cpdl__error(CPDL_EARG,
+                       "collate: mode thd needs collate=pack, batch=1 and seq_len (%lld) a "
+                       "multiple of 2*cp = %d below 2^31",
+                       (long long)params->seq_len, params->thd_multiple);
   size_t elems, bytes, window_bytes;
   if ((uint64_t)params->seq_len >= SIZE_MAX / 8 ||
       !cpdl__mul_size((size_t)params->batch, (size_t)params->seq_len, &elems) ||
@@ -103,6 +123,14 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
       ok = ok && c->sets[set][b];
     }
   }
+  if (params->thd_multiple > 0) {
+    c->thd_capacity = params->seq_len / params->thd_multiple + 1;
+    for (int set = 0; set < c->n_sets; set++)
+      for (int b = 0; b < 3; b++) {
+        c->thd_sets[set][b] = malloc((size_t)(b == 2 ? 1 : c->thd_capacity) * sizeof(int32_t));
+        ok = ok && c->thd_sets[set][b];
+      }
+  }
   c->current = c->n_sets - 1; /* the first call moves to set 0 */
   c->window = malloc(window_bytes);
   if (!ok || !c->window) {
@@ -120,6 +148,9 @@ void cpdl__collate_destroy(cpdl__collate_t *c) {
   for (int set = 0; set < 2; set++)
     for (int b = 0; b < 4; b++)
       free(c->sets[set][b]);
+  for (int set = 0; set < 2; set++)
+    for (int b = 0; b < 3; b++)
+      free(c->thd_sets[set][b]);
   free(c->window);
   free(c);
 }
@@ -268,6 +299,98 @@ static int pad_row(cpdl__collate_t *c, int64_t row) {
   return 0;
 }
 
+/* Input/label pairs [at, at + len) of the current document, from its offset, then padding
+ * to at + padded: pad token, -100, loss 0, positions continuing 0, 1, ... */
+static void thd_place(cpdl__collate_t *c, int64_t at, int64_t len, int64_t padded) {
+  int64_t *input_ids = c->input_ids + at, *labels = c->labels + at;
+  int64_t *position_ids = c->aux0 + at, *loss_mask = c->aux1 + at;
+  copy_tokens(c->window, &c->doc, c->doc_offset, len + 1);
+  for (int64_t u = 0; u < len; u++) {
+    input_ids[u] = c->window[u];
+    labels[u] = label_of(c, c->window[u + 1]);
+    loss_mask[u] = labels[u] != IGNORE_INDEX;
+  }
+  for (int64_t u = 0; u < padded; u++)
+    position_ids[u] = u;
+  for (int64_t u = len; u < padded; u++) {
+    input_ids[u] = c->params.padding_token_id;
+    labels[u] = IGNORE_INDEX;
+    loss_mask[u] = 0;
+  }
+  c->doc_offset += len;
+}
+
+/* The one row of mode thd (see the file's top): documents padded to a multiple of m. */
+static int thd_row(cpdl__collate_t *c) {
+  const int64_t S = c->params.seq_len, m = c->params.thd_multiple;
+  int32_t *cu = c->cu_seqlens, *cu_padded = c->cu_seqlens_padded;
+  int64_t at = 0, n = 0, skipped = 0, max_len = 0;
+  cu[0] = cu_padded[0] = 0;
+  while (at < S) {
+    if (!c->have_doc || c->doc_offset + 1 >= c->doc.n_tokens) { /* no pair left */
+      if (c->have_doc && c->doc_offset == 0) {
+        int rc = check_skipped(c, ++skipped, "fewer than 2 tokens");
+        if (rc)
+          return rc;
+      }
+      int rc = load_next_doc(c);
+      if (rc)
+        return rc;
+      continue;
+    }
+    int64_t len = c->doc.n_tokens - 1 - c->doc_offset;
+    int64_t padded = len + (m - len % m) % m;
+    if (padded > S - at) {
+      if (n > 0)
+        break; /* carried to the next row */
+      len = padded = S; /* longer than a row: it fills this one and continues */
+    }
+    thd_place(c, at, len, padded);
+    skipped = 0;
+    n++;
+    cu[n] = (int32_t)(cu[n - 1] + len);
+    cu_padded[n] = (int32_t)(at + padded);
+    at += padded;
+  }
+  for (int64_t u = at; u < S; u++) { /* the tail: padding of the last document */
+    c->input_ids[u] = c->params.padding_token_id;
+    c->labels[u] = IGNORE_INDEX;
+    c->aux1[u] = 0;
+    c->aux0[u] = c->aux0[u - 1] + 1;
+  }
+  cu_padded[n] = (int32_t)S;
+  for (int64_t k = 1; k <= n; k++)
+    if (cu_padded[k] - cu_padded[k - 1] > max_len)
+      max_len = cu_padded[k] - cu_padded[k - 1];
+  for (int64_t k = n + 1; k < c->thd_capacity; k++) {
+    cu[k] = cu[n];
+    cu_padded[k] = (int32_t)S;
+  }
+  c->max_seqlen[0] = (int32_t)max_len;
+  return 0;
+}
+
+int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len) {
+  int64_t lo = 0, hi = capacity - 1; /* the first k in [lo, hi] with cu_padded[k] >= S */
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if ((int64_t)cu_padded[mid] >= seq_len)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo + 1;
+}
+
+static void set_thd_field(cpdl_tensor_t *f, const char *name, int64_t len, const int32_t *data) {
+  memset(f, 0, sizeof *f);
+  f->name = name;
+  f->dtype = CPDL_DTYPE_INT32;
+  f->ndim = 1;
+  f->shape[0] = len;
+  f->data = data;
+}
+
 static void set_field(cpdl_tensor_t *f, const char *name, const cpdl__collate_t *c, const int64_t *data) {
   f->name = name;
   f->dtype = CPDL_DTYPE_INT64;
@@ -284,6 +407,23 @@ int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields)
   c->labels = c->sets[c->current][1];
   c->aux0 = c->sets[c->current][2];
   c->aux1 = c->sets[c->current][3];
+  if (c->params.thd_multiple > 0) {
+    c->cu_seqlens = c->thd_sets[c->current][0];
+    c->cu_seqlens_padded = c->thd_sets[c->current][1];
+    c->max_seqlen = c->thd_sets[c->current][2];
+    int rc = thd_row(c);
+    if (rc)
+      return rc;
+    set_field(&fields[0], "input_ids", c, c->input_ids);
+    set_field(&fields[1], "labels", c, c->labels);
+    set_field(&fields[2], "position_ids", c, c->aux0);
+    set_field(&fields[3], "loss_mask", c, c->aux1);
+    set_thd_field(&fields[4], "cu_seqlens", c->thd_capacity, c->cu_seqlens);
+    set_thd_field(&fields[5], "cu_seqlens_padded", c->thd_capacity, c->cu_seqlens_padded);
+    set_thd_field(&fields[6], "max_seqlen", 1, c->max_seqlen);
+    *n_fields = 7;
+    return 0;
+  }
   for (int64_t row = 0; row < c->params.batch; row++) {
     int rc = c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
     if (rc)

@@ -276,7 +276,7 @@ static int apply(cpdl_config_t *cfg, const config_key_t *key, const char *value)
   case KEY_MODE:
     if (cpdl_mode_parse(value, (cpdl_mode_t *)field) < 0)
       return cpdl__error(CPDL_EARG, "config key 'mode': '%s' is not valid (expected contiguous, "
-                         "round_robin or aux_only)", value);
+                         "round_robin, aux_only or thd)", value);
     return 0;
   case KEY_COLLATE:
     if (strcmp(value, "pack") != 0 && strcmp(value, "pad") != 0)

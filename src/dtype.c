@@ -36,20 +36,21 @@ int cpdl_dtype_parse(const char *name, cpdl_dtype_t *out) {
                      name ? name : "(null)");
 }
 
-static const char *const modes[] = {"contiguous", "round_robin", "aux_only"};
+static const char *const modes[] = {"contiguous", "round_robin", "aux_only", "thd"};
+#define N_MODES (int)(sizeof modes / sizeof modes[0])
 
 const char *cpdl_mode_name(cpdl_mode_t mode) {
-  return (unsigned)mode < 3 ? modes[mode] : "?";
+  return (unsigned)mode < (unsigned)N_MODES ? modes[mode] : "?";
 }
 
 int cpdl_mode_parse(const char *name, cpdl_mode_t *out) {
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < N_MODES; i++) {
     if (name && strcmp(name, modes[i]) == 0) {
       *out = (cpdl_mode_t)i;
       return 0;
     }
   }
-  return cpdl__error(CPDL_EARG, "unknown mode '%s' (expected contiguous, round_robin or aux_only)",
+  return cpdl__error(CPDL_EARG, "unknown mode '%s' (expected contiguous, round_robin, aux_only or thd)",
                      name ? name : "(null)");
 }
 

@@ -199,6 +199,7 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
       .eot_token = -1,
       /* Several loader threads pipeline collation with preparation. */
       .double_buffer = cfg->threads > 1,
+      .thd_multiple = cfg->mode == CPDL_MODE_THD ? 2 * cfg->cp : 0,
   };
   int rc = cpdl__collate_parse(cfg->collate, &cp.kind);
   if (rc)

@@ -516,6 +516,8 @@ typedef struct cpdl__collate_params {
   int loss_on_eot;          /* 0: labels equal to eot_token become -100 */
   int64_t eot_token;        /* -1: none */
   bool double_buffer;       /* two output sets, used in turn (see collate_next) */
+  int thd_multiple;         /* pack, batch 1: > 0 pads each document to a multiple of this
+                             * (2*cp, mode thd) and adds loss_mask and the cu_seqlens fields */
 } cpdl__collate_params_t;
 typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
@@ -524,11 +526,15 @@ int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
 int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
                          cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
-/* One step. fields[] (4 for pack, 3 for pad) point into buffers owned by the
+/* One step. fields[] (4 for pack, 7 for pack with thd_multiple, 3 for pad) point into buffers owned by the
  * collate, valid until the next call — or, with double_buffer, until the call
  * after it (so one thread may prepare step k while another collates k+1). \return 0, a read error, CPDL_ESOURCE
  * (a whole epoch of documents too short to use). */
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* Mode thd: entries n+1 of this step's cu_seqlens / cu_seqlens_padded, whose fields hold
+ * `capacity` entries with the tail repeating S: one more than the index of the first entry of
+ * cu_padded that reaches seq_len (a binary search reading each probe once; at most capacity). */
+int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len);
 /* Where the next step starts: the document at sampler (epoch, position) and
  * the token offset in it. */
 void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,

@@ -296,7 +296,35 @@ static int validate_config(const cpdl_config_t *cfg) {
                        cfg->cp, cfg->tp, cfg->slots, cfg->batch, (long long)cfg->seq_len);
   if (cfg->threads < 1 || cfg->threads > CPDL__MAX_THREADS)
     return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, CPDL__MAX_THREADS);
+  if (cfg->mode == CPDL_MODE_THD &&
+      (strcmp(cfg->collate, "pack") != 0 || cfg->batch != 1 || cfg->seq_len % (2 * cfg->cp) != 0))
+    return cpdl__error(CPDL_EARG, "mode=thd needs collate=pack, batch=1 and seq_len a multiple of "
+                       "2*cp = %d (each document is padded to a multiple of 2*cp); got collate=%s "
+                       "batch=%d seq_len=%lld", 2 * cfg->cp, cfg->collate, cfg->batch,
+                       (long long)cfg->seq_len);
   return 0;
+}
+
+/* mode thd: cu_seqlens and cu_seqlens_padded have a fixed capacity in the segment; this
+ * step's [n+1] is what cpdl__collate_thd_len reads from cu_seqlens_padded (bounded by the
+ * capacity: a bad value can shorten the view, never overrun it). */
+static void thd_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out) {
+  cpdl_view_field_t *cu = NULL, *cu_padded = NULL;
+  for (int i = 0; i < out->n_fields; i++) {
+    if (strcmp(out->fields[i].name, "cu_seqlens") == 0)
+      cu = &out->fields[i];
+    else if (strcmp(out->fields[i].name, "cu_seqlens_padded") == 0)
+      cu_padded = &out->fields[i];
+  }
+  if (!cu_padded || cu_padded->dtype != CPDL_DTYPE_INT32 || cu_padded->ndim != 1)
+    return;
+  int64_t lo = cpdl__collate_thd_len(cu_padded->data, cu_padded->shape[0], L->cfg.seq_len) - 1;
+  cu_padded->shape[0] = lo + 1;
+  cu_padded->nbytes = (size_t)(lo + 1) * sizeof(int32_t);
+  if (cu && cu->ndim == 1 && cu->shape[0] >= lo + 1) {
+    cu->shape[0] = lo + 1;
+    cu->nbytes = cu_padded->nbytes;
+  }
 }
 
 /* Open after the mesh and the watch exist, with the watch installed: every
@@ -537,6 +565,8 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     out->fields[i] = L->view[i];
     out->fields[i].data = (fields[i].shared ? shared : block) + fields[i].offset;
   }
+  if (L->cfg.mode == CPDL_MODE_THD)
+    thd_view_lengths(L, out);
   out->mesh = L->mesh.me;
   out->region = cpdl__ring_region(L->cring, (uint32_t)L->mesh.local_cp_index, &out->region_bytes);
   out->internal = L;

@@ -171,7 +171,7 @@ static int check_params(const cpdl_prep_params_t *params, int n_inputs, const cp
   if (params->cp_size < 1 || params->tp_size < 1)
     return cpdl__error(CPDL_EARG, "cp_size (%d) and tp_size (%d) must be >= 1", params->cp_size,
                        params->tp_size);
-  if ((unsigned)params->mode > CPDL_MODE_AUX_ONLY)
+  if ((unsigned)params->mode > CPDL_MODE_THD)
     return cpdl__error(CPDL_EARG, "unknown preparation mode %d", (int)params->mode);
   if (n_inputs < 0 || n_inputs > CPDL_MAX_FIELDS || (n_inputs > 0 && !inputs))
     return cpdl__error(CPDL_EARG, "batch has %d input fields (expected 1..%d)", n_inputs, CPDL_MAX_FIELDS);
@@ -261,6 +261,13 @@ static int rule_sizes(cpdl_prep_plan_t *plan, build_t *b) {
     return cpdl__error(CPDL_EFIELD, "primary field '%s' is empty (B=%lld, S=%lld)", pt->name,
                        (long long)batch, (long long)seq_len);
   int64_t multiple = 2 * (int64_t)b->params->cp_size, padded;
+  if (b->params->mode == CPDL_MODE_THD && (batch != 1 || seq_len % multiple != 0))
+    return cpdl__error(CPDL_EFIELD,
+                       "mode thd takes one packed row whose documents are each padded to a "
+                       "multiple of 2*cp = %lld, but '%s' is [B=%lld, S=%lld]; it needs B = 1 and "
+                       "S a multiple of %lld",
+                       (long long)multiple, pt->name, (long long)batch, (long long)seq_len,
+                       (long long)multiple);
   if (__builtin_add_overflow(seq_len, multiple - 1, &padded))
     return cpdl__error(CPDL_EOVERFLOW, "S=%lld padded to a multiple of %lld does not fit",
                        (long long)seq_len, (long long)multiple);
@@ -442,12 +449,15 @@ static int rule_padding_mask(cpdl_prep_plan_t *plan, const build_t *b) {
   return add_field(plan, "padding_mask", CPDL_DTYPE_BOOL, 2, b->bs_shape, 1, 0, &fs);
 }
 
-/* Rule 5: _packed_seq_ids given (padded with 0) or derived: 1 on real tokens, 0 on padding. */
+/* Rule 5: _packed_seq_ids given (padded with 0) or derived: 1 on real tokens, 0 on padding
+ * (not derived in thd mode, where cu_seqlens states the documents). */
 static int rule_packed_seq_ids(cpdl_prep_plan_t *plan, const build_t *b) {
   int packed = b->by_role[ROLE_PACKED];
   unsigned char pad[8] = {0};
   if (packed >= 0)
     return add_seq_copy(plan, "_packed_seq_ids", packed, 1, pad);
+  if (b->params->mode == CPDL_MODE_THD)
+    return 0; /* cu_seqlens states the documents */
   field_spec_t fs = b->mask;
   fs.pad_v = 0;
   fs.real_v = 1;
@@ -478,6 +488,31 @@ static int rule_metadata(cpdl_prep_plan_t *plan, const build_t *b) {
   return 0;
 }
 
+/* thd: the document boundaries to partition by, cu_seqlens_padded (int32 or int64, [n+1]).
+ * It also passes through whole, like cu_seqlens and max_seqlen. Its values are checked
+ * per batch by the executor. */
+static int rule_thd_bounds(cpdl_prep_plan_t *plan, const build_t *b) {
+  plan->thd_bounds = -1;
+  if (b->params->mode != CPDL_MODE_THD)
+    return 0;
+  for (int i = 0; i < plan->n_inputs; i++)
+    if (strcmp(plan->in[i].name, "cu_seqlens_padded") == 0)
+      plan->thd_bounds = i;
+  if (plan->thd_bounds < 0)
+    return cpdl__error(CPDL_EFIELD, "mode thd partitions each document by 'cu_seqlens_padded', "
+                       "which the batch lacks; add it (int32 [n+1], each document padded to a "
+                       "multiple of 2*cp, ending at S)");
+  const plan_input_t *t = &plan->in[plan->thd_bounds];
+  if (t->ndim != 1 || t->shape[0] < 2 ||
+      (t->dtype != CPDL_DTYPE_INT32 && t->dtype != CPDL_DTYPE_INT64)) {
+    char shp[96];
+    cpdl__prep_shape_text(t, shp, sizeof shp);
+    return cpdl__error(CPDL_EFIELD, "'cu_seqlens_padded' is %s %s; mode thd needs int32 or int64 "
+                       "of shape [n+1], n >= 1", cpdl_dtype_name(t->dtype), shp);
+  }
+  return 0;
+}
+
 /* Everything else passes through whole, in input order, into the shared block. */
 static int rule_pass_through(cpdl_prep_plan_t *plan, const build_t *b) {
   for (int i = 0; i < plan->n_inputs; i++) {
@@ -502,7 +537,7 @@ static int plan_build(cpdl_prep_plan_t *plan, const cpdl_tensor_t *inputs, int n
   plan->mode = params->mode;
   build_t b = {.params = params};
   if ((rc = read_inputs(plan, &b, inputs, n_inputs)) < 0 || (rc = rule_sizes(plan, &b)) < 0 ||
-      (rc = check_inputs(plan, &b)) < 0)
+      (rc = check_inputs(plan, &b)) < 0 || (rc = rule_thd_bounds(plan, &b)) < 0)
     return rc;
   rule_mask_source(plan, &b);
   /* Output fields, in the contract's order. */

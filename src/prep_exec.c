@@ -230,6 +230,70 @@ static int shard_runs(const cpdl_prep_plan_t *plan, int64_t cp_rank, int64_t *ru
   return 1;
 }
 
+/* ---- thd: per-document zigzag --------------------------------------------- */
+
+/* Boundary k of cu_seqlens_padded. */
+static int64_t thd_bound(const plan_input_t *t, const unsigned char *cu, int64_t k) {
+  return load_int(t->dtype, cu + (size_t)k * cpdl_dtype_size(t->dtype));
+}
+
+/* cu_seqlens_padded must start at 0, never decrease, end at S (a tail that repeats S is a
+ * list of empty documents: the loader's fixed-capacity field), and every document's padded
+ * length must split into 2*cp equal chunks. */
+static int thd_check(const cpdl_prep_plan_t *plan, const unsigned char *cu) {
+  const plan_input_t *t = &plan->in[plan->thd_bounds];
+  const int64_t n = t->shape[0], multiple = 2 * (int64_t)plan->cp_size;
+  int64_t prev = thd_bound(t, cu, 0);
+  if (prev != 0)
+    return cpdl__error(CPDL_EFIELD, "cu_seqlens_padded[0] is %lld; it must be 0", (long long)prev);
+  for (int64_t k = 1; k < n; k++) {
+    int64_t at = thd_bound(t, cu, k);
+    if (at < prev || at > plan->seq_len || (at - prev) % multiple != 0)
+      return cpdl__error(CPDL_EFIELD,
+                         "cu_seqlens_padded[%lld..%lld] = %lld, %lld: each document's padded "
+                         "length must be >= 0, a multiple of 2*cp = %lld, and end within S = %lld",
+                         (long long)(k - 1), (long long)k, (long long)prev, (long long)at,
+                         (long long)multiple, (long long)plan->seq_len);
+    prev = at;
+  }
+  if (prev != plan->seq_len)
+    return cpdl__error(CPDL_EFIELD, "cu_seqlens_padded ends at %lld; it must end at S = %lld "
+                       "(pad the last document to the row's end)", (long long)prev,
+                       (long long)plan->seq_len);
+  return 0;
+}
+
+/* One (rank, field) shard in thd mode: for every document [a, b) of cu_seqlens_padded, in
+ * order, its chunk cp_rank then its chunk 2cp-1-cp_rank (chunk = (b - a) / 2cp) — the
+ * layout of TransformerEngine's thd_get_partitioned_indices. Synthesized positions count
+ * from the document's start. */
+static void emit_thd_shard(const cpdl_prep_plan_t *plan, int f, const unsigned char *src,
+                           const unsigned char *cu, int64_t cp_rank, unsigned char *block) {
+  const plan_input_t *bt = &plan->in[plan->thd_bounds];
+  const cpdl_prep_field_t *fd = &plan->fields[f];
+  const field_spec_t *fs = &plan->spec[f];
+  const int64_t n = bt->shape[0], two_cp = 2 * (int64_t)plan->cp_size;
+  const int64_t part[2] = {cp_rank, two_cp - 1 - cp_rank};
+  const size_t row_bytes = (size_t)plan->shard_len * fs->pos_bytes;
+  for (int64_t row = 0; row < fs->rows; row++) {
+    unsigned char *out = block + fd->offset + (size_t)row * row_bytes;
+    int64_t a = thd_bound(bt, cu, 0);
+    for (int64_t k = 1; k < n; k++) {
+      const int64_t b = thd_bound(bt, cu, k), chunk = (b - a) / two_cp;
+      for (int h = 0; h < 2 && chunk > 0; h++) {
+        const int64_t p0 = a + part[h] * chunk;
+        if (fs->kind == SRC_ARANGE)
+          for (int64_t j = 0; j < chunk; j++)
+            store_int(fs->dtype, out + (size_t)j * fs->esize, p0 - a + j);
+        else
+          emit_run(fs, src, plan->seq_len, row, p0, chunk, out);
+        out += (size_t)chunk * fs->pos_bytes;
+      }
+      a = b;
+    }
+  }
+}
+
 /* Work items, in a fixed order: each shared field, then (rank, field) for
  * every rank and unshared field. Part p of n does the items i with
  * i % n == p, so n threads share a step whatever its ranks and fields. */
@@ -257,6 +321,10 @@ int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *in
       return cpdl__error(CPDL_EARG, "cpdl_prep_execute: no destination for CP rank %d", cp_ranks[r]);
   }
 
+  const unsigned char *thd_cu = NULL;
+  if (plan->mode == CPDL_MODE_THD && (rc = thd_check(plan, thd_cu = data[plan->thd_bounds])) < 0)
+    return rc;
+
   /* Shared block: the aux_only primary and pass-through fields, whole. */
   int item = 0;
   for (int f = 0; f < plan->n_fields; f++) {
@@ -278,7 +346,10 @@ int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *in
       if (item++ % n_parts != part)
         continue;
       const int in = plan->spec[f].input;
-      emit_shard(plan, f, in >= 0 ? data[in] : NULL, run_start, run_len, n_runs, rank_dst[r]);
+      if (thd_cu)
+        emit_thd_shard(plan, f, in >= 0 ? data[in] : NULL, thd_cu, cp_ranks[r], rank_dst[r]);
+      else
+        emit_shard(plan, f, in >= 0 ? data[in] : NULL, run_start, run_len, n_runs, rank_dst[r]);
     }
   }
   return 0;

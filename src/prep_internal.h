@@ -27,7 +27,7 @@ typedef enum {
 
 typedef enum {
   SRC_COPY,   /* slice of an input, padded */
-  SRC_ARANGE, /* synthesized position_ids: the padded position itself */
+  SRC_ARANGE, /* synthesized position_ids: the padded position (thd: within its document) */
   SRC_MASK,   /* derived from a padding predicate (padding_mask, _packed_seq_ids) */
   SRC_WHOLE   /* shared: the whole input, untouched */
 } src_kind_t;
@@ -76,6 +76,7 @@ struct cpdl_prep_plan {
   int64_t batch, seq_len, padded_len, shard_len;
   int cp_size;
   cpdl_mode_t mode;
+  int thd_bounds; /* thd: input index of cu_seqlens_padded, the boundaries to partition by */
 };
 
 /* "[a,b,c]" for messages; returns the length written. */

@@ -132,10 +132,20 @@ static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tens
   snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", P->args.dump_collated,
            (unsigned long long)step, P->args.group);
   int rc = cpdl__mkdirs(dir);
+  int64_t thd_len = -1; /* mode thd: the cu_seqlens fields are dumped at this step's n+1 */
+  for (int i = 0; i < n; i++)
+    if (strcmp(in[i].name, "cu_seqlens_padded") == 0 && in[i].dtype == CPDL_DTYPE_INT32)
+      thd_len = cpdl__collate_thd_len(in[i].data, in[i].shape[0],
+                                      cpdl_prep_plan_seq_len(P->args.plan));
   for (int i = 0; !rc && i < n; i++) {
     char path[4200];
+    int64_t shape[CPDL_MAX_DIMS];
+    memcpy(shape, in[i].shape, sizeof shape);
+    if (thd_len > 0 && (strcmp(in[i].name, "cu_seqlens") == 0 ||
+                        strcmp(in[i].name, "cu_seqlens_padded") == 0))
+      shape[0] = thd_len;
     snprintf(path, sizeof path, "%s/%s.npy", dir, in[i].name);
-    rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, in[i].shape, in[i].data);
+    rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, shape, in[i].data);
   }
   return rc;
 }

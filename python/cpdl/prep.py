@@ -223,8 +223,9 @@ def shard_batch(batch, cp_size, cp_rank, *, tp_size=1, loss_mask=None, padding_t
     batch: dict name -> numpy array, not modified. loss_mask: optional, passed
     to C as the field "loss_mask". metadata_seq_dims: {name: seq_dim} of extra
     per-token fields; metadata_pad_values: {name: pad value} (default 0).
-    mode: "contiguous", "round_robin" or "aux_only". dtypes: {name: cpdl dtype
-    name} overrides, e.g. {"inputs_embeds": "bfloat16"} for bfloat16 bits held
+    mode: "contiguous", "round_robin", "aux_only" or "thd" (docs/thd.md; the
+    batch carries cu_seqlens_padded). dtypes: {name: cpdl dtype name}
+    overrides, e.g. {"inputs_embeds": "bfloat16"} for bfloat16 bits held
     in a uint16 array (outputs of that field are uint16 arrays too).
 
     Returns {name: array} for rank cp_rank: the sequence fields' shards and the

@@ -17,7 +17,7 @@ static const char usage[] =
     "  --cp N --tp N            context- and tensor-parallel sizes (dp = N / (cp*tp))\n"
     "  --seq-len S --batch B    tokens per row (suffix K/M) and rows per step\n"
     "  --steps N --slots N      steps to deliver (0: until the source ends), ring depth\n"
-    "  --mode M                 contiguous | round_robin | aux_only\n"
+    "  --mode M                 contiguous | round_robin | aux_only | thd\n"
     "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
     "  --json                   print only the JSON summary line on stdout\n"

@@ -212,6 +212,95 @@ static void test_pack_eot_masking(void **state) {
   fake_free(f);
 }
 
+/* mode thd (thd_multiple 4, S 8): one document of 20 tokens = 19 input/label pairs. Rows 1
+ * and 2 are 8 pairs each (longer than a row: it fills it and continues); row 3 holds the
+ * last 3 pairs padded to 4, the next document (the same one, next epoch: 19 pairs, padded 20)
+ * no longer fits and waits, so the tail pads the last document to the row's end. */
+static void test_thd_literal(void **state) {
+  (void)state;
+  int64_t doc[20];
+  for (int j = 0; j < 20; j++)
+    doc[j] = 100 + j;
+  const int64_t *docs[] = {doc};
+  const int64_t lens[] = {20};
+  fake_t *f = fake_literal(1, docs, lens);
+  cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 8, 1);
+  p.thd_multiple = 4;
+  rig_t r = rig_open(f, &p, 1, 0, 1);
+  cpdl_tensor_t fl[8];
+  int nf = 0;
+  for (int row = 0; row < 4; row++) {
+    assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
+    assert_int_equal(nf, 7);
+    const int64_t *in = field(fl, nf, "input_ids", 1, 8), *lab = field(fl, nf, "labels", 1, 8);
+    const int64_t *pos = field(fl, nf, "position_ids", 1, 8), *loss = field(fl, nf, "loss_mask", 1, 8);
+    assert_string_equal(fl[4].name, "cu_seqlens");
+    assert_string_equal(fl[5].name, "cu_seqlens_padded");
+    assert_string_equal(fl[6].name, "max_seqlen");
+    assert_int_equal(fl[4].dtype, CPDL_DTYPE_INT32);
+    assert_int_equal(fl[4].shape[0], 3); /* capacity S/4 + 1 */
+    assert_int_equal(fl[6].shape[0], 1);
+    const int32_t *cu = fl[4].data, *cup = fl[5].data, *max_len = fl[6].data;
+    assert_row(pos, (int64_t[]){0, 1, 2, 3, 4, 5, 6, 7}, 8);
+    assert_int_equal(max_len[0], 8);
+    assert_int_equal(cpdl__collate_thd_len(cup, 3, 8), 2);
+    if (row < 2 || row == 3) { /* 8 pairs of the document from offset 0, 8 or 0 again */
+      int64_t off = row == 1 ? 8 : 0;
+      for (int u = 0; u < 8; u++) {
+        assert_int_equal(in[u], 100 + off + u);
+        assert_int_equal(lab[u], 101 + off + u);
+        assert_int_equal(loss[u], 1);
+      }
+      assert_int_equal(cu[1], 8);
+    } else {
+      assert_row(in, (int64_t[]){116, 117, 118, 7, 7, 7, 7, 7}, 8);
+      assert_row(lab, (int64_t[]){117, 118, 119, -100, -100, -100, -100, -100}, 8);
+      assert_row(loss, (int64_t[]){1, 1, 1, 0, 0, 0, 0, 0}, 8);
+      assert_int_equal(cu[1], 3);
+      assert_int_equal(cu[2], 3); /* the capacity's tail repeats the last boundary */
+    }
+    assert_int_equal(cup[0], 0);
+    assert_int_equal(cup[1], 8);
+    assert_int_equal(cup[2], 8);
+  }
+  rig_close(&r);
+  fake_free(f);
+}
+
+/* thd: several documents in one row, each padded to a multiple of 4 with positions restarting. */
+static void test_thd_documents(void **state) {
+  (void)state;
+  const int64_t a[] = {10, 11, 12}, b[] = {20, 21}, c[] = {30, 31, 32, 33, 34, 35};
+  const int64_t *docs[] = {a, b, c};
+  const int64_t lens[] = {3, 2, 6};
+  fake_t *f = fake_literal(3, docs, lens);
+  cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 16, 1);
+  p.thd_multiple = 4;
+  rig_t r = rig_open(f, &p, 9, 0, 1);
+  cpdl_tensor_t fl[8];
+  int nf = 0;
+  assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
+  const int64_t *in = field(fl, nf, "input_ids", 1, 16), *pos = field(fl, nf, "position_ids", 1, 16);
+  const int32_t *cu = fl[4].data, *cup = fl[5].data;
+  /* pairs: a 2, b 1, c 5 -> padded 4, 4, 8 = 16 in whatever order the sampler chose */
+  int64_t n = cpdl__collate_thd_len(cup, fl[5].shape[0], 16) - 1;
+  assert_int_equal(n, 3);
+  assert_int_equal(cu[3], 8);
+  for (int64_t k = 0; k < n; k++) {
+    int64_t start = cup[k], len = cu[k + 1] - cu[k], padded = cup[k + 1] - cup[k];
+    assert_int_equal(padded, len == 5 ? 8 : 4);
+    int64_t first = in[start];
+    const int64_t *d = first == 10 ? a : first == 20 ? b : c;
+    for (int64_t u = 0; u < padded; u++) {
+      assert_int_equal(pos[start + u], u);
+      assert_int_equal(in[start + u], u < len ? d[u] : 7);
+    }
+  }
+  assert_int_equal(((const int32_t *)fl[6].data)[0], 8);
+  rig_close(&r);
+  fake_free(f);
+}
+
 static void test_pad_literal(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
@@ -482,6 +571,8 @@ int main(void) {
       cmocka_unit_test(test_pack_literal),
       cmocka_unit_test(test_pack_eot_masking),
       cmocka_unit_test(test_pad_literal),
+      cmocka_unit_test(test_thd_literal),
+      cmocka_unit_test(test_thd_documents),
       cmocka_unit_test(test_pack_reference),
       cmocka_unit_test(test_pad_reference),
       cmocka_unit_test(test_resume),

@@ -134,7 +134,7 @@ static void test_bad_values(void **state) {
       {"steps", "-1", "out of range"},
       {"seed", "-1", "unsigned integer"},
       {"seed", "123456789012345678901234", "64 bits"},
-      {"mode", "zigzag", "contiguous, round_robin or aux_only"},
+      {"mode", "zigzag", "contiguous, round_robin, aux_only or thd"},
       {"collate", "stack", "pack or pad"},
       {"order", "dp,cp", "permutation of dp,cp,tp"},
       {"order", "dp,dp,tp", "permutation of dp,cp,tp"},
