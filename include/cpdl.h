@@ -62,7 +62,7 @@ extern "C" {
   X(EPLUGIN,   -4013, "data-source plugin could not be loaded or used")          \
   X(ESTATE,    -4014, "call not valid in the object's current state")           \
   X(EFAULT,    -4015, "injected fault (CPDL_FAULT)")                             \
-  X(EMPI,      -4016, "an MPI call failed")                                      \
+  X(EMPI,      -4016, "an MPI call or the control plane's allgather failed")        \
   X(EPIN,      -4017, "thread or memory placement failed")                       \
   X(ESOURCE,   -4018, "data source error")
 
@@ -307,14 +307,82 @@ typedef struct cpdl_batch {
   void *internal;              /* the loader's; do not touch */
 } cpdl_batch_t;
 
+/* ---- the control plane: an out-of-band allgather (after UCC's ucc_oob_coll_t) ----
+ * Every collective cpdl runs at open, restore and close (mesh, configuration
+ * and error agreement, the segment name, barriers, pin gathering, the pid
+ * exchange) is built on one nonblocking allgather that the caller supplies.
+ * cpdl_loader_open(MPI_Comm) supplies one over MPI_Iallgather; the Python
+ * binding supplies one over torch.distributed (gloo). cpdl does no
+ * networking of its own. The data path (next/release) never uses it. */
+
+/** Status values of the callbacks (as UCC's: 0 done, 1 in progress, < 0 error). */
+#define CPDL_OOB_OK 0
+#define CPDL_OOB_INPROGRESS 1
+
+/** An out-of-band allgather over n_oob_eps endpoints (processes).
+ *  allgather: start gathering msglen bytes from every endpoint's sbuf into
+ *    rbuf (endpoint i's bytes at rbuf + i * msglen); store a request handle
+ *    in *req. cpdl keeps sbuf and rbuf alive and untouched until req_test has
+ *    said done — or forever, if it abandons a request because a peer died.
+ *    Every endpoint calls it the same number of times, in the same order,
+ *    with the same msglen. Return CPDL_OOB_OK or < 0.
+ *  req_test: CPDL_OOB_OK (done), CPDL_OOB_INPROGRESS, or < 0 (failed).
+ *    Called from the thread that started the request, never concurrently.
+ *  req_free: release a finished request. Not called for an abandoned one.
+ *  The struct is copied at open; coll_info must stay valid until close.
+ *  struct_size = sizeof(cpdl_oob_t) lets the struct grow. */
+typedef struct cpdl_oob {
+  size_t struct_size;
+  int (*allgather)(const void *sbuf, void *rbuf, size_t msglen, void *coll_info, void **req);
+  int (*req_test)(void *req);
+  int (*req_free)(void *req);
+  void *coll_info;
+  int n_oob_eps;               /* number of processes (the world) */
+  int oob_ep;                  /* this process, 0 .. n_oob_eps-1 */
+} cpdl_oob_t;
+
+/** A rank's coordinates in the trainer's own layout, given at open instead
+ *  of deriving them from the config's order key. Sizes must be equal on every
+ *  rank, each (dp, cp, tp) must be held by exactly one rank and
+ *  dp_size * cp_size * tp_size must be the world size; cp_size and tp_size
+ *  must equal the config's cp and tp. Pipeline parallelism is not supported:
+ *  pp_size must be 0 or 1 (give each pipeline stage that reads data its own
+ *  world, or open on the first stage only). */
+typedef struct cpdl_layout {
+  size_t struct_size;          /* sizeof(cpdl_layout_t) */
+  int dp_rank, dp_size;
+  int cp_rank, cp_size;
+  int tp_rank, tp_size;
+  int pp_rank, pp_size;        /* 0 or 1: refused otherwise */
+} cpdl_layout_t;
+
+/** Collective over the out-of-band world oob describes (every endpoint calls
+ *  it). As cpdl_loader_open, with the control plane supplied by the caller
+ *  and, when layout is not NULL, the trainer's coordinates for this rank
+ *  (checked by allgather: a grid that is not consistent is CPDL_EMESH on
+ *  every rank naming the ranks that disagree). world_rank in the mesh is
+ *  oob_ep. While a collective is pending the pids of this host's other ranks
+ *  are watched: a death is CPDL_EPEER naming the rank. Nodes are told apart
+ *  by hostname and boot id (CPDL_RANKS_PER_NODE=k fakes nodes of k
+ *  consecutive ranks). 
+eturn as cpdl_loader_open; CPDL_EARG for a NULL or
+ *  incomplete oob (on this rank only: nothing can be agreed without it). */
+CPDL_API int cpdl_loader_open_oob(const cpdl_oob_t *oob, const cpdl_layout_t *layout,
+                                  const cpdl_config_t *cfg, cpdl_loader_t **out);
+
 /** Collective over comm. Builds the mesh, agrees on the configuration (a
  *  mismatch names the first differing key on every rank), creates and maps
  *  the group's shared segment and starts the leader's loader threads.
  *  \return the same result on every rank: 0, CPDL_EMESH, CPDL_ECONFIG,
  *          CPDL_ENOSPACE, CPDL_ESHM, CPDL_EPLUGIN, CPDL_EPEER, CPDL_EMPI, ...
  *  MPI must be initialized (MPI_THREAD_SERIALIZED or more is not required:
- *  loader threads never call MPI). */
+ *  loader threads never call MPI). The control plane is cpdl_loader_open_oob's
+ *  over an MPI_Iallgather on a dup of comm. */
 CPDL_API int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);
+/** As cpdl_loader_open, with the trainer's layout (may be NULL), checked as
+ *  in cpdl_loader_open_oob. */
+CPDL_API int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout,
+                                  const cpdl_config_t *cfg, cpdl_loader_t **out);
 /** As cpdl_loader_open on MPI_COMM_WORLD (for bindings that cannot name it). */
 CPDL_API int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out);
 

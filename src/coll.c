@@ -1,43 +1,45 @@
-/* coll.c — collectives that cannot hang on a dead peer of this host, and the
- * pid liveness test they (and the loader's ring waits) share.
+/* coll.c — the control plane: every collective of open/restore/close, built
+ * on the one out-of-band allgather of a cpdl_oob_t, and the pid liveness
+ * test that it (and the loader's ring waits) share.
  *
  * Invariants:
- *  - A watch lists this host's other ranks (rank in the loader's
- *    communicator, pid, pidfd); it is built by one blocking MPI_Allgather
- *    over the host communicator right after the mesh exists, and installed
- *    per thread (the collectives run on the caller's thread) for the scope
- *    of open/restore/close. With no watch installed every wrapper is the
- *    plain blocking MPI call.
- *  - With a watch, a wrapper starts the nonblocking collective on private
- *    heap copies of its buffers and polls it; when a watched member of the
- *    collective's communicator is dead and the request still has not
- *    completed after a short grace, it returns CPDL_EPEER naming that rank.
- *    The request is abandoned, never cancelled (MPI cannot cancel a
- *    collective, and one that waits on a dead rank never completes): its
- *    copies are leaked on purpose, so late progress can only write there.
- *  - Ranks on other hosts are not watched (their pids mean nothing here):
- *    a death there stays MPI's (mpirun's) business.
- *  - A watch present (even empty) selects the nonblocking call: all ranks of
- *    a collective must agree on that, since MPI never matches a blocking
- *    collective with a nonblocking one (open/restore/close install on all).
+ *  - Every operation is one or two allgathers over the WHOLE world; a team
+ *    (node, group, host) operation is a world allgather followed by a local
+ *    selection of the team's entries. So every rank runs the same sequence
+ *    of allgathers with the same lengths, whatever team it is in: callers
+ *    call each team operation on every rank, each with its own team.
+ *  - A request is polled with req_test. With a watch installed (this host's
+ *    other ranks: world rank, pid, pidfd), a dead watched rank while the
+ *    request is still pending after a short grace is CPDL_EPEER naming it.
+ *    The request is abandoned, never freed: its heap buffers are leaked on
+ *    purpose, so late progress can only write there. Ranks on other hosts
+ *    are not watched (their pids mean nothing here): a death there is the
+ *    launcher's (mpirun's, torchrun's) business.
+ *  - Payloads are small (configuration, names, pids, bindings): the cost of
+ *    gathering them over the world is paid at open/restore/close only.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Polling: spin on MPI_Test for SPIN_NS, then sleep between tests (growing
+/* Polling: test with sched_yield for SPIN_NS (MPI's nonblocking collectives
+ * progress only inside MPI_Test, and a rank that sleeps stalls every round
+ * of the allgather on its peers; yielding lets an oversubscribed peer run),
+ * then sleep between tests (growing
  * up to SLEEP_MAX_NS so a long wait costs no core), look at the peers every
  * CHECK_NS, and declare a death only after GRACE_NS more of testing: a peer
  * that finished the collective and exited normally left its messages in
  * our queues, and they still complete the request. */
-#define SPIN_NS 50000L
+#define SPIN_NS 2000000L
 #define SLEEP_MIN_NS 20000L
 #define SLEEP_MAX_NS 1000000L
 #define CHECK_NS 1000000L
@@ -68,44 +70,86 @@ bool cpdl__pid_dead(int32_t pid, int pidfd) {
   return pid > 0 && kill(pid, 0) == -1 && errno == ESRCH;
 }
 
+/* ---- the control plane and its teams ------------------------------------------ */
+
+int cpdl__ctl_init(const cpdl_oob_t *oob, cpdl__ctl_t *out) {
+  memset(out, 0, sizeof *out);
+  if (!oob || oob->struct_size < sizeof(cpdl_oob_t) || !oob->allgather || !oob->req_test ||
+      !oob->req_free)
+    return cpdl__error(CPDL_EARG, "cpdl_oob_t is NULL or incomplete (set struct_size = "
+                       "sizeof(cpdl_oob_t) and the allgather, req_test and req_free callbacks)");
+  if (oob->n_oob_eps < 1 || oob->oob_ep < 0 || oob->oob_ep >= oob->n_oob_eps)
+    return cpdl__error(CPDL_EARG, "cpdl_oob_t: endpoint %d of %d is not valid (need 0 <= "
+                       "oob_ep < n_oob_eps)", oob->oob_ep, oob->n_oob_eps);
+  out->oob = *oob;
+  out->oob.struct_size = sizeof(cpdl_oob_t);
+  out->rank = oob->oob_ep;
+  out->size = oob->n_oob_eps;
+  return 0;
+}
+
+void cpdl__team_world(const cpdl__ctl_t *ctl, cpdl__team_t *out) {
+  out->ctl = ctl;
+  out->rank = ctl->rank;
+  out->size = ctl->size;
+  out->ranks = NULL;
+}
+
+int cpdl__team_select(const cpdl__ctl_t *ctl, const int *key, cpdl__team_t *out) {
+  int mine = key[ctl->rank], n = 0;
+  for (int r = 0; r < ctl->size; r++)
+    n += key[r] == mine;
+  out->ctl = ctl;
+  out->size = n;
+  out->rank = 0;
+  out->ranks = malloc((size_t)n * sizeof *out->ranks);
+  if (!out->ranks)
+    return cpdl__error(-ENOMEM, "control plane: out of memory for a team of %d ranks", n);
+  n = 0;
+  for (int r = 0; r < ctl->size; r++)
+    if (key[r] == mine) {
+      if (r == ctl->rank)
+        out->rank = n;
+      out->ranks[n++] = r;
+    }
+  return 0;
+}
+
+void cpdl__team_free(cpdl__team_t *team) {
+  if (!team)
+    return;
+  free(team->ranks);
+  team->ranks = NULL;
+  team->size = 0;
+}
+
 /* ---- the watch ------------------------------------------------------------------ */
 
-int cpdl__watch_build(MPI_Comm rank_comm, MPI_Comm host_comm, cpdl__watch_t *out) {
+int cpdl__watch_build(const cpdl__team_t *host, cpdl__watch_t *out) {
   memset(out, 0, sizeof *out);
-  out->group = MPI_GROUP_NULL;
-  int rank = 0, size = 0, mrc;
-  if ((mrc = MPI_Comm_rank(rank_comm, &rank)) != MPI_SUCCESS ||
-      (mrc = MPI_Comm_size(host_comm, &size)) != MPI_SUCCESS ||
-      (mrc = MPI_Comm_group(rank_comm, &out->group)) != MPI_SUCCESS)
-    return cpdl__error(CPDL_EMPI, "pid exchange: MPI_Comm_rank/size/group failed");
-  /* The gather runs on every rank even when this one lacks memory: a
-   * rank that skipped it would leave the others blocked forever. */
-  int32_t mine[2] = {rank, (int32_t)getpid()};
-  int32_t *all = malloc((size_t)size * sizeof mine);
-  int32_t spare[2];
-  mrc = MPI_Allgather(mine, 2, MPI_INT32_T, all ? all : spare, all ? 2 : 0, MPI_INT32_T,
-                      host_comm);
-  if (!all)
-    return cpdl__error(-ENOMEM, "pid exchange: out of memory for %d ranks of this host", size);
-  if (mrc != MPI_SUCCESS) {
-    free(all);
-    return cpdl__error(CPDL_EMPI, "pid exchange: MPI_Allgather over the host's ranks failed");
+  int32_t mine = (int32_t)getpid();
+  int32_t *pids = malloc((size_t)host->size * sizeof *pids);
+  int rc = cpdl__coll_allgather(host, &mine, sizeof mine, pids, "the pid exchange");
+  if (rc) {
+    free(pids);
+    return rc;
   }
-  out->peers = calloc((size_t)size, sizeof *out->peers);
+  out->peers = calloc((size_t)host->size, sizeof *out->peers);
   if (!out->peers) {
-    free(all);
-    return cpdl__error(-ENOMEM, "pid exchange: out of memory for %d ranks of this host", size);
+    free(pids);
+    return cpdl__error(-ENOMEM, "pid exchange: out of memory for %d ranks of this host",
+                       host->size);
   }
-  for (int i = 0; i < size; i++) {
-    if (all[2 * i] == rank)
+  for (int i = 0; i < host->size; i++) {
+    if (i == host->rank)
       continue;
     cpdl__peer_t *p = &out->peers[out->n++];
-    p->rank = all[2 * i];
-    p->pid = all[2 * i + 1];
+    p->rank = cpdl__team_world_rank(host, i);
+    p->pid = pids[i];
     /* -1 (no pidfds: old kernel, seccomp) falls back to kill(pid, 0). */
     p->pidfd = cpdl__pidfd_open((pid_t)p->pid);
   }
-  free(all);
+  free(pids);
   return 0;
 }
 
@@ -125,11 +169,6 @@ void cpdl__watch_free(cpdl__watch_t *watch) {
   free(watch->peers);
   watch->peers = NULL;
   watch->n = 0;
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (watch->group != MPI_GROUP_NULL && !finalized)
-    MPI_Group_free(&watch->group); /* local */
-  watch->group = MPI_GROUP_NULL;
 }
 
 const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch) {
@@ -146,23 +185,9 @@ static long elapsed_ns(const struct timespec *t0) {
   return (long)(t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
 }
 
-/* Whether the peer's rank is a member of comm (MPI_COMM_NULL: assume so).
- * Only asked about a dead peer, so the group calls are rare. */
-static bool member_of(const cpdl__watch_t *w, const cpdl__peer_t *p, MPI_Comm comm) {
-  if (comm == MPI_COMM_NULL || w->group == MPI_GROUP_NULL)
-    return true;
-  MPI_Group g;
-  if (MPI_Comm_group(comm, &g) != MPI_SUCCESS)
-    return true;
-  int there = MPI_UNDEFINED;
-  int rc = MPI_Group_translate_ranks(w->group, 1, &p->rank, g, &there);
-  MPI_Group_free(&g);
-  return rc != MPI_SUCCESS || there != MPI_UNDEFINED;
-}
-
-static const cpdl__peer_t *find_dead(const cpdl__watch_t *w, MPI_Comm comm) {
-  for (int i = 0; i < w->n; i++)
-    if (cpdl__pid_dead(w->peers[i].pid, w->peers[i].pidfd) && member_of(w, &w->peers[i], comm))
+static const cpdl__peer_t *find_dead(const cpdl__watch_t *w) {
+  for (int i = 0; w && i < w->n; i++)
+    if (cpdl__pid_dead(w->peers[i].pid, w->peers[i].pidfd))
       return &w->peers[i];
   return NULL;
 }
@@ -173,45 +198,63 @@ static int peer_died(const cpdl__peer_t *p, const char *what) {
                      p->rank, (int)p->pid, what);
 }
 
-static int mpi_failed(const char *call, const char *what, int mrc) {
-  char text[MPI_MAX_ERROR_STRING] = "";
-  int len = 0;
-  MPI_Error_string(mrc, text, &len);
-  return cpdl__error(CPDL_EMPI, "%s during %s failed: %s", call, what, text);
+/* A callback's own code: keep a message it left (the MPI one does), or say
+ * which callback failed. */
+static int oob_failed(int status, const char *call, const char *what) {
+  int code = status <= -4001 && status >= -4999 ? status : CPDL_EMPI;
+  const char *msg = cpdl_last_error();
+  if (msg && *msg)
+    return cpdl__error_prefix(code, "control plane %s during %s failed", call, what);
+  return cpdl__error(code, "control plane %s during %s failed (status %d)", call, what, status);
 }
 
-int cpdl__coll_wait(MPI_Request *req, MPI_Comm comm, const char *what) {
+/* Run one allgather of `len` bytes from `send` into `recv` (world order)
+ * and wait for it. send and recv must be heap memory the caller leaks when
+ * this returns CPDL_EPEER (the request may still write into it). */
+static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, size_t len,
+                         const char *what) {
+  const cpdl_oob_t *oob = &ctl->oob;
+  /* The callbacks may leave a message on failure: keep the caller's (an
+   * agreement is about to send it) and put it back on success. */
+  char saved[1024];
+  snprintf(saved, sizeof saved, "%s", cpdl_last_error());
+  cpdl__error_clear();
+  void *req = NULL;
+  int st = oob->allgather(send, recv, len, oob->coll_info, &req);
+  if (st < 0)
+    return oob_failed(st, "allgather", what);
   const cpdl__watch_t *w = current_watch;
-  if (!w || w->n == 0) {
-    int mrc = MPI_Wait(req, MPI_STATUS_IGNORE);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Wait", what, mrc);
-  }
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   long sleep_ns = SLEEP_MIN_NS, last_check = -CHECK_NS, dead_at = 0;
   const cpdl__peer_t *dead = NULL;
   for (;;) {
-    int done = 0;
-    int mrc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
-    if (mrc != MPI_SUCCESS) {
-      /* An MPI error with a dead peer is that death, told better. */
-      const cpdl__peer_t *p = dead ? dead : find_dead(w, comm);
-      return p ? peer_died(p, what) : mpi_failed("MPI_Test", what, mrc);
-    }
-    if (done)
+    st = oob->req_test(req);
+    if (st == CPDL_OOB_OK) {
+      oob->req_free(req);
+      if (saved[0])
+        cpdl__error(0, "%s", saved);
       return 0;
+    }
+    if (st < 0) {
+      /* A failure with a dead peer is that death, told better. */
+      const cpdl__peer_t *p = dead ? dead : find_dead(w);
+      return p ? peer_died(p, what) : oob_failed(st, "req_test", what);
+    }
     long t = elapsed_ns(&t0);
-    if (t < SPIN_NS)
+    if (t < SPIN_NS) {
+      sched_yield();
       continue;
+    }
     if (dead) {
       if (t - dead_at >= GRACE_NS)
-        return peer_died(dead, what); /* *req is abandoned (see the header) */
-    } else if (t - last_check >= CHECK_NS) {
+        return peer_died(dead, what); /* req is abandoned (see the header) */
+    } else if (w && w->n > 0 && t - last_check >= CHECK_NS) {
       last_check = t;
       int rc = w->check ? w->check(w->check_arg) : 0;
       if (rc)
         return rc; /* *req is abandoned, as after a death */
-      if ((dead = find_dead(w, comm)) != NULL)
+      if ((dead = find_dead(w)) != NULL)
         dead_at = t;
     }
     struct timespec pause = {.tv_sec = 0, .tv_nsec = sleep_ns};
@@ -221,137 +264,157 @@ int cpdl__coll_wait(MPI_Request *req, MPI_Comm comm, const char *what) {
   }
 }
 
-/* ---- the wrappers ------------------------------------------------------------------ */
-
-/* Bytes of count elements of a contiguous basic type; -1 if unknown/too big. */
-static long long type_bytes(MPI_Datatype type, long long count) {
-  MPI_Aint lb = 0, extent = 0;
-  if (count < 0 || MPI_Type_get_extent(type, &lb, &extent) != MPI_SUCCESS || extent <= 0)
-    return -1;
-  long long bytes;
-  if (__builtin_mul_overflow(count, (long long)extent, &bytes))
-    return -1;
-  return bytes;
-}
-
-/* Heap copies for a watched collective: send (a copy of the caller's), then
- * recv. NULL when there is no watch, or no memory: then the caller's own
- * buffers are used (a failed malloc must not make this rank skip the
- * collective, or the others would wait for it). */
-static char *stage(const void *send, long long send_bytes, long long recv_bytes) {
-  if (!current_watch || current_watch->n == 0 || send_bytes < 0 || recv_bytes < 0)
-    return NULL;
-  size_t total = (size_t)send_bytes + (size_t)recv_bytes;
+/* Gather `len` bytes of every world rank into a malloc'd buffer (*all, world
+ * order). On CPDL_EPEER the buffers are leaked (abandoned request). A rank
+ * short of memory still joins, with a stack buffer it gathers nothing into,
+ * if len fits: a rank that skipped the allgather would leave the others
+ * waiting. */
+static int gather_world(const cpdl__ctl_t *ctl, const void *send, size_t len, char **all,
+                        const char *what) {
+  *all = NULL;
+  size_t total;
+  if (__builtin_mul_overflow(len, (size_t)ctl->size, &total) ||
+      __builtin_add_overflow(total, len, &total))
+    return cpdl__error(CPDL_EOVERFLOW, "control plane: %zu bytes from each of %d ranks do not "
+                       "fit during %s", len, ctl->size, what);
   char *buf = malloc(total ? total : 1);
-  if (buf && send_bytes)
-    memcpy(buf, send, (size_t)send_bytes);
-  return buf;
+  if (!buf)
+    return cpdl__error(-ENOMEM, "control plane: out of memory for %zu bytes during %s", total,
+                       what);
+  if (len)
+    memcpy(buf, send, len);
+  int rc = run_allgather(ctl, buf, buf + len, len, what);
+  if (rc == CPDL_EPEER)
+    return rc; /* buf is abandoned with the request */
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  memmove(buf, buf + len, total - len);
+  *all = buf;
+  return 0;
 }
 
-/* After the wait: copy the result out and free, or leak after an abandon. */
-static int unstage(int rc, char *buf, long long send_bytes, void *recv, long long recv_bytes) {
-  if (!buf)
+/* ---- the operations ------------------------------------------------------------- */
+
+int cpdl__coll_allgather(const cpdl__team_t *team, const void *send, size_t len, void *recv,
+                         const char *what) {
+  char *all;
+  int rc = gather_world(team->ctl, send, len, &all, what);
+  if (rc)
     return rc;
-  if (rc == CPDL_EPEER)
-    return rc; /* the abandoned request may still write into buf */
-  if (rc == 0 && recv_bytes > 0)
-    memcpy(recv, buf + send_bytes, (size_t)recv_bytes);
-  free(buf);
+  for (int i = 0; i < team->size && recv; i++)
+    memcpy((char *)recv + (size_t)i * len, all + (size_t)cpdl__team_world_rank(team, i) * len,
+           len);
+  free(all);
+  return recv ? 0 : cpdl__error(-ENOMEM, "control plane: no memory to receive %s", what);
+}
+
+int cpdl__coll_bcast(const cpdl__team_t *team, void *data, size_t len, int root,
+                     const char *what) {
+  char *all;
+  int rc = gather_world(team->ctl, data, len, &all, what);
+  if (rc)
+    return rc;
+  memcpy(data, all + (size_t)cpdl__team_world_rank(team, root) * len, len);
+  free(all);
+  return 0;
+}
+
+int cpdl__coll_barrier(const cpdl__team_t *team, const char *what) {
+  char one = 1, *all;
+  int rc = gather_world(team->ctl, &one, 1, &all, what);
+  free(all);
   return rc;
 }
 
-int cpdl__coll_allreduce(const void *send, void *recv, int count, MPI_Datatype type, MPI_Op op,
-                         MPI_Comm comm, const char *what) {
-  if (!current_watch) {
-    int mrc = MPI_Allreduce(send, recv, count, type, op, comm);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Allreduce", what, mrc);
+int cpdl__coll_min_i64(const cpdl__team_t *team, int64_t *values, int n, const char *what) {
+  char *all;
+  size_t len = (size_t)n * sizeof *values;
+  int rc = gather_world(team->ctl, values, len, &all, what);
+  if (rc)
+    return rc;
+  for (int i = 0; i < team->size; i++) {
+    const char *theirs = all + (size_t)cpdl__team_world_rank(team, i) * len;
+    for (int k = 0; k < n; k++) {
+      int64_t v;
+      memcpy(&v, theirs + (size_t)k * sizeof v, sizeof v);
+      if (v < values[k])
+        values[k] = v;
+    }
   }
-  long long bytes = type_bytes(type, count);
-  char *buf = stage(send, bytes, bytes);
-  MPI_Request req;
-  int mrc = MPI_Iallreduce(buf ? buf : send, buf ? buf + bytes : recv, count, type, op, comm,
-                           &req);
-  int rc = mrc == MPI_SUCCESS ? cpdl__coll_wait(&req, comm, what)
-                              : mpi_failed("MPI_Iallreduce", what, mrc);
-  return unstage(rc, buf, bytes, recv, bytes);
+  free(all);
+  return 0;
 }
 
-int cpdl__coll_bcast(void *data, int count, MPI_Datatype type, int root, MPI_Comm comm,
-                     const char *what) {
-  if (!current_watch) {
-    int mrc = MPI_Bcast(data, count, type, root, comm);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Bcast", what, mrc);
+int cpdl__coll_minloc(const cpdl__team_t *team, int value, int *min_value, int *min_rank,
+                      const char *what) {
+  char *all;
+  int rc = gather_world(team->ctl, &value, sizeof value, &all, what);
+  if (rc)
+    return rc;
+  *min_value = value;
+  *min_rank = team->rank;
+  for (int i = 0; i < team->size; i++) {
+    int v;
+    memcpy(&v, all + (size_t)cpdl__team_world_rank(team, i) * sizeof v, sizeof v);
+    if (v < *min_value || (v == *min_value && i < *min_rank)) {
+      *min_value = v;
+      *min_rank = i;
+    }
   }
-  long long bytes = type_bytes(type, count);
-  char *buf = stage(data, bytes, 0); /* one buffer: in at the root, out elsewhere */
-  MPI_Request req;
-  int mrc = MPI_Ibcast(buf ? buf : data, count, type, root, comm, &req);
-  int rc = mrc == MPI_SUCCESS ? cpdl__coll_wait(&req, comm, what)
-                              : mpi_failed("MPI_Ibcast", what, mrc);
-  return unstage(rc, buf, 0, data, bytes);
+  free(all);
+  return 0;
 }
 
-int cpdl__coll_barrier(MPI_Comm comm, const char *what) {
-  if (!current_watch) {
-    int mrc = MPI_Barrier(comm);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Barrier", what, mrc);
+int cpdl__coll_allgatherv(const cpdl__team_t *team, const void *send, size_t len, char **out,
+                          size_t *offsets, const char *what) {
+  *out = NULL;
+  /* 1. Every world rank's length (the padded length must be the same
+   *    everywhere, whatever team a rank is in). */
+  uint64_t mine = len;
+  char *lens;
+  int rc = gather_world(team->ctl, &mine, sizeof mine, &lens, what);
+  if (rc)
+    return rc;
+  uint64_t longest = 0;
+  for (int r = 0; r < team->ctl->size; r++) {
+    uint64_t l;
+    memcpy(&l, lens + (size_t)r * sizeof l, sizeof l);
+    if (l > longest)
+      longest = l;
   }
-  MPI_Request req;
-  int mrc = MPI_Ibarrier(comm, &req);
-  return mrc == MPI_SUCCESS ? cpdl__coll_wait(&req, comm, what)
-                            : mpi_failed("MPI_Ibarrier", what, mrc);
-}
-
-int cpdl__coll_allgather(const void *send, int count, MPI_Datatype type, void *recv,
-                         MPI_Comm comm, const char *what) {
-  if (!current_watch) {
-    int mrc = MPI_Allgather(send, count, type, recv, count, type, comm);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Allgather", what, mrc);
+  /* 2. Everyone's bytes, padded to the longest. */
+  char *padded = calloc(1, longest ? (size_t)longest : 1);
+  char *all = NULL;
+  if (padded && len)
+    memcpy(padded, send, len);
+  char spare[1] = {0};
+  rc = gather_world(team->ctl, padded ? padded : spare, padded ? (size_t)longest : 0, &all,
+                    what);
+  free(padded);
+  if (rc == 0 && !padded)
+    rc = cpdl__error(-ENOMEM, "control plane: out of memory for %llu bytes during %s",
+                     (unsigned long long)longest, what);
+  size_t total = 0;
+  for (int i = 0; rc == 0 && i < team->size; i++) {
+    uint64_t l;
+    memcpy(&l, lens + (size_t)cpdl__team_world_rank(team, i) * sizeof l, sizeof l);
+    offsets[i] = total;
+    total += (size_t)l;
   }
-  int size = 0;
-  MPI_Comm_size(comm, &size);
-  long long send_bytes = type_bytes(type, count);
-  long long recv_bytes = type_bytes(type, (long long)count * size);
-  char *buf = stage(send, send_bytes, recv_bytes);
-  MPI_Request req;
-  int mrc = MPI_Iallgather(buf ? buf : send, count, type, buf ? buf + send_bytes : recv, count,
-                           type, comm, &req);
-  int rc = mrc == MPI_SUCCESS ? cpdl__coll_wait(&req, comm, what)
-                              : mpi_failed("MPI_Iallgather", what, mrc);
-  return unstage(rc, buf, send_bytes, recv, recv_bytes);
-}
-
-int cpdl__coll_allgatherv(const void *send, int count, MPI_Datatype type, void *recv,
-                          const int *counts, const int *displs, MPI_Comm comm, const char *what) {
-  if (!current_watch) {
-    int mrc = MPI_Allgatherv(send, count, type, recv, counts, displs, type, comm);
-    return mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Allgatherv", what, mrc);
-  }
-  int size = 0;
-  MPI_Comm_size(comm, &size);
-  long long end = 0;
-  for (int i = 0; i < size; i++)
-    if ((long long)displs[i] + counts[i] > end)
-      end = (long long)displs[i] + counts[i];
-  long long send_bytes = type_bytes(type, count), recv_bytes = type_bytes(type, end);
-  /* counts and displs too must outlive an abandoned request: they go in the
-   * copies, after the receive area (aligned for int). */
-  long long vec_at = send_bytes < 0 || recv_bytes < 0
-                         ? -1 : (long long)CPDL__ALIGN_UP((size_t)(send_bytes + recv_bytes), 8);
-  long long vec_bytes = (long long)size * 2 * (long long)sizeof(int);
-  char *buf = stage(send, send_bytes, vec_at < 0 ? -1 : vec_at - send_bytes + vec_bytes);
-  const int *c = counts, *d = displs;
-  if (buf) {
-    int *vec = (int *)(void *)(buf + vec_at);
-    memcpy(vec, counts, (size_t)size * sizeof(int));
-    memcpy(vec + size, displs, (size_t)size * sizeof(int));
-    c = vec;
-    d = vec + size;
-  }
-  MPI_Request req;
-  int mrc = MPI_Iallgatherv(buf ? buf : send, count, type, buf ? buf + send_bytes : recv, c, d,
-                            type, comm, &req);
-  int rc = mrc == MPI_SUCCESS ? cpdl__coll_wait(&req, comm, what)
-                              : mpi_failed("MPI_Iallgatherv", what, mrc);
-  return unstage(rc, buf, send_bytes, recv, recv_bytes);
+  offsets[team->size] = total;
+  char *packed = rc == 0 ? malloc(total ? total : 1) : NULL;
+  if (rc == 0 && !packed)
+    rc = cpdl__error(-ENOMEM, "control plane: out of memory for %zu bytes during %s", total,
+                     what);
+  for (int i = 0; rc == 0 && i < team->size; i++)
+    memcpy(packed + offsets[i], all + (size_t)cpdl__team_world_rank(team, i) * longest,
+           offsets[i + 1] - offsets[i]);
+  free(lens);
+  free(all);
+  if (rc)
+    return rc;
+  *out = packed;
+  return 0;
 }

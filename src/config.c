@@ -635,7 +635,7 @@ uint64_t cpdl__config_hash(const cpdl_config_t *cfg) {
   return cpdl__fnv1a(CPDL__FNV1A_BASIS, text, (size_t)len);
 }
 
-/* ---- agreement over MPI ---------------------------------------------------- */
+/* ---- agreement over the control plane ---------------------------------------------------- */
 
 /* Values of every key, NUL-terminated one after another, in canonical order. */
 static size_t pack_values(const cpdl_config_t *cfg, char *buf, size_t size) {
@@ -655,17 +655,7 @@ static size_t pack_values(const cpdl_config_t *cfg, char *buf, size_t size) {
 
 #define PACKED_MAX ((size_t)N_KEYS * VALUE_MAX)
 
-static int mpi_failed(const char *what, int mpi_rc) {
-  char text[MPI_MAX_ERROR_STRING] = "";
-  int len = 0;
-  MPI_Error_string(mpi_rc, text, &len);
-  return cpdl__error(CPDL_EMPI, "configuration agreement: %s failed: %s", what, text);
-}
-
-int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
-  int rank = 0, mrc;
-  if ((mrc = MPI_Comm_rank(comm, &rank)) != MPI_SUCCESS)
-    return mpi_failed("MPI_Comm_rank", mrc);
+int cpdl__config_agree(const cpdl__team_t *team, const cpdl_config_t *cfg) {
   /* A NULL config on one rank must not desynchronize the collectives below:
    * it is compared as a default config and reported afterwards. */
   cpdl_config_t local;
@@ -675,20 +665,19 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
 
   /* min(h) and min(~h) = ~max(h) in one reduction. */
   uint64_t hash = cpdl__config_hash(&local);
-  uint64_t mine[2] = {hash, ~hash}, all[2];
-  int rc = cpdl__coll_allreduce(mine, all, 2, MPI_UINT64_T, MPI_MIN, comm,
-                                "configuration agreement");
+  /* Signed min of the top-bit-flipped value = unsigned min. */
+  int64_t all[2] = {(int64_t)(hash ^ (UINT64_C(1) << 63)), (int64_t)(~hash ^ (UINT64_C(1) << 63))};
+  int rc = cpdl__coll_min_i64(team, all, 2, "configuration agreement");
   if (rc)
     return rc;
-  if (all[0] == ~all[1])
+  if (((uint64_t)all[0] ^ (UINT64_C(1) << 63)) == ~((uint64_t)all[1] ^ (UINT64_C(1) << 63)))
     return cfg ? 0 : cpdl__error(CPDL_EARG, "config is NULL");
 
   /* Every rank agrees that something differs. Compare each rank's values
    * with rank 0's; the lowest (key index, rank) that differs is reported. */
   char *packed0 = malloc(PACKED_MAX), *packed = malloc(PACKED_MAX);
-  int alloc_ok = packed0 && packed, all_ok = 0;
-  rc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm,
-                            "configuration agreement");
+  int64_t all_ok = packed0 && packed;
+  rc = cpdl__coll_min_i64(team, &all_ok, 1, "configuration agreement");
   if (rc || !all_ok) {
     free(packed0);
     free(packed);
@@ -697,12 +686,12 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
   rc = CPDL_ECONFIG;
   pack_values(&local, packed, PACKED_MAX);
   memcpy(packed0, packed, PACKED_MAX);
-  if ((mrc = cpdl__coll_bcast(packed0, (int)PACKED_MAX, MPI_CHAR, 0, comm,
-                              "configuration agreement")) != 0) {
+  int mrc;
+  if ((mrc = cpdl__coll_bcast(team, packed0, PACKED_MAX, 0, "configuration agreement")) != 0) {
     rc = mrc;
     goto out;
   }
-  struct { int key; int rank; } first = {N_KEYS, rank}, lowest;
+  struct { int key; int rank; } first = {N_KEYS, team->rank}, lowest;
   const char *v0 = packed0, *v = packed;
   for (int i = 0; i < N_KEYS; i++) {
     if (strcmp(v0, v) != 0) {
@@ -712,8 +701,8 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
     v0 += strlen(v0) + 1;
     v += strlen(v) + 1;
   }
-  if ((mrc = cpdl__coll_allreduce(&first, &lowest, 1, MPI_2INT, MPI_MINLOC, comm,
-                                  "configuration agreement")) != 0) {
+  if ((mrc = cpdl__coll_minloc(team, first.key, &lowest.key, &lowest.rank,
+                               "configuration agreement")) != 0) {
     rc = mrc;
     goto out;
   }
@@ -734,7 +723,7 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
   }
   snprintf(value0, sizeof value0, "%s", v0);
   snprintf(other, sizeof other, "%s", v);
-  if ((mrc = cpdl__coll_bcast(other, (int)sizeof other, MPI_CHAR, lowest.rank, comm,
+  if ((mrc = cpdl__coll_bcast(team, other, sizeof other, lowest.rank,
                               "configuration agreement")) != 0) {
     rc = mrc;
     goto out;
@@ -742,7 +731,8 @@ int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg) {
   other[sizeof other - 1] = '\0';
   rc = cpdl__error(CPDL_ECONFIG, "configuration differs between ranks: key '%s' is %s on rank 0 "
                    "but %s on rank %d; pass the same options/CPDL_* variables to every rank",
-                   keys[lowest.key].name, value0, other, lowest.rank);
+                   keys[lowest.key].name, value0, other,
+                   cpdl__team_world_rank(team, lowest.rank));
 out:
   free(packed0);
   free(packed);

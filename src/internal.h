@@ -41,6 +41,8 @@ uint64_t cpdl__fnv1a(uint64_t hash, const void *data, size_t n);
  * waiting, start_threads, attach, restoring, closing. \return 0 when no fault fires here. */
 int cpdl__fault(const char *point, int world_rank);
 
+typedef struct cpdl__team cpdl__team_t; /* coll.c */
+
 /* ---- config.c -------------------------------------------------------------
  * Hash of the canonical text (FNV-1a 64). */
 uint64_t cpdl__config_hash(const cpdl_config_t *cfg);
@@ -54,10 +56,10 @@ int cpdl__config_stream_compare(const cpdl_config_t *saved, const cpdl_config_t 
  * range) and whether it is a stream key. */
 int cpdl__config_key_count(void);
 const char *cpdl__config_key(int i, bool *stream);
-/* Collective over comm: every rank gets 0, or CPDL_ECONFIG with a message
+/* Collective over a team: every rank gets 0, or CPDL_ECONFIG with a message
  * naming the first key (in canonical order) whose value differs between
  * ranks, the two values and a rank holding each. */
-int cpdl__config_agree(MPI_Comm comm, const cpdl_config_t *cfg);
+int cpdl__config_agree(const cpdl__team_t *team, const cpdl_config_t *cfg);
 /* The preparation parameters a configuration implies (cp, tp, mode,
  * padding_token_id; no metadata fields). */
 /* The passes over the data a run ends after: cfg->epochs, else 1 when
@@ -75,13 +77,96 @@ float cpdl__dtype_f16_to_f32(uint16_t h);
 uint16_t cpdl__dtype_f32_to_bf16(float f);
 float cpdl__dtype_bf16_to_f32(uint16_t h);
 
+/* ---- coll.c: the control plane (declared before the mesh, which holds it) ----
+ * Collectives of open/restore/close, each built on the world allgather of a
+ * cpdl_oob_t. A team is a subset of the world (node, group, host, or the
+ * world itself); a team operation is called on every world rank, each with
+ * its own team (it is one world allgather plus a local selection). With a
+ * watch installed the wait polls this host's other ranks and returns
+ * CPDL_EPEER "rank N (pid P) died during <what>" when one is dead (the
+ * request is abandoned, its buffers leaked). Each operation returns 0,
+ * CPDL_EPEER, CPDL_EMPI (the allgather failed; message naming <what>),
+ * -ENOMEM. Ranks on other hosts are never watched. */
+typedef struct cpdl__ctl {
+  cpdl_oob_t oob;       /* the caller's, copied at open */
+  int rank, size;       /* oob_ep, n_oob_eps */
+} cpdl__ctl_t;
+struct cpdl__team {
+  const cpdl__ctl_t *ctl;
+  int rank, size;       /* in the team; team rank order = world rank order */
+  int *ranks;           /* world rank of each team rank; NULL: the world */
+};
+/* \return 0 or CPDL_EARG (NULL, incomplete or inconsistent oob). Local. */
+int cpdl__ctl_init(const cpdl_oob_t *oob, cpdl__ctl_t *out);
+void cpdl__team_world(const cpdl__ctl_t *ctl, cpdl__team_t *out);
+/* Local: the team of world ranks r with key[r] == key[ctl->rank] (key has
+ * ctl->size entries, the same on every rank). \return 0 or -ENOMEM. */
+int cpdl__team_select(const cpdl__ctl_t *ctl, const int *key, cpdl__team_t *out);
+void cpdl__team_free(cpdl__team_t *team);
+static inline int cpdl__team_world_rank(const cpdl__team_t *team, int team_rank) {
+  return team->ranks ? team->ranks[team_rank] : team_rank;
+}
+/* recv: len bytes from each team rank, in team order. */
+int cpdl__coll_allgather(const cpdl__team_t *team, const void *send, size_t len, void *recv,
+                         const char *what);
+/* data (len bytes, the same len everywhere) becomes team rank root's. */
+int cpdl__coll_bcast(const cpdl__team_t *team, void *data, size_t len, int root,
+                     const char *what);
+int cpdl__coll_barrier(const cpdl__team_t *team, const char *what);
+/* values[k] = min over the team of values[k] (n the same everywhere). */
+int cpdl__coll_min_i64(const cpdl__team_t *team, int64_t *values, int n, const char *what);
+/* The lowest value, and the lowest team rank holding it. */
+int cpdl__coll_minloc(const cpdl__team_t *team, int value, int *min_value, int *min_rank,
+                      const char *what);
+/* Each rank's len bytes (lengths may differ): *out (malloc'd, the caller
+ * frees) holds team rank i's bytes at [offsets[i], offsets[i+1]); offsets
+ * has team->size + 1 entries. */
+int cpdl__coll_allgatherv(const cpdl__team_t *team, const void *send, size_t len, char **out,
+                          size_t *offsets, const char *what);
+
+typedef struct cpdl__peer {
+  int rank;       /* world rank */
+  int32_t pid;
+  int pidfd;      /* -1: no pidfds here, kill(pid, 0) decides */
+} cpdl__peer_t;
+typedef struct cpdl__watch {
+  int n;
+  cpdl__peer_t *peers;  /* this rank excluded */
+  /* Optional, polled with the peers: nonzero ends the wait with that error
+   * (the request is abandoned as after a death). NULL: none. */
+  int (*check)(void *arg);
+  void *check_arg;
+} cpdl__watch_t;
+/* pidfd_open(2), or -1 with errno (ENOSYS where the kernel lacks it). */
+int cpdl__pidfd_open(pid_t pid);
+/* Whether the process exited (a zombie counts as dead). */
+bool cpdl__pid_dead(int32_t pid, int pidfd);
+/* Collective (a team operation over host, this host's ranks): every host
+ * rank's pid. \return 0, CPDL_EMPI, CPDL_EPEER, -ENOMEM; *out is valid
+ * (maybe empty) either way and freed with cpdl__watch_free (local). */
+int cpdl__watch_build(const cpdl__team_t *host, cpdl__watch_t *out);
+const cpdl__peer_t *cpdl__watch_find(const cpdl__watch_t *watch, int rank); /* NULL: not here */
+void cpdl__watch_free(cpdl__watch_t *watch);
+/* Install (NULL: remove) this thread's watch; returns the previous one. */
+const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch);
+
+/* ---- oob_mpi.c --------------------------------------------------------------
+ * The default control plane: MPI_Iallgather on a dup of comm (collective:
+ * MPI_Comm_dup). \return 0 or CPDL_EMPI (MPI not initialized, dup failed). */
+int cpdl__oob_mpi_create(MPI_Comm comm, cpdl_oob_t *out);
+void cpdl__oob_mpi_free(cpdl_oob_t *oob); /* local; not one of ours: no-op */
+MPI_Comm cpdl__oob_mpi_comm(const cpdl_oob_t *oob); /* the dup, or MPI_COMM_NULL */
+
 /* ---- mesh.c ---------------------------------------------------------------
- * The (dp, cp, tp) arrangement of a communicator, its node and group
- * communicators. CPDL_RANKS_PER_NODE=k fakes nodes of k consecutive ranks. */
+ * The (dp, cp, tp) arrangement of the control plane's world, its node, group
+ * and host teams. CPDL_RANKS_PER_NODE=k fakes nodes of k consecutive ranks. */
 typedef struct cpdl__mesh {
-  MPI_Comm comm;        /* dup of the user's communicator */
-  MPI_Comm node_comm;   /* ranks of this node (real or faked) */
-  MPI_Comm group_comm;  /* replica ∩ node; rank 0 of it is the leader */
+  cpdl__team_t world;
+  cpdl__team_t node;    /* ranks of this node (real or faked) */
+  cpdl__team_t group;   /* replica ∩ node; team rank 0 is the leader */
+  /* The real host (hostname + boot id): the node itself unless
+   * CPDL_RANKS_PER_NODE fakes nodes; the pid watch covers it. */
+  cpdl__team_t host;
   cpdl_mesh_coords_t me;
   int node_rank, node_size, n_nodes;
   bool is_leader;
@@ -90,29 +175,32 @@ typedef struct cpdl__mesh {
   int n_local_cp;
   int local_cp[64];
   int local_cp_index;   /* index of me.cp_rank in local_cp */
-  /* world ranks (in comm) of the group's members, by group rank */
+  /* world ranks of the group's members, by group rank */
   int group_world_ranks[512];
-  /* The real shared-memory node (MPI_COMM_TYPE_SHARED): node_comm itself
-   * unless CPDL_RANKS_PER_NODE fakes nodes; the pid watch covers it. */
-  MPI_Comm host_comm;
 } cpdl__mesh_t;
 
-/* Collective over comm. \return the same on every rank: 0, CPDL_EMESH (size
- * not divisible by cp*tp, bad order string, group over capacity), CPDL_EARG
- * (bad CPDL_RANKS_PER_NODE), CPDL_EMPI, -ENOMEM. */
-int cpdl__mesh_build(MPI_Comm comm, int cp, int tp, const char *order, cpdl__mesh_t *out);
+/* Collective over ctl's world (ctl must outlive the mesh). layout NULL:
+ * coordinates from cp, tp and order; else the caller's, checked to form one
+ * consistent grid. \return the same on every rank: 0, CPDL_EMESH (size not
+ * divisible by cp*tp, bad order string, an inconsistent layout naming the
+ * ranks, pp > 1, group over capacity), CPDL_EARG (bad CPDL_RANKS_PER_NODE),
+ * CPDL_EMPI, -ENOMEM. */
+int cpdl__mesh_build(const cpdl__ctl_t *ctl, const cpdl_layout_t *layout, int cp, int tp,
+                     const char *order, cpdl__mesh_t *out);
 /* Pure: coordinates of `rank` in a mesh of (dp, cp, tp) with `order`
  * ("dp,cp,tp" = tp fastest). \return 0 or CPDL_EMESH. */
 int cpdl__mesh_coords(int rank, int size, int cp, int tp, const char *order,
                       int *dp_rank, int *cp_rank, int *tp_rank);
+/* Pure: check a grid of n ranks' layouts (layouts[r] is world rank r's).
+ * \return 0 or CPDL_EMESH naming the ranks that disagree. */
+int cpdl__mesh_check_grid(const cpdl_layout_t *layouts, int n, int cp, int tp);
 void cpdl__mesh_free(cpdl__mesh_t *mesh);
-/* Reduce a local result over comm: every rank returns the lowest (most
+/* Reduce a local result over a team: every rank returns the lowest (most
  * negative) code; the message of the first rank that has it is carried to
- * all ranks, prefixed "rank <r>: ". Never hangs on a live communicator.
- * Its collectives go through coll.c (watched when a watch is installed). A
- * caller holding a CPDL_EPEER from a watched collective must not agree it:
+ * all ranks, prefixed "rank <world rank>: ". Never hangs on a live world.
+ * A caller holding a CPDL_EPEER from a watched collective must not agree it:
  * it returns it as is (another collective would only wait on the dead). */
-int cpdl__agree(MPI_Comm comm, int local_rc);
+int cpdl__agree(const cpdl__team_t *team, int local_rc);
 
 /* ---- shm.c ----------------------------------------------------------------
  * POSIX shared-memory segments: creation with a random name, O_EXCL, 0600,
@@ -472,7 +560,7 @@ int cpdl__collate_seek(cpdl__collate_t *collate, uint64_t epoch, int64_t positio
  * pin.c gathers the inputs over MPI, applies the plan and reports it.
  * The loader uses only these four: */
 typedef struct cpdl__pin cpdl__pin_t;
-/* Collective over mesh->node_comm (falls back to group_comm): gathers every
+/* Collective over mesh->node (a team operation): gathers every
  * member's binding and GPU request, loads the topology, plans for this group.
  * policy: "auto" | "numa" | "cores:<list>" | "none" (NULL = "auto").
  * n_threads: the leader's loader threads (thread 0 = ring/publisher).
@@ -491,14 +579,14 @@ int cpdl__pin_thread(cpdl__pin_t *pin, int thread);
  * space. Failure is a warning (return 0). A NULL pin is a no-op. */
 int cpdl__pin_region(cpdl__pin_t *pin, int region, void *addr, size_t len);
 void cpdl__pin_free(cpdl__pin_t *pin);
-/* Collective over comm (e.g. the loader's comm): on rank 0 of comm
+/* Collective over a team (e.g. the loader's world): on team rank 0
  * *json_out is a malloc'd JSON array, one entry per rank's main thread and
  * per leader loader thread, ordered by rank:
  *   [{"rank": 0, "thread": "main", "cpuset": "0-1", "numa": 0, "gpu": null},
  *    {"rank": 0, "thread": "loader0", ...}, ...]
  * elsewhere NULL. A NULL pin reports the rank unbound. \return 0,
  * CPDL_EMPI, -ENOMEM (the same on every rank). */
-int cpdl__pin_report(const cpdl__pin_t *pin, MPI_Comm comm, char **json_out);
+int cpdl__pin_report(const cpdl__pin_t *pin, const cpdl__team_t *team, char **json_out);
 /* Read access for tests and the CLI: the planned cpuset of a loader thread as
  * a list string ("4-5"; "" = left unbound), the NUMA node of a region (-1 =
  * left alone). */
@@ -568,58 +656,6 @@ void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int l
                            char *out, size_t size);
 
 
-/* ---- coll.c ---------------------------------------------------------------
- * Collectives of open/restore/close that cannot hang on a dead peer of this
- * host. A watch = this host's other ranks (rank in the loader's
- * communicator, pid, pidfd); install it on the calling thread for the scope
- * of a collective phase. With a watch installed the wrappers poll the
- * nonblocking collective and return CPDL_EPEER "rank N (pid P) died during
- * <what>" when a watched member of comm is dead (the request is abandoned,
- * its buffer copies leaked); without one they are the blocking MPI call.
- * Each returns 0, CPDL_EPEER or CPDL_EMPI (message naming <what>). Basic
- * contiguous datatypes only. Ranks on other hosts are never watched.
- * Every rank of a collective must have a watch installed, or none: MPI
- * never matches a nonblocking collective with a blocking one. */
-typedef struct cpdl__peer {
-  int rank;       /* in the watch's rank communicator (the loader's comm) */
-  int32_t pid;
-  int pidfd;      /* -1: no pidfds here, kill(pid, 0) decides */
-} cpdl__peer_t;
-typedef struct cpdl__watch {
-  int n;
-  cpdl__peer_t *peers;  /* this rank excluded */
-  MPI_Group group;      /* of the rank communicator (membership tests) */
-  /* Optional, polled with the peers: nonzero ends the wait with that error
-   * (the request is abandoned as after a death). NULL: none. */
-  int (*check)(void *arg);
-  void *check_arg;
-} cpdl__watch_t;
-/* pidfd_open(2), or -1 with errno (ENOSYS where the kernel lacks it). */
-int cpdl__pidfd_open(pid_t pid);
-/* Whether the process exited (a zombie counts as dead). */
-bool cpdl__pid_dead(int32_t pid, int pidfd);
-/* Blocking collective over host_comm: every rank's (rank in rank_comm, pid).
- * \return 0, CPDL_EMPI, -ENOMEM; *out is valid (maybe empty) either way
- * and freed with cpdl__watch_free (local, no MPI communication). */
-int cpdl__watch_build(MPI_Comm rank_comm, MPI_Comm host_comm, cpdl__watch_t *out);
-const cpdl__peer_t *cpdl__watch_find(const cpdl__watch_t *watch, int rank); /* NULL: not here */
-void cpdl__watch_free(cpdl__watch_t *watch);
-/* Install (NULL: remove) this thread's watch; returns the previous one. */
-const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch);
-/* Wait for *req, watching the installed peers that are members of comm
- * (MPI_COMM_NULL: all of them). */
-int cpdl__coll_wait(MPI_Request *req, MPI_Comm comm, const char *what);
-int cpdl__coll_allreduce(const void *send, void *recv, int count, MPI_Datatype type, MPI_Op op,
-                         MPI_Comm comm, const char *what);
-int cpdl__coll_bcast(void *data, int count, MPI_Datatype type, int root, MPI_Comm comm,
-                     const char *what);
-int cpdl__coll_barrier(MPI_Comm comm, const char *what);
-/* recv: count elements from each rank, in rank order. */
-int cpdl__coll_allgather(const void *send, int count, MPI_Datatype type, void *recv,
-                         MPI_Comm comm, const char *what);
-int cpdl__coll_allgatherv(const void *send, int count, MPI_Datatype type, void *recv,
-                          const int *counts, const int *displs, MPI_Comm comm, const char *what);
-
 /* ---- dump.c ---------------------------------------------------------------
  * .npy writer for --dump / --dump-collated; mkdir -p. */
 int cpdl__mkdirs(const char *path);
@@ -688,7 +724,7 @@ void cpdl__state_cursor(const cpdl__state_view_t *st, uint64_t replica,
 
 /* ---- loader.c (internals for the CLI and tests) ---------------------------- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
-MPI_Comm cpdl__loader_comm(const cpdl_loader_t *loader);
+const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *loader);
 /* Leader of each group: before preparing step k, write the collated batch to
  * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
 int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);

@@ -4,9 +4,10 @@
  * Invariants:
  *  - Only the group's leader writes data; it writes a slot only after every
  *    consumer released it (ring) and publishes it only when complete.
- *  - Loader threads never call MPI; every collective happens on the caller's
- *    thread in open/save/restore/close, each one followed by cpdl__agree() so all
- *    ranks return the same result.
+ *  - Loader threads never use the control plane (coll.c: the caller's
+ *    out-of-band allgather, MPI by default); every collective happens on the
+ *    caller's thread in open/save/restore/close, each one followed by
+ *    cpdl__agree() so all ranks return the same result.
  *  - After a peer died (CPDL_EPEER) the loader is "failed": close then cleans
  *    up locally without collectives, since a collective would hang.
  *  - The host's pids are exchanged right after the mesh exists; from then on
@@ -29,6 +30,10 @@
 
 struct cpdl_loader {
   cpdl_config_t cfg;
+  /* The control plane (the mesh's teams point at it) and, when open built
+   * it from an MPI communicator, that cpdl_oob_t to free at close. */
+  cpdl__ctl_t ctl;
+  cpdl_oob_t mpi_oob;
   cpdl__mesh_t mesh;
   cpdl__shm_t shm;          /* leader: read-write mapping; others: their mapping */
   cpdl__ring_t *ring;       /* leader: the writer's handle (loader threads) */
@@ -129,7 +134,7 @@ static int consumer_alive(void *arg) { return check_peers(arg); }
 /* Open                                                                       */
 /* ------------------------------------------------------------------------- */
 
-/* What the leader sends its group over MPI (the trusted channel). */
+/* What the leader sends its group over the control plane (the trusted channel). */
 typedef struct segment_info {
   int32_t rc;
   char name[CPDL__SHM_NAME_MAX];
@@ -278,7 +283,7 @@ static void loader_release(cpdl_loader_t *L) {
   L->pin = NULL;
 }
 
-/* Local too: Open MPI's MPI_Comm_free and MPI_Group_free send nothing, so
+/* Local too: Open MPI's MPI_Comm_free (the MPI control plane's dup) sends nothing, so
  * they are safe with a dead member and an abandoned request (tested by the
  * fault matrix under --enable-recovery). Keeps the current error message. */
 static void loader_free(cpdl_loader_t *L) {
@@ -287,6 +292,7 @@ static void loader_free(cpdl_loader_t *L) {
   loader_release(L);
   cpdl__watch_free(&L->watch);
   cpdl__mesh_free(&L->mesh);
+  cpdl__oob_mpi_free(&L->mpi_oob);
   free(L->dump_collated);
   free(L);
   cpdl__error(0, "%s", msg);
@@ -336,11 +342,11 @@ static void thd_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out) {
  * collective here either completes or returns CPDL_EPEER. After an EPEER
  * nothing more is collective: the caller frees locally. */
 static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
-  int rc = cpdl__config_agree(L->mesh.comm, cfg);
+  int rc = cpdl__config_agree(&L->mesh.world, cfg);
   if (rc)
     return rc;
   if (L->mesh.me.group_size > MAX_GROUP)
-    return cpdl__agree(L->mesh.comm, cpdl__error(CPDL_EMESH, "group of %d ranks exceeds %d",
+    return cpdl__agree(&L->mesh.world, cpdl__error(CPDL_EMESH, "group of %d ranks exceeds %d",
                                                  L->mesh.me.group_size, MAX_GROUP));
   /* The group's members among the host's watched ranks (for next()). */
   for (int g = 0; g < L->mesh.me.group_size; g++)
@@ -351,12 +357,12 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   /* Placement plan (collective over the node): before the segment exists,
    * so its regions can be bound before first touch. */
   int local = cpdl__pin_setup(&L->mesh, cfg->pin, cfg->threads, &L->pin);
-  rc = local == CPDL_EPEER ? local : cpdl__agree(L->mesh.comm, local);
+  rc = local == CPDL_EPEER ? local : cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
 
   /* Leader creates; its status, name, size and nonce reach the group over
-   * MPI (R3: nobody waits for a broadcast that never comes). */
+   * the control plane (R3: nobody waits for a broadcast that never comes). */
   segment_info_t info;
   memset(&info, 0, sizeof info);
   if (L->mesh.is_leader) {
@@ -364,29 +370,30 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
     if (!info.rc)
       info.rc = cpdl__fault("before_send_name", L->mesh.me.world_rank);
   }
-  rc = cpdl__agree(L->mesh.comm, L->mesh.is_leader ? info.rc : 0);
+  rc = cpdl__agree(&L->mesh.world, L->mesh.is_leader ? info.rc : 0);
   if (rc)
     return rc;
   /* Every replica ends on the same step: the smallest leader's end (the
    * others hold UINT64_MAX or their steps=). Without epochs that is steps=
    * on every rank (the configuration is agreed): nothing to exchange. */
-  uint64_t end = L->end_step;
-  if (cpdl__config_epochs(&L->cfg) &&
-      (rc = cpdl__coll_allreduce(&end, &L->end_step, 1, MPI_UINT64_T, MPI_MIN, L->mesh.comm,
-                                 "open (the run's end step)")))
-    return rc;
+  if (cpdl__config_epochs(&L->cfg)) {
+    int64_t end = L->end_step > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)L->end_step;
+    if ((rc = cpdl__coll_min_i64(&L->mesh.world, &end, 1, "open (the run's end step)")))
+      return rc;
+    L->end_step = end == INT64_MAX ? UINT64_MAX : (uint64_t)end;
+  }
   if (L->end_step == 0)
     return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) of the smallest replica "
                        "hold no whole step of batch=%d rows of seq_len=%lld tokens; use more "
                        "data, more epochs, a smaller batch or seq_len, or fewer replicas",
                        L->cfg.source, (unsigned long long)cpdl__config_epochs(&L->cfg),
                        L->cfg.batch, (long long)L->cfg.seq_len);
-  rc = cpdl__coll_bcast(&info, (int)sizeof info, MPI_BYTE, 0, L->mesh.group_comm,
+  rc = cpdl__coll_bcast(&L->mesh.group, &info, sizeof info, 0,
                         "open (the segment name's broadcast)");
   if (rc)
     return rc;
   local = consumer_attach(L, &info); /* the leader too: its read-only view mapping */
-  rc = cpdl__agree(L->mesh.comm, local);
+  rc = cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
 
@@ -398,7 +405,7 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
 
   /* The whole group has mapped the segment: unlink it now, so a crash from
    * here on leaves nothing in /dev/shm (R5). */
-  rc = cpdl__coll_barrier(L->mesh.group_comm, "open (the group's barrier before unlink)");
+  rc = cpdl__coll_barrier(&L->mesh.group, "open (the group's barrier before unlink)");
   if (rc == CPDL_EPEER)
     return rc;
   if (rc && !local)
@@ -408,43 +415,53 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
     if (!local)
       local = cpdl__shm_unlink(&L->shm);
   }
-  return cpdl__agree(L->mesh.comm, local);
+  return cpdl__agree(&L->mesh.world, local);
 }
 
-int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
-  *out = NULL;
-  int local = validate_config(cfg);
-  /* Even a local argument error must be agreed, or the other ranks hang. */
-  int rc = cpdl__agree(comm, local);
-  if (rc)
-    return rc;
-
+/* Takes over *mpi_oob (may be NULL): freed with the loader, or here on failure. */
+static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout_t *layout,
+                   const cpdl_config_t *cfg, cpdl_loader_t **out) {
   cpdl_loader_t *L = calloc(1, sizeof *L);
-  local = L ? 0 : cpdl__error(-ENOMEM, "out of memory allocating the loader");
-  rc = cpdl__agree(comm, local);
+  int local = L ? 0 : cpdl__error(-ENOMEM, "out of memory allocating the loader");
+  cpdl__ctl_t spare; /* nothing can be agreed without a control plane */
+  int rc = cpdl__ctl_init(oob, L ? &L->ctl : &spare);
   if (rc) {
     free(L);
+    cpdl__oob_mpi_free(mpi_oob);
     return rc;
   }
+  cpdl__team_t world;
+  cpdl__team_world(L ? &L->ctl : &spare, &world);
+  if (!local)
+    local = validate_config(cfg);
+  /* Even a local argument error must be agreed, or the other ranks hang. */
+  rc = cpdl__agree(&world, local);
+  if (rc) {
+    free(L);
+    cpdl__oob_mpi_free(mpi_oob);
+    return rc;
+  }
+  if (mpi_oob)
+    L->mpi_oob = *mpi_oob;
   L->cfg = *cfg;
   L->shm.fd = -1;
   L->view_shm.fd = -1;
-  L->watch.group = MPI_GROUP_NULL;
   L->config_hash = cpdl__config_hash(cfg);
   L->end_step = cfg->steps > 0 ? (uint64_t)cfg->steps : UINT64_MAX;
 
-  /* Up to here, and inside mesh_build, collectives block: no pid is known
-   * yet, so a death is MPI's (mpirun's) to handle. */
-  rc = cpdl__mesh_build(comm, cfg->cp, cfg->tp, cfg->order, &L->mesh);
+  /* Up to here, and inside mesh_build, collectives are not watched: no pid
+   * is known yet, so a death is the launcher's to handle. */
+  rc = cpdl__mesh_build(&L->ctl, layout, cfg->cp, cfg->tp, cfg->order, &L->mesh);
   if (rc) {
+    cpdl__oob_mpi_free(&L->mpi_oob);
     free(L);
     return rc;
   }
-  /* First thing after the mesh: the host's pids (one blocking allgather),
-   * then everything runs watched. */
-  local = cpdl__watch_build(L->mesh.comm, L->mesh.host_comm, &L->watch);
+  /* First thing after the mesh: the host's pids, then everything runs
+   * watched. */
+  local = cpdl__watch_build(&L->mesh.host, &L->watch);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  rc = cpdl__agree(L->mesh.comm, local);
+  rc = cpdl__agree(&L->mesh.world, local);
   if (!rc)
     rc = open_watched(L, cfg);
   cpdl__watch_install(previous);
@@ -463,6 +480,30 @@ int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **ou
   L->next_step = L->first_step;
   *out = L;
   return 0;
+}
+
+int cpdl_loader_open_oob(const cpdl_oob_t *oob, const cpdl_layout_t *layout,
+                         const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_open_oob: out is NULL");
+  *out = NULL;
+  return open_on(oob, NULL, layout, cfg, out);
+}
+
+int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout, const cpdl_config_t *cfg,
+                         cpdl_loader_t **out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl_loader_open: out is NULL");
+  *out = NULL;
+  cpdl_oob_t oob;
+  int rc = cpdl__oob_mpi_create(comm, &oob);
+  if (rc)
+    return rc;
+  return open_on(&oob, &oob, layout, cfg, out);
+}
+
+int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  return cpdl_loader_open_mpi(comm, NULL, cfg, out);
 }
 
 int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -603,7 +644,7 @@ int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
   L->dump_collated = dir ? strdup(dir) : NULL;
   return dir && !L->dump_collated ? cpdl__error(-ENOMEM, "out of memory") : 0;
 }
-MPI_Comm cpdl__loader_comm(const cpdl_loader_t *L) { return L->mesh.comm; }
+const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *L) { return &L->mesh.world; }
 
 void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *seq_len) {
   if (L->data_batch) {
@@ -707,17 +748,17 @@ static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, 
   uint64_t *recs = malloc((size_t)n * REC_WORDS * sizeof *recs);
   if (!recs && !local)
     local = cpdl__error(-ENOMEM, "out of memory gathering the resume state");
-  int rc = cpdl__agree(L->mesh.comm, local);
+  int rc = cpdl__agree(&L->mesh.world, local);
   if (rc) {
     free(recs);
     return rc;
   }
   uint64_t mine[REC_WORDS];
   state_record(L, mine);
-  rc = cpdl__coll_allgather(mine, REC_WORDS, MPI_UINT64_T, recs, L->mesh.comm,
+  rc = cpdl__coll_allgather(&L->mesh.world, mine, REC_WORDS * sizeof(uint64_t), recs,
                             "state save (the cursors' gather)");
   if (!rc)
-    rc = cpdl__agree(L->mesh.comm, state_build(L, recs, buf, size, used));
+    rc = cpdl__agree(&L->mesh.world, state_build(L, recs, buf, size, used));
   free(recs);
   return rc;
 }
@@ -774,15 +815,16 @@ static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
  * group barriers, so no consumer waits on the ring while it changes. */
 static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uint64_t checksum,
                            int local) {
-  int rc = cpdl__agree(L->mesh.comm, local);
+  int rc = cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
-  uint64_t mine[2] = {checksum, ~checksum}, all[2];
-  rc = cpdl__coll_allreduce(mine, all, 2, MPI_UINT64_T, MPI_MIN, L->mesh.comm,
-                            "restore (the states' comparison)");
+  /* min(c) and min(~c) = ~max(c): signed min of top-bit-flipped values. */
+  const uint64_t flip = UINT64_C(1) << 63;
+  int64_t all[2] = {(int64_t)(checksum ^ flip), (int64_t)(~checksum ^ flip)};
+  rc = cpdl__coll_min_i64(&L->mesh.world, all, 2, "restore (the states' comparison)");
   if (rc)
     return rc;
-  if (all[0] != ~all[1])
+  if (((uint64_t)all[0] ^ flip) != ~((uint64_t)all[1] ^ flip))
     return cpdl__error(CPDL_ECONFIG, "ranks were given different resume states: give every rank "
                        "the same one (any rank's save holds the whole job)");
   uint64_t step = view->step;
@@ -793,7 +835,7 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
   } else {
     cpdl__state_cursor(view, (uint64_t)L->mesh.me.dp_rank, cursor);
   }
-  rc = cpdl__coll_barrier(L->mesh.group_comm, "restore (the group's barrier)");
+  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
   if (rc == CPDL_EPEER)
     return rc;
   local = rc;
@@ -809,11 +851,11 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
   }
   if (!local)
     cpdl__ring_rebase(L->cring, step);
-  rc = cpdl__agree(L->mesh.comm, local);
+  rc = cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
   /* The reset is complete before any consumer waits on the ring. */
-  rc = cpdl__coll_barrier(L->mesh.group_comm, "restore (the group's barrier)");
+  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
   if (rc)
     return rc;
   L->first_step = step;
@@ -881,13 +923,13 @@ int cpdl_loader_close(cpdl_loader_t *L) {
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
-  int rc = cpdl__coll_barrier(L->mesh.group_comm, "close (the group's barrier)");
+  int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
   L->watch.check = NULL;
   if (rc != CPDL_EPEER) {
     if (rc && !local)
       local = rc;
     loader_release(L); /* the mesh stays for the agreement */
-    rc = cpdl__agree(L->mesh.comm, local);
+    rc = cpdl__agree(&L->mesh.world, local);
   }
   cpdl__watch_install(previous);
   loader_free(L); /* after an EPEER: local only, like a failed open */

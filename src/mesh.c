@@ -1,14 +1,13 @@
-/* mesh.c — the (dp, cp, tp) arrangement of a communicator, its node and
- * group (replica ∩ node) communicators, and error agreement over MPI.
+/* mesh.c — the (dp, cp, tp) arrangement of the control plane's world, its
+ * node, group (replica ∩ node) and host teams, and error agreement.
  *
  * Invariants: every collective here returns the same code on every rank
  * (local failures go through cpdl__agree before anyone acts on them), so no
- * rank proceeds to a collective that another rank skipped. The group's
- * leader is its lowest rank in the user's communicator (split key = rank).
- * All MPI calls run on our own dup with MPI_ERRORS_RETURN.
- * cpdl__mesh_build's own collectives are blocking: no pid is known before
- * it returns, so a death inside it is MPI's (mpirun's) to handle. After it,
- * cpdl__agree runs through coll.c and is watched when a watch is installed.
+ * rank proceeds to a collective that another rank skipped. The whole mesh
+ * comes from one allgather of each rank's (host identity, coordinates):
+ * every rank computes the same teams and the same grid verdict from the same
+ * table. The group's leader is its lowest world rank. Nodes are told apart
+ * by hostname + boot id, not by MPI, so any control plane can build them.
  */
 #include "internal.h"
 
@@ -17,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { AXIS_DP, AXIS_CP, AXIS_TP, N_AXES };
 static const char *const axis_names[N_AXES] = {"dp", "cp", "tp"};
@@ -81,41 +81,33 @@ int cpdl__mesh_coords(int rank, int size, int cp, int tp, const char *order, int
 
 #define AGREE_MSG_MAX 1024
 
-int cpdl__agree(MPI_Comm comm, int local_rc) {
-  int rank = 0;
-  if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
-    return cpdl__error(CPDL_EMPI, "error agreement: MPI_Comm_rank failed");
+int cpdl__agree(const cpdl__team_t *team, int local_rc) {
   /* MINLOC: the lowest code, and among ranks with it the lowest rank. */
-  struct { int code; int rank; } mine = {local_rc, rank}, worst;
-  int rc = cpdl__coll_allreduce(&mine, &worst, 1, MPI_2INT, MPI_MINLOC, comm, "error agreement");
+  int worst = 0, worst_rank = 0;
+  int rc = cpdl__coll_minloc(team, local_rc, &worst, &worst_rank, "error agreement");
+  int rank = cpdl__team_world_rank(team, team->rank);
   if (rc == CPDL_EPEER)
     return rc;
   if (rc)
     return cpdl__error_prefix(rc, "on rank %d (local result %d)", rank, local_rc);
-  if (worst.code == 0)
+  if (worst == 0)
     return 0;
   char msg[AGREE_MSG_MAX];
-  snprintf(msg, sizeof msg, "%s", rank == worst.rank ? cpdl_last_error() : "");
-  rc = cpdl__coll_bcast(msg, (int)sizeof msg, MPI_CHAR, worst.rank, comm, "error agreement");
+  snprintf(msg, sizeof msg, "%s", team->rank == worst_rank ? cpdl_last_error() : "");
+  rc = cpdl__coll_bcast(team, msg, sizeof msg, worst_rank, "error agreement");
+  int who = cpdl__team_world_rank(team, worst_rank);
   if (rc == CPDL_EPEER)
     return rc;
   if (rc)
-    return cpdl__error_prefix(rc, "broadcasting rank %d's message (its code: %s)", worst.rank,
-                              cpdl_err_name(worst.code));
+    return cpdl__error_prefix(rc, "broadcasting rank %d's message (its code: %s)", who,
+                              cpdl_err_name(worst));
   msg[sizeof msg - 1] = '\0';
   if (msg[0])
-    return cpdl__error(worst.code, "rank %d: %s", worst.rank, msg);
-  return cpdl__error(worst.code, "rank %d: %s", worst.rank, cpdl_strerror(worst.code));
+    return cpdl__error(worst, "rank %d: %s", who, msg);
+  return cpdl__error(worst, "rank %d: %s", who, cpdl_strerror(worst));
 }
 
 /* ---- building --------------------------------------------------------------- */
-
-static int mpi_failed(const char *what, int mpi_rc) {
-  char text[MPI_MAX_ERROR_STRING] = "";
-  int len = 0;
-  MPI_Error_string(mpi_rc, text, &len);
-  return cpdl__error(CPDL_EMPI, "mesh: %s failed: %s", what, text);
-}
 
 /* CPDL_RANKS_PER_NODE: 0 if unset, k >= 1, or CPDL_EARG. */
 static int fake_node_size(int *out) {
@@ -133,25 +125,12 @@ static int fake_node_size(int *out) {
   return 0;
 }
 
-static void free_comm(MPI_Comm *comm) {
-  if (*comm != MPI_COMM_NULL)
-    MPI_Comm_free(comm);
-  *comm = MPI_COMM_NULL;
-}
-
 void cpdl__mesh_free(cpdl__mesh_t *mesh) {
   if (!mesh)
     return;
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (finalized) /* nothing can be freed after MPI_Finalize */
-    return;
-  free_comm(&mesh->group_comm);
-  if (mesh->host_comm != mesh->node_comm)
-    free_comm(&mesh->host_comm);
-  mesh->host_comm = MPI_COMM_NULL;
-  free_comm(&mesh->node_comm);
-  free_comm(&mesh->comm);
+  cpdl__team_free(&mesh->node);
+  cpdl__team_free(&mesh->group);
+  cpdl__team_free(&mesh->host);
 }
 
 /* Count the distinct "first ranks" (value[j] == j) below `mine`: the index of
@@ -170,151 +149,226 @@ static int index_of_first(const int *first_of, int size, int mine, int *n_sets) 
   return index;
 }
 
-int cpdl__mesh_build(MPI_Comm comm, int cp, int tp, const char *order, cpdl__mesh_t *out) {
-  if (!out)
-    return cpdl__error(CPDL_EARG, "cpdl__mesh_build: out is NULL");
-  memset(out, 0, sizeof *out);
-  out->comm = out->node_comm = out->group_comm = out->host_comm = MPI_COMM_NULL;
-  int mrc, rc;
-  if ((mrc = MPI_Comm_dup(comm, &out->comm)) != MPI_SUCCESS)
-    return mpi_failed("MPI_Comm_dup", mrc);
-  /* Failures become return codes that we agree on, not aborts. */
-  MPI_Comm_set_errhandler(out->comm, MPI_ERRORS_RETURN);
-
-  cpdl_mesh_coords_t *me = &out->me;
-  MPI_Comm_rank(out->comm, &me->world_rank);
-  MPI_Comm_size(out->comm, &me->world_size);
-  const int rank = me->world_rank, size = me->world_size;
-
-  /* 1. Shape: local checks, agreed so that all ranks fail together. */
-  int fake_k = 0;
-  rc = cpdl__mesh_coords(rank, size, cp, tp, order, &me->dp_rank, &me->cp_rank, &me->tp_rank);
-  if (rc == 0)
-    rc = fake_node_size(&fake_k);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail;
-  me->cp_size = cp;
-  me->tp_size = tp;
-  me->dp_size = size / (cp * tp);
-
-  /* 2. Node: real shared-memory domain, or k consecutive ranks when faked. */
-  if (fake_k > 0)
-    mrc = MPI_Comm_split(out->comm, rank / fake_k, rank, &out->node_comm);
-  else
-    mrc = MPI_Comm_split_type(out->comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL,
-                              &out->node_comm);
-  rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("node communicator split", mrc);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail;
-  MPI_Comm_set_errhandler(out->node_comm, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(out->node_comm, &out->node_rank);
-  MPI_Comm_size(out->node_comm, &out->node_size);
-  /* The real host too when nodes are faked: one more split, only then. The
-   * loader watches the pids of the host's ranks (coll.c), and every rank of
-   * the host is a process it can see. */
-  if (fake_k > 0) {
-    mrc = MPI_Comm_split_type(out->comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL,
-                              &out->host_comm);
-    rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("host communicator split", mrc);
-    if ((rc = cpdl__agree(out->comm, rc)) < 0)
-      goto fail;
-    MPI_Comm_set_errhandler(out->host_comm, MPI_ERRORS_RETURN);
-  } else {
-    out->host_comm = out->node_comm;
+int cpdl__mesh_check_grid(const cpdl_layout_t *g, int n, int cp, int tp) {
+  const cpdl_layout_t *g0 = &g[0];
+  for (int r = 0; r < n; r++) {
+    const cpdl_layout_t *l = &g[r];
+    if (l->pp_size > 1)
+      return cpdl__error(CPDL_EMESH, "layout: rank %d has pp_size=%d; pipeline parallelism is not "
+                         "supported (open the loader on the stages that read data, with a world "
+                         "of their own, and pp_size 1)", r, l->pp_size);
+    if (l->dp_size != g0->dp_size || l->cp_size != g0->cp_size || l->tp_size != g0->tp_size)
+      return cpdl__error(CPDL_EMESH, "layout: rank %d says dp_size=%d cp_size=%d tp_size=%d but "
+                         "rank 0 says %d, %d, %d; every rank must give the same sizes", r,
+                         l->dp_size, l->cp_size, l->tp_size, g0->dp_size, g0->cp_size,
+                         g0->tp_size);
+    if (l->dp_rank < 0 || l->dp_rank >= l->dp_size || l->cp_rank < 0 ||
+        l->cp_rank >= l->cp_size || l->tp_rank < 0 || l->tp_rank >= l->tp_size)
+      return cpdl__error(CPDL_EMESH, "layout: rank %d has (dp=%d, cp=%d, tp=%d) outside the grid "
+                         "of sizes (%d, %d, %d)", r, l->dp_rank, l->cp_rank, l->tp_rank,
+                         l->dp_size, l->cp_size, l->tp_size);
   }
-
-  /* 3. Group = replica ∩ node; key = rank makes group rank 0 the lowest. */
-  mrc = MPI_Comm_split(out->node_comm, me->dp_rank, rank, &out->group_comm);
-  rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("group communicator split", mrc);
-  if (rc == 0) {
-    MPI_Comm_set_errhandler(out->group_comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(out->group_comm, &me->group_rank);
-    MPI_Comm_size(out->group_comm, &me->group_size);
-    int cap = (int)(sizeof out->group_world_ranks / sizeof out->group_world_ranks[0]);
-    if (me->group_size > cap)
-      rc = cpdl__error(CPDL_EMESH, "mesh: a group (replica of cp=%d × tp=%d on one node) has %d "
-                       "ranks, more than the supported %d; use fewer ranks per node per replica",
-                       cp, tp, me->group_size, cap);
-  }
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail;
-  out->is_leader = me->group_rank == 0;
-
-  /* 4. Who is in my group: world ranks and CP ranks. */
-  int *members = calloc((size_t)me->group_size * 2, sizeof *members);
-  rc = members ? 0 : cpdl__error(-ENOMEM, "mesh: out of memory for %d group members",
-                                 me->group_size);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0) {
-    free(members);
-    goto fail;
-  }
-  int mine[2] = {rank, me->cp_rank};
-  mrc = MPI_Allgather(mine, 2, MPI_INT, members, 2, MPI_INT, out->group_comm);
-  rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("group MPI_Allgather", mrc);
-  if (rc == 0) {
-    out->n_local_cp = 0;
-    for (int i = 0; i < me->group_size; i++)
-      out->group_world_ranks[i] = members[2 * i];
-    /* Distinct CP ranks, ascending (insertion into a small sorted list). */
-    int cap = (int)(sizeof out->local_cp / sizeof out->local_cp[0]);
-    for (int i = 0; i < me->group_size && rc == 0; i++) {
-      int cp_rank = members[2 * i + 1], at = 0;
-      while (at < out->n_local_cp && out->local_cp[at] < cp_rank)
-        at++;
-      if (at < out->n_local_cp && out->local_cp[at] == cp_rank)
-        continue;
-      if (out->n_local_cp == cap) {
-        rc = cpdl__error(CPDL_EMESH, "mesh: more than %d CP ranks of one replica on one node; "
-                         "use fewer ranks per node or a larger tp", cap);
-        break;
-      }
-      memmove(&out->local_cp[at + 1], &out->local_cp[at],
-              (size_t)(out->n_local_cp - at) * sizeof out->local_cp[0]);
-      out->local_cp[at] = cp_rank;
-      out->n_local_cp++;
+  long long cells = (long long)g0->dp_size * g0->cp_size * g0->tp_size;
+  if (g0->dp_size < 1 || g0->cp_size < 1 || g0->tp_size < 1 || cells != n)
+    return cpdl__error(CPDL_EMESH, "layout: dp_size=%d × cp_size=%d × tp_size=%d = %lld cells "
+                       "but the world has %d ranks; the sizes must multiply to the world size",
+                       g0->dp_size, g0->cp_size, g0->tp_size, cells, n);
+  if (g0->cp_size != cp || g0->tp_size != tp)
+    return cpdl__error(CPDL_EMESH, "layout: cp_size=%d tp_size=%d but the configuration says "
+                       "cp=%d tp=%d; set the configuration's cp and tp to the layout's",
+                       g0->cp_size, g0->tp_size, cp, tp);
+  /* Every cell exactly once: with n cells and n ranks, no duplicate. */
+  int *owner = malloc((size_t)n * sizeof *owner);
+  if (!owner)
+    return cpdl__error(-ENOMEM, "layout: out of memory for %d cells", n);
+  for (int i = 0; i < n; i++)
+    owner[i] = -1;
+  for (int r = 0; r < n; r++) {
+    const cpdl_layout_t *l = &g[r];
+    int cell = (l->dp_rank * l->cp_size + l->cp_rank) * l->tp_size + l->tp_rank;
+    if (owner[cell] >= 0) {
+      int other = owner[cell];
+      free(owner);
+      return cpdl__error(CPDL_EMESH, "layout: ranks %d and %d both have (dp=%d, cp=%d, tp=%d); "
+                         "each coordinate triple must belong to exactly one rank", other, r,
+                         l->dp_rank, l->cp_rank, l->tp_rank);
     }
-    for (int i = 0; i < out->n_local_cp; i++)
-      if (out->local_cp[i] == me->cp_rank)
-        out->local_cp_index = i;
+    owner[cell] = r;
   }
-  free(members);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail;
+  free(owner);
+  return 0;
+}
 
-  /* 5. Global indices: a node is named by its lowest rank, a group by its
-   * leader's; the index is the order among those lowest ranks. */
-  int node_first = rank, group_first = out->group_world_ranks[0];
-  mrc = MPI_Allreduce(&rank, &node_first, 1, MPI_INT, MPI_MIN, out->node_comm);
-  rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("node MPI_Allreduce", mrc);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail;
-  int *firsts = malloc((size_t)size * 2 * sizeof *firsts);
+/* This host's identity: hostname and boot id (two containers of one host
+ * share the boot id, and /dev/shm only if they share the hostname too). */
+#define HOST_ID_MAX 112
+static void host_identity(char *out, size_t size) {
+  char host[64] = "", boot[48] = "";
+  gethostname(host, sizeof host - 1);
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f) {
+    if (!fgets(boot, sizeof boot, f))
+      boot[0] = '\0';
+    fclose(f);
+  }
+  boot[strcspn(boot, "\n")] = '\0';
+  memset(out, 0, size);
+  snprintf(out, size, "%s/%s", host, boot);
+}
+
+/* What each rank contributes to the one mesh allgather. */
+typedef struct rank_record {
+  char host[HOST_ID_MAX];
+  cpdl_layout_t layout;
+} rank_record_t;
+
+/* The teams, coordinates and indices from everyone's record (pure, the same
+ * on every rank). */
+static int build_from(cpdl__mesh_t *out, const cpdl__ctl_t *ctl, const rank_record_t *rec,
+                      int fake_k) {
+  const int size = ctl->size, rank = ctl->rank;
+  int *host_of = malloc((size_t)size * sizeof *host_of);
   int *node_of = malloc((size_t)size * sizeof *node_of);
   int *group_of = malloc((size_t)size * sizeof *group_of);
-  rc = firsts && node_of && group_of ? 0 : cpdl__error(-ENOMEM, "mesh: out of memory for %d ranks",
-                                                       size);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail_free;
-  int pair[2] = {node_first, group_first};
-  mrc = MPI_Allgather(pair, 2, MPI_INT, firsts, 2, MPI_INT, out->comm);
-  rc = mrc == MPI_SUCCESS ? 0 : mpi_failed("MPI_Allgather of node and group leaders", mrc);
-  if ((rc = cpdl__agree(out->comm, rc)) < 0)
-    goto fail_free;
-  for (int j = 0; j < size; j++) {
-    node_of[j] = firsts[2 * j];
-    group_of[j] = firsts[2 * j + 1];
+  int rc = 0;
+  if (!host_of || !node_of || !group_of) {
+    rc = cpdl__error(-ENOMEM, "mesh: out of memory for %d ranks", size);
+    goto done;
   }
-  me->node = index_of_first(node_of, size, node_first, &out->n_nodes);
-  me->group = index_of_first(group_of, size, group_first, NULL);
-  free(firsts);
+  /* A host, node or group is named by its lowest rank. */
+  for (int r = 0; r < size; r++) {
+    host_of[r] = r;
+    for (int j = 0; j < r; j++)
+      if (strncmp(rec[j].host, rec[r].host, HOST_ID_MAX) == 0) {
+        host_of[r] = j;
+        break;
+      }
+  }
+  for (int r = 0; r < size; r++)
+    node_of[r] = fake_k > 0 ? r / fake_k * fake_k : host_of[r];
+  for (int r = 0; r < size; r++) {
+    group_of[r] = r;
+    for (int j = 0; j < r; j++)
+      if (node_of[j] == node_of[r] && rec[j].layout.dp_rank == rec[r].layout.dp_rank) {
+        group_of[r] = j;
+        break;
+      }
+  }
+  if ((rc = cpdl__team_select(ctl, node_of, &out->node)) < 0 ||
+      (rc = cpdl__team_select(ctl, group_of, &out->group)) < 0 ||
+      (rc = cpdl__team_select(ctl, host_of, &out->host)) < 0)
+    goto done;
+  cpdl_mesh_coords_t *me = &out->me;
+  out->node_rank = out->node.rank;
+  out->node_size = out->node.size;
+  me->group_rank = out->group.rank;
+  me->group_size = out->group.size;
+  out->is_leader = me->group_rank == 0;
+  me->node = index_of_first(node_of, size, node_of[rank], &out->n_nodes);
+  me->group = index_of_first(group_of, size, group_of[rank], NULL);
+
+  int cap = (int)(sizeof out->group_world_ranks / sizeof out->group_world_ranks[0]);
+  if (me->group_size > cap) {
+    rc = cpdl__error(CPDL_EMESH, "mesh: a group (replica of cp=%d × tp=%d on one node) has %d "
+                     "ranks, more than the supported %d; use fewer ranks per node per replica",
+                     me->cp_size, me->tp_size, me->group_size, cap);
+    goto done;
+  }
+  /* Who is in my group: world ranks, and the distinct CP ranks ascending. */
+  out->n_local_cp = 0;
+  int cp_cap = (int)(sizeof out->local_cp / sizeof out->local_cp[0]);
+  for (int i = 0; i < me->group_size; i++) {
+    int world = out->group.ranks[i], cp_rank = rec[world].layout.cp_rank, at = 0;
+    out->group_world_ranks[i] = world;
+    while (at < out->n_local_cp && out->local_cp[at] < cp_rank)
+      at++;
+    if (at < out->n_local_cp && out->local_cp[at] == cp_rank)
+      continue;
+    if (out->n_local_cp == cp_cap) {
+      rc = cpdl__error(CPDL_EMESH, "mesh: more than %d CP ranks of one replica on one node; "
+                       "use fewer ranks per node or a larger tp", cp_cap);
+      goto done;
+    }
+    memmove(&out->local_cp[at + 1], &out->local_cp[at],
+            (size_t)(out->n_local_cp - at) * sizeof out->local_cp[0]);
+    out->local_cp[at] = cp_rank;
+    out->n_local_cp++;
+  }
+  for (int i = 0; i < out->n_local_cp; i++)
+    if (out->local_cp[i] == me->cp_rank)
+      out->local_cp_index = i;
+done:
+  free(host_of);
   free(node_of);
   free(group_of);
+  return rc;
+}
+
+int cpdl__mesh_build(const cpdl__ctl_t *ctl, const cpdl_layout_t *layout, int cp, int tp,
+                     const char *order, cpdl__mesh_t *out) {
+  if (!out || !ctl)
+    return cpdl__error(CPDL_EARG, "cpdl__mesh_build: ctl or out is NULL");
+  memset(out, 0, sizeof *out);
+  cpdl__team_world(ctl, &out->world);
+  cpdl_mesh_coords_t *me = &out->me;
+  const int rank = ctl->rank, size = ctl->size;
+  me->world_rank = rank;
+  me->world_size = size;
+
+  /* 1. This rank's coordinates: the caller's layout, or from the order. */
+  int fake_k = 0;
+  rank_record_t mine;
+  memset(&mine, 0, sizeof mine);
+  host_identity(mine.host, sizeof mine.host);
+  int rc = 0;
+  if (layout) {
+    if (layout->struct_size < sizeof(cpdl_layout_t))
+      rc = cpdl__error(CPDL_EARG, "cpdl_layout_t.struct_size is %zu, expected %zu (set it to "
+                       "sizeof(cpdl_layout_t))", layout->struct_size, sizeof(cpdl_layout_t));
+    else
+      mine.layout = *layout;
+  } else {
+    mine.layout = (cpdl_layout_t){.struct_size = sizeof(cpdl_layout_t), .cp_size = cp,
+                                  .tp_size = tp, .pp_size = 1};
+    rc = cpdl__mesh_coords(rank, size, cp, tp, order, &mine.layout.dp_rank,
+                           &mine.layout.cp_rank, &mine.layout.tp_rank);
+    mine.layout.dp_size = rc == 0 ? size / (cp * tp) : 0;
+  }
+  if (rc == 0)
+    rc = fake_node_size(&fake_k);
+  if ((rc = cpdl__agree(&out->world, rc)) < 0)
+    goto fail;
+
+  /* 2. Everyone's record, one allgather; the grid checked from it. */
+  rank_record_t *all = malloc((size_t)size * sizeof *all);
+  cpdl_layout_t *grid = malloc((size_t)size * sizeof *grid);
+  rc = cpdl__coll_allgather(&out->world, &mine, sizeof mine, all, "building the mesh");
+  if (rc == CPDL_EPEER) {
+    free(grid);
+    goto fail;
+  }
+  if (rc == 0 && !grid)
+    rc = cpdl__error(-ENOMEM, "mesh: out of memory for %d ranks", size);
+  if (rc == 0 && layout) {
+    for (int r = 0; r < size; r++)
+      grid[r] = all[r].layout;
+    rc = cpdl__mesh_check_grid(grid, size, cp, tp);
+  }
+  free(grid);
+  if (rc == 0) {
+    me->dp_rank = mine.layout.dp_rank;
+    me->cp_rank = mine.layout.cp_rank;
+    me->tp_rank = mine.layout.tp_rank;
+    me->dp_size = mine.layout.dp_size;
+    me->cp_size = mine.layout.cp_size;
+    me->tp_size = mine.layout.tp_size;
+    rc = build_from(out, ctl, all, fake_k);
+  }
+  free(all);
+  if ((rc = cpdl__agree(&out->world, rc)) < 0)
+    goto fail;
   return 0;
 
-fail_free:
-  free(firsts);
-  free(node_of);
-  free(group_of);
 fail:
   cpdl__mesh_free(out);
   return rc;

@@ -109,10 +109,6 @@ static char *my_binding(hwloc_topology_t topo) {
   return text;
 }
 
-static int mpi_failed(const char *what) {
-  return cpdl__error(CPDL_EMPI, "pin: %s failed", what);
-}
-
 /* Per member: world rank, group, CP rank, leader flag, string bytes. */
 enum { F_WORLD, F_GROUP, F_CP, F_LEADER, F_BYTES, N_FIELDS };
 
@@ -121,10 +117,8 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
   *out = NULL;
   if (!mesh || n_threads < 0)
     return cpdl__error(CPDL_EARG, "pin: needs a mesh and n_threads >= 0 (got %d)", n_threads);
-  MPI_Comm comm = mesh->node_comm != MPI_COMM_NULL ? mesh->node_comm : mesh->group_comm;
-  int size = 0;
-  if (MPI_Comm_size(comm, &size) != MPI_SUCCESS)
-    return mpi_failed("MPI_Comm_size");
+  const cpdl__team_t *team = &mesh->node;
+  const int size = team->size;
 
   int rc = 0;
   cpdl__pin_t *pin = calloc(1, sizeof *pin);
@@ -168,44 +162,25 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
 
   /* The gathers run on every rank, errors or not, so nobody waits alone. */
   int *fields = malloc((size_t)size * N_FIELDS * sizeof *fields);
-  int *counts = malloc((size_t)size * sizeof *counts);
-  int *displs = malloc((size_t)size * sizeof *displs);
+  size_t *offsets = malloc((size_t)(size + 1) * sizeof *offsets);
   char *all = NULL;
   cpdl__pin_member_t *members = calloc((size_t)size, sizeof *members);
-  int alloc_ok = fields && counts && displs && members, all_ok = 0;
-  int mrc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm, "pin setup");
+  int64_t all_ok = fields && offsets && members;
+  int mrc = cpdl__coll_min_i64(team, &all_ok, 1, "pin setup");
   if (mrc) {
     rc = mrc;
     goto done;
   }
   if (!all_ok) {
-    rc = cpdl__agree(comm, rc ? rc : (alloc_ok ? 0 : -ENOMEM));
+    rc = cpdl__agree(team, rc ? rc : (fields && offsets && members ? 0 : -ENOMEM));
     rc = rc ? rc : cpdl__error(-ENOMEM, "pin: out of memory on a rank of the node");
     goto done;
   }
-  if ((mrc = cpdl__coll_allgather(mine, N_FIELDS, MPI_INT, fields, comm, "pin setup")) != 0) {
+  if ((mrc = cpdl__coll_allgather(team, mine, sizeof mine, fields, "pin setup")) != 0) {
     rc = mrc;
     goto done;
   }
-  size_t total = 0;
-  for (int i = 0; i < size; i++) {
-    counts[i] = fields[i * N_FIELDS + F_BYTES];
-    displs[i] = (int)total;
-    total += (size_t)counts[i];
-  }
-  all = malloc(total ? total : 1);
-  alloc_ok = all != NULL;
-  if ((mrc = cpdl__coll_allreduce(&alloc_ok, &all_ok, 1, MPI_INT, MPI_MIN, comm,
-                                  "pin setup")) != 0) {
-    rc = mrc;
-    goto done;
-  }
-  if (!all_ok) {
-    rc = cpdl__agree(comm, rc ? rc : (alloc_ok ? 0 : -ENOMEM));
-    rc = rc ? rc : cpdl__error(-ENOMEM, "pin: out of memory on a rank of the node");
-    goto done;
-  }
-  if ((mrc = cpdl__coll_allgatherv(local, mine[F_BYTES], MPI_CHAR, all, counts, displs, comm,
+  if ((mrc = cpdl__coll_allgatherv(team, local, (size_t)mine[F_BYTES], &all, offsets,
                                    "pin setup")) != 0) {
     rc = mrc;
     goto done;
@@ -218,8 +193,8 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
       members[i].group = f[F_GROUP];
       members[i].cp_rank = f[F_CP];
       members[i].is_leader = f[F_LEADER];
-      if (counts[i] >= 2) {
-        members[i].binding = all + displs[i];
+      if (offsets[i + 1] - offsets[i] >= 2) {
+        members[i].binding = all + offsets[i];
         members[i].gpu = members[i].binding + strlen(members[i].binding) + 1;
       }
       if (f[F_WORLD] == mesh->me.world_rank)
@@ -238,13 +213,12 @@ int cpdl__pin_setup(const cpdl__mesh_t *mesh, const char *policy, int n_threads,
      * cpdl__pin_policy_parse already checked its syntax. */
     pin->policy = CPDL__PIN_NONE;
   }
-  rc = cpdl__agree(comm, rc);
+  rc = cpdl__agree(team, rc);
 
 done:
   free(local);
   free(fields);
-  free(counts);
-  free(displs);
+  free(offsets);
   free(all);
   free(members);
   if (rc < 0) {
@@ -389,74 +363,58 @@ static int local_entries(const cpdl__pin_t *pin, int comm_rank, char **buf, size
   return rc;
 }
 
-int cpdl__pin_report(const cpdl__pin_t *pin, MPI_Comm comm, char **json_out) {
+int cpdl__pin_report(const cpdl__pin_t *pin, const cpdl__team_t *team, char **json_out) {
   *json_out = NULL;
-  int rank = 0, size = 0;
-  if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS)
-    return mpi_failed("MPI_Comm_rank/size");
+  const int rank = team->rank, size = team->size;
   char *mine = NULL;
   size_t len = 0;
-  int rc = local_entries(pin, rank, &mine, &len);
-  int my_len = rc == 0 ? (int)len : 0;
-  int *lens = NULL, *displs = NULL;
-  char *all = NULL;
-  size_t total = 0;
-  if (rank == 0) {
-    lens = malloc((size_t)size * sizeof *lens);
-    displs = malloc((size_t)size * sizeof *displs);
-    if ((!lens || !displs) && rc == 0)
-      rc = -ENOMEM;
-  }
-  int ok = rc == 0, all_ok = 0;
-  if (MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Allreduce");
+  int rc = local_entries(pin, cpdl__team_world_rank(team, rank), &mine, &len);
+  size_t *offsets = malloc((size_t)(size + 1) * sizeof *offsets);
+  char *pieces = NULL, *all = NULL;
+  if (!offsets && rc == 0)
+    rc = cpdl__error(-ENOMEM, "pin report: out of memory");
+  int64_t all_ok = rc == 0;
+  int crc = cpdl__coll_min_i64(team, &all_ok, 1, "the pin report");
+  if (crc) {
+    rc = crc;
     goto done;
   }
   if (!all_ok) {
     rc = rc ? rc : cpdl__error(-ENOMEM, "pin report: out of memory on another rank");
     goto done;
   }
-  if (MPI_Gather(&my_len, 1, MPI_INT, lens, 1, MPI_INT, 0, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Gather");
+  if ((crc = cpdl__coll_allgatherv(team, mine, len, &pieces, offsets, "the pin report")) != 0) {
+    rc = crc;
     goto done;
   }
   if (rank == 0) {
-    for (int i = 0; i < size; i++) {
-      displs[i] = (int)(1 + total); /* after '[': pieces then only move left */
-      total += (size_t)lens[i] + 2;   /* room for ", " between ranks */
+    all = malloc(offsets[size] + 2 * (size_t)size + 3);
+    if (!all) {
+      rc = cpdl__error(-ENOMEM, "pin report: out of memory");
+      goto done;
     }
-    all = malloc(total + 3);
-    if (!all)
-      rc = -ENOMEM; /* still joins the gather below with a dummy buffer */
-  }
-  char dummy[1];
-  if (MPI_Gatherv(mine ? mine : "", my_len, MPI_CHAR, all ? all : dummy, lens, displs, MPI_CHAR,
-                  0, comm) != MPI_SUCCESS) {
-    rc = mpi_failed("MPI_Gatherv");
-    goto done;
-  }
-  if (rank == 0 && all) {
-    /* Join in place, from the front: each piece moves left, never right. */
     size_t at = 0;
     all[at++] = '[';
     for (int i = 0; i < size; i++) {
-      if (!lens[i])
+      size_t n = offsets[i + 1] - offsets[i];
+      if (!n)
         continue;
       if (at > 1) {
         all[at++] = ',';
         all[at++] = ' ';
       }
-      memmove(all + at, all + displs[i], (size_t)lens[i]);
-      at += (size_t)lens[i];
+      memcpy(all + at, pieces + offsets[i], n);
+      at += n;
     }
     all[at++] = ']';
     all[at] = '\0';
   }
 done:
-  rc = cpdl__agree(comm, rc);
+  if (rc != CPDL_EPEER)
+    rc = cpdl__agree(team, rc);
   free(mine);
-  free(lens);
-  free(displs);
+  free(offsets);
+  free(pieces);
   if (rc == 0 && rank == 0) {
     *json_out = all;
     all = NULL;

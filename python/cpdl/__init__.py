@@ -20,4 +20,6 @@ __all__ = ["Error", "shard_batch", "shard_batch_all", "strerror", "library_path"
 from .loader import Batch, Loader, Mesh  # noqa: E402
 from .source import Source  # noqa: E402
 
-__all__ += ["Batch", "Loader", "Mesh", "Source"]
+from ._launch import coords_from_mesh, megatron_coords  # noqa: E402
+
+__all__ += ["Batch", "Loader", "Mesh", "Source", "coords_from_mesh", "megatron_coords"]

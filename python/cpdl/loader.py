@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cuda, _dlpack, _lib, _prefetch
+from . import _cuda, _dlpack, _launch, _lib, _prefetch
 from ._lib import lib
 from .prep import Error, _check
 
@@ -115,6 +115,10 @@ for _sym, (_restype, _argtypes) in _SIGNATURES.items():
     _fn.argtypes = _argtypes
 # cpdl_loader_open's MPI_Comm argument is typed per MPI library (see _comm_handle).
 lib.cpdl_loader_open.restype = ctypes.c_int
+lib.cpdl_loader_open_mpi.restype = ctypes.c_int
+lib.cpdl_loader_open_oob.restype = ctypes.c_int
+lib.cpdl_loader_open_oob.argtypes = [_P(_launch.Oob), _P(_launch.Layout), _P(Config),
+                                     _P(ctypes.c_void_p)]
 
 # cpdl dtype -> (numpy dtype of the view, DLPack code, bits). bfloat16 has no
 # numpy dtype: its views are uint16 bit patterns, its torch tensors bfloat16.
@@ -211,6 +215,26 @@ def _at_exit():
         mpi.MPI_Finalized(ctypes.byref(finalized))
         if not finalized.value:
             mpi.MPI_Finalize()
+
+
+def _world_comm():
+    """MPI_COMM_WORLD as a pointer: Open MPI's is &ompi_mpi_comm_world (the
+    library cpdl is built with)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.in_dll(_mpi_lib(), "ompi_mpi_comm_world"))
+    except ValueError:
+        raise Error(-4016, "cpdl: cannot name MPI_COMM_WORLD in this MPI library; pass "
+                    "comm=mpi4py.MPI.COMM_WORLD") from None
+
+
+def _mpi_world_size():
+    mpi = _mpi_lib()
+    mpi.MPI_Comm_size.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    mpi.MPI_Comm_size.restype = ctypes.c_int
+    size = ctypes.c_int(0)
+    if mpi.MPI_Comm_size(_world_comm(), ctypes.byref(size)) != 0:
+        raise Error(-4016, "MPI_Comm_size(MPI_COMM_WORLD) failed")
+    return size.value
 
 
 def _comm_handle(comm):
@@ -464,11 +488,26 @@ class Loader:
             ids = batch["input_ids"]    # read-only numpy view, no copy
             ...
 
-    Collective: every rank of the communicator creates it, iterates the same
-    number of steps and closes it (close() or `with Loader(...) as loader:`;
-    loaders still open at exit are closed before MPI_Finalize).
-    comm: an mpi4py communicator, or None for MPI_COMM_WORLD (MPI is then
-    initialized here if nobody did, and finalized at exit).
+    Collective: every rank of the job creates it, iterates the same number
+    of steps and closes it (close() or `with Loader(...) as loader:`; loaders
+    still open at exit are closed before MPI_Finalize).
+    The control plane (open/restore/close's collectives; never the data path):
+      comm: an mpi4py communicator (any, e.g. a split of COMM_WORLD);
+      process_group: a torch.distributed group (gloo is used; with another
+        backend a gloo group of the same ranks is created);
+      neither: torch.distributed when the process was launched by torchrun
+        (RANK/WORLD_SIZE/LOCAL_RANK; initialized here from MASTER_ADDR/
+        MASTER_PORT if nobody did), else MPI_COMM_WORLD (initialized here if
+        nobody did, finalized at exit). A launcher that says more than one
+        process while MPI sees one is never a silent world of one: cpdl.Error
+        on every process, naming the launcher and the fix.
+    The trainer's layout (instead of the config's order key):
+      coords={"dp": (rank, size), "cp": (rank, size), "tp": (rank, size)};
+      or mesh=<torch DeviceMesh> with dims={"dp": "dp_shard", "cp": "cp",
+        "tp": "tp"} (a tuple of mesh dims is flattened, slowest first);
+      or coords=cpdl.megatron_coords() under Megatron-core.
+      The config's cp/tp follow the layout; the library checks the grid on
+      every rank (CPDL_EMESH names the ranks that disagree). pp > 1 is refused.
     pin: register this rank's whole region with CUDA once (needs libcudart
     and a device; otherwise one warning and nothing else), so
     `tensor.cuda(non_blocking=True)` copies asynchronously from shared memory.
@@ -478,7 +517,8 @@ class Loader:
     Errors raise cpdl.Error carrying the library's message.
     """
 
-    def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0, **kwargs):
+    def __init__(self, config=None, comm=None, *, pin=False, device=None, prefetch=0,
+                 process_group=None, mesh=None, dims=None, coords=None, **kwargs):
         self._handle = None
         self._mapping = None
         self._feed = None
@@ -488,15 +528,60 @@ class Loader:
         self._pinned = None
         self._pin = bool(pin)
         self._exhausted = False
+        self._oob = None
+        if mesh is not None:
+            if coords is not None:
+                raise ValueError("cpdl: pass mesh= or coords=, not both")
+            coords = _launch.coords_from_mesh(mesh, dims)
+        elif dims is not None:
+            raise ValueError("cpdl: dims= maps cpdl axes to the dimensions of mesh=; pass a mesh")
+        layout = _launch.layout_from_coords(coords) if coords is not None else None
+        if layout is not None:
+            kwargs.setdefault("cp", layout.cp_size)
+            kwargs.setdefault("tp", layout.tp_size)
         cfg = make_config(config, **kwargs)
         handle = ctypes.c_void_p()
-        if comm is None:
+        layout_p = ctypes.byref(layout) if layout is not None else None
+        if comm is not None and process_group is not None:
+            raise ValueError("cpdl: pass comm= (MPI) or process_group= (torch), not both")
+        if comm is None and process_group is None and not _launch.torchrun_env():
+            var, size = _launch.launcher_world()
             _ensure_mpi()
-            _check(lib.cpdl_loader_open_world(ctypes.byref(cfg), ctypes.byref(handle)))
+            if size > 1 and _mpi_world_size() == 1:
+                # mpirun did not start us: srun without PMIx, or a launcher
+                # of its own. torch.distributed if it can reach the others.
+                if _launch.torch_ready() is None:
+                    _launch.refuse_world_of_one(var, size, "MPI sees a world of one (no PMIx) "
+                                                "and torch.distributed cannot rendezvous")
+                process_group = "torch"
+        elif comm is None and process_group is None:
+            if _launch.torch_ready() is None:
+                var, size = _launch.launcher_world()
+                if size > 1:
+                    _launch.refuse_world_of_one(var, size, "torch.distributed is not initialized "
+                                                "and MASTER_ADDR/MASTER_PORT are not set")
+                _ensure_mpi()
+            else:
+                process_group = "torch"
+        if process_group is not None:
+            self._oob = _launch.torch_oob(None if process_group == "torch" else process_group)
+            rc = lib.cpdl_loader_open_oob(ctypes.byref(self._oob.struct), layout_p,
+                                          ctypes.byref(cfg), ctypes.byref(handle))
+            if rc and self._oob.error is not None:
+                raise Error(rc, "%s (torch.distributed: %r)"
+                            % (lib.cpdl_last_error().decode(errors="replace"), self._oob.error))
+            _check(rc)
+        elif comm is None:
+            lib.cpdl_loader_open_mpi.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _P(Config),
+                                                 _P(ctypes.c_void_p)]
+            _check(lib.cpdl_loader_open_mpi(_world_comm(), layout_p, ctypes.byref(cfg),
+                                            ctypes.byref(handle)))
         else:
             value, ctype = _comm_handle(comm)
-            lib.cpdl_loader_open.argtypes = [ctype, _P(Config), _P(ctypes.c_void_p)]
-            _check(lib.cpdl_loader_open(value, ctypes.byref(cfg), ctypes.byref(handle)))
+            lib.cpdl_loader_open_mpi.argtypes = [ctype, ctypes.c_void_p, _P(Config),
+                                                 _P(ctypes.c_void_p)]
+            _check(lib.cpdl_loader_open_mpi(value, layout_p, ctypes.byref(cfg),
+                                            ctypes.byref(handle)))
         self._handle = handle
         self._mapping = _Mapping(lib.cpdl_loader_mapping_retain(handle))
         self._comm = comm

@@ -17,6 +17,10 @@
 #include <string.h>
 #include <time.h>
 
+/* The MPI baselines' communicators (world, the mesh's node and group). */
+static MPI_Comm world_comm = MPI_COMM_NULL, node_comm = MPI_COMM_NULL,
+                group_comm = MPI_COMM_NULL;
+
 static const char usage[] =
     "usage: mpirun -np N cpdl bench [options]\n"
     "  --ways naive,bcast,scatter,cpdl   ways to compare (default: all four)\n"
@@ -67,10 +71,11 @@ typedef struct way_result {
  * per-step latencies, the loop's start time and the PSS before it began. */
 static void finish_way(const cpdl__mesh_t *mesh, double *lat, int steps, double t_start,
                        long long pss0, uint64_t sum, way_result_t *res) {
-  MPI_Barrier(mesh->comm);
+  (void)mesh; /* the barrier and the node sum use the MPI baselines' own communicators */
+  MPI_Barrier(world_comm);
   double elapsed = cli_now_s() - t_start;
   long long pss = pss_bytes() - pss0, node_pss = 0;
-  MPI_Allreduce(&pss, &node_pss, 1, MPI_LONG_LONG, MPI_SUM, mesh->node_comm);
+  MPI_Allreduce(&pss, &node_pss, 1, MPI_LONG_LONG, MPI_SUM, node_comm);
   cli_percentiles(lat, (size_t)steps, &res->p50_us, &res->p99_us);
   res->steps_per_s = elapsed > 0 ? steps / elapsed : 0;
   res->node_pss = node_pss;
@@ -139,7 +144,7 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
   baseline_t b;
   int rc = baseline_open(cfg, mesh, &b);
   int cp = cfg->cp, me = mesh->me.cp_rank;
-  MPI_Comm group = mesh->group_comm;
+  MPI_Comm group = group_comm;
   bool leader = mesh->is_leader;
   /* In bcast/scatter the group leader prepares and every rank receives.
    * naive: every rank prepares everything for itself. */
@@ -163,12 +168,12 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
     if (!rc && mine)
       memset(mine, 0, strcmp(way, "naive") ? b.rank_bytes : b.rank_bytes + b.shared_bytes);
   }
-  rc = cpdl__agree(mesh->comm, rc);
+  rc = cpdl__agree(&mesh->world, rc);
   double *lat = calloc((size_t)steps, sizeof *lat);
   int *counts = calloc((size_t)mesh->me.group_size, sizeof *counts);
   int *displs = calloc((size_t)mesh->me.group_size, sizeof *displs);
   uint64_t sum = 0;
-  MPI_Barrier(mesh->comm);
+  MPI_Barrier(world_comm);
   double t_start = cli_now_s();
   for (int s = 0; !rc && s < steps; s++) {
     double t0 = cli_now_s(), t1 = t0;
@@ -219,12 +224,12 @@ static int run_baseline(const char *way, const cpdl_config_t *cfg, cpdl__mesh_t 
 static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way_result_t *res) {
   long long pss0 = pss_bytes();
   cpdl_loader_t *loader = NULL;
-  int rc = cpdl_loader_open(mesh->comm, cfg, &loader);
+  int rc = cpdl_loader_open(world_comm, cfg, &loader);
   if (rc)
     return rc;
   double *lat = calloc((size_t)steps, sizeof *lat);
   uint64_t sum = 0;
-  MPI_Barrier(mesh->comm);
+  MPI_Barrier(world_comm);
   double t_start = cli_now_s();
   for (int s = 0; s < steps; s++) {
     cpdl_batch_t batch;
@@ -243,7 +248,7 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
     cpdl_batch_release(loader, &batch);
   }
   int all = rc;
-  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, mesh->comm);
+  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, world_comm);
   finish_way(mesh, lat, steps, t_start, pss0, sum, res);
   free(lat);
   int close_rc = cpdl_loader_close(loader);
@@ -276,7 +281,19 @@ int cpdl_cli_bench(int argc, char **argv) {
   const char *ways = flags.ways ? flags.ways : "naive,bcast,scatter,cpdl";
   const char *lens = flags.seq_lens ? flags.seq_lens : "8K,128K,1M";
   cpdl__mesh_t mesh;
-  int rc = cpdl__mesh_build(MPI_COMM_WORLD, cfg.cp, cfg.tp, cfg.order, &mesh);
+  cpdl_oob_t oob;
+  cpdl__ctl_t ctl;
+  int rc = cpdl__oob_mpi_create(MPI_COMM_WORLD, &oob);
+  if (!rc)
+    rc = cpdl__ctl_init(&oob, &ctl);
+  if (!rc)
+    rc = cpdl__mesh_build(&ctl, NULL, cfg.cp, cfg.tp, cfg.order, &mesh);
+  if (!rc) {
+    /* The MPI baselines' own communicators, the same sets as the mesh's teams. */
+    world_comm = MPI_COMM_WORLD;
+    MPI_Comm_split(MPI_COMM_WORLD, mesh.me.node, rank, &node_comm);
+    MPI_Comm_split(MPI_COMM_WORLD, mesh.me.group, rank, &group_comm);
+  }
   if (rc) {
     if (rank == 0)
       fprintf(stderr, "cpdl bench: %s\n", cpdl_last_error());
@@ -307,7 +324,7 @@ int cpdl_cli_bench(int argc, char **argv) {
         rc = run_baseline(way, &c, &mesh, (int)c.steps, &res);
       else
         rc = cpdl__error(CPDL_EARG, "unknown way '%s' (naive, bcast, scatter, cpdl)", way);
-      rc = cpdl__agree(mesh.comm, rc);
+      rc = cpdl__agree(&mesh.world, rc);
       if (rc) {
         if (rank == 0)
           fprintf(stderr, "cpdl bench: %s at seq_len %lld: %s\n", way, (long long)seq_len,
@@ -317,10 +334,10 @@ int cpdl_cli_bench(int argc, char **argv) {
       }
       double p50 = 0, p99 = 0, sps = 0;
       long long pss = 0;
-      MPI_Reduce(&res.p50_us, &p50, 1, MPI_DOUBLE, MPI_MAX, 0, mesh.comm);
-      MPI_Reduce(&res.p99_us, &p99, 1, MPI_DOUBLE, MPI_MAX, 0, mesh.comm);
-      MPI_Reduce(&res.steps_per_s, &sps, 1, MPI_DOUBLE, MPI_MIN, 0, mesh.comm);
-      MPI_Reduce(&res.node_pss, &pss, 1, MPI_LONG_LONG, MPI_MAX, 0, mesh.comm);
+      MPI_Reduce(&res.p50_us, &p50, 1, MPI_DOUBLE, MPI_MAX, 0, world_comm);
+      MPI_Reduce(&res.p99_us, &p99, 1, MPI_DOUBLE, MPI_MAX, 0, world_comm);
+      MPI_Reduce(&res.steps_per_s, &sps, 1, MPI_DOUBLE, MPI_MIN, 0, world_comm);
+      MPI_Reduce(&res.node_pss, &pss, 1, MPI_LONG_LONG, MPI_MAX, 0, world_comm);
       if (rank == 0) {
         if (!flags.json)
           printf("%-8s %9lld %4d %4d %4d %12.1f %12.1f %14.2f %16lld\n", way, (long long)seq_len,
@@ -337,6 +354,9 @@ int cpdl_cli_bench(int argc, char **argv) {
     }
   }
   cpdl__mesh_free(&mesh);
+  MPI_Comm_free(&node_comm);
+  MPI_Comm_free(&group_comm);
+  cpdl__oob_mpi_free(&oob);
   MPI_Finalize();
   return status;
 }

@@ -246,7 +246,7 @@ int cpdl_cli_run(int argc, char **argv) {
     report_error(rank, "dump-collated", rc);
   char *binding = NULL;
   if (flags.report_binding) {
-    rc = cpdl__pin_report(cpdl__loader_pin(loader), cpdl__loader_comm(loader), &binding);
+    rc = cpdl__pin_report(cpdl__loader_pin(loader), cpdl__loader_world(loader), &binding);
     if (rc && rank == 0)
       report_error(rank, "report-binding", rc);
     if (binding && !flags.json)

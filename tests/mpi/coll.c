@@ -1,7 +1,9 @@
-/* coll.c — MPI scenario: the watched collectives of src/coll.c.
+/* coll.c — MPI scenario: the control plane of src/coll.c over the MPI
+ * cpdl_oob_t (src/oob_mpi.c).
  *
- *  1. With a watch of the live host ranks installed, every wrapper gives
- *     the same result as the blocking MPI call (the heap copies round-trip).
+ *  1. With a watch of the live host ranks installed, every operation gives
+ *     the result its definition says, over the world and over a sub-team
+ *     (even ranks / odd ranks), with lengths that differ between ranks.
  *  2. Liveness: a zombie child (exited, not reaped) is dead through its
  *     pidfd; a reaped pid is dead through kill(pid, 0); this process is not.
  *  3. A watched peer that "died" (rank 1 stands for a zombie child of rank 0)
@@ -11,6 +13,7 @@
  */
 #include "internal.h"
 #include "mpi_test.h"
+#include "ctl_test.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -28,8 +31,9 @@ static double now_s(void) {
 }
 
 static void check_results(void) {
+  const cpdl__team_t *world = cpdl_test_world();
   cpdl__watch_t watch;
-  int rc = cpdl__watch_build(MPI_COMM_WORLD, MPI_COMM_WORLD, &watch);
+  int rc = cpdl__watch_build(world, &watch);
   CHECK(rc == 0, "watch_build: %s", cpdl_last_error());
   CHECK(watch.n == size - 1, "watch has %d peers, expected %d", watch.n, size - 1);
   for (int i = 0; i < watch.n; i++) {
@@ -41,49 +45,73 @@ static void check_results(void) {
   const cpdl__watch_t *previous = cpdl__watch_install(&watch);
   CHECK(previous == NULL, "a watch was installed before");
 
-  struct { int v; int r; } mine = {100 - rank, rank}, low = {0, 0};
-  rc = cpdl__coll_allreduce(&mine, &low, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD, "test");
-  CHECK(rc == 0 && low.v == 100 - (size - 1) && low.r == size - 1, "allreduce: %d %d (rc %d)",
-        low.v, low.r, rc);
+  int low = 0, low_rank = -1;
+  rc = cpdl__coll_minloc(world, 100 - rank, &low, &low_rank, "test");
+  CHECK(rc == 0 && low == 100 - (size - 1) && low_rank == size - 1, "minloc: %d %d (rc %d)", low,
+        low_rank, rc);
+  rc = cpdl__coll_minloc(world, 7, &low, &low_rank, "test");
+  CHECK(rc == 0 && low == 7 && low_rank == 0, "minloc tie: %d %d (rc %d)", low, low_rank, rc);
+  int64_t mins[2] = {rank, -(int64_t)rank * 1000000000000LL};
+  rc = cpdl__coll_min_i64(world, mins, 2, "test");
+  CHECK(rc == 0 && mins[0] == 0 && mins[1] == -(int64_t)(size - 1) * 1000000000000LL,
+        "min_i64: %lld %lld", (long long)mins[0], (long long)mins[1]);
 
   char text[64] = "";
   if (rank == size - 1)
     snprintf(text, sizeof text, "from rank %d", rank);
-  rc = cpdl__coll_bcast(text, (int)sizeof text, MPI_CHAR, size - 1, MPI_COMM_WORLD, "test");
+  rc = cpdl__coll_bcast(world, text, sizeof text, size - 1, "test");
   char expect[64];
   snprintf(expect, sizeof expect, "from rank %d", size - 1);
   CHECK(rc == 0 && strcmp(text, expect) == 0, "bcast: '%s' (rc %d)", text, rc);
 
   int64_t *all = calloc((size_t)size, 2 * sizeof *all);
   int64_t pair[2] = {rank, (int64_t)rank * rank};
-  rc = cpdl__coll_allgather(pair, 2, MPI_INT64_T, all, MPI_COMM_WORLD, "test");
+  rc = cpdl__coll_allgather(world, pair, sizeof pair, all, "test");
   CHECK(rc == 0, "allgather: %s", cpdl_last_error());
   for (int r = 0; r < size; r++)
     CHECK(all[2 * r] == r && all[2 * r + 1] == (int64_t)r * r, "allgather entry %d", r);
+
+  /* A sub-team: ranks of my parity, in world order. */
+  int *parity = malloc((size_t)size * sizeof *parity);
+  for (int r = 0; r < size; r++)
+    parity[r] = r % 2;
+  cpdl__team_t half;
+  rc = cpdl__team_select(world->ctl, parity, &half);
+  CHECK(rc == 0 && half.size == (size - rank % 2 + 1) / 2 && half.rank == rank / 2,
+        "team_select: %d/%d", half.rank, half.size);
+  rc = cpdl__coll_allgather(&half, pair, sizeof pair, all, "test");
+  for (int i = 0; rc == 0 && i < half.size; i++)
+    CHECK(all[2 * i] == 2 * i + rank % 2, "team allgather entry %d is %lld", i,
+          (long long)all[2 * i]);
+  snprintf(text, sizeof text, "rank %d", rank);
+  rc = cpdl__coll_bcast(&half, text, sizeof text, half.size - 1, "test");
+  snprintf(expect, sizeof expect, "rank %d", cpdl__team_world_rank(&half, half.size - 1));
+  CHECK(rc == 0 && strcmp(text, expect) == 0, "team bcast: '%s'", text);
   free(all);
 
-  /* Rank r sends r+1 bytes 'a'+r. */
-  int *counts = malloc((size_t)size * sizeof *counts), *displs = malloc((size_t)size * sizeof *displs);
-  int total = 0;
-  for (int r = 0; r < size; r++) {
-    counts[r] = r + 1;
-    displs[r] = total;
-    total += r + 1;
-  }
-  char send[64], *recv = calloc((size_t)total, 1);
+  /* Rank r sends r+1 bytes 'a'+r, over the world and over the half. */
+  char send[64];
   memset(send, 'a' + rank, sizeof send);
-  rc = cpdl__coll_allgatherv(send, rank + 1, MPI_CHAR, recv, counts, displs, MPI_COMM_WORLD,
-                             "test");
-  CHECK(rc == 0, "allgatherv: %s", cpdl_last_error());
-  for (int r = 0; r < size; r++)
-    for (int j = 0; j < counts[r]; j++)
-      CHECK(recv[displs[r] + j] == 'a' + r, "allgatherv byte %d of rank %d", j, r);
-  free(counts);
-  free(displs);
-  free(recv);
+  for (int t = 0; t < 2; t++) {
+    const cpdl__team_t *team = t ? &half : world;
+    size_t *offsets = malloc((size_t)(team->size + 1) * sizeof *offsets);
+    char *recv = NULL;
+    rc = cpdl__coll_allgatherv(team, send, (size_t)rank + 1, &recv, offsets, "test");
+    CHECK(rc == 0, "allgatherv: %s", cpdl_last_error());
+    for (int i = 0; rc == 0 && i < team->size; i++) {
+      int r = cpdl__team_world_rank(team, i);
+      CHECK(offsets[i + 1] - offsets[i] == (size_t)r + 1, "allgatherv length of rank %d", r);
+      for (size_t j = offsets[i]; j < offsets[i + 1]; j++)
+        CHECK(recv[j] == 'a' + r, "allgatherv byte %zu of rank %d", j, r);
+    }
+    free(recv);
+    free(offsets);
+  }
+  cpdl__team_free(&half);
+  free(parity);
 
-  CHECK(cpdl__coll_barrier(MPI_COMM_WORLD, "test") == 0, "barrier: %s", cpdl_last_error());
-  CHECK(cpdl__agree(MPI_COMM_WORLD, 0) == 0, "watched agree: %s", cpdl_last_error());
+  CHECK(cpdl__coll_barrier(world, "test") == 0, "barrier: %s", cpdl_last_error());
+  CHECK(cpdl__agree(world, 0) == 0, "watched agree: %s", cpdl_last_error());
   cpdl__watch_install(previous);
   cpdl__watch_free(&watch);
   CHECK(watch.n == 0 && watch.peers == NULL, "watch_free left peers");
@@ -120,11 +148,10 @@ static void check_dead_peer(void) {
   if (rank == 0) {
     pid_t child = zombie();
     cpdl__peer_t peer = {.rank = 1, .pid = (int32_t)child, .pidfd = cpdl__pidfd_open(child)};
-    cpdl__watch_t watch = {.n = 1, .peers = &peer, .group = MPI_GROUP_NULL};
-    MPI_Comm_group(MPI_COMM_WORLD, &watch.group);
+    cpdl__watch_t watch = {.n = 1, .peers = &peer};
     const cpdl__watch_t *previous = cpdl__watch_install(&watch);
     double t0 = now_s();
-    int rc = cpdl__coll_barrier(MPI_COMM_WORLD, "the test barrier");
+    int rc = cpdl__coll_barrier(cpdl_test_world(), "the test barrier");
     double took = now_s() - t0;
     cpdl__watch_install(previous);
     char expect[128];
@@ -134,7 +161,6 @@ static void check_dead_peer(void) {
     CHECK(took < 1.0, "EPEER took %.3f s", took);
     if (peer.pidfd >= 0)
       close(peer.pidfd);
-    MPI_Group_free(&watch.group);
     waitpid(child, NULL, 0);
   }
   /* Rank 1 waits (point to point) for rank 0's verdict, then the others
@@ -146,17 +172,16 @@ static void check_dead_peer(void) {
     MPI_Send(&go, 1, MPI_INT, 1, 77, MPI_COMM_WORLD);
   else if (rank == 1)
     MPI_Recv(&go, 1, MPI_INT, 0, 77, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  if (rank != 0) { /* a nonblocking barrier: MPI never matches it with a blocking one */
-    MPI_Request req;
-    MPI_Ibarrier(MPI_COMM_WORLD, &req);
-    MPI_Wait(&req, MPI_STATUS_IGNORE);
-  }
+  if (rank != 0) /* the same world allgather of one byte, on the same dup */
+    CHECK(cpdl__coll_barrier(cpdl_test_world(), "the test barrier") == 0, "barrier: %s",
+          cpdl_last_error());
 }
 
 int main(int argc, char **argv) {
   cpdl_test_init(&argc, &argv);
   rank = cpdl_test_world_rank();
   MPI_Comm_size(MPI_COMM_WORLD, &size);
+  cpdl_test_world(); /* the dup, collectively, before rank 0 runs alone */
   check_results();
   check_liveness();
   check_dead_peer();

@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 #include "mpi_test.h"
+#include "ctl_test.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,7 +17,7 @@ static int rank, size;
 static void expect(const cpdl_config_t *cfg, int want, const char *case_name, const char *n1,
                    const char *n2, const char *n3) {
   cpdl__error_clear();
-  int rc = cpdl__config_agree(MPI_COMM_WORLD, cfg);
+  int rc = cpdl__config_agree(cpdl_test_world(), cfg);
   CHECK(rc == want, "%s: got %s, want %s (%s)", case_name, cpdl_err_name(rc), cpdl_err_name(want),
         cpdl_last_error());
   const char *needles[] = {n1, n2, n3};

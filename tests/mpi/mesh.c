@@ -10,6 +10,7 @@
  */
 #include "internal.h"
 #include "mpi_test.h"
+#include "ctl_test.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,7 @@ static void check_agree(void) {
     local = cpdl__error(CPDL_ESHM, "leader could not create the segment (test)");
   else
     cpdl__error_clear();
-  int rc = cpdl__agree(MPI_COMM_WORLD, local);
+  int rc = cpdl__agree(cpdl_test_world(), local);
   CHECK(rc == CPDL_ESHM, "agree returned %d", rc);
   char expect[128];
   snprintf(expect, sizeof expect, "rank %d: leader could not create", size - 1);
@@ -47,19 +48,19 @@ static void check_agree(void) {
     local = cpdl__error(CPDL_EARG, "bad argument on rank 0"); /* -4001 > -4009 */
   if (rank >= size / 2)
     local = cpdl__error(CPDL_EPEER, "peer died seen by rank %d", rank);
-  rc = cpdl__agree(MPI_COMM_WORLD, local);
+  rc = cpdl__agree(cpdl_test_world(), local);
   CHECK(rc == CPDL_EPEER, "agree returned %d", rc);
   snprintf(expect, sizeof expect, "rank %d: peer died seen by rank %d", size / 2, size / 2);
   CHECK(strcmp(cpdl_last_error(), expect) == 0, "message '%s', expected '%s'", cpdl_last_error(),
         expect);
 
-  CHECK(cpdl__agree(MPI_COMM_WORLD, 0) == 0, "all-zero agree must return 0");
+  CHECK(cpdl__agree(cpdl_test_world(), 0) == 0, "all-zero agree must return 0");
 }
 
 /* Errors agreed on every rank: bad order, bad CPDL_RANKS_PER_NODE. */
 static void check_argument_errors(int cp, int tp) {
   cpdl__mesh_t mesh;
-  int rc = cpdl__mesh_build(MPI_COMM_WORLD, cp, tp, "dp,cp", &mesh);
+  int rc = cpdl__mesh_build(cpdl_test_ctl(), NULL, cp, tp, "dp,cp", &mesh);
   CHECK(rc == CPDL_EMESH, "bad order gave %d", rc);
   CHECK(strstr(cpdl_last_error(), "permutation of dp,cp,tp") != NULL, "'%s'", cpdl_last_error());
 
@@ -68,7 +69,7 @@ static void check_argument_errors(int cp, int tp) {
   /* Only the last rank has the bad value: the error must still be everyone's. */
   if (rank == size - 1)
     setenv("CPDL_RANKS_PER_NODE", "0", 1);
-  rc = cpdl__mesh_build(MPI_COMM_WORLD, 1, 1, NULL, &mesh);
+  rc = cpdl__mesh_build(cpdl_test_ctl(), NULL, 1, 1, NULL, &mesh);
   CHECK(rc == CPDL_EARG, "CPDL_RANKS_PER_NODE=0 on one rank gave %d", rc);
   CHECK(strstr(cpdl_last_error(), "CPDL_RANKS_PER_NODE") != NULL, "'%s'", cpdl_last_error());
   if (copy)
@@ -83,7 +84,7 @@ static void check_mesh(int cp, int tp, const char *order) {
   int k = fake ? atoi(fake) : 0;
 
   cpdl__mesh_t mesh;
-  int rc = cpdl__mesh_build(MPI_COMM_WORLD, cp, tp, order, &mesh);
+  int rc = cpdl__mesh_build(cpdl_test_ctl(), NULL, cp, tp, order, &mesh);
   if (size % (cp * tp) != 0) {
     CHECK(rc == CPDL_EMESH, "size %d, cp %d, tp %d: expected CPDL_EMESH, got %d", size, cp, tp, rc);
     char expect[160];
@@ -159,16 +160,17 @@ static void check_mesh(int cp, int tp, const char *order) {
           local_cp[i]);
   CHECK(mesh.local_cp[mesh.local_cp_index] == me->cp_rank, "local_cp_index %d", mesh.local_cp_index);
 
-  /* The communicators match the numbers. */
-  int n = 0;
-  MPI_Comm_size(mesh.group_comm, &n);
-  CHECK(n == me->group_size, "group_comm size %d", n);
-  MPI_Comm_size(mesh.node_comm, &n);
-  CHECK(n == mesh.node_size, "node_comm size %d", n);
+  /* The teams match the numbers. */
+  CHECK(mesh.group.size == me->group_size && mesh.group.rank == me->group_rank,
+        "group team %d/%d", mesh.group.rank, mesh.group.size);
+  CHECK(mesh.node.size == mesh.node_size, "node team size %d", mesh.node.size);
+  for (int i = 0; i < mesh.group.size; i++)
+    CHECK(mesh.group.ranks[i] == mesh.group_world_ranks[i], "group team member %d", i);
 
-  /* Every rank of a group names the same leader. */
+  /* Every rank of a group names the same leader (a team allgather). */
   int leader = mesh.group_world_ranks[0], *leaders = malloc(sizeof(int) * (size_t)me->group_size);
-  MPI_Allgather(&leader, 1, MPI_INT, leaders, 1, MPI_INT, mesh.group_comm);
+  CHECK(cpdl__coll_allgather(&mesh.group, &leader, sizeof leader, leaders, "test") == 0,
+        "group allgather: %s", cpdl_last_error());
   for (int i = 0; i < me->group_size; i++)
     CHECK(leaders[i] == leader, "group rank %d names leader %d, I name %d", i, leaders[i], leader);
   free(leaders);
@@ -206,9 +208,8 @@ static void check_mesh(int cp, int tp, const char *order) {
   free(node_of);
   free(coords);
   cpdl__mesh_free(&mesh);
-  CHECK(mesh.comm == MPI_COMM_NULL && mesh.node_comm == MPI_COMM_NULL &&
-            mesh.group_comm == MPI_COMM_NULL,
-        "mesh_free left communicators");
+  CHECK(mesh.node.ranks == NULL && mesh.group.ranks == NULL && mesh.host.ranks == NULL,
+        "mesh_free left teams");
 }
 
 int main(int argc, char **argv) {

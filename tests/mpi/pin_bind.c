@@ -13,6 +13,7 @@
  *                                   check the report's GPU and NUMA per rank
  */
 #include "mpi_test.h"
+#include "ctl_test.h"
 
 #include <hwloc.h>
 #include <pthread.h>
@@ -139,7 +140,7 @@ static void run_policy(const cpdl__mesh_t *mesh, hwloc_topology_t topo, const ch
 
   /* The report: one main entry per rank, N_THREADS per leader, on rank 0. */
   char *json = NULL;
-  rc = cpdl__pin_report(pin, MPI_COMM_WORLD, &json);
+  rc = cpdl__pin_report(pin, cpdl_test_world(), &json);
   CHECK(rc == 0, "report: %s", cpdl_last_error());
   if (mesh->me.world_rank == 0 && json) {
     printf("pin=%s report: %s\n", policy, json);
@@ -169,7 +170,7 @@ static void run_xml(const cpdl__mesh_t *mesh) {
   int rc = cpdl__pin_setup(mesh, "auto", N_THREADS, &pin);
   CHECK(rc == 0, "setup: %s", cpdl_last_error());
   char *json = NULL;
-  rc = cpdl__pin_report(pin, MPI_COMM_WORLD, &json);
+  rc = cpdl__pin_report(pin, cpdl_test_world(), &json);
   CHECK(rc == 0, "report: %s", cpdl_last_error());
   if (mesh->me.world_rank == 0 && json) {
     printf("xml report: %s\n", json);
@@ -228,7 +229,7 @@ int main(int argc, char **argv) {
   affinity_list(&mine, main_binding, sizeof main_binding);
 
   cpdl__mesh_t mesh;
-  int rc = cpdl__mesh_build(MPI_COMM_WORLD, cp, 1, "dp,cp,tp", &mesh);
+  int rc = cpdl__mesh_build(cpdl_test_ctl(), NULL, cp, 1, "dp,cp,tp", &mesh);
   CHECK(rc == 0, "mesh: %s", cpdl_last_error());
   if (rc == 0) {
     int leader = mesh.is_leader, n_leaders = 0;
