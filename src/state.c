@@ -65,9 +65,12 @@ int cpdl__state_encode(const cpdl__state_t *st, void *buf, size_t size, size_t *
   put_word(buf, W_CURSOR_WORDS, CPDL__CURSOR_WORDS);
   put_word(buf, W_TEXT_BYTES, text_bytes);
   size_t at = 8 * HEADER_WORDS;
-  memcpy((char *)buf + at, st->cursors, 8 * (size_t)st->n_replicas * CPDL__CURSOR_WORDS);
-  at += 8 * (size_t)st->n_replicas * CPDL__CURSOR_WORDS;
-  memcpy((char *)buf + at, st->stream, len);
+  size_t cursor_bytes = 8 * (size_t)st->n_replicas * CPDL__CURSOR_WORDS;
+  if (cursor_bytes) /* a global-order state carries no cursors (and may pass NULL) */
+    memcpy((char *)buf + at, st->cursors, cursor_bytes);
+  at += cursor_bytes;
+  if (len)
+    memcpy((char *)buf + at, st->stream, len);
   at += text_bytes;
   uint64_t sum = cpdl__fnv1a(CPDL__FNV1A_BASIS, buf, at);
   memcpy((char *)buf + at, &sum, 8);
