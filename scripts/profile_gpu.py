@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-import cpdl  # loads libcpdl and, with it, libmpi (RTLD_GLOBAL)
+import cpdl  # libcpdl.so and libmpi are loaded by the first Loader
 
 
 # ---- MPI through ctypes ------------------------------------------------------

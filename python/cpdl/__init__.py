@@ -1,14 +1,21 @@
 """cpdl — Python binding (ctypes + numpy, no build step of its own).
 
 shard_batch() / shard_batch_all() prepare a collated batch for context
-parallelism exactly as DESIGN.md's contract says, through libcpdl.so's
-cpdl_prep_* functions. The library is found at $CPDL_LIBRARY, else
-<repo>/build/libcpdl.so, else other <repo>/build*/ directories, else the
-system loader path; importing fails with an ImportError naming what was tried.
+parallelism exactly as DESIGN.md's contract says, through the cpdl_prep_*
+functions of libcpdl_prep.so (the MPI-free layer: libmpi is not loaded for
+them; a build without it serves them from libcpdl.so). Loader and Source use
+libcpdl.so, loaded with libmpi by the first of them. Importing loads neither
+library; it fails with an ImportError naming what was tried when no library
+can be found. The search (cpdl/_ffi.py): $CPDL_LIBRARY (with
+$CPDL_PREP_LIBRARY, else libcpdl_prep.so beside it), else the copy `pip
+install .` put in cpdl/_native/, else <repo>/build/, else other <repo>/build*/
+directories, else the system loader path.
 bfloat16 has no numpy dtype: pass its bits as uint16 with dtypes={name: "bfloat16"}.
 """
-from ._lib import path as library_path
+from . import _ffi
 from .prep import Error, shard_batch, shard_batch_all, strerror
+
+_ffi.check_findable()
 
 __version__ = "0.1.0"  # CPDL_VERSION_MAJOR.MINOR.PATCH of include/cpdl.h
 
@@ -23,3 +30,10 @@ from .source import Source  # noqa: E402
 from ._launch import coords_from_mesh, megatron_coords  # noqa: E402
 
 __all__ += ["Batch", "Loader", "Mesh", "Source", "coords_from_mesh", "megatron_coords"]
+
+
+def __getattr__(name):
+    # library_path: where libcpdl.so was loaded from (asking loads it, and libmpi).
+    if name == "library_path":
+        return _ffi.full().path
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

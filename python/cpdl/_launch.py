@@ -1,7 +1,6 @@
 """_launch — which control plane a Loader uses, and the torch.distributed one.
 
-Owns: the ctypes mirrors of cpdl_oob_t and cpdl_layout_t; TorchOOB, a
-cpdl_oob_t whose allgather is torch.distributed.all_gather(async_op=True) on
+Owns: TorchOOB, a cpdl_oob_t (mirrored in _ffi) whose allgather is torch.distributed.all_gather(async_op=True) on
 a gloo group (CPU tensors); the launcher detection that picks MPI or
 torch.distributed and refuses a silent world of one; the trainer's layout from
 coords=, a DeviceMesh or Megatron-core's parallel_state.
@@ -12,30 +11,8 @@ exception becomes CPDL_EMPI and is kept for the error message).
 import ctypes
 import os
 
-from .prep import Error
-
-CPDL_EARG = -4001
-CPDL_EMESH = -4005
-CPDL_EMPI = -4016
-OOB_OK, OOB_INPROGRESS = 0, 1
-
-_ALLGATHER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                              ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))
-_REQ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-
-
-class Oob(ctypes.Structure):
-    """cpdl_oob_t"""
-    _fields_ = [("struct_size", ctypes.c_size_t), ("allgather", _ALLGATHER),
-                ("req_test", _REQ), ("req_free", _REQ), ("coll_info", ctypes.c_void_p),
-                ("n_oob_eps", ctypes.c_int), ("oob_ep", ctypes.c_int)]
-
-
-class Layout(ctypes.Structure):
-    """cpdl_layout_t"""
-    _fields_ = [("struct_size", ctypes.c_size_t)] + [
-        (name, ctypes.c_int) for name in ("dp_rank", "dp_size", "cp_rank", "cp_size",
-                                          "tp_rank", "tp_size", "pp_rank", "pp_size")]
+from . import _ffi
+from ._ffi import OOB_INPROGRESS, OOB_OK, Error, Layout, Oob
 
 
 # ---- torch.distributed as the control plane -----------------------------------
@@ -60,7 +37,9 @@ class TorchOOB:
         self._requests = {}
         self._next_id = 1
         self.error = None
-        self._callbacks = (_ALLGATHER(self._allgather), _REQ(self._req_test), _REQ(self._req_free))
+        self._failed = _ffi.EMPI  # what a callback returns when torch raised
+        self._callbacks = (_ffi.OOB_ALLGATHER(self._allgather), _ffi.OOB_REQ(self._req_test),
+                           _ffi.OOB_REQ(self._req_free))
         self.struct = Oob(ctypes.sizeof(Oob), *self._callbacks, None, self.size, self.rank)
 
     def _allgather(self, sbuf, rbuf, msglen, _info, req):
@@ -79,7 +58,7 @@ class TorchOOB:
             return OOB_OK
         except Exception as exc:  # never into C
             self.error = exc
-            return CPDL_EMPI
+            return self._failed
 
     def _req_test(self, key):
         try:
@@ -93,7 +72,7 @@ class TorchOOB:
             return OOB_OK
         except Exception as exc:
             self.error = exc
-            return CPDL_EMPI
+            return self._failed
 
     def _req_free(self, key):
         self._requests.pop(key, None)
@@ -165,7 +144,7 @@ def refuse_world_of_one(var, size, why):
     launcher = ("torchrun" if torchrun_env() else "Slurm (srun)" if var == "SLURM_NTASKS"
                 else "an MPI launcher" if var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
                 else "a launcher")
-    raise Error(CPDL_EMESH, "cpdl: launched by %s for %d processes (%s) but %s; cpdl will not "
+    raise Error(_ffi.EMESH, "cpdl: launched by %s for %d processes (%s) but %s; cpdl will not "
                 "run as a world of one. Fix: call torch.distributed.init_process_group() before "
                 "cpdl.Loader (torchrun sets MASTER_ADDR/MASTER_PORT for it), pass "
                 "process_group= or comm=, or launch with mpirun / srun --mpi=pmix"

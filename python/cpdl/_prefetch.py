@@ -29,11 +29,8 @@ import queue
 import threading
 from collections.abc import Mapping
 
-from . import _dlpack, _lib
-from .prep import Error
-
-CPDL_EARG = -4001
-CPDL_ESTATE = -4014
+from . import _dlpack, _ffi
+from ._ffi import Error
 
 
 def resolve(device, prefetch):
@@ -43,28 +40,28 @@ def resolve(device, prefetch):
     if prefetch is None:
         prefetch = 0
     if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
-        raise Error(CPDL_EARG, "prefetch=%r: expected an int >= 0 (steps copied to the device "
+        raise Error(_ffi.EARG, "prefetch=%r: expected an int >= 0 (steps copied to the device "
                     "ahead of the one in use)" % (prefetch,))
     if device is None:
         if prefetch:
-            raise Error(CPDL_EARG, "prefetch=%d needs device=\"cuda\": host views need no "
+            raise Error(_ffi.EARG, "prefetch=%d needs device=\"cuda\": host views need no "
                         "prefetch (the loader's slots already run ahead)" % prefetch)
         return None, 0
     try:
         import torch
     except ImportError as exc:
-        raise Error(CPDL_EARG, "device=%r needs PyTorch (%s); use device=None for numpy views"
+        raise Error(_ffi.EARG, "device=%r needs PyTorch (%s); use device=None for numpy views"
                     % (device, exc)) from None
     dev = torch.device(device)
     if dev.type == "cpu":
         if prefetch:
-            raise Error(CPDL_EARG, "prefetch=%d needs device=\"cuda\", not \"cpu\"" % prefetch)
+            raise Error(_ffi.EARG, "prefetch=%d needs device=\"cuda\", not \"cpu\"" % prefetch)
         return None, 0
     if dev.type != "cuda":
-        raise Error(CPDL_EARG, "device=%r: cpdl copies to CUDA devices only (or use "
+        raise Error(_ffi.EARG, "device=%r: cpdl copies to CUDA devices only (or use "
                     "device=None / \"cpu\" for host views)" % (device,))
     if not torch.cuda.is_available():
-        raise Error(CPDL_EARG, "device=%r but CUDA is not available here (torch %s sees no "
+        raise Error(_ffi.EARG, "device=%r but CUDA is not available here (torch %s sees no "
                     "GPU); use device=None or \"cpu\" for host views, or run where a GPU is"
                     % (device, torch.__version__))
     if dev.index is None:
@@ -75,10 +72,10 @@ def resolve(device, prefetch):
 def _torch_dtype(code):
     import torch
     return {
-        _lib.DTYPE_BOOL: torch.bool, _lib.DTYPE_UINT8: torch.uint8,
-        _lib.DTYPE_INT32: torch.int32, _lib.DTYPE_INT64: torch.int64,
-        _lib.DTYPE_FLOAT16: torch.float16, _lib.DTYPE_BFLOAT16: torch.bfloat16,
-        _lib.DTYPE_FLOAT32: torch.float32, _lib.DTYPE_FLOAT64: torch.float64,
+        _ffi.DTYPE_BOOL: torch.bool, _ffi.DTYPE_UINT8: torch.uint8,
+        _ffi.DTYPE_INT32: torch.int32, _ffi.DTYPE_INT64: torch.int64,
+        _ffi.DTYPE_FLOAT16: torch.float16, _ffi.DTYPE_BFLOAT16: torch.bfloat16,
+        _ffi.DTYPE_FLOAT32: torch.float32, _ffi.DTYPE_FLOAT64: torch.float64,
     }[code]
 
 
@@ -255,7 +252,7 @@ class DeviceFeed:
 
     def check_state_save(self):
         if self.prefetch:
-            raise Error(CPDL_ESTATE, "state_dict() with prefetch=%d: the prefetch worker has "
+            raise Error(_ffi.ESTATE, "state_dict() with prefetch=%d: the prefetch worker has "
                         "already taken steps beyond the one in use (ranks may differ in how "
                         "many), so the state would skip them; open the loader with prefetch=0 "
                         "for the runs that save state (copies still go on a side stream), or "

@@ -1,8 +1,8 @@
 """loader — cpdl.Loader: iterate a cpdl loader's batches as zero-copy numpy views.
 
-Owns: the ctypes mirror of cpdl_config_t, cpdl_mesh_coords_t, cpdl_view_field_t,
-cpdl_batch_t (tests/python/test_loader.py compares them with
-the C compiler); MPI start-up when nobody started it; the Batch object.
+Owns: MPI start-up when nobody started it; the Batch object. (The ctypes
+mirrors of cpdl_config_t, cpdl_batch_t, ... and the signatures are _ffi's;
+every call here goes to libcpdl.so, loaded by the first Loader.)
 Invariants: a Loader holds at most one unreleased batch (the C side's rule);
 next() releases the previous one first. Every array handed out views the shared
 segment read-only through a buffer whose base chain ends at its Batch, so the
@@ -12,133 +12,41 @@ leader may overwrite it (see Batch). Loaders are closed before MPI_Finalize.
 import atexit
 import collections
 import ctypes
-import ctypes.util
 import operator
 from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cuda, _dlpack, _launch, _lib, _prefetch
-from ._lib import lib
-from .prep import Error, _check
+from . import _cuda, _dlpack, _ffi, _launch, _prefetch
+from ._ffi import Config, CBatch, Error, MeshCoords
 
-CPDL_STATE_VERSION = 2
 _STATE_MAGIC = b"CPDLSTAT"
-CPDL_EEOF = -4011
-CPDL_ESTATE = -4014
-CPDL_EARG = -4001
 
 
-class Config(ctypes.Structure):
-    """cpdl_config_t"""
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("cp", ctypes.c_int),
-        ("tp", ctypes.c_int),
-        ("order", ctypes.c_char * 16),
-        ("seq_len", ctypes.c_int64),
-        ("batch", ctypes.c_int),
-        ("steps", ctypes.c_int64),
-        ("slots", ctypes.c_int),
-        ("mode", ctypes.c_int),
-        ("seed", ctypes.c_uint64),
-        ("source", ctypes.c_char * 512),
-        ("collate", ctypes.c_char * 16),
-        ("padding_token_id", ctypes.c_int64),
-        ("position_ids", ctypes.c_int),
-        ("loss_on_eot", ctypes.c_int),
-        ("drop_last", ctypes.c_int),
-        ("threads", ctypes.c_int),
-        ("pin", ctypes.c_char * 64),
-        ("timeout_ms", ctypes.c_int),
-        ("epochs", ctypes.c_int64),
-    ]
+def _check(rc):
+    """Error for a failed call into libcpdl.so, with its message."""
+    _ffi._check(rc, _ffi.full())
 
-
-_MESH_NAMES = ("world_rank", "world_size", "dp_rank", "cp_rank", "tp_rank", "dp_size",
-               "cp_size", "tp_size", "node", "group", "group_rank", "group_size")
-
-
-class MeshCoords(ctypes.Structure):
-    """cpdl_mesh_coords_t"""
-    _fields_ = [(name, ctypes.c_int) for name in _MESH_NAMES]
-
-
-class ViewField(ctypes.Structure):
-    """cpdl_view_field_t"""
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("dtype", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("shape", ctypes.c_int64 * _lib.CPDL_MAX_DIMS),
-        ("data", ctypes.c_void_p),
-        ("nbytes", ctypes.c_size_t),
-    ]
-
-
-class CBatch(ctypes.Structure):
-    """cpdl_batch_t"""
-    _fields_ = [
-        ("step", ctypes.c_uint64),
-        ("n_fields", ctypes.c_int),
-        ("fields", ViewField * _lib.CPDL_MAX_FIELDS),
-        ("mesh", MeshCoords),
-        ("region", ctypes.c_void_p),
-        ("region_bytes", ctypes.c_size_t),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_P = ctypes.POINTER
-_SIGNATURES = {
-    "cpdl_config_init": (None, [_P(Config)]),
-    "cpdl_config_set": (ctypes.c_int, [_P(Config), ctypes.c_char_p, ctypes.c_char_p]),
-    "cpdl_config_parse": (ctypes.c_int, [_P(Config), ctypes.c_char_p]),
-    "cpdl_config_from_env": (ctypes.c_int, [_P(Config)]),
-    "cpdl_loader_open_world": (ctypes.c_int, [_P(Config), _P(ctypes.c_void_p)]),
-    "cpdl_loader_next": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
-    "cpdl_batch_release": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
-    "cpdl_loader_mesh": (ctypes.c_int, [ctypes.c_void_p, _P(MeshCoords)]),
-    "cpdl_loader_segment_bytes": (ctypes.c_size_t, [ctypes.c_void_p]),
-    "cpdl_loader_state_size": (ctypes.c_int, [ctypes.c_void_p, _P(ctypes.c_size_t)]),
-    "cpdl_loader_state_save": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                              _P(ctypes.c_size_t)]),
-    "cpdl_loader_state_restore": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
-                                                 ctypes.c_size_t]),
-    "cpdl_loader_close": (ctypes.c_int, [ctypes.c_void_p]),
-    "cpdl_loader_mapping_retain": (ctypes.c_void_p, [ctypes.c_void_p]),
-    "cpdl_mapping_release": (None, [ctypes.c_void_p]),
-}
-for _sym, (_restype, _argtypes) in _SIGNATURES.items():
-    _fn = getattr(lib, _sym)
-    _fn.restype = _restype
-    _fn.argtypes = _argtypes
-# cpdl_loader_open's MPI_Comm argument is typed per MPI library (see _comm_handle).
-lib.cpdl_loader_open.restype = ctypes.c_int
-lib.cpdl_loader_open_mpi.restype = ctypes.c_int
-lib.cpdl_loader_open_oob.restype = ctypes.c_int
-lib.cpdl_loader_open_oob.argtypes = [_P(_launch.Oob), _P(_launch.Layout), _P(Config),
-                                     _P(ctypes.c_void_p)]
 
 # cpdl dtype -> (numpy dtype of the view, DLPack code, bits). bfloat16 has no
 # numpy dtype: its views are uint16 bit patterns, its torch tensors bfloat16.
 _DTYPES = {
-    _lib.DTYPE_BOOL: (np.dtype(np.bool_), _dlpack.KDL_BOOL, 8),
-    _lib.DTYPE_UINT8: (np.dtype(np.uint8), _dlpack.KDL_UINT, 8),
-    _lib.DTYPE_INT32: (np.dtype(np.int32), _dlpack.KDL_INT, 32),
-    _lib.DTYPE_INT64: (np.dtype(np.int64), _dlpack.KDL_INT, 64),
-    _lib.DTYPE_FLOAT16: (np.dtype(np.float16), _dlpack.KDL_FLOAT, 16),
-    _lib.DTYPE_BFLOAT16: (np.dtype(np.uint16), _dlpack.KDL_BFLOAT, 16),
-    _lib.DTYPE_FLOAT32: (np.dtype(np.float32), _dlpack.KDL_FLOAT, 32),
-    _lib.DTYPE_FLOAT64: (np.dtype(np.float64), _dlpack.KDL_FLOAT, 64),
+    _ffi.DTYPE_BOOL: (np.dtype(np.bool_), _dlpack.KDL_BOOL, 8),
+    _ffi.DTYPE_UINT8: (np.dtype(np.uint8), _dlpack.KDL_UINT, 8),
+    _ffi.DTYPE_INT32: (np.dtype(np.int32), _dlpack.KDL_INT, 32),
+    _ffi.DTYPE_INT64: (np.dtype(np.int64), _dlpack.KDL_INT, 64),
+    _ffi.DTYPE_FLOAT16: (np.dtype(np.float16), _dlpack.KDL_FLOAT, 16),
+    _ffi.DTYPE_BFLOAT16: (np.dtype(np.uint16), _dlpack.KDL_BFLOAT, 16),
+    _ffi.DTYPE_FLOAT32: (np.dtype(np.float32), _dlpack.KDL_FLOAT, 32),
+    _ffi.DTYPE_FLOAT64: (np.dtype(np.float64), _dlpack.KDL_FLOAT, 64),
 }
 
-Mesh = collections.namedtuple("Mesh", _MESH_NAMES)
+Mesh = collections.namedtuple("Mesh", _ffi.MESH_NAMES)
 Mesh.__doc__ = "Where this rank sits: dp/cp/tp coordinates and sizes, node, group."
 
 
 def _mesh_of(coords):
-    return Mesh(*(getattr(coords, name) for name in _MESH_NAMES))
+    return Mesh(*(getattr(coords, name) for name in _ffi.MESH_NAMES))
 
 
 # ---- MPI -------------------------------------------------------------------
@@ -152,30 +60,8 @@ _open_loaders = set()
 
 
 def _mpi_lib():
-    global _mpi
-    if _mpi is None:
-        # _lib already loaded libmpi RTLD_GLOBAL (libcpdl.so needs it); this
-        # is the same library, opened again to call MPI_Init* directly.
-        last = None
-        for name in ("libmpi.so.40", ctypes.util.find_library("mpi")):
-            if not name:
-                continue
-            try:
-                _mpi = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-                break
-            except OSError as exc:
-                last = exc
-        if _mpi is None:
-            raise Error(-4016, "cannot load libmpi to initialize MPI (%s); import mpi4py "
-                               "and pass comm= instead" % last)
-        for sym in ("MPI_Initialized", "MPI_Finalized"):
-            getattr(_mpi, sym).argtypes = [ctypes.POINTER(ctypes.c_int)]
-            getattr(_mpi, sym).restype = ctypes.c_int
-        _mpi.MPI_Init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        _mpi.MPI_Init.restype = ctypes.c_int
-        _mpi.MPI_Finalize.argtypes = []
-        _mpi.MPI_Finalize.restype = ctypes.c_int
-    return _mpi
+    """libmpi (the one libcpdl.so links), to call MPI_Init* directly."""
+    return _ffi.mpi()
 
 
 def _ensure_mpi():
@@ -191,10 +77,10 @@ def _ensure_mpi():
     finalized = ctypes.c_int(0)
     mpi.MPI_Finalized(ctypes.byref(finalized))
     if finalized.value:
-        raise Error(-4016, "MPI was already finalized in this process; a Loader needs MPI")
+        raise Error(_ffi.EMPI, "MPI was already finalized in this process; a Loader needs MPI")
     rc = mpi.MPI_Init(None, None)
     if rc != 0:
-        raise Error(-4016, "MPI_Init failed with MPI error %d" % rc)
+        raise Error(_ffi.EMPI, "MPI_Init failed with MPI error %d" % rc)
     _we_initialized_mpi = True
 
 
@@ -223,17 +109,15 @@ def _world_comm():
     try:
         return ctypes.addressof(ctypes.c_char.in_dll(_mpi_lib(), "ompi_mpi_comm_world"))
     except ValueError:
-        raise Error(-4016, "cpdl: cannot name MPI_COMM_WORLD in this MPI library; pass "
+        raise Error(_ffi.EMPI, "cpdl: cannot name MPI_COMM_WORLD in this MPI library; pass "
                     "comm=mpi4py.MPI.COMM_WORLD") from None
 
 
 def _mpi_world_size():
     mpi = _mpi_lib()
-    mpi.MPI_Comm_size.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
-    mpi.MPI_Comm_size.restype = ctypes.c_int
     size = ctypes.c_int(0)
     if mpi.MPI_Comm_size(_world_comm(), ctypes.byref(size)) != 0:
-        raise Error(-4016, "MPI_Comm_size(MPI_COMM_WORLD) failed")
+        raise Error(_ffi.EMPI, "MPI_Comm_size(MPI_COMM_WORLD) failed")
     return size.value
 
 
@@ -262,15 +146,16 @@ class _Mapping:
     long as the view lives — even after Loader.close() — and is unmapped by
     whoever lets go last."""
 
-    __slots__ = ("_ref",)
+    __slots__ = ("_ref", "_lib")
 
     def __init__(self, ref):
         self._ref = ref
+        self._lib = _ffi.full()  # held: module globals may be gone at exit
 
     def __del__(self):
         ref, self._ref = self._ref, None
-        if ref and lib is not None:
-            lib.cpdl_mapping_release(ref)
+        if ref:
+            self._lib.cpdl_mapping_release(ref)
 
 
 class _FieldExport:
@@ -331,7 +216,7 @@ class Batch(Mapping):
             f = cbatch.fields[i]
             name = f.name.decode()
             if f.dtype not in _DTYPES:
-                raise Error(-4003, "field '%s' has dtype %d, unknown to this binding"
+                raise Error(_ffi.EDTYPE, "field '%s' has dtype %d, unknown to this binding"
                             % (name, f.dtype))
             shape = tuple(int(f.shape[d]) for d in range(f.ndim))
             self._fields[name] = (int(f.data or 0), f.dtype, shape, int(f.nbytes))
@@ -368,7 +253,7 @@ class Batch(Mapping):
     def _check_live(self, name=None):
         if self._released:
             what = "field '%s' of " % name if name else ""
-            raise Error(CPDL_ESTATE, "cannot use %sbatch of step %d: batch released (its slot "
+            raise Error(_ffi.ESTATE, "cannot use %sbatch of step %d: batch released (its slot "
                         "belongs to the leader again); keep data with batch.copy() or "
                         "np.array(arr) before release" % (what, self.step))
 
@@ -377,7 +262,7 @@ class Batch(Mapping):
         np_dtype = _DTYPES[dtype][0]
         want = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
         if want != nbytes:
-            raise Error(-4012, "field '%s': shape %s of %s needs %d bytes, the view says %d"
+            raise Error(_ffi.ECORRUPT, "field '%s': shape %s of %s needs %d bytes, the view says %d"
                         % (name, shape, np_dtype, want, nbytes))
         if nbytes == 0:
             array = np.empty(shape, np_dtype)
@@ -392,7 +277,7 @@ class Batch(Mapping):
         self._check_live(name)
         address, dtype, shape, _ = self._fields[name]
         _, code, bits = _DTYPES[dtype]
-        if dtype == _lib.DTYPE_BOOL and not standard_bool:
+        if dtype == _ffi.DTYPE_BOOL and not standard_bool:
             code = _dlpack.KDL_UINT
         return _dlpack.to_capsule(address, shape, code, bits, self)
 
@@ -417,7 +302,7 @@ class Batch(Mapping):
         out = {}
         for name, (_, dtype, _, _) in self._fields.items():
             tensor = from_dlpack(self._capsule(name, standard_bool=False))
-            if dtype == _lib.DTYPE_BOOL:
+            if dtype == _ffi.DTYPE_BOOL:
                 tensor = tensor.view(torch.bool)
             out[name] = tensor
         return out
@@ -436,7 +321,7 @@ class Batch(Mapping):
         loader = self._loader
         if loader is not None and loader._handle is not None and loader._current is self:
             loader._current = None
-            _check(lib.cpdl_batch_release(loader._handle, ctypes.byref(self._c)))
+            _check(_ffi.full().cpdl_batch_release(loader._handle, ctypes.byref(self._c)))
 
     def __enter__(self):
         return self
@@ -462,6 +347,7 @@ def _value_text(key, value):
 def make_config(config=None, **kwargs):
     """A cpdl_config_t: defaults, then CPDL_<KEY> environment variables, then
     `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...)."""
+    lib = _ffi.full()
     cfg = Config()
     lib.cpdl_config_init(ctypes.byref(cfg))
     _check(lib.cpdl_config_from_env(ctypes.byref(cfg)))
@@ -540,6 +426,7 @@ class Loader:
             kwargs.setdefault("cp", layout.cp_size)
             kwargs.setdefault("tp", layout.tp_size)
         cfg = make_config(config, **kwargs)
+        lib = _ffi.full()
         handle = ctypes.c_void_p()
         layout_p = ctypes.byref(layout) if layout is not None else None
         if comm is not None and process_group is not None:
@@ -568,20 +455,15 @@ class Loader:
             rc = lib.cpdl_loader_open_oob(ctypes.byref(self._oob.struct), layout_p,
                                           ctypes.byref(cfg), ctypes.byref(handle))
             if rc and self._oob.error is not None:
-                raise Error(rc, "%s (torch.distributed: %r)"
-                            % (lib.cpdl_last_error().decode(errors="replace"), self._oob.error))
+                raise Error(rc, "%s (torch.distributed: %r)" % (lib.last_error(), self._oob.error))
             _check(rc)
         elif comm is None:
-            lib.cpdl_loader_open_mpi.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _P(Config),
-                                                 _P(ctypes.c_void_p)]
-            _check(lib.cpdl_loader_open_mpi(_world_comm(), layout_p, ctypes.byref(cfg),
-                                            ctypes.byref(handle)))
+            _check(_ffi.open_mpi(ctypes.c_void_p)(_world_comm(), layout_p, ctypes.byref(cfg),
+                                                  ctypes.byref(handle)))
         else:
             value, ctype = _comm_handle(comm)
-            lib.cpdl_loader_open_mpi.argtypes = [ctype, ctypes.c_void_p, _P(Config),
-                                                 _P(ctypes.c_void_p)]
-            _check(lib.cpdl_loader_open_mpi(value, layout_p, ctypes.byref(cfg),
-                                            ctypes.byref(handle)))
+            _check(_ffi.open_mpi(ctype)(value, layout_p, ctypes.byref(cfg),
+                                        ctypes.byref(handle)))
         self._handle = handle
         self._mapping = _Mapping(lib.cpdl_loader_mapping_retain(handle))
         self._comm = comm
@@ -597,12 +479,12 @@ class Loader:
 
     def _live(self):
         if self._handle is None:
-            raise Error(CPDL_ESTATE, "the loader is closed")
+            raise Error(_ffi.ESTATE, "the loader is closed")
         return self._handle
 
     @property
     def segment_bytes(self):
-        return int(lib.cpdl_loader_segment_bytes(self._live()))
+        return int(_ffi.full().cpdl_loader_segment_bytes(self._live()))
 
     @property
     def pinned(self):
@@ -625,8 +507,8 @@ class Loader:
         if self._exhausted:
             raise StopIteration
         cbatch = CBatch()
-        rc = lib.cpdl_loader_next(handle, ctypes.byref(cbatch))
-        if rc == CPDL_EEOF:
+        rc = _ffi.full().cpdl_loader_next(handle, ctypes.byref(cbatch))
+        if rc == _ffi.EEOF:
             self._exhausted = True
             raise StopIteration
         _check(rc)
@@ -650,6 +532,7 @@ class Loader:
         if self._feed is not None:
             self._feed.check_state_save()
         handle = self._live()
+        lib = _ffi.full()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
         buf = ctypes.create_string_buffer(need.value)
@@ -682,7 +565,7 @@ class Loader:
                              "str} as state_dict() returns (%s)" % (exc,)) from None
         if len(blob) >= 16 and 0 <= version < 1 << 64:
             blob = blob[:8] + version.to_bytes(8, "little") + blob[16:]
-        _check(lib.cpdl_loader_state_restore(self._live(), blob, len(blob)))
+        _check(_ffi.full().cpdl_loader_state_restore(self._live(), blob, len(blob)))
 
     def close(self):
         """Collective. Releases the held batch, unpins, closes. Idempotent."""
@@ -701,7 +584,7 @@ class Loader:
         if self._pinned:
             _cuda.unregister(self._pinned)  # before the region is unmapped
         self._pinned = None
-        _check(lib.cpdl_loader_close(handle))
+        _check(_ffi.full().cpdl_loader_close(handle))
 
     def __enter__(self):
         return self

@@ -12,49 +12,31 @@ import operator
 
 import numpy as np
 
-from . import _lib
-from ._lib import lib
+from . import _ffi
+from ._ffi import Error, strerror
 
 _NUMPY_TO_CPDL = {
-    np.dtype(np.bool_): _lib.DTYPE_BOOL,
-    np.dtype(np.uint8): _lib.DTYPE_UINT8,
-    np.dtype(np.int32): _lib.DTYPE_INT32,
-    np.dtype(np.int64): _lib.DTYPE_INT64,
-    np.dtype(np.float16): _lib.DTYPE_FLOAT16,
-    np.dtype(np.float32): _lib.DTYPE_FLOAT32,
-    np.dtype(np.float64): _lib.DTYPE_FLOAT64,
+    np.dtype(np.bool_): _ffi.DTYPE_BOOL,
+    np.dtype(np.uint8): _ffi.DTYPE_UINT8,
+    np.dtype(np.int32): _ffi.DTYPE_INT32,
+    np.dtype(np.int64): _ffi.DTYPE_INT64,
+    np.dtype(np.float16): _ffi.DTYPE_FLOAT16,
+    np.dtype(np.float32): _ffi.DTYPE_FLOAT32,
+    np.dtype(np.float64): _ffi.DTYPE_FLOAT64,
 }
 # numpy has no bfloat16: its raw bits travel as uint16 (see shard_batch's dtypes=).
 _CPDL_TO_NUMPY = {v: k for k, v in _NUMPY_TO_CPDL.items()}
-_CPDL_TO_NUMPY[_lib.DTYPE_BFLOAT16] = np.dtype(np.uint16)
-_CPDL_DTYPE_BY_NAME = {"bool": _lib.DTYPE_BOOL, "uint8": _lib.DTYPE_UINT8,
-                       "int32": _lib.DTYPE_INT32, "int64": _lib.DTYPE_INT64,
-                       "float16": _lib.DTYPE_FLOAT16, "bfloat16": _lib.DTYPE_BFLOAT16,
-                       "float32": _lib.DTYPE_FLOAT32, "float64": _lib.DTYPE_FLOAT64}
+_CPDL_TO_NUMPY[_ffi.DTYPE_BFLOAT16] = np.dtype(np.uint16)
+_CPDL_DTYPE_BY_NAME = {"bool": _ffi.DTYPE_BOOL, "uint8": _ffi.DTYPE_UINT8,
+                       "int32": _ffi.DTYPE_INT32, "int64": _ffi.DTYPE_INT64,
+                       "float16": _ffi.DTYPE_FLOAT16, "bfloat16": _ffi.DTYPE_BFLOAT16,
+                       "float32": _ffi.DTYPE_FLOAT32, "float64": _ffi.DTYPE_FLOAT64}
 
 _ALIGN = 64
 
-
-class Error(RuntimeError):
-    """A cpdl call failed. .code is the negative code, .name its symbolic name
-    ("CPDL_EFIELD"), .message what cpdl_last_error() said."""
-
-    def __init__(self, code, message=""):
-        self.code = int(code)
-        self.name = lib.cpdl_err_name(self.code).decode()
-        self.message = message
-        super().__init__("%s: %s" % (self.name, message or strerror(self.code)))
-
-
-def strerror(code):
-    """Description of a cpdl error code (or -errno)."""
-    return lib.cpdl_strerror(int(code)).decode(errors="replace")
-
-
 def _check(rc):
-    if rc != 0:
-        # Same OS thread as the failing call, so the thread-local message is ours.
-        raise Error(rc, lib.cpdl_last_error().decode(errors="replace"))
+    """Error for a failed call into the prep library, with its message."""
+    _ffi._check(rc, _ffi.prep())
 
 
 class _Inputs:
@@ -77,9 +59,10 @@ class _Inputs:
             if name not in names:
                 raise ValueError("cpdl: dtypes names '%s', which is not a field of the batch"
                                  % name)
+        lib = _ffi.prep()
         self.arrays = []
         self.names = []
-        self.tensors = (_lib.Tensor * max(len(items), 1))()
+        self.tensors = (_ffi.Tensor * max(len(items), 1))()
         self.count = len(items)
         for i, (name, value) in enumerate(items):
             if not isinstance(name, str):
@@ -104,9 +87,9 @@ class _Inputs:
                         "cpdl: field '%s' has dtype %s; supported: bool, uint8, int32, int64, "
                         "float16, float32, float64 (bfloat16 as uint16 with dtypes={'%s': "
                         "'bfloat16'})" % (name, array.dtype, name))
-            if array.ndim > _lib.CPDL_MAX_DIMS:
+            if array.ndim > _ffi.CPDL_MAX_DIMS:
                 raise ValueError("cpdl: field '%s' has %d dimensions; at most %d are supported"
-                                 % (name, array.ndim, _lib.CPDL_MAX_DIMS))
+                                 % (name, array.ndim, _ffi.CPDL_MAX_DIMS))
             encoded = name.encode()
             t = self.tensors[i]
             t.name = encoded
@@ -120,9 +103,10 @@ class _Inputs:
 
 
 def _params(cp_size, tp_size, mode, padding_token_id, metadata_seq_dims, metadata_pad_values):
-    params = _lib.PrepParams()
+    lib = _ffi.prep()
+    params = _ffi.PrepParams()
     lib.cpdl_prep_params_init(ctypes.byref(params))
-    params.struct_size = ctypes.sizeof(_lib.PrepParams)
+    params.struct_size = ctypes.sizeof(_ffi.PrepParams)
     params.cp_size = operator.index(cp_size)
     params.tp_size = operator.index(tp_size)
     if isinstance(mode, str):
@@ -140,7 +124,7 @@ def _params(cp_size, tp_size, mode, padding_token_id, metadata_seq_dims, metadat
                              "does not; give its sequence dimension there" % name)
     keep = []
     if seq_dims:
-        meta = (_lib.MetadataField * len(seq_dims))()
+        meta = (_ffi.MetadataField * len(seq_dims))()
         for i, (name, seq_dim) in enumerate(seq_dims.items()):
             encoded = name.encode()
             keep.append(encoded)
@@ -157,6 +141,7 @@ def _prepare(batch, cp_size, cp_ranks, tp_size, loss_mask, padding_token_id,
              metadata_seq_dims, metadata_pad_values, mode, dtypes):
     """One plan, one execute for cp_ranks. Returns (per-rank dicts, the buffer,
     {name: view} of the shared fields)."""
+    lib = _ffi.prep()
     inputs = _Inputs(batch, loss_mask, dtypes)
     params, keep_alive = _params(cp_size, tp_size, mode, padding_token_id,
                                  metadata_seq_dims, metadata_pad_values)
@@ -271,17 +256,18 @@ def plan_fields(specs, cp_size, *, tp_size=1, padding_token_id=0, metadata_seq_d
     through whole. Raises cpdl.Error with the library's message for a batch
     the contract rejects, exactly as shard_batch() would.
     """
+    lib = _ffi.prep()
     items = list(specs.items())
-    tensors = (_lib.Tensor * max(len(items), 1))()
+    tensors = (_ffi.Tensor * max(len(items), 1))()
     names = []
     for i, (name, (dtype, shape)) in enumerate(items):
         code = _CPDL_DTYPE_BY_NAME.get(dtype)
         if code is None:
             raise TypeError("cpdl: field '%s' has dtype %s; supported: %s"
                             % (name, dtype, ", ".join(_CPDL_DTYPE_BY_NAME)))
-        if len(shape) > _lib.CPDL_MAX_DIMS:
+        if len(shape) > _ffi.CPDL_MAX_DIMS:
             raise ValueError("cpdl: field '%s' has %d dimensions; at most %d are supported"
-                             % (name, len(shape), _lib.CPDL_MAX_DIMS))
+                             % (name, len(shape), _ffi.CPDL_MAX_DIMS))
         names.append(name.encode())
         t = tensors[i]
         t.name = names[-1]

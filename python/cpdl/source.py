@@ -1,6 +1,7 @@
 """source — cpdl.Source(uri): a data source's samples as read-only numpy arrays.
 
-Owns: the ctypes signatures of cpdl_source_* and the lifetime of the C handle.
+Owns: the lifetime of the C handle (the cpdl_source_* signatures are _ffi's;
+the calls go to libcpdl.so, loaded by the first Source).
 Invariant: the C handle is closed only when the Source is closed AND no array
 viewing it is alive (each view's base chain holds the _Handle), so a view of an
 mmap-backed sample (llmc, megatron) never outlives its mapping. Sources whose
@@ -11,24 +12,14 @@ import threading
 
 import numpy as np
 
-from ._lib import lib
-from .prep import Error, _check
+from . import _ffi
+from ._ffi import Error
 
-_P = ctypes.POINTER
-for _sym, _restype, _argtypes in (
-        ("cpdl_source_open", ctypes.c_int, [ctypes.c_char_p, _P(ctypes.c_void_p)]),
-        ("cpdl_source_count", ctypes.c_int64, [ctypes.c_void_p]),
-        ("cpdl_source_eot", ctypes.c_int64, [ctypes.c_void_p]),
-        ("cpdl_source_read", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64,
-                                            _P(ctypes.c_void_p), _P(ctypes.c_int64),
-                                            _P(ctypes.c_int)]),
-        ("cpdl_source_name", ctypes.c_char_p, [ctypes.c_void_p]),
-        ("cpdl_source_document_count", ctypes.c_int64, [ctypes.c_void_p]),
-        ("cpdl_source_batch_count", ctypes.c_int64, [ctypes.c_void_p]),
-        ("cpdl_source_close", None, [ctypes.c_void_p])):
-    _fn = getattr(lib, _sym)
-    _fn.restype = _restype
-    _fn.argtypes = _argtypes
+
+def _check(rc):
+    """Error for a failed call into libcpdl.so, with its message."""
+    _ffi._check(rc, _ffi.full())
+
 
 _TOKEN_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.int64)}
 # Plugins whose samples are views of a file mapping valid until close
@@ -46,10 +37,11 @@ class _Handle:
 
     def __init__(self, pointer):
         self.pointer = pointer
+        self._lib = _ffi.full()  # held: module globals may be gone at exit
 
     def __del__(self):
         if self.pointer:
-            lib.cpdl_source_close(self.pointer)
+            self._lib.cpdl_source_close(self.pointer)
             self.pointer = None
 
 
@@ -74,6 +66,8 @@ class Source:
                  and not _has_key(uri, key)]
         if extra:
             uri += ("&" if "?" in uri else "?") + "&".join(extra)
+        lib = _ffi.full()
+        self._lib = lib
         pointer = ctypes.c_void_p()
         _check(lib.cpdl_source_open(str(uri).encode(), ctypes.byref(pointer)))
         self._handle = _Handle(pointer.value)
@@ -83,23 +77,23 @@ class Source:
 
     def _ptr(self):
         if self._handle is None:
-            raise Error(-4014, "source %s is closed" % self.uri)
+            raise Error(_ffi.ESTATE, "source %s is closed" % self.uri)
         return self._handle.pointer
 
     def __len__(self):
-        n = lib.cpdl_source_count(self._ptr())
+        n = self._lib.cpdl_source_count(self._ptr())
         if n < 0:
-            raise Error(n, lib.cpdl_last_error().decode(errors="replace"))
+            raise Error(n, self._lib.last_error())
         return int(n)
 
     @property
     def eot(self):
         """End-of-text token id, or -1."""
-        return int(lib.cpdl_source_eot(self._ptr()))
+        return int(self._lib.cpdl_source_eot(self._ptr()))
 
     @property
     def document_count(self):
-        return int(lib.cpdl_source_document_count(self._ptr()))
+        return int(self._lib.cpdl_source_document_count(self._ptr()))
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -115,11 +109,11 @@ class Source:
         count = ctypes.c_int64()
         width = ctypes.c_int()
         with self._lock:
-            _check(lib.cpdl_source_read(self._ptr(), index, ctypes.byref(tokens),
+            _check(self._lib.cpdl_source_read(self._ptr(), index, ctypes.byref(tokens),
                                         ctypes.byref(count), ctypes.byref(width)))
             dtype = _TOKEN_DTYPES.get(width.value)
             if dtype is None:
-                raise Error(-4013, "source %s returned %d-byte tokens" % (self.uri, width.value))
+                raise Error(_ffi.EPLUGIN, "source %s returned %d-byte tokens" % (self.uri, width.value))
             nbytes = count.value * dtype.itemsize
             if nbytes == 0:
                 array = np.empty(0, dtype)

@@ -18,7 +18,7 @@ mkdir "$tmp/src"
   { cat "$tmp/pip.log"; echo "FAIL: pip install ."; exit 1; }
 rm -rf "$tmp/src" # the installed package must not need the source tree
 cd /
-unset PYTHONPATH CPDL_LIBRARY CPDL_PLUGIN_PATH CPDL_BIN || true
+unset PYTHONPATH CPDL_LIBRARY CPDL_PREP_LIBRARY CPDL_PLUGIN_PATH CPDL_BIN || true
 "$tmp/venv/bin/python" - "$tmp/venv" <<'PY'
 import os, sys
 import cpdl

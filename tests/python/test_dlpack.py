@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
 
-from cpdl import _dlpack, _lib
+from cpdl import _dlpack, _ffi
 from cpdl import loader as cl
 import cpdl
 from testutil import report, run
@@ -27,20 +27,20 @@ from testutil import report, run
 # cpdl dtype -> (numpy array maker, torch dtype expected)
 rng = np.random.default_rng(3)
 CASES = {
-    _lib.DTYPE_BOOL: (lambda s: rng.random(s) > 0.5, torch.bool),
-    _lib.DTYPE_UINT8: (lambda s: rng.integers(0, 256, s).astype(np.uint8), torch.uint8),
-    _lib.DTYPE_INT32: (lambda s: rng.integers(-2**31, 2**31, s).astype(np.int32), torch.int32),
-    _lib.DTYPE_INT64: (lambda s: rng.integers(-2**62, 2**62, s), torch.int64),
-    _lib.DTYPE_FLOAT16: (lambda s: rng.standard_normal(s).astype(np.float16), torch.float16),
-    _lib.DTYPE_BFLOAT16: (lambda s: rng.integers(0, 2**16, s).astype(np.uint16), torch.bfloat16),
-    _lib.DTYPE_FLOAT32: (lambda s: rng.standard_normal(s).astype(np.float32), torch.float32),
-    _lib.DTYPE_FLOAT64: (lambda s: rng.standard_normal(s), torch.float64),
+    _ffi.DTYPE_BOOL: (lambda s: rng.random(s) > 0.5, torch.bool),
+    _ffi.DTYPE_UINT8: (lambda s: rng.integers(0, 256, s).astype(np.uint8), torch.uint8),
+    _ffi.DTYPE_INT32: (lambda s: rng.integers(-2**31, 2**31, s).astype(np.int32), torch.int32),
+    _ffi.DTYPE_INT64: (lambda s: rng.integers(-2**62, 2**62, s), torch.int64),
+    _ffi.DTYPE_FLOAT16: (lambda s: rng.standard_normal(s).astype(np.float16), torch.float16),
+    _ffi.DTYPE_BFLOAT16: (lambda s: rng.integers(0, 2**16, s).astype(np.uint16), torch.bfloat16),
+    _ffi.DTYPE_FLOAT32: (lambda s: rng.standard_normal(s).astype(np.float32), torch.float32),
+    _ffi.DTYPE_FLOAT64: (lambda s: rng.standard_normal(s), torch.float64),
 }
 
 
 def make_batch(fields):
     """A cpdl.Batch over {name: (cpdl dtype, numpy array)}; no loader."""
-    c = cl.CBatch()
+    c = _ffi.CBatch()
     c.step = 11
     c.n_fields = len(fields)
     names = []
@@ -94,7 +94,7 @@ def test_round_trip():
                 else t.numpy()
             report(np.array_equal(bits, array), "values " + where)
             view = batch["f"]
-            report(view.dtype == (np.uint16 if dtype == _lib.DTYPE_BFLOAT16 else array.dtype)
+            report(view.dtype == (np.uint16 if dtype == _ffi.DTYPE_BFLOAT16 else array.dtype)
                    and np.array_equal(view, array) and not view.flags.writeable,
                    "numpy view " + where)
             # The DLPack protocol object (bool: kDLBool, refused by torch 1.13).
@@ -104,14 +104,14 @@ def test_round_trip():
                                                     or t2.data_ptr() == array.ctypes.data),
                        "__dlpack__ " + where, t2.dtype)
             except RuntimeError as exc:
-                report(dtype == _lib.DTYPE_BOOL and "code 6" in str(exc),
+                report(dtype == _ffi.DTYPE_BOOL and "code 6" in str(exc),
                        "__dlpack__ " + where, str(exc))
             report(batch.dlpack("f").__dlpack_device__() == (1, 0), "device CPU")
 
 
 def test_scalar():
     array = np.array(42, dtype=np.int64)
-    batch = make_batch({"s": (_lib.DTYPE_INT64, array)})
+    batch = make_batch({"s": (_ffi.DTYPE_INT64, array)})
     t = batch.torch()["s"]
     report(t.dim() == 0 and int(t) == 42, "0-d tensor", t)
 
@@ -120,7 +120,7 @@ def test_lifetime():
     gc.collect()
     base = _dlpack.live_count()
     array = np.arange(24, dtype=np.int64).reshape(4, 6)
-    batch = make_batch({"x": (_lib.DTYPE_INT64, array)})
+    batch = make_batch({"x": (_ffi.DTYPE_INT64, array)})
     # An unconsumed capsule frees its record when it dies.
     capsule = batch._capsule("x", standard_bool=True)
     report(_dlpack.live_count() == base + 1, "capsule registered")
@@ -142,7 +142,7 @@ def test_lifetime():
     gc.collect()
     report(alive() is None and _dlpack.live_count() == base, "all freed with the last tensor")
     # The deleter may run on another thread.
-    batch = make_batch({"x": (_lib.DTYPE_INT64, array)})
+    batch = make_batch({"x": (_ffi.DTYPE_INT64, array)})
     holder = [batch.torch()["x"]]
     del batch
     thread = threading.Thread(target=holder.clear)
@@ -151,7 +151,7 @@ def test_lifetime():
     gc.collect()
     report(_dlpack.live_count() == base, "deleter from another thread")
     # Many exports: nothing accumulates.
-    batch = make_batch({"x": (_lib.DTYPE_INT64, array)})
+    batch = make_batch({"x": (_ffi.DTYPE_INT64, array)})
     for _ in range(2000):
         batch.torch()
     gc.collect()
@@ -160,7 +160,7 @@ def test_lifetime():
 
 def test_released():
     array = np.zeros(4, dtype=np.int32)
-    batch = make_batch({"x": (_lib.DTYPE_INT32, array)})
+    batch = make_batch({"x": (_ffi.DTYPE_INT32, array)})
     batch.release()
     batch.release()
     for what, call in (("torch", batch.torch), ("dlpack", lambda: batch.dlpack("x")),

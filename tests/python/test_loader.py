@@ -27,7 +27,7 @@ import weakref
 import numpy as np
 
 import cpdl
-from cpdl import _dlpack
+from cpdl import _dlpack, _ffi
 from cpdl import loader as cl
 
 parser = argparse.ArgumentParser()
@@ -77,8 +77,8 @@ comm = MPI.COMM_WORLD
 def test_abi():
     if rank != 0:
         return
-    structs = {"cpdl_config_t": cl.Config, "cpdl_mesh_coords_t": cl.MeshCoords,
-               "cpdl_view_field_t": cl.ViewField, "cpdl_batch_t": cl.CBatch}
+    structs = {name: _ffi.STRUCTS[name] for name in ("cpdl_config_t", "cpdl_mesh_coords_t",
+                                                     "cpdl_view_field_t", "cpdl_batch_t")}
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "cpdl.h"',
              'int main(void) {']
     for cname, py in structs.items():

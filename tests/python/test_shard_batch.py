@@ -22,7 +22,7 @@ import testutil  # noqa: E402
 from testutil import report  # noqa: E402
 
 import cpdl  # noqa: E402
-from cpdl import _lib  # noqa: E402
+from cpdl import _ffi  # noqa: E402
 
 N_BATCHES = int(os.environ.get("CPDL_TEST_BATCHES", "600"))
 SEED = 20240520
@@ -309,8 +309,8 @@ def test_errors():
         report(False, "loss_mask twice", "no error")
     except ValueError:
         report(True, "loss_mask twice")
-    report(cpdl.strerror(-4002) == "batch field missing, duplicated or inconsistent",
-           "strerror", cpdl.strerror(-4002))
+    report(cpdl.strerror(_ffi.EFIELD) == "batch field missing, duplicated or inconsistent",
+           "strerror", cpdl.strerror(_ffi.EFIELD))
     report(cpdl.__version__ == "0.1.0", "__version__", cpdl.__version__)
     report(issubclass(cpdl.Error, RuntimeError), "Error is a RuntimeError")
 
@@ -381,12 +381,22 @@ def test_import_error():
            and "scripts/test" in err and "CPDL_LIBRARY" in err, "clear ImportError", err[-400:])
 
 
+# _ffi's copies of the headers' constants, checked against the C compiler.
+CONSTANTS = {"CPDL_MAX_DIMS": _ffi.CPDL_MAX_DIMS, "CPDL_MAX_FIELDS": _ffi.CPDL_MAX_FIELDS,
+             "CPDL_NAME_MAX": _ffi.CPDL_NAME_MAX, "CPDL_SOURCE_MAX": _ffi.CPDL_SOURCE_MAX,
+             "CPDL_STATE_VERSION": _ffi.CPDL_STATE_VERSION, "CPDL_OOB_OK": _ffi.OOB_OK,
+             "CPDL_OOB_INPROGRESS": _ffi.OOB_INPROGRESS}
+CONSTANTS.update({"CPDL_DTYPE_" + n: getattr(_ffi, "DTYPE_" + n) for n in (
+    "BOOL", "UINT8", "INT32", "INT64", "FLOAT16", "BFLOAT16", "FLOAT32", "FLOAT64", "COUNT")})
+
+
 def test_abi():
-    """ctypes Structures match the C compiler's sizes and offsets."""
+    """ctypes Structures match the C compiler's sizes and offsets; _ffi's
+    constants its values; the error codes _ffi read from the library are
+    exactly the header's CPDL_ERRNO_MAP."""
     include = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(cpdl.__file__))),
                            "include")
-    structs = {"cpdl_tensor_t": _lib.Tensor, "cpdl_metadata_field_t": _lib.MetadataField,
-               "cpdl_prep_params_t": _lib.PrepParams, "cpdl_prep_field_t": _lib.PrepField}
+    structs = _ffi.STRUCTS  # every mirror: the prep layer's and the loader's
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "cpdl.h"',
              'int main(void) {']
     for cname, py in structs.items():
@@ -394,6 +404,10 @@ def test_abi():
         for fname, _ in py._fields_:
             lines.append('printf("%s.%s %%zu\\n", offsetof(%s, %s));'
                          % (cname, fname, cname, fname))
+    for name in CONSTANTS:
+        lines.append('printf("%s %%d\\n", (int)%s);' % (name, name))
+    lines.append('#define ERR(name, value, text) printf("error.CPDL_" #name " %d\\n", value);')
+    lines.append('CPDL_ERRNO_MAP(ERR)')
     lines.append('return 0; }')
     mpicc = "mpicc"
     with tempfile.TemporaryDirectory() as tmp:
@@ -416,10 +430,24 @@ def test_abi():
             c_off = int(c_values["%s.%s" % (cname, fname)])
             report(c_off == getattr(py, fname).offset, "offsetof %s.%s" % (cname, fname),
                    "C %d vs ctypes %d" % (c_off, getattr(py, fname).offset))
+    for name, value in CONSTANTS.items():
+        report(int(c_values[name]) == value, name, "C %s vs _ffi %d" % (c_values[name], value))
+    header = {k[len("error.CPDL_"):]: int(v) for k, v in c_values.items()
+              if k.startswith("error.")}
+    report(header and _ffi.error_codes() == header, "error codes from the library",
+           "library %s vs header %s" % (_ffi.error_codes(), header))
+    report(_ffi.EEOF == header.get("EEOF") and cpdl.Error(_ffi.EEOF).name == "CPDL_EEOF",
+           "_ffi.EEOF")
+    try:
+        _ffi.ENOSUCHCODE
+        report(False, "unknown error constant", "no AttributeError")
+    except AttributeError as exc:
+        report("CPDL_ENOSUCHCODE" in str(exc) and "rebuild" in str(exc),
+               "unknown error constant", str(exc))
 
 
 def main():
-    print("library: %s" % cpdl.library_path)
+    print("prep library: %s" % _ffi.prep().path)
     return testutil.run((test_abi, test_errors, test_input_unchanged, test_one_buffer,
                          test_bfloat16, test_import_error, property_test))
 
