@@ -527,6 +527,9 @@ class Error(RuntimeError):
         super().__init__("%s: %s" % (self.name, message or strerror(self.code)))
 
 
+Error.__module__ = "cpdl"  # its public name (tracebacks, pickling): cpdl.Error
+
+
 def _check(rc, lib):
     """Raise Error for a nonzero rc of a call into lib, with lib's message.
     Same OS thread as the failing call, so the thread-local message is ours."""
