@@ -300,8 +300,9 @@ def _beside(full_path):
 
 
 def _paths(prep_layer):
-    """The paths to try, in order, before the system loader's names (None:
-    the environment names the only ones, so the system loader is not asked)."""
+    """(paths to try in order, whether the system loader's names follow them):
+    they do not when the environment or the installed package names the
+    libraries."""
     env_prep = os.environ.get("CPDL_PREP_LIBRARY")
     env = os.environ.get("CPDL_LIBRARY")
     if prep_layer and env_prep:

@@ -23,6 +23,8 @@ unset PYTHONPATH CPDL_LIBRARY CPDL_PREP_LIBRARY CPDL_PLUGIN_PATH CPDL_BIN || tru
 import os, sys
 import cpdl
 venv = sys.argv[1]
+assert cpdl._ffi.prep().path.endswith("_native/libcpdl_prep.so"), cpdl._ffi.prep().path
+assert cpdl._ffi.prep().path.startswith(venv), cpdl._ffi.prep().path
 assert cpdl.library_path.startswith(venv), cpdl.library_path
 src = cpdl.Source("synthetic:?seed=5")
 assert len(src) > 0 and len(src[0]) > 0
