@@ -1,8 +1,8 @@
 """setup.py — `pip install .` of the cpdl Python package with its native parts.
 
 The package (python/cpdl) is pure Python over ctypes; what makes it installable
-is that the build step runs CMake on this repository and copies libcpdl.so into
-cpdl/_native/ and the data-source plugins into cpdl/_native/cpdl/, where the
+is that the build step runs CMake on this repository and copies libcpdl.so and
+libcpdl_prep.so into cpdl/_native/ and the data-source plugins into cpdl/_native/cpdl/, where the
 library looks for them (the directory beside libcpdl.so). `import cpdl` then
 works from any directory without PYTHONPATH, CPDL_LIBRARY or CPDL_PLUGIN_PATH.
 Needs cmake, a C compiler, Open MPI and hwloc development files (the same as a
@@ -30,13 +30,15 @@ class BuildWithNative(build_py):
         subprocess.check_call(["cmake", "-S", ROOT, "-B", build_dir,
                                "-DCMAKE_BUILD_TYPE=Release", "-DCPDL_BUILD_TESTS=OFF"])
         subprocess.check_call(["cmake", "--build", build_dir, "-j", jobs,
-                               "--target", "cpdl", "cpdl_plugins", "cpdl_cli"])
+                               "--target", "cpdl", "cpdl_prep", "cpdl_plugins", "cpdl_cli"])
         native = os.path.join(self.build_lib, "cpdl", "_native")
         plugins = os.path.join(native, "cpdl")
         os.makedirs(plugins, exist_ok=True)
         # The real file under the plain name: ctypes loads it by path.
-        shutil.copyfile(os.path.realpath(os.path.join(build_dir, "libcpdl.so")),
-                        os.path.join(native, "libcpdl.so"))
+        # libcpdl_prep.so: the MPI-free layer cpdl.shard_batch loads alone.
+        for lib in ("libcpdl.so", "libcpdl_prep.so"):
+            shutil.copyfile(os.path.realpath(os.path.join(build_dir, lib)),
+                            os.path.join(native, lib))
         found = glob.glob(os.path.join(build_dir, "plugins", "cpdl-*.so"))
         if not found:
             raise RuntimeError("the CMake build produced no data-source plugins in %s"

@@ -6,7 +6,7 @@
  * same number of bytes (source and destination also warm), best and median of the reps.
  * Then mode thd at S = 1M, cp = 8 (bench_thd). Usage: bench_prep [reps]   (default 15). Prints a table and one JSON line per case.
  */
-#include "cpdl.h"
+#include "cpdl/prep.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
  * uint16 tokens (documents of random length, mean ~1000), warms the page
  * cache, then reports the best of --reps runs as a table and JSON lines.
  */
-#include "cpdl.h"
+#include "cpdl/source.h"
 
 #include <fcntl.h>
 #include <inttypes.h>

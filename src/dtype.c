@@ -1,6 +1,6 @@
 /* dtype.c — element types and preparation modes: sizes, names, parsing, and the float16 /
  * bfloat16 conversions (round to nearest even; NaN stays NaN; overflow goes to infinity). */
-#include "internal.h"
+#include "base.h"
 
 #include <math.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * Messages are per thread so loader threads and the caller never overwrite
  * each other's explanation.
  */
-#include "internal.h"
+#include "base.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,4 +1,5 @@
 /* internal.h — cpdl__ prototypes shared between modules. Never installed.
+ * The MPI-free bottom (errors, sizes, dtype conversion) is base.h.
  *
  * One section per module (src/<module>.c). A section is owned by its module:
  * change a prototype here and in the .c together.
@@ -6,6 +7,7 @@
 #ifndef CPDL_INTERNAL_H
 #define CPDL_INTERNAL_H
 
+#include "base.h"
 #include "cpdl.h"
 
 #include <stdarg.h>
@@ -13,20 +15,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-
-#define CPDL__ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((size_t)(a) - 1))
-#define CPDL__CACHE_LINE 64
-
-/* ---- error.c --------------------------------------------------------------
- * Thread-local last-error message. cpdl__error() formats the message and
- * returns `code`, so call sites read `return cpdl__error(CPDL_EFIELD, ...)`. */
-int cpdl__error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prefix the current message with "<prefix>: " and return code. */
-int cpdl__error_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void cpdl__error_clear(void);
-/* Overflow-checked size arithmetic: return false on overflow. */
-bool cpdl__mul_size(size_t a, size_t b, size_t *out);
-bool cpdl__add_size(size_t a, size_t b, size_t *out);
 
 /* ---- hash.c ---------------------------------------------------------------
  * FNV-1a 64: start from CPDL__FNV1A_BASIS, feed bytes in any number of calls. */
@@ -69,13 +57,6 @@ uint64_t cpdl__config_epochs(const cpdl_config_t *cfg);
  * line, which wins: their variables are not even parsed). */
 int cpdl__config_from_env_except(cpdl_config_t *cfg, const char *const *skip, int n_skip);
 void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params);
-
-/* ---- dtype.c --------------------------------------------------------------
- * float16 / bfloat16 <-> float32, round to nearest even. */
-uint16_t cpdl__dtype_f32_to_f16(float f);
-float cpdl__dtype_f16_to_f32(uint16_t h);
-uint16_t cpdl__dtype_f32_to_bf16(float f);
-float cpdl__dtype_bf16_to_f32(uint16_t h);
 
 /* ---- coll.c: the control plane (declared before the mesh, which holds it) ----
  * Collectives of open/restore/close, each built on the world allgather of a
@@ -690,7 +671,7 @@ void cpdl__producer_stop(cpdl__producer_t *producer);
 /* ---- state.c --------------------------------------------------------------
  * The resume state's bytes (layout: include/cpdl.h, docs/state.md). Pure. */
 #define CPDL__STATE_MAGIC UINT64_C(0x544154534c445043) /* the bytes "CPDLSTAT" (little-endian) */
-#define CPDL__STATE_VERSION 2
+#define CPDL__STATE_VERSION CPDL_STATE_VERSION /* include/cpdl/loader.h */
 typedef enum {
   CPDL__ORDER_REPLICA = 0, /* one cursor per replica */
   CPDL__ORDER_GLOBAL = 1,  /* one consumed-sample count for the job */

@@ -4,7 +4,7 @@
 #ifndef CPDL_PREP_INTERNAL_H
 #define CPDL_PREP_INTERNAL_H
 
-#include "internal.h"
+#include "base.h"
 
 #include <math.h>
 #include <string.h>

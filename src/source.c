@@ -711,6 +711,14 @@ CPDL_API const char *cpdl_source_name(const cpdl_source_t *src) {
   return src ? cpdl__source_name((const cpdl__source_t *)src) : "?";
 }
 
+CPDL_API const char *cpdl_source_description(const cpdl_source_t *src) {
+  return src ? cpdl__source_description((const cpdl__source_t *)src) : "";
+}
+
+CPDL_API const char *cpdl_source_plugin_path(const cpdl_source_t *src) {
+  return src ? cpdl__source_plugin_path((const cpdl__source_t *)src) : "";
+}
+
 CPDL_API int64_t cpdl_source_document_count(const cpdl_source_t *src) {
   return src ? cpdl__source_document_count((const cpdl__source_t *)src)
              : null_count("cpdl_source_document_count");

@@ -7,7 +7,13 @@
  * Every way ends a step with the rank reading its slice once (a checksum),
  * the same consumer work for all. Per way and S it reports the per-rank time
  * to get the slice (p50/p99), group steps/s, and node PSS of batch data.
- * The ways run one after the other on the same data, `reps` rounds each. */
+ * The ways run one after the other on the same data, `reps` rounds each.
+ * Why internals (internal.h) and not only the public API: the three baselines
+ * need what the loader does without the loader — the mesh (cpdl__mesh_*),
+ * the control plane (cpdl__ctl_*, cpdl__agree), the same collated stream at
+ * the same cursor (cpdl__feed_*) and the same preparation parameters
+ * (cpdl__config_prep_params) — so that only the way of moving the batch
+ * differs. The cpdl way itself uses only cpdl_loader_*. */
 #include "cli.h"
 #include "internal.h"
 

@@ -5,8 +5,7 @@
  * against the installed libcpdl.
  */
 #include "cli.h"
-#include "cpdl.h"
-#include "internal.h"
+#include "cpdl/source.h"
 
 #include <inttypes.h>
 #include <errno.h>
@@ -179,7 +178,7 @@ int cpdl_cli_inspect(int argc, char **argv) {
     printf(", \"plugin\": ");
     json_string(cpdl_source_name(src));
     printf(", \"plugin_path\": ");
-    json_string(cpdl__source_plugin_path((const cpdl__source_t *)src));
+    json_string(cpdl_source_plugin_path(src));
     printf(", \"samples\": %" PRId64 ", \"documents\": %" PRId64 ", \"scanned\": %" PRId64
            ", \"tokens\": %" PRId64 ", \"token_bytes\": %d, \"eot\": %" PRId64
            ", \"length\": {\"min\": %" PRId64 ", \"mean\": %.3f, \"max\": %" PRId64
@@ -197,11 +196,10 @@ int cpdl_cli_inspect(int argc, char **argv) {
     }
     printf("]}\n");
   } else {
-    const cpdl__source_t *isrc = (const cpdl__source_t *)src;
     printf("source      %s\nplugin      %s: %s\n            %s\nsamples     %" PRId64
            "\ndocuments   %" PRId64 "\n",
-           uri, cpdl_source_name(src), cpdl__source_description(isrc),
-           cpdl__source_plugin_path(isrc), count, cpdl_source_document_count(src));
+           uri, cpdl_source_name(src), cpdl_source_description(src),
+           cpdl_source_plugin_path(src), count, cpdl_source_document_count(src));
     if (scan < count)
       printf("scanned     %" PRId64 " samples (--limit)\n", scan);
     printf("tokens      %" PRId64 "\ntoken bytes %d (%s)\n", tokens, token_bytes,

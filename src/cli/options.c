@@ -1,6 +1,9 @@
 /* options.c — command-line options shared by `cpdl run` and `cpdl bench`.
  * Configuration keys are not listed here: config.c owns their names, so a
- * new key is a new option with no change to the CLI. */
+ * new key is a new option with no change to the CLI. One internal: the
+ * environment is applied without the keys the command line sets
+ * (cpdl__config_from_env_except), so a bad CPDL_<KEY> that the command line
+ * overrides is not an error. */
 #include "cli.h"
 #include "internal.h"
 

@@ -6,7 +6,13 @@
  * the tokens in their views), tokens_per_s_slowest_rank (the lowest),
  * tokens_per_s_per_node (the ranks' rates summed, divided by the nodes, so
  * at most np x per_rank).
- * Errors are printed once per rank that sees them, prefixed with the rank. */
+ * Errors are printed once per rank that sees them, prefixed with the rank.
+ * The data path is the public API (cpdl_loader_open, next, release,
+ * state_save, state_restore, close). Internals (internal.h) serve only the
+ * debugging outputs the public API does not offer: --dump-collated (cpdl__loader_dump_collated), the .npy
+ * writer of --dump (cpdl__npy_write, cpdl__mkdirs), --report-binding
+ * (cpdl__pin_report) and the data shape of the summary, plus cpdl__error for
+ * this file's own messages. */
 #include "cli.h"
 #include "internal.h"
 

@@ -1,6 +1,8 @@
 /* sweep.c — `cpdl sweep [--remove]`: leftover segments of dead cpdl jobs.
  * Only segments with cpdl's prefix, the caller's uid and a creator pid that
- * no longer exists are listed or removed (shm.c decides). */
+ * no longer exists are listed or removed (shm.c decides; cpdl__shm_sweep is
+ * internal because a segment's naming and ownership rules are shm.c's, not
+ * an API promise). */
 #include "cli.h"
 #include "internal.h"
 

@@ -17,3 +17,5 @@ PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --libs cpdl | grep -q -- 
 cmake -S "$here" -B "$tmp/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
 cmake --build "$tmp/build" >/dev/null
 LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/build/consumer"
+LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/build/consumer_prep"
+if ldd "$tmp/prefix/lib/libcpdl_prep.so" | grep -q libmpi; then echo "libcpdl_prep.so links libmpi"; exit 1; fi
