@@ -1,4 +1,4 @@
-/* fault_matrix.c — one cell of the fault-injection matrix (RELIABILITY.md
+/* fault_matrix.c — one cell of the fault-injection matrix (docs/reliability.md
  * R3, R5, R6, R7, R8): CPDL_FAULT=<point>:<victim>[:error] is set here, then
  * every rank opens a loader and takes steps until something fails.
  *

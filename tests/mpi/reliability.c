@@ -1,5 +1,5 @@
 /* reliability.c — MPI scenarios of the reliability suite that end with every
- * rank alive (RELIABILITY.md R1, R9, R15, R17); the fault matrix is
+ * rank alive (docs/reliability.md R1, R9, R15, R17); the fault matrix is
  * fault_matrix.c. Each rank CHECKs its own view; cpdl_test_finish() combines.
  *
  *  cycles N ["k=v ..."]  N open/next/release/close cycles; this process's

@@ -13,7 +13,7 @@ from datafiles import write_llmc, write_megatron, write_npy_steps
 
 # (np, cp, tp, source, collate)
 CELLS = [
-    (4, 2, 1, "synthetic", "pack"),   # issue 12's repro: dp 2, cp 2
+    (4, 2, 1, "synthetic", "pack"),   # dp 2, cp 2: each replica resumes its own cursor (R20)
     (3, 1, 1, "synthetic", "pad"),    # dp 3
     (4, 1, 2, "llmc", "pack"),        # dp 2, tp 2
     (2, 1, 1, "llmc", "pad"),         # dp 2

@@ -2,7 +2,7 @@
 
 1. `mpirun cpdl run --dump D --dump-collated D` for several meshes and modes:
    every rank's dumped view of every step must equal tests/python/reference.py
-   (DESIGN.md's contract in plain numpy) applied to the leader's collated batch,
+   (docs/design.md's contract in plain numpy) applied to the leader's collated batch,
    with the parameters recorded in the rank's meta.json.
 2. Exact resume: 20 steps uninterrupted vs 10 + --save-state/--resume + 10;
    the dumps of steps 10..19 must be identical byte for byte.
