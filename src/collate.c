@@ -219,6 +219,19 @@ static int check_skipped(const cpdl__collate_t *c, int64_t skipped, const char *
                      (long long)skipped, what);
 }
 
+/* Leave the current document for the sampler's next one. `unused` says the
+ * document being left gave the row nothing: it counts in *skipped (the
+ * caller's run of such documents) toward check_skipped's verdict, `what`
+ * saying what such a document has. */
+static int next_doc(cpdl__collate_t *c, bool unused, int64_t *skipped, const char *what) {
+  if (unused) {
+    int rc = check_skipped(c, ++*skipped, what);
+    if (rc)
+      return rc;
+  }
+  return load_next_doc(c);
+}
+
 static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
   if (!c->params.loss_on_eot && c->params.eot_token >= 0 && token == c->params.eot_token)
     return IGNORE_INDEX;
@@ -232,12 +245,7 @@ static int pack_row(cpdl__collate_t *c, int64_t row) {
   int64_t t = 0, ordinal = 0, skipped = 0;
   while (t < S + 1) {
     if (!c->have_doc || c->doc_offset >= c->doc.n_tokens) {
-      if (c->have_doc) { /* a document that gave nothing to this row */
-        int rc = check_skipped(c, ++skipped, "no tokens");
-        if (rc)
-          return rc;
-      }
-      int rc = load_next_doc(c);
+      int rc = next_doc(c, c->have_doc, &skipped, "no tokens");
       if (rc)
         return rc;
       continue;
@@ -328,12 +336,7 @@ static int thd_row(cpdl__collate_t *c) {
   cu[0] = cu_padded[0] = 0;
   while (at < S) {
     if (!c->have_doc || c->doc_offset + 1 >= c->doc.n_tokens) { /* no pair left */
-      if (c->have_doc && c->doc_offset == 0) {
-        int rc = check_skipped(c, ++skipped, "fewer than 2 tokens");
-        if (rc)
-          return rc;
-      }
-      int rc = load_next_doc(c);
+      int rc = next_doc(c, c->have_doc && c->doc_offset == 0, &skipped, "fewer than 2 tokens");
       if (rc)
         return rc;
       continue;

@@ -219,7 +219,7 @@ int cpdl__shm_sweep(bool remove, void *report_FILE);
 void cpdl__shm_test_force_name(const char *name);
 
 /* ---- ring.c ---------------------------------------------------------------
- * The segment's header and the slot protocol (DESIGN.md "Ring protocol").
+ * The segment's header and the slot protocol (docs/design.md#the-ring-protocol).
  * Layout: [header + field table + slot table + consumer cursors][data]
  * data: [region for local CP shard 0: slot 0 .. slot n-1][region 1]...[shared: slot 0..n-1]
  * Every region and every slot within it is page-aligned. */
@@ -494,8 +494,8 @@ void cpdl__sampler_tell(const cpdl__sampler_t *sampler, uint64_t *epoch, int64_t
 int cpdl__sampler_seek(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position);
 
 /* ---- collate.c ------------------------------------------------------------
- * Turns the sampler's documents into [batch, seq_len] int64 tensors (DESIGN.md
- * "Collate"); see collate.c for the exact window and position rules. Samples
+ * Turns the sampler's documents into [batch, seq_len] int64 tensors
+ * (docs/design.md#the-data-path); see collate.c for the exact window and position rules. Samples
  * come through a read callback so tests need no plugin. The collate does not
  * own the sampler; it drives it (next/seek/tell). */
 typedef enum { CPDL__COLLATE_PACK = 0, CPDL__COLLATE_PAD = 1 } cpdl__collate_kind_t;

@@ -1,4 +1,4 @@
-/* producer.c — the leader's loader threads: collate, prepare into the ring's
+/* producer.c — the group leader's loader threads: collate, prepare into the ring's
  * slots, publish. Thread 0 waits for a free slot and publishes; workers 1..n-1
  * prepare their share of each step, and with a double-buffered feed the last
  * worker collates step k+1 while the others prepare step k.
@@ -28,7 +28,7 @@ typedef struct pending {
 struct cpdl__producer {
   cpdl__producer_args_t args; /* what it was started with (ring, feed, plan, ...) */
   int n_threads;            /* args.n_threads, or 1 for steps under 4 MiB */
-  pthread_t threads[CPDL__MAX_THREADS]; /* [0]: leader_main, [1..n_workers]: worker_main */
+  pthread_t threads[CPDL__MAX_THREADS]; /* [0]: publisher_main, [1..n_workers]: worker_main */
   int n_workers;            /* worker threads created */
   atomic_int gate;          /* 0: wait, 1: all threads exist, -1: start failed */
   pthread_barrier_t barrier;
@@ -150,11 +150,11 @@ static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tens
   return rc;
 }
 
-/* Thread 0: for each step, wait for a free slot, prepare (with the workers),
- * publish. The barriers order every write of the workers before publish()'s
- * release store. The collated inputs of step k are in work[work_set]; with a
+/* Thread 0, the publisher: for each step, wait for a free slot, prepare
+ * (with the workers), publish. The barriers order every write of the workers
+ * before publish()'s release store. The collated inputs of step k are in work[work_set]; with a
  * pipelined feed, step k+1 is collated during step k's preparation. */
-static void *leader_main(void *arg) {
+static void *publisher_main(void *arg) {
   cpdl__producer_t *P = arg;
   int rc = 0;
   pthread_setname_np(pthread_self(), "cpdl-loader0");
@@ -260,8 +260,8 @@ static int start_threads(cpdl__producer_t *P) {
   }
   if (!rc) /* a failed start after some workers exist: tested through CPDL_FAULT */
     rc = cpdl__fault("start_threads", P->args.world_rank);
-  if (!rc && (err = pthread_create(&P->threads[0], NULL, leader_main, P)) != 0)
-    rc = cpdl__error(-err, "cannot start the loader thread: %s", strerror(err));
+  if (!rc && (err = pthread_create(&P->threads[0], NULL, publisher_main, P)) != 0)
+    rc = cpdl__error(-err, "cannot start loader thread 0 (the publisher): %s", strerror(err));
   atomic_store_explicit(&P->gate, rc ? -1 : 1, memory_order_release);
   if (rc) {
     for (int t = 1; t <= P->n_workers; t++)
@@ -276,9 +276,9 @@ static int start_threads(cpdl__producer_t *P) {
   return 0;
 }
 
-/* Stop and join every loader thread. The leader thread notices `stopping`
- * on its next wake (ring waits tick every few ms) and releases the workers
- * through the barrier. */
+/* Stop and join every loader thread. The publisher (thread 0) notices
+ * `stopping` on its next wake (ring waits tick every few ms) and releases the
+ * workers through the barrier. */
 static void stop_threads(cpdl__producer_t *P) {
   atomic_store_explicit(&P->stopping, true, memory_order_release);
   cpdl__ring_wake_all(P->args.ring);

@@ -1,7 +1,7 @@
-/* ring.c — the segment's header and the slot protocol (DESIGN.md "Ring
- * protocol", RELIABILITY.md R6-R10, R12-R14).
+/* ring.c — the segment's header and the slot protocol
+ * (docs/design.md#the-ring-protocol; docs/reliability.md R6-R10, R12-R14, R19).
  *
- * Invariants: the leader writes slot(step) only after every consumer's cursor
+ * Invariants: the publisher writes slot(step) only after every consumer's cursor
  * has passed step - n_slots; a step becomes visible only through a release
  * store of the slot's step word, after its data and state are complete.
  * Each consumer record is written only by its consumer. Shared values are

@@ -1,5 +1,5 @@
 /* bench.c — `cpdl bench` under mpirun: four ways of giving every rank its
- * slice of the same batches, side by side in one job (DESIGN.md "Baselines"):
+ * slice of the same batches, side by side in one job (docs/design.md#baselines):
  *   naive    every rank collates and prepares the whole batch, keeps its slice
  *   bcast    the group leader prepares, MPI_Bcast of the whole prepared batch
  *   scatter  the group leader prepares, MPI_Scatterv of the shards

@@ -24,12 +24,6 @@
 
 static int rank, size;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void check_results(void) {
   const cpdl__team_t *world = cpdl_test_world();
   cpdl__watch_t watch;
@@ -150,9 +144,9 @@ static void check_dead_peer(void) {
     cpdl__peer_t peer = {.rank = 1, .pid = (int32_t)child, .pidfd = cpdl__pidfd_open(child)};
     cpdl__watch_t watch = {.n = 1, .peers = &peer};
     const cpdl__watch_t *previous = cpdl__watch_install(&watch);
-    double t0 = now_s();
+    double t0 = cpdl_test_now_s();
     int rc = cpdl__coll_barrier(cpdl_test_world(), "the test barrier");
-    double took = now_s() - t0;
+    double took = cpdl_test_now_s() - t0;
     cpdl__watch_install(previous);
     char expect[128];
     snprintf(expect, sizeof expect, "rank 1 (pid %d) died during the test barrier", (int)child);

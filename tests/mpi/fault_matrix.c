@@ -1,4 +1,4 @@
-/* fault_matrix.c — one cell of the fault-injection matrix (RELIABILITY.md
+/* fault_matrix.c — one cell of the fault-injection matrix (docs/reliability.md
  * R3, R5, R6, R7, R8): CPDL_FAULT=<point>:<victim>[:error] is set here, then
  * every rank opens a loader and takes steps until something fails.
  *
@@ -31,12 +31,6 @@
 
 #define MAX_STEPS 200
 #define BOUND_S 10.0
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* /dev/shm entries created by any process of this job. */
 static int job_segments(const int32_t *pids, int n) {
@@ -98,7 +92,7 @@ int main(int argc, char **argv) {
   char victim_text[32];
   snprintf(victim_text, sizeof victim_text, "rank %d", victim);
   MPI_Barrier(MPI_COMM_WORLD);
-  double t0 = now_s();
+  double t0 = cpdl_test_now_s();
   cpdl_loader_t *loader = NULL;
   int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
   const char *where = "open";
@@ -132,7 +126,7 @@ int main(int argc, char **argv) {
       CHECK(rc == 0, "release: %s", cpdl_last_error());
     }
   }
-  double waited = now_s() - t0;
+  double waited = cpdl_test_now_s() - t0;
   char why[1024];
   snprintf(why, sizeof why, "%s", rc ? cpdl_last_error() : "no error");
 

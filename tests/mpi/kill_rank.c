@@ -13,31 +13,16 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
   cpdl_test_init(&argc, &argv);
   int rank = cpdl_test_world_rank();
   int victim = argc > 1 ? atoi(argv[1]) : 1;
-  cpdl_config_t cfg;
-  cpdl_config_init(&cfg);
-  cfg.steps = 1000000;
-  cfg.seq_len = 4096;
-  cfg.timeout_ms = 30000;
-  if (argc > 2 && cpdl_config_parse(&cfg, argv[2]))
-    CHECK(0, "config: %s", cpdl_last_error());
-  cpdl_loader_t *loader = NULL;
-  int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
-  CHECK(rc == 0, "open: %s", cpdl_last_error());
-  if (rc)
+  cpdl_loader_t *loader = cpdl_test_open_long_run(30000, argc > 2 ? argv[2] : NULL);
+  if (!loader)
     return cpdl_test_finish();
+  int rc = 0;
   cpdl_mesh_coords_t me;
   cpdl_loader_mesh(loader, &me);
   MPI_Barrier(MPI_COMM_WORLD);
@@ -50,14 +35,14 @@ int main(int argc, char **argv) {
     if (rc)
       break;
     if (step == 3) {
-      t_kill = now_s();
+      t_kill = cpdl_test_now_s();
       if (rank == victim)
         raise(SIGKILL); /* dies holding its slot */
     }
     got++;
     cpdl_batch_release(loader, &batch);
   }
-  double waited = now_s() - t_kill;
+  double waited = cpdl_test_now_s() - t_kill;
   char why[1024];
   snprintf(why, sizeof why, "%s", cpdl_last_error());
   char expect[64];

@@ -15,32 +15,16 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-/* CLOCK_MONOTONIC is one clock for every process of the host. */
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
   cpdl_test_init(&argc, &argv);
   int rank = cpdl_test_world_rank();
   int leaver = argc > 1 ? atoi(argv[1]) : 1;
-  cpdl_config_t cfg;
-  cpdl_config_init(&cfg);
-  cfg.steps = 1000000;
-  cfg.seq_len = 4096;
-  cfg.timeout_ms = 20000; /* a regression shows as this timeout, not a hang */
-  if (argc > 2 && cpdl_config_parse(&cfg, argv[2]))
-    CHECK(0, "config: %s", cpdl_last_error());
-  cpdl_loader_t *loader = NULL;
-  int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
-  CHECK(rc == 0, "open: %s", cpdl_last_error());
-  if (rc)
+  cpdl_loader_t *loader = cpdl_test_open_long_run(20000, argc > 2 ? argv[2] : NULL);
+  if (!loader)
     return cpdl_test_finish();
+  int rc = 0;
   cpdl_mesh_coords_t me;
   cpdl_loader_mesh(loader, &me);
   /* One group (cp * tp == np): a failed group's ranks close locally, and a
@@ -59,11 +43,12 @@ int main(int argc, char **argv) {
       if (step < 2)
         cpdl_batch_release(loader, &batch);
     }
-    t_left = now_s();
+    t_left = cpdl_test_now_s();
     rc = cpdl_loader_close(loader); /* out of turn, holding step 2 */
     CHECK(rc == CPDL_EPEER, "the leaving rank's close: expected CPDL_EPEER, got %s: %s",
           cpdl_err_name(rc), cpdl_last_error());
-    CHECK(now_s() - t_left < 5.0, "the leaving rank's close took %.1f s", now_s() - t_left);
+    double took = cpdl_test_now_s() - t_left;
+    CHECK(took < 5.0, "the leaving rank's close took %.1f s", took);
   } else {
     for (;;) {
       cpdl_batch_t batch;
@@ -73,7 +58,7 @@ int main(int argc, char **argv) {
       steps++;
       cpdl_batch_release(loader, &batch);
     }
-    t_error = now_s();
+    t_error = cpdl_test_now_s();
     snprintf(why, sizeof why, "%s", cpdl_last_error());
     {
       char expect[64];

@@ -18,11 +18,14 @@
 
 #include <mpi.h>
 
+#include "cpdl.h"
+
 #include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int cpdl_test_failures;   /* failed CHECKs on this rank */
@@ -79,6 +82,35 @@ static inline void cpdl_test_check(int ok, const char *expr, const char *file, i
  * calls that follow). */
 #define CHECK(cond, ...) \
   cpdl_test_check(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
+
+/* Seconds on CLOCK_MONOTONIC: one clock for every process of the host, so
+ * ranks can compare their readings. */
+static inline double cpdl_test_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The loader of a failure scenario (kill_rank, leave_rank) on MPI_COMM_WORLD:
+ * steps far past what the test takes, seq_len 4096, `timeout_ms` (a
+ * regression shows as that timeout, not a hang), then the "key=value ..."
+ * string `spec` (NULL or "": none). CHECKs each step; NULL when the
+ * configuration or the open failed. */
+static inline cpdl_loader_t *cpdl_test_open_long_run(int timeout_ms, const char *spec) {
+  cpdl_config_t cfg;
+  cpdl_config_init(&cfg);
+  cfg.steps = 1000000;
+  cfg.seq_len = 4096;
+  cfg.timeout_ms = timeout_ms;
+  if (spec && spec[0] && cpdl_config_parse(&cfg, spec)) {
+    CHECK(0, "config '%s': %s", spec, cpdl_last_error());
+    return NULL;
+  }
+  cpdl_loader_t *loader = NULL;
+  int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
+  CHECK(rc == 0, "open: %s", cpdl_last_error());
+  return rc ? NULL : loader;
+}
 
 /* Whether /dev/shm entry `name` is a segment created by a process of this
  * job: "cpdl-<uid>-<pid>-<random>" with one of the job's pids (all of them

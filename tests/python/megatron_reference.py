@@ -13,28 +13,6 @@ import re
 import numpy as np
 
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
-CODES = {np.dtype(v): k for k, v in DTYPES.items()}
-
-
-def write_indexed(prefix, sequences, dtype=np.uint16):
-    """Write a Megatron MMIDIDX .idx + .bin (one document per sequence)."""
-    dtype = np.dtype(dtype)
-    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    pointers = np.zeros(len(sequences), dtype=np.int64)
-    if len(sequences) > 1:
-        pointers[1:] = np.cumsum(lengths[:-1].astype(np.int64) * dtype.itemsize)
-    doc_idx = np.arange(len(sequences) + 1, dtype=np.int64)
-    with open(prefix + ".idx", "wb") as f:
-        f.write(b"MMIDIDX\x00\x00")
-        f.write(np.array([1], "<u8").tobytes())
-        f.write(np.array([CODES[dtype]], "u1").tobytes())
-        f.write(np.array([len(sequences), len(doc_idx)], "<u8").tobytes())
-        f.write(lengths.astype("<i4").tobytes())
-        f.write(pointers.astype("<i8").tobytes())
-        f.write(doc_idx.astype("<i8").tobytes())
-    with open(prefix + ".bin", "wb") as f:
-        for s in sequences:
-            f.write(np.asarray(s, dtype=dtype).tobytes())
 
 
 class Indexed:

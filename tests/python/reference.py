@@ -1,6 +1,6 @@
-"""reference — DESIGN.md's batch-preparation contract, stated plainly in numpy.
+"""reference — the batch-preparation contract, stated plainly in numpy.
 
-Written from DESIGN.md ("Batch preparation — the contract"), not from src/prep.c:
+Written from docs/design.md#batch-preparation--the-contract, not from src/prep.c:
 it materializes the whole padded batch, then slices it, which is exactly what
 the C code must avoid and therefore an independent check of it. Readability
 over speed. Raises ValueError where the contract says "error".

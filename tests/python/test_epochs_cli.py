@@ -23,34 +23,18 @@ import tempfile
 
 import numpy as np
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testutil  # noqa: E402
+from datafiles import write_llmc, write_npy_steps  # noqa: E402
+from testutil import CPDL, mpi_env, mpirun  # noqa: E402
 
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, flush=True)
-
-
-def env_with(extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPDL_") or
-           k in ("CPDL_PLUGIN_PATH", "CPDL_LIBRARY", "CPDL_BIN")}
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    env.update(extra or {})
-    return env
+check = testutil.report
 
 
 def run(np_, args, env_extra=None, timeout=60):
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json"] + args
+    """cpdl run in a clean environment: (exit code, its JSON summary, stderr)."""
     try:
-        p = subprocess.run(cmd, env=env_with(env_extra), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, timeout=timeout)
+        p = testutil.cpdl_run(np_, args, env=mpi_env(env_extra, clean=True), timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, None, "timed out after %ds: %s" % (timeout, " ".join(args))
     summary = None
@@ -61,7 +45,7 @@ def run(np_, args, env_extra=None, timeout=60):
 
 
 def cli(args, env_extra=None):
-    p = subprocess.run([CPDL] + args, env=env_with(env_extra), stdout=subprocess.PIPE,
+    p = subprocess.run([CPDL] + args, env=mpi_env(env_extra, clean=True), stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True, timeout=60)
     return p.returncode, p.stdout, p.stderr
 
@@ -75,30 +59,20 @@ def dumped_steps(root):
     return {r: sorted(s) for r, s in per_rank.items()}
 
 
-def write_llmc(path, n_docs=40):
+def llmc_docs(n_docs=40):
     rng = np.random.default_rng(3)
-    toks = []
-    for _ in range(n_docs):
-        toks.append(50256)
-        toks.extend(rng.integers(0, 50000, int(rng.integers(1, 60))).tolist())
-    header = np.zeros(256, dtype=np.int32)
-    header[:3] = [20240520, 1, len(toks)]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.array(toks, dtype=np.uint16).tobytes())
+    return [rng.integers(0, 50000, int(rng.integers(1, 60))) for _ in range(n_docs)]
 
 
-def write_npy_steps(root, n, seq=8, rows=1):
-    for k in range(n):
-        d = os.path.join(root, "step%d" % k)
-        os.makedirs(d)
-        np.save(os.path.join(d, "input_ids.npy"), np.full((rows, seq), k, dtype=np.int64))
-        np.save(os.path.join(d, "labels.npy"), np.full((rows, seq), k, dtype=np.int64))
+def constant_steps(n, seq=8, rows=1):
+    """n steps whose input_ids and labels hold k in step k."""
+    return [{name: np.full((rows, seq), k, dtype=np.int64) for name in ("input_ids", "labels")}
+            for k in range(n)]
 
 
 def epoch_runs(tmp):
     llmc = os.path.join(tmp, "shard.bin")
-    write_llmc(llmc)
+    write_llmc(llmc, llmc_docs())
     sources = ["synthetic:?samples=41&mean=40&max=120", "llmc:" + llmc]
     for source in sources:
         for np_, collate in ((2, "pack"), (3, "pad")):
@@ -138,7 +112,7 @@ def epoch_runs(tmp):
 
 def npy_runs(tmp):
     twelve = os.path.join(tmp, "twelve")
-    write_npy_steps(twelve, 12)
+    write_npy_steps(twelve, constant_steps(12))
     dump = os.path.join(tmp, "dump12")
     rc, summary, err = run(1, ["--steps", "0", "--source", "npy:" + twelve, "--dump", dump])
     check(rc == 0, "npy 12 steps: %s" % err)
@@ -150,7 +124,7 @@ def npy_runs(tmp):
               "npy JSON reports the data's shape: %s" % summary)
 
     three = os.path.join(tmp, "three")
-    write_npy_steps(three, 3)
+    write_npy_steps(three, constant_steps(3))
     for drop_last, want in ((1, {0: [0], 1: [1]}), (0, {0: [0, 2], 1: [1, 0]})):
         dump = os.path.join(tmp, "dump3_%d" % drop_last)
         rc, summary, err = run(2, ["--steps", "0", "--drop-last", str(drop_last),
@@ -168,9 +142,8 @@ def npy_runs(tmp):
 
 
 def cli_details(tmp):
-    p = subprocess.run([MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "2", CPDL, "run",
-                        "--help"], env=env_with(), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, timeout=60)
+    p = subprocess.run(mpirun(2, [CPDL, "run", "--help"]), env=mpi_env(clean=True),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     check(p.returncode == 0 and "--epochs" in p.stdout,
           "mpirun cpdl run --help: exit %d: %s" % (p.returncode, p.stderr[-400:]))
     rc, out, err = cli(["sweep", "--help"])
@@ -205,8 +178,7 @@ def main():
         cli_details(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(testutil.summary())
 
 
 if __name__ == "__main__":

@@ -10,20 +10,19 @@ consumed_samples=C (switching from Megatron) starts at sample C.
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
 import megatron_reference as ref
+from datafiles import write_megatron
 import reference
+import testutil
 from testutil import report, run
 
 import cpdl
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
 TMP = tempfile.mkdtemp(prefix="cpdl-gpt-run-")
 S, B, SEED, EOD = 24, 2, 4321, 7
 
@@ -32,8 +31,8 @@ def make_uri():
     rng = np.random.RandomState(3)
     a = [np.append(rng.randint(8, 60000, size=rng.randint(1, 40)), EOD) for _ in range(120)]
     b = [np.append(rng.randint(8, 2**31 - 1, size=rng.randint(1, 90)), EOD) for _ in range(60)]
-    ref.write_indexed(os.path.join(TMP, "a"), a, np.uint16)
-    ref.write_indexed(os.path.join(TMP, "b"), b, np.int32)
+    write_megatron(os.path.join(TMP, "a"), a, np.uint16)
+    write_megatron(os.path.join(TMP, "b"), b, np.int32)
     return ("gpt:0.4,%s,0.6,%s?num_samples=200&split=98,2,0&eod=%d&reset_position_ids=1"
             "&eod_mask_loss=1" % (os.path.join(TMP, "a"), os.path.join(TMP, "b"), EOD))
 
@@ -43,16 +42,8 @@ SOURCE = cpdl.Source(URI, seq_len=S, seed=SEED)
 
 
 def cpdl_run(np_, args, uri=URI):
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json", "--source", uri, "--seq-len", str(S), "--batch", str(B),
-           "--seed", str(SEED)] + args
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=120)
-    if p.returncode != 0:
-        print(p.stdout, p.stderr, sep="\n")
-    return p
+    return testutil.cpdl_run(np_, ["--source", uri, "--seq-len", str(S), "--batch", str(B),
+                                   "--seed", str(SEED)] + args, echo=True)
 
 
 def load_dir(path):

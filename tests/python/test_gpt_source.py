@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 
 import megatron_reference as ref
+from datafiles import write_megatron
 from testutil import report, run
 
 import cpdl
@@ -26,7 +27,7 @@ def dataset(name, n, max_len, dtype=np.uint16, seed=0, min_len=0):
     high = 60000 if np.dtype(dtype).itemsize == 2 else 2**31 - 1
     seqs = [rng.randint(0, high, size=rng.randint(min_len, max_len + 1)) for _ in range(n)]
     prefix = os.path.join(TMP, name)
-    ref.write_indexed(prefix, seqs, dtype)
+    write_megatron(prefix, seqs, dtype)
     return prefix
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testutil  # noqa: E402
+from datafiles import write_llmc, write_megatron  # noqa: E402
 
 CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
 check = testutil.report
@@ -23,34 +24,6 @@ def inspect(uri, *extra):
     p = subprocess.run([CPDL, "inspect", uri, *extra], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True, timeout=60)
     return p.returncode, p.stdout, p.stderr
-
-
-def write_megatron(prefix, docs):
-    """Megatron-LM MMIDIDX: one sequence per document, uint16 tokens."""
-    lengths = np.array([len(d) for d in docs], dtype=np.int32)
-    pointers = np.concatenate([[0], np.cumsum(lengths[:-1].astype(np.int64) * 2)]).astype(np.int64)
-    doc_idx = np.arange(len(docs) + 1, dtype=np.int64)
-    with open(prefix + ".idx", "wb") as f:
-        f.write(b"MMIDIDX\x00\x00")
-        f.write(np.array([1], dtype="<u8").tobytes())
-        f.write(np.array([8], dtype="u1").tobytes())  # dtype code 8: uint16
-        f.write(np.array([len(docs), len(doc_idx)], dtype="<u8").tobytes())
-        f.write(lengths.astype("<i4").tobytes())
-        f.write(pointers.astype("<i8").tobytes())
-        f.write(doc_idx.astype("<i8").tobytes())
-    with open(prefix + ".bin", "wb") as f:
-        for d in docs:
-            f.write(np.asarray(d, dtype="<u2").tobytes())
-
-
-def write_llmc(path, docs, eot=50256):
-    """llm.c .bin v1: 256 int32 header, uint16 tokens; each document starts with EOT."""
-    tokens = np.concatenate([np.concatenate([[eot], d]) for d in docs]).astype("<u2")
-    header = np.zeros(256, dtype="<i4")
-    header[0], header[1], header[2] = 20240520, 1, len(tokens)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
 
 
 def histogram(lengths):

@@ -26,6 +26,8 @@ import weakref
 
 import numpy as np
 
+from datafiles import write_llmc
+
 import cpdl
 from cpdl import _dlpack, _ffi
 from cpdl import loader as cl
@@ -371,14 +373,9 @@ def test_source():
            "synthetic samples", (n, a[:8], b[:8]))
     docs = [[1, 2, 3], [9, 9], [4, 5, 6, 7]]
     eot = 50256
-    tokens = np.array([t for d in docs for t in [eot] + d], dtype=np.uint16)
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = (20240520, 1, tokens.size)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "shard_%d.bin" % rank)
-        with open(path, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype("<u2").tobytes())
+        write_llmc(path, docs, eot)
         src = cpdl.Source("llmc:" + path)
         views = [src[i] for i in range(len(src))]
         want = [np.array([eot] + d, dtype=np.uint16) for d in docs]

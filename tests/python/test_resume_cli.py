@@ -10,7 +10,6 @@ a state file of another layout (dp size, seq_len) is refused naming the key.
 Prints "N passed, M failed" and exits non-zero on any failure.
 """
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -20,18 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import resume_data  # noqa: E402
 import testutil  # noqa: E402
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
 check = testutil.report
 
 
 def run(np_, args):
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json", "--pin", "none"] + args
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, timeout=120)
+    return testutil.cpdl_run(np_, ["--pin", "none"] + args)
 
 
 def load_rank_dirs(root, step):

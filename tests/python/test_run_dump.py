@@ -2,7 +2,7 @@
 
 1. `mpirun cpdl run --dump D --dump-collated D` for several meshes and modes:
    every rank's dumped view of every step must equal tests/python/reference.py
-   (DESIGN.md's contract in plain numpy) applied to the leader's collated batch,
+   (docs/design.md's contract in plain numpy) applied to the leader's collated batch,
    with the parameters recorded in the rank's meta.json.
 2. Exact resume: 20 steps uninterrupted vs 10 + --save-state/--resume + 10;
    the dumps of steps 10..19 must be identical byte for byte.
@@ -10,7 +10,6 @@ Prints "N passed, M failed" and exits non-zero on any failure.
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -18,32 +17,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference  # noqa: E402
+import testutil  # noqa: E402
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
-passed = failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what, flush=True)
+check = testutil.report
 
 
 def run(np_, args, env_extra=None):
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    env.update(env_extra or {})
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json"] + args
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=240)
-    if p.returncode != 0:
-        print(p.stdout, p.stderr, sep="\n")
-    return p
+    return testutil.cpdl_run(np_, args, env=testutil.mpi_env(env_extra), timeout=240, echo=True)
 
 
 def load_dir(path):
@@ -120,5 +100,4 @@ with tempfile.TemporaryDirectory() as tmp:
     p = run(2, ["--cp", "3"])
     check(p.returncode != 0 and "cp" in p.stderr, "cp=3 on 2 ranks: no clear error: %r" % p.stderr)
 
-print("%d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(testutil.summary())

@@ -1,7 +1,7 @@
 """test_shard_batch — cpdl.shard_batch / shard_batch_all against reference.py.
 
 A deterministic property test over random batches that reach every branch of
-DESIGN.md's contract (primaries, masks, positions, labels, metadata, pass-through,
+the batch contract of docs/design.md (primaries, masks, positions, labels, metadata, pass-through,
 cp, tp, S, B, modes), then explicit tests: errors, input immutability, the
 one-buffer layout of shard_batch_all, the ctypes ABI. Plain script: prints
 "N passed, M failed" and exits non-zero on any failure.

@@ -22,12 +22,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testutil  # noqa: E402
 import thd_reference as ref  # noqa: E402
+from datafiles import write_llmc, write_megatron  # noqa: E402
 from testutil import report  # noqa: E402
 
 import cpdl  # noqa: E402
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(os.path.dirname(__file__), "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
 SHARED = ("cu_seqlens", "cu_seqlens_padded", "max_seqlen")
 
 
@@ -153,14 +152,7 @@ def test_errors():
 # ---- through the loader ------------------------------------------------------
 
 def run(np_, args, quiet=False):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json"] + args
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       timeout=240)
-    if p.returncode != 0 and not quiet:
-        print(p.stdout, p.stderr, sep="\n")
-    return p
+    return testutil.cpdl_run(np_, args, timeout=240, echo=not quiet)
 
 
 def load_dir(path):
@@ -209,32 +201,6 @@ def check_dump(root, cp, where):
             report(ok, "%s %s %s: view is not the collated row at TE's indices" % (where, step, rank))
 
 
-def write_llmc(path, docs, eot=50256):
-    tokens = np.concatenate([np.concatenate([[eot], d]) for d in docs]).astype("<u2")
-    header = np.zeros(256, dtype="<i4")
-    header[0], header[1], header[2] = 20240520, 1, len(tokens)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
-
-
-def write_megatron(prefix, docs):
-    lengths = np.array([len(d) for d in docs], dtype=np.int32)
-    pointers = np.concatenate([[0], np.cumsum(lengths[:-1].astype(np.int64) * 2)]).astype(np.int64)
-    doc_idx = np.arange(len(docs) + 1, dtype=np.int64)
-    with open(prefix + ".idx", "wb") as f:
-        f.write(b"MMIDIDX\x00\x00")
-        f.write(np.array([1], dtype="<u8").tobytes())
-        f.write(np.array([8], dtype="u1").tobytes())
-        f.write(np.array([len(docs), len(doc_idx)], dtype="<u8").tobytes())
-        f.write(lengths.astype("<i4").tobytes())
-        f.write(pointers.astype("<i8").tobytes())
-        f.write(doc_idx.astype("<i8").tobytes())
-    with open(prefix + ".bin", "wb") as f:
-        for d in docs:
-            f.write(np.asarray(d, dtype="<u2").tobytes())
-
-
 def test_loader_real_files():
     rng = np.random.default_rng(11)
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,10 +229,9 @@ def test_python_loader():
         path = os.path.join(tmp, "shard.bin")
         write_llmc(path, [rng.integers(0, 50000, size=int(n)) for n in rng.integers(1, 150, size=30)])
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thd_loader_check.py")
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-        p = subprocess.run([MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "2",
-                            sys.executable, script, "llmc:" + path, "64"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+        p = subprocess.run(testutil.mpirun(2, [sys.executable, script, "llmc:" + path, "64"]),
+                           env=testutil.mpi_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=240)
         report(p.returncode == 0 and "0 failed" in p.stdout, "Python loader in mode thd", p.stdout[-2000:])
 
 

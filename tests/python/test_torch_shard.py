@@ -1,6 +1,6 @@
 """test_torch_shard — cpdl.torch.make_contiguous_shard_cp_batch_and_ctx (no MPI).
 
-Checks the drop-in against (a) a small torch statement of DESIGN.md's contract
+Checks the drop-in against (a) a small torch statement of docs/design.md's contract
 written here, independently of the C core, on random batches that reach its
 branches, and (b) cpdl.shard_batch on the same inputs; then the in-place
 semantics (same dict, keys added/removed, pass-through objects untouched),
@@ -33,7 +33,7 @@ class FakeMesh:
         return self._rank
 
 
-# ---- the contract in torch, written from DESIGN.md --------------------------
+# ---- the contract in torch, written from docs/design.md ---------------------
 
 def _pad(t, dim, n, value):
     if n == 0:

@@ -33,8 +33,6 @@ sys.path.insert(0, HERE)
 import testutil  # noqa: E402
 from testutil import report  # noqa: E402
 
-CPDL = os.environ.get("CPDL_BIN", os.path.join(HERE, "../../build/cpdl"))
-MPIRUN = os.environ.get("MPIEXEC", "mpirun")
 CONFIG = "source=synthetic: seq_len=96 batch=2 steps=6 seed=7"
 LAUNCH_VARS = ("OMPI_", "PMIX_", "PMI_", "SLURM_")
 
@@ -78,15 +76,7 @@ def torchrun(n, scenario, out, extra_env=None, drop=()):
 
 
 def cpdl_run(np_, args):
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", str(np_), CPDL, "run",
-           "--quiet", "--json"] + args
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=120)
-    if p.returncode:
-        print(p.stdout)
-    return p.returncode
+    return testutil.cpdl_run(np_, args, echo=True).returncode
 
 
 def config_args():

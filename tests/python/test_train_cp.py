@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 
 import testutil
+from datafiles import write_llmc_tokens
 from testutil import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,10 +41,7 @@ def write_copy_shard(path, tokens=40000, seed=7):
     while len(out) < tokens:
         r = rng.integers(1, 256, int(rng.integers(24, 64))).tolist()
         out += [EOT] + r + r
-    header = np.zeros(256, np.int32)
-    header[:3] = [20240520, 1, len(out)]
-    with open(path, "wb") as f:
-        f.write(header.tobytes() + np.array(out, np.uint16).tobytes())
+    write_llmc_tokens(path, out)
 RTOL = 1e-5
 
 

@@ -1,8 +1,9 @@
 #!/bin/sh
-# nm_check.sh — the shared library never calls exit/abort (STYLE.md: it
-# returns errors and the caller decides) and uses no process-shared
-# condition variables (DESIGN.md: a waiter killed inside pthread_cond_wait
-# can wedge every later broadcast). Checks the undefined dynamic symbols.
+# nm_check.sh — the shared library never calls exit/abort (it returns errors
+# and the caller decides: docs/design.md#the-failure-model) and uses no
+# process-shared condition variables (a waiter killed inside
+# pthread_cond_wait can wedge every later broadcast:
+# docs/design.md#the-ring-protocol). Checks the undefined dynamic symbols.
 #
 # usage: nm_check.sh LIBCPDL_SO
 set -u

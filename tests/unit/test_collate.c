@@ -88,6 +88,9 @@ static fake_t *fake_literal(int n_docs, const int64_t *const *docs, const int64_
   return f;
 }
 
+/* A source of the one document doc[0 .. len). */
+static fake_t *fake_one(const int64_t *doc, int64_t len) { return fake_literal(1, &doc, &len); }
+
 static void fake_free(fake_t *f) {
   for (int d = 0; d < f->n_docs; d++)
     free(f->docs[d]);
@@ -152,10 +155,8 @@ static void assert_row(const int64_t *got, const int64_t *want, int64_t S) {
 static void test_pack_literal(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
-  const int64_t *docs[] = {doc};
-  const int64_t lens[] = {5};
   for (int mode = 0; mode < 2; mode++) {
-    fake_t *f = fake_literal(1, docs, lens);
+    fake_t *f = fake_one(doc, 5);
     cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 4, 2);
     p.position_ids = mode;
     rig_t r = rig_open(f, &p, 1, 0, 1);
@@ -195,9 +196,7 @@ static void test_pack_literal(void **state) {
 static void test_pack_eot_masking(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
-  const int64_t *docs[] = {doc};
-  const int64_t lens[] = {5};
-  fake_t *f = fake_literal(1, docs, lens);
+  fake_t *f = fake_one(doc, 5);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 4, 2);
   p.loss_on_eot = 0;
   rig_t r = rig_open(f, &p, 1, 0, 1);
@@ -221,9 +220,7 @@ static void test_thd_literal(void **state) {
   int64_t doc[20];
   for (int j = 0; j < 20; j++)
     doc[j] = 100 + j;
-  const int64_t *docs[] = {doc};
-  const int64_t lens[] = {20};
-  fake_t *f = fake_literal(1, docs, lens);
+  fake_t *f = fake_one(doc, 20);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 8, 1);
   p.thd_multiple = 4;
   rig_t r = rig_open(f, &p, 1, 0, 1);
@@ -304,9 +301,7 @@ static void test_thd_documents(void **state) {
 static void test_pad_literal(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
-  const int64_t *docs[] = {doc};
-  const int64_t lens[] = {5};
-  fake_t *f = fake_literal(1, docs, lens);
+  fake_t *f = fake_one(doc, 5);
   /* S = 6: padded */
   cpdl__collate_params_t p = params(CPDL__COLLATE_PAD, 6, 2);
   p.loss_on_eot = 0;
@@ -534,9 +529,7 @@ static void test_errors(void **state) {
   fake_free(f);
 
   const int64_t doc[] = {10, 11, EOT};
-  const int64_t *docs1[] = {doc};
-  const int64_t lens1[] = {3};
-  f = fake_literal(1, docs1, lens1);
+  f = fake_one(doc, 3);
   p = params(CPDL__COLLATE_PACK, 4, 1);
   r = rig_open(f, &p, 1, 0, 1);
   assert_int_equal(cpdl__collate_seek(r.collate, 0, 0, 3), CPDL_EARG); /* past the document */

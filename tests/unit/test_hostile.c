@@ -1,5 +1,5 @@
 /* test_hostile.c — a hostile or buggy process of the same uid scribbles over
- * a segment's control part (RELIABILITY.md R10). Consumers must get
+ * a segment's control part (docs/reliability.md R10). Consumers must get
  * CPDL_ECORRUPT or another clean error and never crash or read outside the
  * mapping, whatever the bytes: random corruption of the static header and
  * field table before attach (every accepted header must still describe

@@ -483,15 +483,26 @@ typedef struct waiter {
   uint64_t step;
   atomic_int dead;      /* alive() reports death once set */
   atomic_llong dead_at; /* when dead was set (ms) */
+  _Atomic int64_t give_up_at; /* now_ms() past which alive() fails the wait (0: never) */
   int rc;
   _Atomic int64_t done_at; /* read by the main thread while the waiter may write it */
   char msg[256];
 } waiter_t;
 
+/* A waiter that expects its wait to end by itself gets a deadline: a lost
+ * release or an off-by-one cursor then fails the test in seconds with this
+ * message instead of hanging it until CTest's timeout. */
+#define WAITER_BOUND_MS 5000
+
 static int alive_fn(void *arg) {
   waiter_t *w = arg;
   if (atomic_load(&w->dead))
     return cpdl__error(CPDL_EPEER, "rank 1 (pid 4242) died");
+  if (w->give_up_at && now_ms() > w->give_up_at)
+    return cpdl__error(CPDL_ETIMEDOUT,
+                       "test: still waiting for step %" PRIu64 " %d ms after the last release "
+                       "it needs: a release was lost or a cursor is off by one",
+                       w->step, WAITER_BOUND_MS);
   return 0;
 }
 
@@ -523,11 +534,17 @@ static void fill_ring(fixture_t *f, uint32_t n_slots) {
   }
 }
 
+/* The scene of the wait tests: 2 slots, steps 0 and 1 published and held by
+ * both consumers (separate mappings). */
+static void open_full_ring(fixture_t *f) {
+  fixture_open(f, 2, 0, true);
+  fill_ring(f, 2);
+}
+
 static void test_post_error_wakes_everyone(void **state) {
   (void)state;
   fixture_t f;
-  fixture_open(&f, 2, 0, true);
-  fill_ring(&f, 2);
+  open_full_ring(&f);
   waiter_t ws[3] = {{.ring = f.consumers[0], .step = 2},
                     {.ring = f.consumers[1], .step = 3},
                     {.ring = f.leader, .leader = true, .step = 2}};
@@ -556,8 +573,7 @@ static void test_post_error_wakes_everyone(void **state) {
 static void test_leave_is_named(void **state) {
   (void)state;
   fixture_t f;
-  fixture_open(&f, 2, 0, true);
-  fill_ring(&f, 2);
+  open_full_ring(&f);
   /* Consumer 0 takes and releases steps 0 and 1; consumer 1 releases step 0
    * and leaves holding step 1 (cursor 1). Step 2 needs cursors >= 1: it can
    * still come; step 3 needs consumer 1's release of step 1: never. */
@@ -587,8 +603,7 @@ static void test_leave_is_named(void **state) {
 static void test_timeout_names_stalled_consumer(void **state) {
   (void)state;
   fixture_t f;
-  fixture_open(&f, 2, 0, true);
-  fill_ring(&f, 2);
+  open_full_ring(&f);
   for (uint64_t s = 0; s < 2; s++)
     cpdl__ring_release(f.consumers[0], 0, s);
   assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 2, 50, NULL, NULL), CPDL_ETIMEDOUT);
@@ -607,8 +622,7 @@ static void test_timeout_names_stalled_consumer(void **state) {
 static void test_dead_peer_within_tick(void **state) {
   (void)state;
   fixture_t f;
-  fixture_open(&f, 2, 0, true);
-  fill_ring(&f, 2);
+  open_full_ring(&f);
   waiter_t ws[2] = {{.ring = f.consumers[0], .step = 2},
                     {.ring = f.leader, .leader = true, .step = 2}};
   pthread_t threads[2];
@@ -640,15 +654,17 @@ static void *late_release(void *p) {
 static void test_stalled_consumer_is_waited_for(void **state) {
   (void)state;
   fixture_t f;
-  fixture_open(&f, 2, 0, true);
-  fill_ring(&f, 2);
-  waiter_t w = {.ring = f.leader, .leader = true, .step = 2};
-  pthread_t releaser;
+  open_full_ring(&f);
   int64_t t0 = now_ms();
+  /* late_release's last release comes 300 ms in. */
+  waiter_t w = {.ring = f.leader, .leader = true, .step = 2,
+                .give_up_at = t0 + 300 + WAITER_BOUND_MS};
+  pthread_t releaser;
   assert_int_equal(pthread_create(&releaser, NULL, late_release, &f), 0);
   waiter_main(&w); /* alive() says alive: no verdict, just wait */
   pthread_join(releaser, NULL);
-  assert_int_equal(w.rc, 0);
+  if (w.rc != 0)
+    fail_msg("wait_free(step 2) after both releases of step 0: %s", w.msg);
   assert_true(w.done_at - t0 >= 300);
   /* Slot 1 (step 3) is still held by both: releasing out of order is not
    * enough for step 3. */
@@ -658,9 +674,11 @@ static void test_stalled_consumer_is_waited_for(void **state) {
   assert_int_equal(pthread_create(&t, NULL, waiter_main, &w3), 0);
   usleep(60 * 1000);
   assert_int_equal(w3.done_at, 0);
+  w3.give_up_at = now_ms() + WAITER_BOUND_MS;
   cpdl__ring_release(f.consumers[1], 1, 1);
   join_bounded(t);
-  assert_int_equal(w3.rc, 0);
+  if (w3.rc != 0)
+    fail_msg("wait_free(step 3) after both releases of step 1: %s", w3.msg);
   fixture_close(&f);
 }
 

@@ -1,7 +1,7 @@
 /* test_shm.c — shared-memory segments: creation (O_EXCL, 0600, random name,
  * space reserved), attachment checks (owner, mode, size), read-only data
  * mapping, sweep of leftovers, a full /dev/shm, and flat resources over many
- * cycles (RELIABILITY.md R1, R2, R4, R5, R11, R15).
+ * cycles (docs/reliability.md R1, R2, R4, R5, R11, R15).
  */
 #include <setjmp.h>
 #include <stdarg.h>
