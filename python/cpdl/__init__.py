@@ -1,7 +1,8 @@
 """cpdl — Python binding (ctypes + numpy, no build step of its own).
 
 shard_batch() / shard_batch_all() prepare a collated batch for context
-parallelism exactly as DESIGN.md's contract says, through the cpdl_prep_*
+parallelism exactly as the contract says
+(docs/design.md#batch-preparation--the-contract), through the cpdl_prep_*
 functions of libcpdl_prep.so (the MPI-free layer: libmpi is not loaded for
 them; a build without it serves them from libcpdl.so). Loader and Source use
 libcpdl.so, loaded with libmpi by the first of them. Importing loads neither

@@ -450,8 +450,8 @@ def mpi():
                     except OSError as exc:
                         last = exc
                 else:
-                    raise Error(code("EMPI"), "cannot load libmpi (%s); import mpi4py and pass comm= "
-                                "instead" % last)
+                    raise Error(code("EMPI"), "cannot load libmpi (%s); import mpi4py and "
+                                "pass comm= instead" % last)
                 for sym, (restype, argtypes) in MPI_SIGNATURES.items():
                     fn = getattr(cdll, sym)
                     fn.restype = restype

@@ -1,6 +1,7 @@
 """_launch — which control plane a Loader uses, and the torch.distributed one.
 
-Owns: TorchOOB, a cpdl_oob_t (mirrored in _ffi) whose allgather is torch.distributed.all_gather(async_op=True) on
+Owns: TorchOOB, a cpdl_oob_t (mirrored in _ffi) whose allgather is
+torch.distributed.all_gather(async_op=True) on
 a gloo group (CPU tensors); the launcher detection that picks MPI or
 torch.distributed and refuses a silent world of one; the trainer's layout from
 coords=, a DeviceMesh or Megatron-core's parallel_state.

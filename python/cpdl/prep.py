@@ -1,5 +1,6 @@
-"""prep — shard_batch()/shard_batch_all(): DESIGN.md's batch-preparation
-contract through cpdl_prep_plan_create + cpdl_prep_execute.
+"""prep — shard_batch()/shard_batch_all(): the batch-preparation contract
+(docs/design.md#batch-preparation--the-contract) through
+cpdl_prep_plan_create + cpdl_prep_execute.
 
 Invariants: the caller's arrays are never written (C only reads them; copies
 are made only to get C-contiguous, native-endian memory); every output array
@@ -13,7 +14,7 @@ import operator
 import numpy as np
 
 from . import _ffi
-from ._ffi import Error, strerror
+from ._ffi import Error, strerror  # noqa: F401 (cpdl.prep.Error, cpdl.prep.strerror)
 
 _NUMPY_TO_CPDL = {
     np.dtype(np.bool_): _ffi.DTYPE_BOOL,
@@ -203,7 +204,8 @@ def _prepare(batch, cp_size, cp_ranks, tp_size, loss_mask, padding_token_id,
 def shard_batch(batch, cp_size, cp_rank, *, tp_size=1, loss_mask=None, padding_token_id=0,
                 metadata_seq_dims=None, metadata_pad_values=None, mode="contiguous",
                 dtypes=None):
-    """Prepare one CP rank's part of a collated batch (DESIGN.md, rules 1-7).
+    """Prepare one CP rank's part of a collated batch
+    (docs/design.md#batch-preparation--the-contract, rules 1-7).
 
     batch: dict name -> numpy array, not modified. loss_mask: optional, passed
     to C as the field "loss_mask". metadata_seq_dims: {name: seq_dim} of extra

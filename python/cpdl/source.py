@@ -113,7 +113,8 @@ class Source:
                                         ctypes.byref(count), ctypes.byref(width)))
             dtype = _TOKEN_DTYPES.get(width.value)
             if dtype is None:
-                raise Error(_ffi.EPLUGIN, "source %s returned %d-byte tokens" % (self.uri, width.value))
+                raise Error(_ffi.EPLUGIN, "source %s returned %d-byte tokens"
+                            % (self.uri, width.value))
             nbytes = count.value * dtype.itemsize
             if nbytes == 0:
                 array = np.empty(0, dtype)

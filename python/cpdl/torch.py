@@ -3,8 +3,9 @@ function, computed by cpdl's C core (cpdl.shard_batch).
 
 Owns: the translation torch <-> numpy for the contract's fields, and the
 in-place rewrite of the caller's batch dict.
-Invariants: only the contract's fields (DESIGN.md "Batch preparation") go
-through C; every other key — pass-through tensors, callables, flags — stays
+Invariants: only the contract's fields
+(docs/design.md#batch-preparation--the-contract) go through C; every other
+key — pass-through tensors, callables, flags — stays
 the same object, untouched. Results are fresh writable tensors on the inputs'
 device (nothing is shared with the inputs). CPU tensors go through the C core;
 tensors on a GPU (as NeMo has them, after the host-to-device copy) take the
@@ -22,7 +23,8 @@ import torch
 
 from .prep import plan_fields, shard_batch
 
-# DESIGN.md: the sequence fields, plus attention_mask (consumed by rule 1).
+# docs/design.md#batch-preparation--the-contract: the sequence fields, plus
+# attention_mask (consumed by rule 1).
 _CONTRACT_FIELDS = ("input_ids", "inputs_embeds", "mm_token_type_ids", "_packed_seq_ids",
                     "per_layer_inputs", "padding_mask", "labels", "loss_mask",
                     "position_ids", "attention_mask")
@@ -59,8 +61,9 @@ def _to_torch(array, bfloat16):
 def make_contiguous_shard_cp_batch_and_ctx(cp_mesh, tp_mesh, batch, *, loss_mask=None,
                                            padding_token_id=0, extra_seq_keys=None,
                                            extra_pad_values=None, torch_ops=None):
-    """Shard `batch` for this CP rank as DESIGN.md's contract says (NeMo
-    Automodel's Gemma4 make_contiguous_shard_cp_batch_and_ctx).
+    """Shard `batch` for this CP rank as the contract says
+    (docs/design.md#batch-preparation--the-contract; NeMo Automodel's Gemma4
+    make_contiguous_shard_cp_batch_and_ctx).
 
     cp_mesh / tp_mesh: objects with size() and get_local_rank() (torch
     DeviceMesh slices); tp_mesh None means tp_size 1. batch: dict of CPU
