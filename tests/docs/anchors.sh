@@ -8,14 +8,7 @@
 # Exit 77 (SKIPPED) when SOURCE_DIR is not a git checkout or git is missing.
 set -u
 src=${1:?usage: anchors.sh SOURCE_DIR}
-if ! command -v git >/dev/null 2>&1; then
-  echo "SKIPPED: git is not installed, so the tracked files cannot be listed"
-  exit 77
-fi
-if ! git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  echo "SKIPPED: $src is not a git checkout (the check reads git's tracked files)"
-  exit 77
-fi
+. "$(dirname "$0")/require_git.sh"
 export LC_ALL=C
 # The anchors of one markdown file's headings, one a line.
 anchors_of() {

@@ -12,14 +12,7 @@
 set -u
 src=${1:?usage: no_external_refs.sh SOURCE_DIR [EXCLUDED_PATHSPEC...]}
 shift
-if ! command -v git >/dev/null 2>&1; then
-  echo "SKIPPED: git is not installed, so the tracked files cannot be listed"
-  exit 77
-fi
-if ! git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  echo "SKIPPED: $src is not a git checkout (the check reads git's tracked files)"
-  exit 77
-fi
+. "$(dirname "$0")/require_git.sh"
 # Bracketed dots keep this file from matching its own patterns.
 hits=$(git -C "$src" grep -n -I \
   -e 'DESIGN[.]md' -e 'RELIABILITY[.]md' -e 'STYLE[.]md' -e '[.][.]/shared' \
