@@ -11,7 +11,8 @@
  * state_save, state_restore, close). Internals (internal.h) serve only the
  * debugging outputs the public API does not offer: --dump-collated (cpdl__loader_dump_collated), the .npy
  * writer of --dump (cpdl__npy_write, cpdl__mkdirs), --report-binding
- * (cpdl__pin_report) and the data shape of the summary, plus cpdl__error for
+ * (cpdl__pin_report), the data shape of the summary, the watched agreement at
+ * the end of the run (cpdl__loader_agree_min), plus cpdl__error for
  * this file's own messages. */
 #include "cli.h"
 #include "internal.h"
@@ -201,6 +202,13 @@ static int save_state(cpdl_loader_t *loader, const char *file, int rank) {
   free(buf);
   if (local && rank == 0)
     report_error(rank, "save-state", local);
+  if (rc) {
+    /* The save's result is agreed (the same on every rank); after a death
+     * (CPDL_EPEER) a plain MPI collective would wait for the dead rank. */
+    if (rank != 0)
+      report_error(rank, "save-state", rc);
+    return rc;
+  }
   int all = 0;
   MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   if (all && rank != 0)
@@ -336,16 +344,36 @@ int cpdl_cli_run(int argc, char **argv) {
     return 1;
   }
 
-  int any_rc = 0;
-  MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  /* The end of the run is agreed over the loader's control plane, whose
+   * waits watch this host's ranks: a rank that died after its last step
+   * (or in another replica, whose ring this rank does not share) is
+   * CPDL_EPEER here, where a plain MPI collective would wait for it for
+   * ever under a launcher that does not end the job (mpirun
+   * --enable-recovery, srun without --kill-on-bad-exit). The MPI
+   * collectives below run only once every rank has been seen here. */
+  int64_t ends[3] = {run_rc, (int64_t)delivered, -(int64_t)delivered};
+  rc = cpdl__loader_agree_min(loader, ends, 3, "the end of the run");
+  if (rc) {
+    report_error(rank, "end of the run", rc);
+    cpdl_loader_close(loader);
+    free(lat);
+    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", rank);
+    return 1;
+  }
+  int any_rc = (int)ends[0];
   /* A checkpoint that was not written fails the run, on every rank. */
   int save_rc = flags.save_state && !any_rc ? save_state(loader, flags.save_state, rank) : 0;
+  if (save_rc == CPDL_EPEER) {
+    cpdl_loader_close(loader);
+    free(lat);
+    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", rank);
+    return 1;
+  }
 
   /* Every replica delivers the same steps (the loader's end); say so only
    * if it is true. */
-  unsigned long long mine = delivered, fewest = 0, most = 0;
-  MPI_Allreduce(&mine, &fewest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(&mine, &most, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+  unsigned long long mine = delivered, fewest = (unsigned long long)ends[1],
+                     most = (unsigned long long)-ends[2];
   if (fewest != most && !run_rc) {
     fprintf(stderr, "cpdl run: rank %d: ranks delivered between %llu and %llu steps (this rank "
             "%llu); every rank must get the same number\n", rank, fewest, most, mine);
