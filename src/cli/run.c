@@ -351,8 +351,9 @@ int cpdl_cli_run(int argc, char **argv) {
    * ever under a launcher that does not end the job (mpirun
    * --enable-recovery, srun without --kill-on-bad-exit). The MPI
    * collectives below run only once every rank has been seen here. */
-  int64_t ends[3] = {run_rc, (int64_t)delivered, -(int64_t)delivered};
-  rc = cpdl__loader_agree_min(loader, ends, 3, "the end of the run");
+  int64_t ends[4] = {run_rc, (int64_t)delivered, -(int64_t)delivered,
+                     run_rc ? rank : INT64_MAX};
+  rc = cpdl__loader_agree_min(loader, ends, 4, "the end of the run");
   if (rc) {
     report_error(rank, "end of the run", rc);
     cpdl_loader_close(loader);
@@ -361,6 +362,10 @@ int cpdl_cli_run(int argc, char **argv) {
     return 1;
   }
   int any_rc = (int)ends[0];
+  if (any_rc && !run_rc)
+    fprintf(stderr, "cpdl run: rank %d: the run failed on rank %lld (%s; see that rank's error); "
+            "this rank delivered %llu steps\n", rank, (long long)ends[3], cpdl_err_name(any_rc),
+            (unsigned long long)delivered);
   /* A checkpoint that was not written fails the run, on every rank. */
   int save_rc = flags.save_state && !any_rc ? save_state(loader, flags.save_state, rank) : 0;
   if (save_rc == CPDL_EPEER) {
@@ -374,7 +379,7 @@ int cpdl_cli_run(int argc, char **argv) {
    * if it is true. */
   unsigned long long mine = delivered, fewest = (unsigned long long)ends[1],
                      most = (unsigned long long)-ends[2];
-  if (fewest != most && !run_rc) {
+  if (fewest != most && !any_rc) {
     fprintf(stderr, "cpdl run: rank %d: ranks delivered between %llu and %llu steps (this rank "
             "%llu); every rank must get the same number\n", rank, fewest, most, mine);
     run_rc = CPDL_ESTATE;
