@@ -157,11 +157,12 @@ def main():
                     steps.append((t2 - t0) * 1e3)
             prof = getattr(getattr(loader, "_feed", None), "profile", None)
             loader.close()
-            if prof:
+            if prof is not None:  # every rank's parts, gathered
                 a = np.array(prof[args.warmup:]) * 1e3
-                row["native_parts_ms_p50"] = [round(float(np.median(a[:, j])), 4) for j in range(3)]
-                row["native_parts_ms_p99"] = [round(float(pct(list(a[:, j]), 99)), 4)
-                                              for j in range(3)]
+                mine = [[round(float(np.median(a[:, j])), 4) for j in range(3)],
+                        [round(float(pct(list(a[:, j]), 99)), 4) for j in range(3)],
+                        int((a[:, 1] > 0.5).sum())]
+                row["native_parts_ms"] = comm.allgather(mine)
             waits = np.max(np.array(comm.allgather(waits)), axis=0)
             steps = np.max(np.array(comm.allgather(steps)), axis=0)
             row.update({"feed": name, "seq_len": S, "cp": size, "ranks": size, "gpus": ngpu,
@@ -190,10 +191,10 @@ def main():
                 r["feed"], r["seq_len"], r["wait_ms_p50"], r["wait_ms_p90"], r["wait_ms_p99"],
                 r["wait_ms_max"], r["step_ms_p50"]))
         for r in rows:
-            if "native_parts_ms_p50" in r:
-                print("native next() parts at S=%d (stream lookup, C dequeue, DLPack imports), "
-                      "ms p50 %s p99 %s (rank 0)" % (r["seq_len"], r["native_parts_ms_p50"],
-                                                     r["native_parts_ms_p99"]))
+            for k, (p50, p99, slow) in enumerate(r.get("native_parts_ms", [])):
+                print("native next() parts at S=%d rank %d (stream lookup, C dequeue, DLPack "
+                      "imports): ms p50 %s p99 %s; %d dequeues waited > 0.5 ms"
+                      % (r["seq_len"], k, p50, p99, slow))
         print("(%s, %d ranks on %d GPU(s), %d matmuls of 4096^2 bf16 per step)"
               % (torch.cuda.get_device_name(device), size, ngpu, compute.reps))
         if args.json:
