@@ -66,9 +66,12 @@ class Compute:
         return (x[0, 0].float() + ids.reshape(-1)[-1].float() * 0).item()
 
 
+PREFETCH = 1
+
+
 def feed_native(kw, device):
     os.environ["CPDL_PREFETCH_ENGINE"] = "native"
-    loader = cpdl.Loader(device=device, prefetch=1, **kw)
+    loader = cpdl.Loader(device=device, prefetch=PREFETCH, **kw)
     assert type(loader._feed).__name__ == "NativeFeed", type(loader._feed).__name__
     it = iter(loader)
     return loader, lambda: next(it), []
@@ -76,7 +79,7 @@ def feed_native(kw, device):
 
 def feed_python(kw, device):
     os.environ["CPDL_PREFETCH_ENGINE"] = "python"
-    loader = cpdl.Loader(device=device, prefetch=1, **kw)
+    loader = cpdl.Loader(device=device, prefetch=PREFETCH, **kw)
     os.environ["CPDL_PREFETCH_ENGINE"] = "native"
     it = iter(loader)
     return loader, lambda: next(it), []
@@ -119,7 +122,10 @@ def main():
     ap.add_argument("--compute-ms", type=float, default=20.0)
     ap.add_argument("--mode", default="contiguous")
     ap.add_argument("--json", default="")
+    ap.add_argument("--prefetch", type=int, default=1, help="steps ahead (native, python)")
     args = ap.parse_args()
+    global PREFETCH
+    PREFETCH = args.prefetch
 
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
