@@ -148,3 +148,21 @@ def loader_mode(loader):
     """The layout name of a cpdl.Loader's mode= (cpdl_mode_t, include/cpdl/prep.h)."""
     mode = loader.config.get("mode", 0)
     return mode if isinstance(mode, str) else _MODE_NAMES[int(mode)]
+
+
+def batch_tensors(batch, copy=True, device=None):
+    """{name: tensor} of one loader step. A cpdl.Batch's tensors view its
+    slot, which the leader rewrites once the loader moves on: with copy they
+    are cloned (a trainer that takes several micro batches before using the
+    first needs that). A DeviceBatch's (Loader(device="cuda")) are their own
+    already. device: copy there synchronously — an asynchronous copy out of
+    a slot could still be reading it when the next step releases it; for
+    copies that overlap training open the loader with device="cuda",
+    prefetch=1."""
+    tensors = batch.torch() if hasattr(batch, "torch") else dict(batch)
+    own = type(batch).__name__ == "DeviceBatch" or not hasattr(batch, "release")
+    if device is not None:
+        return {k: v.to(device) for k, v in tensors.items()}
+    if copy and not own:
+        return {k: v.clone() for k, v in tensors.items()}
+    return tensors

@@ -139,7 +139,7 @@ def _per_sequence(batch, cp_size, cp_rank):
     return result
 
 
-def from_loader(batch, *, attention_mask=False, device=None):
+def from_loader(batch, *, attention_mask=False, device=None, copy=True):
     """A cpdl.Loader batch (mode round_robin or thd: already this CP rank's
     part) as the dict pretrain_gpt.get_batch holds after
     get_batch_on_this_cp_rank: tokens, labels, loss_mask (float32; from the
@@ -147,8 +147,11 @@ def from_loader(batch, *, attention_mask=False, device=None):
     cu_seqlens_padded ([1, n+1] int32) and max_seqlen ([1]). attention_mask=True
     gives Megatron's causal mask rows for this rank's queries ([B,1,S/cp,S],
     True = masked; create_attention_mask_in_dataloader without
-    reset_attention_mask). device: where the tensors go (non_blocking)."""
-    tensors = batch.torch() if hasattr(batch, "torch") else dict(batch)
+    reset_attention_mask). device: copy the tensors there (synchronously:
+    for copies that overlap training open the loader with device="cuda",
+    prefetch=1); copy: without device, clone host views out of shared memory
+    (a view lives only until the loader's next step)."""
+    tensors = _adapt.batch_tensors(batch, copy=copy, device=device)
     mesh = getattr(batch, "mesh", None)
     thd = "cu_seqlens_padded" in tensors
     if "input_ids" not in tensors:
@@ -174,23 +177,21 @@ def from_loader(batch, *, attention_mask=False, device=None):
         rank = mesh.cp_rank if mesh is not None else 0
         B, local = out["tokens"].shape
         S = local * cp
-        queries = _adapt.round_robin_indices(cp, rank, S) if cp > 1 else torch.arange(S)
-        mask = torch.arange(S)[None, :] > queries[:, None]
+        where = out["tokens"].device
+        queries = _adapt.round_robin_indices(cp, rank, S, where) if cp > 1 \
+            else torch.arange(S, device=where)
+        mask = torch.arange(S, device=where)[None, :] > queries[:, None]
         out["attention_mask"] = mask.expand(B, 1, local, S).contiguous()
-    if device is not None:
-        out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-               for k, v in out.items()}
     return out
 
 
 def get_batch(data_iterator, vp_stage=None, *, attention_mask=False, device=None):
     """pretrain_gpt.get_batch's result from an iterator of cpdl.Loader
     batches: [batch[k] for k in BATCH_KEYS]. Every rank (every TP rank too)
-    calls it; there is no TP broadcast. device defaults to the current CUDA
-    device when CUDA is available."""
+    calls it; there is no TP broadcast. device: None keeps the batch's own
+    device (a Loader(device="cuda") batch is on the GPU already); "cuda"
+    copies host views there (synchronously, see from_loader)."""
     del vp_stage  # pipeline parallelism is not a cpdl mesh axis (docs/launching.md)
-    if device is None and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
     batch = from_loader(next(data_iterator), attention_mask=attention_mask, device=device)
     return [batch[key] for key in BATCH_KEYS]
 

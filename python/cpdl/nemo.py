@@ -490,85 +490,114 @@ def sharder(layout, device_mesh=None, *, cp_mesh=None, tp_mesh=None, loss_mask=N
 
 # ---- batches a cpdl.Loader already sharded ----------------------------------
 
-
-
 class ShardedBatches:
     """NeMo's training batches from a cpdl.Loader, already sharded for this
-    CP rank, each with the sharder NeMo's step uses instead of resolving its
-    own: its shard_batch moves nothing and reports the layout the loader
-    applied (contiguous, aux_only, round_robin or thd, from the loader's mode).
+    CP rank, and for each the sharder NeMo's step uses instead of resolving
+    its own: its shard_batch moves nothing and reports the layout the loader
+    applied (the loader's mode: contiguous, aux_only, round_robin or thd).
 
         batches = cpdl.nemo.ShardedBatches(cpdl.Loader(cfg, mesh=device_mesh,
-                                                       dims={...}), device="cuda")
-        for batch in batches:                       # dict of tensors
-            cp_sharder = batches.sharder            # instead of ContextParallelSharder(...)
+                                                       dims={...}))
+        for batch in batches:                        # dict of tensors
+            cp_sharder = batches.sharder_for(batch)  # instead of ContextParallelSharder(...)
             train_ctx, batch = cp_sharder.shard(batch)
 
-    drop: batch keys not to hand on (default: _packed_seq_ids, which only
-    Gemma4's aux-only shard uses, and the THD layout's cu_seqlens tail).
-    device: move tensors there (non_blocking; a pinned loader copies
-    asynchronously). The round-robin layout's context installs torch's ring
-    attention as NeMo's does (attention_context overrides it)."""
+    The batches are what NeMo's shard_batch of the same layout gives for the
+    loaded batch (docs/nemo.md): contiguous/aux_only/round_robin as [B, S/cp]
+    rows (the round robin's pad slots as NeMo pads them), thd as NeMo's THD
+    stream ([S/cp] tokens, cu_seqlens = the padded boundaries, max_seqlen,
+    padding_mask, qkv_format, cp_size, cp_rank). drop: keys not handed on
+    (default _packed_seq_ids, which only Gemma4's aux-only shard reads).
+    copy (default True): clone host views out of shared memory — NeMo's step
+    scheduler holds every gradient-accumulation micro batch before the first
+    runs, and a view lives only until the loader's next step (a
+    Loader(device="cuda") batch is its own memory already). cp_mesh: the CP
+    DeviceMesh slice, for the round robin's ring attention
+    (attention_context(cp_mesh) replaces it)."""
 
-    def __init__(self, loader, *, device=None, drop=("_packed_seq_ids",), cp_mesh=None,
+    def __init__(self, loader, *, drop=("_packed_seq_ids",), copy=True, cp_mesh=None,
                  attention_context=None):
         self.loader = loader
         self.layout = _adapt.loader_mode(loader)
         if self.layout == "aux_only":
             drop = tuple(d for d in drop if d != "_packed_seq_ids")
         self.drop = set(drop or ())
-        self.device = device
+        self.copy = copy
         mesh = loader.mesh
+        self.cp_size, self.cp_rank = mesh.cp_size, mesh.cp_rank
         self.cp_mesh = cp_mesh if cp_mesh is not None else _adapt.CpMesh(mesh.cp_size,
                                                                          mesh.cp_rank)
         self.seq_len = int(loader.config["seq_len"])
         self.padded_seq_len = _adapt.padded_len(self.seq_len, 2 * mesh.cp_size)
         self._attention_context = attention_context or _context_parallel_attention
-        self._layout = None
-        self.sharder = None
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batch = next(self.loader)
-        tensors = {k: v for k, v in batch.torch().items() if k not in self.drop}
+        tensors = _adapt.batch_tensors(next(self.loader), copy=self.copy)
+        tensors = {k: v for k, v in tensors.items() if k not in self.drop}
+        if self.layout == "thd":
+            return self._thd(tensors)
         if self.layout == "round_robin" and self.padded_seq_len != self.seq_len:
             # NeMo's round robin pads positions with 0 (cpdl continues them)
-            pad_slots = round_robin_local_indices(self.cp_mesh, self.padded_seq_len) \
-                >= self.seq_len
+            pad_slots = _adapt.round_robin_indices(self.cp_size, self.cp_rank,
+                                                   self.padded_seq_len) >= self.seq_len
             positions = tensors["position_ids"].clone()
-            positions[..., pad_slots] = 0
+            positions[..., pad_slots.to(positions.device)] = 0
             tensors["position_ids"] = positions
-        if self.device is not None:
-            tensors = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
-        self._layout = self._layout_of(tensors)
-        self.sharder = self._sharder()
+            if "input_ids" in tensors:
+                ids = tensors["input_ids"].clone()
+                ids[..., pad_slots.to(ids.device)] = 0
+                tensors["input_ids"] = ids
         return tensors
 
-    def _layout_of(self, tensors):
-        if self.layout != "thd":
-            return ShardLayout(original_seq_len=self.seq_len, padded_seq_len=self.padded_seq_len)
-        cp, rank = _adapt.mesh_size_rank(self.cp_mesh)
-        index = _adapt.thd_indices(tensors["cu_seqlens_padded"], self.seq_len, cp, rank,
-                                   device=tensors["input_ids"].device)
-        return ShardLayout(local_token_global_indices=index, padded_seq_len=self.seq_len,
-                           input_row_shape=(1, self.seq_len))
+    def _thd(self, t):
+        """cpdl's thd view -> the batch NeMo's THD shard makes of the same row."""
+        cu, bounds = t["cu_seqlens"].long(), t["cu_seqlens_padded"]
+        index = _adapt.thd_indices(bounds, self.seq_len, self.cp_size, self.cp_rank,
+                                   device=t["input_ids"].device).long()
+        # padding: slot i of a document is padding past its real length
+        reals = (cu[1:] - cu[:-1]).to(index.device)
+        starts = bounds.long().to(index.device)
+        doc = torch.searchsorted(starts[1:], index, right=True)
+        padding = (index - starts[doc]) >= reals[doc]
+        out = {k: v for k, v in t.items() if k not in ("input_ids", "labels", "position_ids",
+                                                       "cu_seqlens", "cu_seqlens_padded",
+                                                       "max_seqlen", "loss_mask")}
+        out.update({"input_ids": t["input_ids"][0].to(torch.int64),
+                    "labels": t["labels"][0].to(torch.int64),
+                    "position_ids": t["position_ids"][0].to(torch.int64),
+                    "padding_mask": padding,
+                    "cu_seqlens": bounds.to(torch.int32),
+                    "max_seqlen": (bounds[1:] - bounds[:-1]).max().to(torch.int32),
+                    "qkv_format": "thd", "cp_size": self.cp_size, "cp_rank": self.cp_rank})
+        return out
 
-    def _sharder(self):
-        layout = self._layout
+    def sharder_for(self, batch):
+        """The sharder NeMo's step uses for `batch` (one of this object's):
+        shard() returns the batch as it is, the layout the loader applied and
+        the layout's forward context."""
+        if self.layout == "thd":
+            index = _adapt.thd_indices(batch["cu_seqlens"], self.seq_len, self.cp_size,
+                                       self.cp_rank, device=batch["input_ids"].device)
+            layout = ShardLayout(local_token_global_indices=index, padded_seq_len=self.seq_len,
+                                 input_row_shape=(1, self.seq_len))
+        else:
+            layout = ShardLayout(original_seq_len=self.seq_len,
+                                 padded_seq_len=self.padded_seq_len)
         context = (self._attention_context(self.cp_mesh) if self.layout == "round_robin"
                    else contextlib.nullcontext)
 
         def already_sharded(cp_mesh, tp_mesh, batch, *, loss_mask=None, padding_token_id=0):
             del cp_mesh, tp_mesh, loss_mask, padding_token_id
             return context, batch, layout
-        indices = LAYOUTS[self.layout][1]
-        return Sharder(already_sharded, indices, cp_mesh=self.cp_mesh, shard_layout=layout)
+        return Sharder(already_sharded, LAYOUTS[self.layout][1], cp_mesh=self.cp_mesh,
+                       shard_layout=layout)
 
     def state_dict(self):
+        """cpdl's whole-job resume state (collective: every rank, same step)."""
         return self.loader.state_dict()
 
     def load_state_dict(self, state):
         self.loader.load_state_dict(state)
-

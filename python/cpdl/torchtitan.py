@@ -70,7 +70,8 @@ class DataLoader:
     state_dict(), load_state_dict(), close()) over a cpdl.Loader: each step is
     one row of num_tokens_per_batch tokens and this rank gets its head-tail
     shard: ({"input": [T/cp], "positions": [T/cp]}, labels [T/cp]), int64 CPU
-    tensors (torchtitan moves them itself), or on device= . copy=True (the
+    tensors (torchtitan moves them itself; device= copies them there, or use
+    Loader(device="cuda") batches, which are on the GPU already). copy=True (the
     default) copies them out of shared memory: torchtitan's train_step takes
     every gradient-accumulation and pipeline micro batch before it uses the
     first, and a view lives only until the next step. copy=False hands out
@@ -123,15 +124,10 @@ class DataLoader:
 
     def __iter__(self):
         for batch in self.loader:
-            tensors = batch.torch()
+            tensors = _adapt.batch_tensors(batch, copy=self.copy, device=self.device)
             inputs = tensors["input_ids"][0].to(torch.int64)
             labels = tensors["labels"][0].to(torch.int64)
             positions = tensors["position_ids"][0].to(torch.int64)
-            if self.copy and self.device is None:
-                inputs, labels, positions = inputs.clone(), labels.clone(), positions.clone()
-            if self.device is not None:
-                inputs, labels, positions = (t.to(self.device, non_blocking=True)
-                                             for t in (inputs, labels, positions))
             yield {"input": inputs, "positions": positions}, labels
 
     def state_dict(self):
