@@ -16,6 +16,9 @@ import torch
 from . import prep
 from .torch import _to_numpy, _to_torch, shard_with_torch_ops
 
+# Tests set this to run the GPU path (cpdl.torch's torch ops) on CPU tensors.
+_TORCH_OPS_ON_CPU = False
+
 
 def shard_tensors(fields, cp_size, cp_ranks, *, mode="contiguous", padding_token_id=0,
                   metadata=None):
@@ -33,7 +36,7 @@ def shard_tensors(fields, cp_size, cp_ranks, *, mode="contiguous", padding_token
         raise ValueError("cpdl: the batch's fields are on %s; put them on one device"
                          % sorted(str(d) for d in devices))
     device = devices.pop() if devices else torch.device("cpu")
-    if device.type != "cpu" and mode == "contiguous":
+    if (device.type != "cpu" or _TORCH_OPS_ON_CPU) and mode == "contiguous":
         out = []
         for rank in cp_ranks:
             batch = dict(fields)

@@ -13,7 +13,8 @@ slicing happen in the trainer:
     get_batch(data_iterator)  -> the list pretrain_gpt.get_batch returns
                                  (BATCH_KEYS order), from cpdl.Loader batches
     shard_batch(batch, cp, r) -> the same from a global Megatron batch dict,
-                                 through cpdl's core (docs/design.md#batch-preparation--the-contract)
+                                 through cpdl's core
+                                 (docs/design.md#batch-preparation--the-contract)
     packed_seq_params(...)    -> PackedSeqParams as pretrain_gpt.forward_step builds it
 
 Owns: field names and dtypes between cpdl and Megatron (input_ids -> tokens,

@@ -458,8 +458,23 @@ class Sharder:
                                       "arrives with the first shard")
         return self.local_token_global_indices(self._cp_mesh, padded_seq_len, device)
 
-    def shard_token_tensor(self, tensor, seq_dim=1):
-        """This rank's part of a full (padded) token-aligned tensor."""
+    def shard_token_tensor(self, tensor, seq_dim=1, fill=None):
+        """This rank's part of a token-aligned tensor, cut like the batch: one
+        of the padded length as it is, one of the original length padded with
+        `fill` first (NeMo's verb, for row layouts)."""
+        layout = self.shard_layout or ShardLayout()
+        length = tensor.shape[seq_dim]
+        if layout.padded_seq_len is not None and length != layout.padded_seq_len:
+            if fill is None or length != layout.original_seq_len:
+                raise ValueError("cpdl.nemo: this sharder sharded a batch of padded_seq_len=%s "
+                                 "(original_seq_len=%s), got a tensor of length %d on dim %d; "
+                                 "pass the original-length tensor with fill=, or pre-pad it"
+                                 % (layout.padded_seq_len, layout.original_seq_len, length,
+                                    seq_dim))
+            shape = list(tensor.shape)
+            shape[seq_dim] = layout.padded_seq_len - length
+            tensor = torch.cat([tensor, torch.full(shape, fill, dtype=tensor.dtype,
+                                                   device=tensor.device)], dim=seq_dim)
         indices = self._indices(tensor.shape[seq_dim], tensor.device)
         return tensor.index_select(seq_dim, indices).contiguous()
 
@@ -592,8 +607,16 @@ class ShardedBatches:
         def already_sharded(cp_mesh, tp_mesh, batch, *, loss_mask=None, padding_token_id=0):
             del cp_mesh, tp_mesh, loss_mask, padding_token_id
             return context, batch, layout
-        return Sharder(already_sharded, LAYOUTS[self.layout][1], cp_mesh=self.cp_mesh,
-                       shard_layout=layout)
+        indices = LAYOUTS[self.layout][1]
+        if _NemoSharder is not None:
+            # NeMo's own class, so its token verbs (shard/gather_token_tensor)
+            # work; it takes its CP mesh from a device mesh, which the loader
+            # stands for here.
+            sharder = _NemoSharder(shard_batch=already_sharded,
+                                   local_token_global_indices=indices, shard_layout=layout)
+            sharder._cp_mesh = self.cp_mesh
+            return sharder
+        return Sharder(already_sharded, indices, cp_mesh=self.cp_mesh, shard_layout=layout)
 
     def state_dict(self):
         """cpdl's whole-job resume state (collective: every rank, same step)."""

@@ -1,4 +1,4 @@
-"""test_adapters — cpdl.nemo, cpdl.megatron, cpdl.torchtitan against framework_reference.py (no MPI).
+"""test_adapters — cpdl.nemo, cpdl.megatron, cpdl.torchtitan against framework_reference.py.
 
 For each layout, random cases from adapter_cases.py (shapes, pads, masks,
 labels <- loss_mask, packed documents, cp in {1, 2, 3, 4, 8}, every rank)
@@ -78,22 +78,22 @@ def check_layout(layout, count):
             mine = copy.deepcopy(batch)
             lm_mine = loss_mask.clone() if loss_mask is not None else None
             after = None
+            theirs = None if loss_mask is None else loss_mask.clone()
             if layout == "contiguous":
-                want, want_layout = ref.nemo_contiguous(copy.deepcopy(batch), cp, rank,
-                                                        None if loss_mask is None else loss_mask.clone(), **options)
+                want, want_layout = ref.nemo_contiguous(copy.deepcopy(batch), cp, rank, theirs,
+                                                        **options)
                 ctx, got, got_layout = nemo.shard_batch_contiguous(mesh, None, mine,
                                                                    loss_mask=lm_mine, **options)
             elif layout == "aux_only":
                 options.pop("pad_multiple", None)
-                want, want_layout = ref.nemo_aux_only(copy.deepcopy(batch), cp, rank,
-                                                      None if loss_mask is None else loss_mask.clone(), **options)
+                want, want_layout = ref.nemo_aux_only(copy.deepcopy(batch), cp, rank, theirs,
+                                                      **options)
                 ctx, got, got_layout = nemo.shard_batch_contiguous_aux_only(
                     mesh, None, mine, loss_mask=lm_mine, **options)
             elif layout == "round_robin":
                 rr = {k: v for k, v in options.items() if k == "extra_seq_buffers"}
-                want, want_layout, after = ref.nemo_round_robin(
-                    copy.deepcopy(batch), cp, rank,
-                    loss_mask.clone() if loss_mask is not None else None, **rr)
+                want, want_layout, after = ref.nemo_round_robin(copy.deepcopy(batch), cp, rank,
+                                                                theirs, **rr)
                 ctx, got, got_layout = nemo.shard_batch_round_robin(
                     mesh, None, mine, loss_mask=lm_mine, attention_context=lambda m: "ctx",
                     **options)
@@ -119,6 +119,15 @@ def check_layout(layout, count):
 
 def test_nemo_contiguous():
     check_layout("contiguous", N_CASES)
+
+
+def test_nemo_contiguous_torch_ops():
+    # the path CUDA tensors take (cpdl.torch's torch ops, planned by the C core), on CPU
+    _adapt._TORCH_OPS_ON_CPU = True
+    try:
+        check_layout("contiguous", N_CASES // 2)
+    finally:
+        _adapt._TORCH_OPS_ON_CPU = False
 
 
 def test_nemo_aux_only():
@@ -183,13 +192,23 @@ def test_nemo_errors():
 def test_nemo_sharder():
     mesh = _adapt.CpMesh(4, 1)
     s = nemo.sharder("round_robin", cp_mesh=mesh, attention_context=lambda m: "ctx")
-    batch = {"input_ids": torch.arange(13).reshape(1, 13), "labels": torch.arange(13).reshape(1, 13)}
+    batch = {"input_ids": torch.arange(13).reshape(1, 13),
+             "labels": torch.arange(13).reshape(1, 13)}
     ctx, out = s.shard(batch)
     report(ctx == "ctx" and s.shard_layout.padded_seq_len == 16
            and s.shard_layout.original_seq_len == 13, "nemo.sharder: shard() keeps the layout")
     full = torch.arange(16).reshape(1, 16) * 10
     report(torch.equal(s.shard_token_tensor(full), full[:, [2, 3, 12, 13]]),
            "nemo.sharder: shard_token_tensor cuts like the batch (round robin)")
+    padded = s.shard_token_tensor(full[:, :13], fill=-7)
+    report(torch.equal(padded, torch.tensor([[20, 30, 120, -7]])),
+           "nemo.sharder: an original-length tensor is padded with fill first")
+    try:
+        s.shard_token_tensor(full[:, :12])
+        report(False, "nemo.sharder: a tensor of another length", "no exception")
+    except ValueError as exc:
+        report("padded_seq_len=16" in str(exc), "nemo.sharder: a tensor of another length is "
+               "refused, naming the layout")
     t = nemo.sharder("thd", cp_mesh=_adapt.CpMesh(2, 1))
     try:
         t.shard_token_tensor(torch.zeros(1, 8))
@@ -425,8 +444,8 @@ def thd_ref_indices(cu, S, cp, rank):
 
 
 if __name__ == "__main__":
-    sys.exit(run([test_nemo_contiguous, test_nemo_aux_only, test_nemo_round_robin, test_nemo_thd,
-                  test_nemo_passthrough_objects, test_nemo_errors, test_nemo_sharder,
-                  test_megatron_per_sequence, test_megatron_per_document,
-                  test_megatron_from_loader, test_torchtitan_shard, test_torchtitan_dataloader,
-                  test_thd_indices]))
+    sys.exit(run([test_nemo_contiguous, test_nemo_contiguous_torch_ops, test_nemo_aux_only,
+                  test_nemo_round_robin, test_nemo_thd, test_nemo_passthrough_objects,
+                  test_nemo_errors, test_nemo_sharder, test_megatron_per_sequence,
+                  test_megatron_per_document, test_megatron_from_loader, test_torchtitan_shard,
+                  test_torchtitan_dataloader, test_thd_indices]))

@@ -143,7 +143,7 @@ def test_torchtitan():
     dl = torchtitan.DataLoaderConfig(loader=opts).build(dp_world_size=1, dp_rank=0,
                                                         num_tokens_per_batch=seq_len)
     rank = dl.loader.mesh.cp_rank
-    ok, seen = True, []
+    ok = True
     it = iter(dl)
     for step in range(2):
         inputs, labels = next(it)
