@@ -530,6 +530,11 @@ class ShardedBatches:
     DeviceMesh slice, for the round robin's ring attention
     (attention_context(cp_mesh) replaces it)."""
 
+    # NeMo's recipe checkpoints a tracked object with this flag through DCP on
+    # every rank (save_distributed_state / load_distributed_state); cpdl's
+    # state_dict() is collective, so a rank-0-only save would hang.
+    use_distributed_checkpointing = True
+
     def __init__(self, loader, *, drop=("_packed_seq_ids",), copy=True, cp_mesh=None,
                  attention_context=None):
         self.loader = loader
