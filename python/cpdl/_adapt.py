@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import prep
+from .loader import Batch
 from .torch import _to_numpy, _to_torch, shard_with_torch_ops
 
 # Tests set this to run the GPU path (cpdl.torch's torch ops) on CPU tensors.
@@ -163,7 +164,7 @@ def batch_tensors(batch, copy=True, device=None):
     copies that overlap training open the loader with device="cuda",
     prefetch=1."""
     tensors = batch.torch() if hasattr(batch, "torch") else dict(batch)
-    own = type(batch).__name__ == "DeviceBatch" or not hasattr(batch, "release")
+    own = not isinstance(batch, Batch)  # a DeviceBatch, or a plain mapping of tensors
     if device is not None:
         return {k: v.to(device) for k, v in tensors.items()}
     if copy and not own:
