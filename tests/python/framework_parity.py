@@ -203,8 +203,64 @@ def nemo_run(root, rng, count, report):
                         report("nemo %s rank %d/%d: %s" % (layout, rank, cp, why))
             print("NeMo %-11s %5d rank cases (%d raise in both), %d differ"
                   % (layout, n, raised, bad))
+        nemo_loader_run(S, N, rng, count, report)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Loader:
+    """cpdl.Loader's surface for ShardedBatches: one step, a view cpdl made."""
+
+    def __init__(self, view, mode, seq_len, cp, rank):
+        import cpdl
+        self.config = {"mode": mode, "seq_len": seq_len}
+        self.mesh = cpdl.Mesh(*[0] * len(cpdl.Mesh._fields))._replace(cp_size=cp, cp_rank=rank)
+        self._views = iter([view])
+
+    def __next__(self):
+        return {k: torch.from_numpy(v) for k, v in next(self._views).items()}
+
+
+def nemo_loader_run(S, N, rng, count, report):
+    """ShardedBatches' per-batch sharder is NeMo's own class, and NeMo's token
+    verb cuts a whole tensor exactly as the loader cut the batch."""
+    import cpdl
+    n = bad = 0
+    for _ in range(count):
+        cp = int(rng.choice(cases.CP_SIZES))
+        mode = ("contiguous", "round_robin", "thd")[int(rng.integers(0, 3))]
+        seq_len = 2 * cp * int(rng.integers(1, 6)) - (int(rng.integers(0, 2 * cp))
+                                                      if mode != "thd" else 0)
+        ids = rng.integers(1, 1000, size=(1, seq_len))
+        row = {"input_ids": ids, "labels": ids + 1,
+               "position_ids": np.arange(seq_len)[None].repeat(1, 0)}
+        if mode == "thd":
+            _, padded = cases._pack(rng, seq_len, cp)
+            row["cu_seqlens_padded"] = np.concatenate([[0], np.cumsum(padded)]).astype(np.int32)
+            row["cu_seqlens"] = row["cu_seqlens_padded"].copy()
+            row["max_seqlen"] = np.array([max(padded)], dtype=np.int32)
+        for rank in range(cp):
+            view = cpdl.shard_batch(row, cp, rank, mode=mode)
+            batches = N.ShardedBatches(_Loader(view, mode, seq_len, cp, rank))
+            batch = next(batches)
+            sharder = batches.sharder_for(batch)
+            _, handed = sharder.shard(batch)
+            full = torch.from_numpy(ids)
+            if mode == "thd":
+                cut = sharder.shard_token_tensor(full.reshape(-1), seq_dim=0)
+                mine = batch["input_ids"]
+            else:
+                padded_len = sharder.shard_layout.padded_seq_len
+                full = torch.cat([full, torch.zeros(1, padded_len - seq_len, dtype=full.dtype)], 1)
+                cut = sharder.shard_token_tensor(full, seq_dim=1)
+                mine = batch["input_ids"]
+            n += 1
+            if not (isinstance(sharder, S.ContextParallelSharder) and handed is batch
+                    and torch.equal(cut, mine)):
+                bad += 1
+                report("nemo ShardedBatches %s rank %d/%d" % (mode, rank, cp))
+    print("NeMo ShardedBatches %5d rank cases (NeMo's sharder class and verb), %d differ"
+          % (n, bad))
 
 
 def megatron_run(root, rng, count, report):
