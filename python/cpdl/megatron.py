@@ -96,8 +96,10 @@ def _per_document(batch, cp_size, cp_rank):
     if "input_ids" not in core:
         raise ValueError("cpdl.megatron: per-document balancing needs 'tokens' (pipeline "
                          "stages without them are not supported)")
-    if "labels" not in core and "loss_mask" not in core:
-        raise ValueError("cpdl.megatron: the batch has neither labels nor loss_mask")
+    if "labels" not in core:
+        # (without labels the contract would take loss_mask as the labels)
+        raise ValueError("cpdl.megatron: the batch has no 'labels' (pipeline stages without "
+                         "them are not supported)")
     (out,) = _adapt.shard_tensors(core, cp_size, [cp_rank], mode="thd")
     result = dict(batch)
     for key, name in names.items():
@@ -130,8 +132,9 @@ def _per_sequence(batch, cp_size, cp_rank):
         key_of[name] = key
     if "input_ids" not in core:
         raise ValueError("cpdl.megatron: the batch has no 'tokens'")
-    if "labels" not in core and "loss_mask" not in core:
-        raise ValueError("cpdl.megatron: the batch has neither labels nor loss_mask")
+    if "labels" not in core:
+        raise ValueError("cpdl.megatron: the batch has no 'labels' (pipeline stages without "
+                         "them are not supported)")
     (out,) = _adapt.shard_tensors(core, cp_size, [cp_rank], mode="round_robin",
                                   metadata=metadata)
     result = dict(batch)

@@ -303,6 +303,18 @@ def test_megatron_from_loader():
     else:
         ok = torch.equal(params.cu_seqlens_q, cup[0]) and params.max_seqlen_q == 8
     report(ok, "megatron.packed_seq_params: forward_step's PackedSeqParams (padded boundaries)")
+    draw = np.random.default_rng(SEED + 1)
+    for packed in (False, True):
+        case, kw = cases.megatron_case(draw, packed)
+        while kw["cp"] < 2:
+            case, kw = cases.megatron_case(draw, packed)
+        case["labels"] = None
+        try:
+            megatron.shard_batch(case, kw["cp"], 0)
+            report(False, "megatron: a batch without labels", "no exception")
+        except ValueError as exc:
+            report("labels" in str(exc), "megatron: a batch without labels is refused (%s)"
+                   % ("per-document" if packed else "per-sequence"))
     try:
         megatron.shard_batch(dict(glob, tokens=tokens[:, :10], labels=labels[:, :10],
                                   loss_mask=glob["loss_mask"][:, :10], position_ids=pos[:, :10],
