@@ -138,7 +138,10 @@ def main():
             else:
                 loader, take, _ = {"native": feed_native, "python": feed_python,
                                    "pin": feed_pin}[name](kw, device)
-            waits, steps, sums = [], [], []
+            waits, steps, sums, row = [], [], [], {}
+            feed = getattr(loader, "_feed", None)
+            if hasattr(feed, "profile"):
+                feed.profile = []
             comm.Barrier()
             for i in range(args.warmup + args.steps):
                 t0 = time.perf_counter()
@@ -152,16 +155,22 @@ def main():
                 if i >= args.warmup:
                     waits.append((t1 - t0) * 1e3)
                     steps.append((t2 - t0) * 1e3)
+            prof = getattr(getattr(loader, "_feed", None), "profile", None)
             loader.close()
+            if prof:
+                a = np.array(prof[args.warmup:]) * 1e3
+                row["native_parts_ms_p50"] = [round(float(np.median(a[:, j])), 4) for j in range(3)]
+                row["native_parts_ms_p99"] = [round(float(pct(list(a[:, j]), 99)), 4)
+                                              for j in range(3)]
             waits = np.max(np.array(comm.allgather(waits)), axis=0)
             steps = np.max(np.array(comm.allgather(steps)), axis=0)
-            row = {"feed": name, "seq_len": S, "cp": size, "ranks": size, "gpus": ngpu,
+            row.update({"feed": name, "seq_len": S, "cp": size, "ranks": size, "gpus": ngpu,
                    "steps": args.steps, "compute_reps": compute.reps,
                    "wait_ms_p50": round(float(statistics.median(waits)), 4),
                    "wait_ms_p90": round(float(pct(waits, 90)), 4),
                    "wait_ms_p99": round(float(pct(waits, 99)), 4),
                    "wait_ms_max": round(float(np.max(waits)), 4),
-                   "step_ms_p50": round(float(statistics.median(steps)), 3)}
+                   "step_ms_p50": round(float(statistics.median(steps)), 3)})
             row["sums"] = sums
             rows.append(row)
             if rank == 0:
@@ -180,6 +189,11 @@ def main():
             print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.1f |" % (
                 r["feed"], r["seq_len"], r["wait_ms_p50"], r["wait_ms_p90"], r["wait_ms_p99"],
                 r["wait_ms_max"], r["step_ms_p50"]))
+        for r in rows:
+            if "native_parts_ms_p50" in r:
+                print("native next() parts at S=%d (stream lookup, C dequeue, DLPack imports), "
+                      "ms p50 %s p99 %s (rank 0)" % (r["seq_len"], r["native_parts_ms_p50"],
+                                                     r["native_parts_ms_p99"]))
         print("(%s, %d ranks on %d GPU(s), %d matmuls of 4096^2 bf16 per step)"
               % (torch.cuda.get_device_name(device), size, ngpu, compute.reps))
         if args.json:
