@@ -65,13 +65,32 @@ void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *para
  * its own team (it is one world allgather plus a local selection). With a
  * watch installed the wait polls this host's other ranks and returns
  * CPDL_EPEER "rank N (pid P) died during <what>" when one is dead (the
- * request is abandoned, its buffers leaked). Each operation returns 0,
- * CPDL_EPEER, CPDL_EMPI (the allgather failed; message naming <what>),
- * -ENOMEM. Ranks on other hosts are never watched. */
+ * request is abandoned, its buffers leaked). Every operation first agrees
+ * on a fixed-size header (call, step, count, length): ranks in different
+ * calls or steps all get CPDL_EPEER naming the odd rank. Each operation
+ * returns 0, CPDL_EPEER, CPDL_EMPI (the allgather failed; message naming
+ * <what>), -ENOMEM. Ranks on other hosts are watched only through the
+ * watch's remote liveness (live.c). */
+#define CPDL__HOST_NAME_MAX 64
 typedef struct cpdl__ctl {
   cpdl_oob_t oob;       /* the caller's, copied at open */
   int rank, size;       /* oob_ep, n_oob_eps */
+  uint64_t seq;         /* operations so far (the same count on every rank) */
+  /* size × CPDL__HOST_NAME_MAX bytes, each rank's hostname (not terminated
+   * when it fills its entry), for messages; NULL until known. Not owned. */
+  const char *hosts;
 } cpdl__ctl_t;
+/* The public call a collective belongs to, carried in every operation's
+ * header so that ranks in different calls find out instead of matching. */
+typedef enum {
+  CPDL__OP_NONE = 0,
+  CPDL__OP_OPEN,
+  CPDL__OP_SAVE,
+  CPDL__OP_RESTORE,
+  CPDL__OP_CLOSE,
+} cpdl__op_t;
+/* Set this thread's current call; returns the previous one (restore it). */
+cpdl__op_t cpdl__coll_op(cpdl__op_t op);
 struct cpdl__team {
   const cpdl__ctl_t *ctl;
   int rank, size;       /* in the team; team rank order = world rank order */

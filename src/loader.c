@@ -482,12 +482,21 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   return 0;
 }
 
+/* Every collective of open carries CPDL__OP_OPEN in its header. */
+static int open_as_op(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout_t *layout,
+                      const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  cpdl__op_t previous = cpdl__coll_op(CPDL__OP_OPEN);
+  int rc = open_on(oob, mpi_oob, layout, cfg, out);
+  cpdl__coll_op(previous);
+  return rc;
+}
+
 int cpdl_loader_open_oob(const cpdl_oob_t *oob, const cpdl_layout_t *layout,
                          const cpdl_config_t *cfg, cpdl_loader_t **out) {
   if (!out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_open_oob: out is NULL");
   *out = NULL;
-  return open_on(oob, NULL, layout, cfg, out);
+  return open_as_op(oob, NULL, layout, cfg, out);
 }
 
 int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout, const cpdl_config_t *cfg,
@@ -499,7 +508,7 @@ int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout, const cpdl_
   int rc = cpdl__oob_mpi_create(comm, &oob);
   if (rc)
     return rc;
-  return open_on(&oob, &oob, layout, cfg, out);
+  return open_as_op(&oob, &oob, layout, cfg, out);
 }
 
 int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -776,7 +785,9 @@ int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *use
     local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
                         "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_SAVE);
   int rc = save_watched(L, buf, size, used, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
     L->failed = true; /* close must not try a collective */
@@ -884,7 +895,9 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   if (!local)
     local = cpdl__fault("restoring", L->mesh.me.world_rank);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_RESTORE);
   int rc = restore_watched(L, &view, checksum, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
     L->failed = true; /* close must not try a collective */
@@ -921,6 +934,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
   L->watch.check = close_check;
   L->watch.check_arg = L;
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_CLOSE);
   int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
@@ -931,6 +945,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
     loader_release(L); /* the mesh stays for the agreement */
     rc = cpdl__agree(&L->mesh.world, local);
   }
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   loader_free(L); /* after an EPEER: local only, like a failed open */
   return rc;
