@@ -256,9 +256,11 @@ static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, s
     if (dead) {
       if (t - dead_at >= GRACE_NS)
         return peer_died(dead, what); /* req is abandoned (see the header) */
-    } else if (w && w->n > 0 && t - last_check >= CHECK_NS) {
+    } else if (w && (w->n > 0 || w->live) && t - last_check >= CHECK_NS) {
       last_check = t;
       int rc = w->check ? w->check(w->check_arg) : 0;
+      if (!rc)
+        rc = cpdl__live_check(w->live, UINT64_MAX); /* a death or failure on another host */
       if (rc)
         return rc; /* *req is abandoned, as after a death */
       if ((dead = find_dead(w)) != NULL)

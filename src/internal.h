@@ -129,9 +129,13 @@ typedef struct cpdl__peer {
   int32_t pid;
   int pidfd;      /* -1: no pidfds here, kill(pid, 0) decides */
 } cpdl__peer_t;
+typedef struct cpdl__live cpdl__live_t; /* live.c */
 typedef struct cpdl__watch {
   int n;
   cpdl__peer_t *peers;  /* this rank excluded */
+  /* The remote liveness (ranks on other hosts), or NULL: a verdict there ends
+   * the wait as a local death does. */
+  const cpdl__live_t *live;
   /* Optional, polled with the peers: nonzero ends the wait with that error
    * (the request is abandoned as after a death). NULL: none. */
   int (*check)(void *arg);
@@ -149,6 +153,28 @@ const cpdl__peer_t *cpdl__watch_find(const cpdl__watch_t *watch, int rank); /* N
 void cpdl__watch_free(cpdl__watch_t *watch);
 /* Install (NULL: remove) this thread's watch; returns the previous one. */
 const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch);
+
+/* ---- live.c: remote liveness (a thread on its own dup of comm) -------------
+ * Started only for a job that spans hosts, on the MPI control plane, with
+ * MPI_THREAD_MULTIPLE on every rank (the caller agrees on that first).
+ * cpdl__live_start is collective (MPI_Comm_dup); hosts (size ×
+ * CPDL__HOST_NAME_MAX) and watch must outlive the liveness. \return 0,
+ * CPDL_EMPI, -ENOMEM, -errno. */
+int cpdl__live_start(MPI_Comm comm, int rank, int size, const cpdl__watch_t *watch,
+                     const char *hosts, cpdl__live_t **out);
+/* Local, any thread: CPDL_EPEER (with the message naming the rank and its
+ * host) once a rank died or failed anywhere, or — when waiting for `step`
+ * (UINT64_MAX: in a collective, departures do not count) — a rank left
+ * before taking that step; else 0. NULL: 0. */
+int cpdl__live_check(const cpdl__live_t *live, uint64_t step);
+/* Tell every rank this one closes and takes no step from `step` on. */
+void cpdl__live_announce_leave(cpdl__live_t *live, uint64_t step);
+/* Tell every rank this one failed (why: its message), unless the failure
+ * came from them. */
+void cpdl__live_announce_failure(cpdl__live_t *live, const char *why);
+/* Local: stop the thread (saying BYE to the rank that watches this one) and
+ * free. NULL: no-op. */
+void cpdl__live_stop(cpdl__live_t *live);
 
 /* ---- oob_mpi.c --------------------------------------------------------------
  * The default control plane: MPI_Iallgather on a dup of comm (collective:

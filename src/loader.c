@@ -53,6 +53,10 @@ struct cpdl_loader {
    * or not found on this host) for the ring waits' liveness checks. */
   cpdl__watch_t watch;
   const cpdl__peer_t *group_peer[MAX_GROUP];
+  /* A job across hosts: every rank's hostname (world order, for messages)
+   * and the remote liveness (live.c; NULL on one host or without it). */
+  char *hosts;
+  cpdl__live_t *live;
 
   /* Consumer side (every rank, the leader included). */
   uint64_t next_step;      /* step the next next() returns */
@@ -110,12 +114,17 @@ void cpdl_mapping_release(cpdl_mapping_t *map) {
 /* Liveness                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static int check_peers(cpdl_loader_t *L) {
+/* step: the step being waited for (a rank on another host that left before
+ * it fails the wait), or UINT64_MAX (the loader threads: deaths only). */
+static int check_peers(cpdl_loader_t *L, uint64_t step) {
   /* A rank that saw a death first posts it and may then exit: its own
    * exit must not be mistaken for the cause, so the posted verdict wins. */
   int posted = cpdl__ring_posted_error(L->cring);
   if (posted)
     return posted;
+  int remote = cpdl__live_check(L->live, step);
+  if (remote)
+    return remote;
   for (int g = 0; g < L->mesh.me.group_size; g++) {
     const cpdl__peer_t *p = L->group_peer[g];
     if (!p || !cpdl__pid_dead(p->pid, p->pidfd))
@@ -128,7 +137,13 @@ static int check_peers(cpdl_loader_t *L) {
   return 0;
 }
 
-static int consumer_alive(void *arg) { return check_peers(arg); }
+/* The consumer's waits run on the caller's thread, which owns next_step. */
+static int consumer_alive(void *arg) {
+  cpdl_loader_t *L = arg;
+  return check_peers(L, L->next_step);
+}
+
+static int producer_alive(void *arg) { return check_peers(arg, UINT64_MAX); }
 
 /* ------------------------------------------------------------------------- */
 /* Open                                                                       */
@@ -290,6 +305,10 @@ static void loader_free(cpdl_loader_t *L) {
   char msg[1024];
   snprintf(msg, sizeof msg, "%s", cpdl_last_error());
   loader_release(L);
+  cpdl__live_stop(L->live); /* before the watch and the hosts it reads */
+  L->live = NULL;
+  L->ctl.hosts = NULL;
+  free(L->hosts);
   cpdl__watch_free(&L->watch);
   cpdl__mesh_free(&L->mesh);
   cpdl__oob_mpi_free(&L->mpi_oob);
@@ -418,6 +437,48 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   return cpdl__agree(&L->mesh.world, local);
 }
 
+/* A job across hosts (collective): every rank's hostname for messages, and
+ * — on the MPI control plane with MPI_THREAD_MULTIPLE everywhere — the
+ * remote liveness thread, so a death on another host ends every wait
+ * (R27). On one host the pid watch sees everything: nothing to start. */
+static int start_liveness(cpdl_loader_t *L) {
+  if (L->mesh.host.size == L->mesh.me.world_size)
+    return 0;
+  char mine[CPDL__HOST_NAME_MAX] = {0};
+  gethostname(mine, sizeof mine);
+  L->hosts = calloc((size_t)L->mesh.me.world_size, CPDL__HOST_NAME_MAX);
+  int local = L->hosts ? 0 : cpdl__error(-ENOMEM, "out of memory for %d hostnames",
+                                         L->mesh.me.world_size);
+  char *all = L->hosts ? L->hosts : NULL;
+  char *spare = all ? NULL : calloc((size_t)L->mesh.me.world_size, CPDL__HOST_NAME_MAX);
+  int rc = cpdl__coll_allgather(&L->mesh.world, mine, sizeof mine, all ? all : spare,
+                                "open (the hostnames)");
+  free(spare);
+  if (rc)
+    return rc;
+  rc = cpdl__agree(&L->mesh.world, local);
+  if (rc)
+    return rc;
+  L->ctl.hosts = L->hosts;
+  /* Everyone, or no one: a rank without the thread sends no heartbeat, and
+   * its successor would take the silence for a death. */
+  MPI_Comm comm = cpdl__oob_mpi_comm(&L->ctl.oob);
+  int provided = 0;
+  if (comm != MPI_COMM_NULL)
+    MPI_Query_thread(&provided);
+  const char *off = getenv("CPDL_LIVENESS");
+  int64_t able = comm != MPI_COMM_NULL && provided == MPI_THREAD_MULTIPLE &&
+                 !(off && strcmp(off, "0") == 0);
+  if ((rc = cpdl__coll_min_i64(&L->mesh.world, &able, 1, "open (the liveness agreement)")))
+    return rc;
+  if (!able)
+    return 0;
+  local = cpdl__live_start(comm, L->mesh.me.world_rank, L->mesh.me.world_size, &L->watch,
+                           L->hosts, &L->live);
+  L->watch.live = L->live;
+  return cpdl__agree(&L->mesh.world, local);
+}
+
 /* Takes over *mpi_oob (may be NULL): freed with the loader, or here on failure. */
 static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout_t *layout,
                    const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -462,6 +523,8 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   local = cpdl__watch_build(&L->mesh.host, &L->watch);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   rc = cpdl__agree(&L->mesh.world, local);
+  if (!rc)
+    rc = start_liveness(L);
   if (!rc)
     rc = open_watched(L, cfg);
   cpdl__watch_install(previous);
@@ -544,7 +607,7 @@ static int ensure_started(cpdl_loader_t *L) {
       .end_step = L->end_step,
       .n_threads = L->cfg.threads,
       .dump_collated = L->dump_collated,
-      .alive = consumer_alive,
+      .alive = producer_alive,
       .alive_arg = L,
   };
   int rc = cpdl__producer_start(&args, &L->producer);
@@ -583,6 +646,7 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
       char msg[1024];
       snprintf(msg, sizeof msg, "%s", cpdl_last_error());
       cpdl__ring_post_error(L->cring, rc, msg);
+      cpdl__live_announce_failure(L->live, msg); /* the other hosts' ranks */
       cpdl__error(rc, "%s", msg);
       L->failed = true;
     }
@@ -665,6 +729,16 @@ void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *se
 /* ------------------------------------------------------------------------- */
 /* State (the blob's bytes: state.c; its layout: docs/state.md)               */
 /* ------------------------------------------------------------------------- */
+
+/* After a CPDL_EPEER from a collective: failed for good, and the other hosts'
+ * ranks are told (they would wait for this rank in the next collective). */
+static void fail(cpdl_loader_t *L) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
+  cpdl__live_announce_failure(L->live, msg);
+  cpdl__error(CPDL_EPEER, "%s", msg);
+  L->failed = true;
+}
 
 /* What each rank contributes to a save: its replica, whether it leads a
  * group (and so knows its feed's order kind), the step of its next batch (a
@@ -790,7 +864,7 @@ int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *use
   cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }
 
@@ -900,7 +974,7 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }
 
@@ -926,6 +1000,9 @@ int cpdl_loader_close(cpdl_loader_t *L) {
    * such step, so nothing is posted and the barrier completes. */
   if (L->cring)
     cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
+  /* And the ranks of other hosts: a wait for a step this rank will not
+   * take fails there; a normal close (all at the same step) waits for none. */
+  cpdl__live_announce_leave(L->live, L->holding ? L->next_step + 1 : L->next_step);
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
