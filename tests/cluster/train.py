@@ -2,6 +2,7 @@
 
   python3 train.py --out DIR [--config "k=v ..."] [--plane mpi|torch] [--dump]
                    [--die-rank R --die-step S --how kill|exit|raise] [--step-ms MS]
+                   [--save-step S]
 
 Each rank writes DIR/rank<R>.txt: "OPEN rank host pid group leader segment_bytes
 shm=<name>:<bytes>,..." (the cpdl segments this process maps, from
@@ -71,6 +72,8 @@ def main():
     ap.add_argument("--die-step", type=int, default=-1)
     ap.add_argument("--how", default="kill")
     ap.add_argument("--step-ms", type=float, default=0)
+    ap.add_argument("--save-step", type=int, default=-1,
+                    help="every rank calls state_dict() at this step (the victim dies first)")
     args = ap.parse_args()
     if args.plane == "torch":
         torch_from_slurm()
@@ -85,6 +88,9 @@ def main():
         loader.segment_bytes, shm))
     try:
         for step, batch in enumerate(loader):
+            if step == args.save_step and rank != args.die_rank:
+                time.sleep(0.3)  # the victim dies while the others are in the collective
+                loader.state_dict()
             if rank == args.die_rank and step == args.die_step:
                 report.write("DIE %d %.6f %s\n" % (rank, time.time(), args.how))
                 if args.how == "kill":
