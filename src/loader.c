@@ -638,7 +638,11 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     cpdl__ring_post_error(L->cring, rc, msg);
     return rc;
   }
-  rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  /* A verdict from another host counts even when the step is ready (the
+   * ring's wait returns a ready step without looking at anyone). */
+  rc = cpdl__live_check(L->live, L->next_step);
+  if (!rc)
+    rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
   if (rc) {
     if (rc == CPDL_EPEER) {
       /* Tell the group what this rank saw (first poster wins), so every
