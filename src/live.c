@@ -38,6 +38,7 @@
 #define TEXT_MAX 400
 
 enum { MSG_HEARTBEAT = 1, MSG_BYE, MSG_DEAD, MSG_LEFT, MSG_FAILED };
+enum { ANNOUNCE_LEFT = 1u, ANNOUNCE_FAILED = 2u };
 
 typedef struct live_msg {
   uint32_t magic;
@@ -58,10 +59,15 @@ struct cpdl__live {
   pthread_t thread;
   bool running;
   _Atomic bool stop;
-  /* What this rank asks the thread to announce (main thread → thread). */
-  _Atomic int announce;       /* 0, MSG_LEFT or MSG_FAILED */
-  uint64_t announce_step;
-  char announce_text[TEXT_MAX];
+  /* What this rank asks the thread to announce (main thread → thread): bits
+   * ANNOUNCE_LEFT / ANNOUNCE_FAILED, each with its own text, written before
+   * its bit is set (release) and read after the thread took it (acquire);
+   * each is announced at most once. */
+  _Atomic unsigned announce;
+  uint64_t left_at;
+  char leave_text[TEXT_MAX];
+  char failure_text[TEXT_MAX];
+  bool leave_asked, failure_asked; /* main thread only */
   /* The verdict: written once by the thread, then published (release). */
   _Atomic int verdict;        /* 0, MSG_DEAD, MSG_FAILED (deaths and failures) */
   char verdict_text[TEXT_MAX];
@@ -224,9 +230,11 @@ static void *live_main(void *arg) {
       declare(L, MSG_DEAD, L->pred, 0, text);
     }
     /* What this rank asked to announce. */
-    int what = atomic_exchange_explicit(&L->announce, 0, memory_order_acquire);
-    if (what)
-      declare(L, what, L->rank, L->announce_step, L->announce_text);
+    unsigned asked = atomic_exchange_explicit(&L->announce, 0u, memory_order_acquire);
+    if (asked & ANNOUNCE_LEFT)
+      declare(L, MSG_LEFT, L->rank, L->left_at, L->leave_text);
+    if (asked & ANNOUNCE_FAILED)
+      declare(L, MSG_FAILED, L->rank, 0, L->failure_text);
   }
   /* A normal stop: the successor must not take the silence for a death. */
   if (L->succ >= 0) {
@@ -288,24 +296,26 @@ int cpdl__live_check(const cpdl__live_t *L, uint64_t step) {
 }
 
 void cpdl__live_announce_leave(cpdl__live_t *L, uint64_t step) {
-  if (!L)
+  if (!L || L->leave_asked)
     return;
+  L->leave_asked = true;
   char host[CPDL__HOST_NAME_MAX + 1];
-  L->announce_step = step;
-  snprintf(L->announce_text, sizeof L->announce_text, "rank %d on host %s left at step %llu "
+  L->left_at = step;
+  snprintf(L->leave_text, sizeof L->leave_text, "rank %d on host %s left at step %llu "
            "(it closed its loader: an exception or an early exit?); cpdl cannot continue this "
            "job (check rank %d's log for why it left)", L->rank,
            host_name(L, L->rank, host, sizeof host), (unsigned long long)step, L->rank);
-  atomic_store_explicit(&L->announce, MSG_LEFT, memory_order_release);
+  atomic_fetch_or_explicit(&L->announce, ANNOUNCE_LEFT, memory_order_release);
 }
 
 void cpdl__live_announce_failure(cpdl__live_t *L, const char *why) {
-  if (!L || atomic_load_explicit(&L->verdict, memory_order_acquire))
+  if (!L || L->failure_asked || atomic_load_explicit(&L->verdict, memory_order_acquire))
     return; /* the others have the verdict already (it came from them) */
+  L->failure_asked = true;
   char host[CPDL__HOST_NAME_MAX + 1];
-  snprintf(L->announce_text, sizeof L->announce_text, "rank %d on host %s failed: %s", L->rank,
+  snprintf(L->failure_text, sizeof L->failure_text, "rank %d on host %s failed: %s", L->rank,
            host_name(L, L->rank, host, sizeof host), why);
-  atomic_store_explicit(&L->announce, MSG_FAILED, memory_order_release);
+  atomic_fetch_or_explicit(&L->announce, ANNOUNCE_FAILED, memory_order_release);
 }
 
 void cpdl__live_stop(cpdl__live_t *L) {
