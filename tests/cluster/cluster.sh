@@ -153,10 +153,14 @@ cluster_host_run() {
   nsenter -t "$(cluster_host_pid "$host")" --uts --mount --ipc --pid -- "$@"
 }
 
-# Wait until no job of this cluster runs (after a test ends a job).
+# Wait until no job of this cluster runs and every host is idle again (a
+# killed step leaves its hosts "completing" for a while; a job submitted then waits).
 cluster_idle() {
   for _ in $(seq 1 ${1:-300}); do
-    [ -z "$(squeue -h 2>/dev/null)" ] && return 0
+    if [ -z "$(squeue -h 2>/dev/null)" ] &&
+       [ -z "$(sinfo -h -N -o '%t' 2>/dev/null | grep -v '^idle$')" ]; then
+      return 0
+    fi
     sleep 0.1
   done
   return 1

@@ -52,11 +52,12 @@ scenario() {
   check "$name: every survivor named rank $victim ($want)" [ "$named" -eq "$survivors" ]
   check "$name: within 2 s ($delay s)" $PY -c "import sys; sys.exit(not 0 <= $delay < 2.0)"
   check "$name: no segment left on any host" host_shm_empty
-  [ "$erred" -eq "$survivors" ] || tail -30 "$out.log" "$out"/rank*.txt
-  cluster_idle 100 || { say "$name: the job still runs: cancelling"; scancel --full -u root; }
+  [ "$erred" -eq "$survivors" ] || tail -n 30 "$out.log" "$out"/rank*.txt
+  cluster_idle 300 || { say "$name: the job still runs: cancelling"; scancel --full -u root; }
 }
 
 CONFIG="source=synthetic: seq_len=4096 steps=100000 cp=2 timeout_ms=60000"
+cluster_idle 300
 TRAIN=($PY "$HERE/train.py" --config "$CONFIG" --step-ms 20)
 SRUN=(srun -N 3 --ntasks-per-node 2 --mpi=pmix)
 
@@ -72,7 +73,7 @@ if [ "${2:-}" = bench ]; then
     read -r delay erred named survivors <<< "$(result "$out" $victim 'died')"
     say "kill $i: rank $victim at step $step: $erred of $survivors survivors named it, last after ${delay}s"
     delays+=("$delay")
-    cluster_idle 100 || scancel --full -u root
+    cluster_idle 300 || scancel --full -u root
   done
   printf '%s\n' "${delays[@]}" | sort -n | awk '{a[NR]=$1} END {printf "remote-death detection over %d kills: min %.3f s, median %.3f s, max %.3f s\n", NR, a[1], (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2), a[NR]}'
   exit 0

@@ -21,6 +21,7 @@ CONFIG="cp=2 seq_len=4K batch=2 steps=4 seed=11 source=synthetic:"
 reference 4 "$WORK/ref" "${ARGS[@]}"
 check "the one-host reference ran" [ -d "$WORK/ref/step3" ]
 
+cluster_idle 300
 timeout 120 srun -N 2 --ntasks-per-node 2 --mpi=pmix "$CPDL" run --quiet --json "${ARGS[@]}" \
   --dump "$WORK/srun" > "$WORK/srun.log" 2>&1
 rc=$?
@@ -28,6 +29,7 @@ check "srun --mpi=pmix cpdl run: exit 0 (exit $rc: $(tail -1 "$WORK/srun.log"))"
 check "srun --mpi=pmix cpdl run: views identical to one host" same_views "$WORK/ref" "$WORK/srun"
 
 mkdir -p "$WORK/py"
+cluster_idle 300
 timeout 120 srun -N 2 --ntasks-per-node 2 --mpi=pmix $PY "$HERE/train.py" --out "$WORK/py" \
   --config "$CONFIG" --dump > "$WORK/py.log" 2>&1
 rc=$?
@@ -58,6 +60,7 @@ sys.exit(0 if ok else 1)
 PYEOF
 
 mkdir -p "$WORK/torch"
+cluster_idle 300
 timeout 120 srun -N 2 --ntasks-per-node 2 $PY "$HERE/train.py" --out "$WORK/torch" \
   --config "$CONFIG" --plane torch --dump > "$WORK/torch.log" 2>&1
 rc=$?
@@ -66,6 +69,7 @@ check "srun python3 train.py --plane torch: exit 0 (exit $rc: $(tail -2 "$WORK/t
 check "srun, torch.distributed control plane: views identical to one host" \
   same_views "$WORK/ref" "$WORK/torch"
 
+cluster_idle 300
 timeout 120 srun -N 2 --ntasks-per-node 1 $PY -c "import cpdl; cpdl.Loader('$CONFIG')" \
   > "$WORK/one.log" 2>&1
 rc=$?

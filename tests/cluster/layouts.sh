@@ -29,6 +29,7 @@ layout() {
   local name=$1
   shift
   reference 4 "$WORK/$name-ref" "$@"
+  cluster_idle 300
   timeout 120 srun -N 2 --ntasks-per-node 2 --mpi=pmix "$CPDL" run --quiet --json "$@" \
     --dump "$WORK/$name" > "$WORK/$name.log" 2>&1
   local rc=$?
