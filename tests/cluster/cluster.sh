@@ -12,6 +12,7 @@
 #   srun -N 2 -n 4 --mpi=pmix ...   (SLURM_CONF is exported)
 #   cluster_host_run n1 ls /dev/shm   # a command inside host n1's namespaces
 #   cluster_stop               # also run from the EXIT trap cluster_start installs
+#                              # (then $CLUSTER_ON_EXIT, if set)
 #
 # Programs run under srun must live outside /tmp (each host's /tmp is private).
 
@@ -54,7 +55,7 @@ cluster_start() {
   chmod 755 "$CLUSTER_DIR"
   CLUSTER_N=$n
   CLUSTER_PIDS=()
-  trap cluster_stop EXIT
+  trap 'cluster_stop; ${CLUSTER_ON_EXIT:-:}' EXIT
   local d=$CLUSTER_DIR port
   port=$(cluster_ports $((n + 1))) || cluster_skip "no free block of $((n + 1)) TCP ports"
   mkdir -p "$d/munge" "$d/state" "$d/log" "$d/run"

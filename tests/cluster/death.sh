@@ -11,7 +11,6 @@
 CLUSTER_BUILD=$(readlink -f "$1")
 source "$(dirname "$0")/cluster.sh"
 source "$(dirname "$0")/lib.sh"
-trap 'cluster_stop; cleanup_work' EXIT
 cluster_start 3
 
 # result DIR VICTIM: "<max survivor delay s> <survivors that erred> <survivors named it>"

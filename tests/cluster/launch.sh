@@ -13,7 +13,6 @@
 CLUSTER_BUILD=$(readlink -f "$1")
 source "$(dirname "$0")/cluster.sh"
 source "$(dirname "$0")/lib.sh"
-trap 'cluster_stop; cleanup_work' EXIT
 cluster_start 2
 ARGS=(--cp 2 --seq-len 4K --batch 2 --steps 4 --seed 11 --source synthetic:)
 CONFIG="cp=2 seq_len=4K batch=2 steps=4 seed=11 source=synthetic:"

@@ -7,7 +7,6 @@
 CLUSTER_BUILD=$(readlink -f "$1")
 source "$(dirname "$0")/cluster.sh"
 source "$(dirname "$0")/lib.sh"
-trap 'cluster_stop; cleanup_work' EXIT
 cluster_start 2
 
 $PY - "$WORK" <<'PYEOF'

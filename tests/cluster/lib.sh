@@ -25,6 +25,8 @@ export CLUSTER_ROOT=${CLUSTER_ROOT:-$CLUSTER_BUILD/tests}
 mkdir -p "$CLUSTER_ROOT"
 WORK=$(mktemp -d "$CLUSTER_ROOT/cluster-work.XXXXXX")
 cleanup_work() { rm -rf "$WORK"; }
+CLUSTER_ON_EXIT=cleanup_work
+trap cleanup_work EXIT # until cluster_start installs its own (which calls it too)
 
 # reference NP DIR ARGS...: `mpirun -np NP cpdl run ARGS --dump DIR` on this one host.
 reference() {
