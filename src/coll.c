@@ -3,9 +3,9 @@
  * test that it (and the loader's ring waits) share.
  *
  * Invariants:
- *  - Every operation is one or two allgathers over the WHOLE world; a team
- *    (node, group, host) operation is a world allgather followed by a local
- *    selection of the team's entries. So every rank runs the same sequence
+ *  - Every operation is a header allgather and one payload allgather over
+ *    the WHOLE world; a team (node, group, host) operation is a world
+ *    operation followed by a local selection of the team's entries. So every rank runs the same sequence
  *    of allgathers with the same lengths, whatever team it is in: callers
  *    call each team operation on every rank, each with its own team.
  *  - Every operation starts with the same fixed-size header allgather (the
