@@ -24,7 +24,7 @@ case_run() {
   cat "$out"
   check "$what: no hang (timeout exit $rc)" [ "$rc" -ne 124 -a "$rc" -ne 137 ]
   victim=${fault#*:}; victim=${victim%%@*}
-  n=$(grep -c "CPDL_EPEER: rank $victim .*died" "$out")
+  n=$(grep -c "CPDL_EPEER: .*\brank $victim (.*died" "$out")
   check "$what: each of the $((np - 1)) survivors names rank $victim ($n)" [ "$n" -eq $((np - 1)) ]
 }
 # rank 2 dies holding its last step (3 steps): ranks 0, 1, 3 have theirs
