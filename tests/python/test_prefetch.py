@@ -25,8 +25,8 @@ import cpdl
 from cpdl import _prefetch
 
 
-# What happened to each step's copy and slot, in order: ("record" | "synchronize" |
-# "release", step). A CUDA copy is asynchronous: the host slot may go back only after
+# What happened to each copy's event and slot, in order: ("record" | "synchronize" |
+# "release", event). A CUDA copy is asynchronous: the host slot may go back only after
 # the copy's event was recorded and then synchronized (the copy has read the slot).
 ORDER = []
 EARLY = []  # slots released before their copy's event completed
@@ -40,11 +40,12 @@ class FakeEvent:
 
     def record(self, stream=None):
         self.recorded = True
+        ORDER.append(("record", self))
 
     def synchronize(self):
         assert self.recorded, "synchronize() before record()"
         self.completed = True
-        ORDER.append(("synchronize", self.step))
+        ORDER.append(("synchronize", self))
 
 
 class FakeStream:
@@ -76,7 +77,6 @@ def install_fakes():
         item = launch(self, batch)
         event = item[1]
         event.step = batch.step
-        ORDER.append(("record", batch.step))
         batch._copy_event = event  # what release() checks
         return item
     _prefetch.DeviceFeed._launch = launch_and_note
@@ -85,7 +85,7 @@ def install_fakes():
     def release_after_copy(self):
         event = getattr(self, "_copy_event", None)
         if event is not None and not self.released:
-            ORDER.append(("release", self.step))
+            ORDER.append(("release", event))
             if not event.completed:
                 EARLY.append(self.step)
         release(self)
@@ -107,12 +107,15 @@ def host_steps():
 
 
 def check_order(prefetch, events):
-    """Every step copied was recorded, then synchronized, then released, once each."""
-    steps = sorted({step for _, step in events})
-    bad = [step for step in steps
-           if [what for what, s in events if s == step] != ["record", "synchronize", "release"]]
-    report(steps and not bad, "prefetch=%d: record -> synchronize -> release for every step"
-           % prefetch, "steps %s: %s" % (bad[:3], [e for e in events if e[1] in bad[:1]]))
+    """Every step's copy event was recorded, then synchronized, then its slot released,
+    once each."""
+    by_step = {}
+    for what, event in events:
+        by_step.setdefault(event.step, []).append(what)
+    bad = {step: seq for step, seq in by_step.items()
+           if seq != ["record", "synchronize", "release"]}
+    report(by_step and not bad, "prefetch=%d: record -> synchronize -> release for every step"
+           % prefetch, "%s" % sorted(bad.items())[:3])
 
 
 def check_feed(want, prefetch, stop_after=None):
