@@ -5,7 +5,8 @@ cuda:(local rank mod GPU count)); cp = the number of ranks:
   mpirun -np 2 --bind-to none python3 bench/handover_gpu.py --seq-lens 128K,1M --steps 200
 Each step: t0, take the step's shard on the device (the data wait), then a real
 compute step — bf16 matmuls sized to about --compute-ms on this GPU, reading
-the shard — ending in .item() as a loss read does. The data wait is the time
+the shard — ending in .item() as a loss read does, then a barrier (CP ranks
+exchange K/V every step, so they move in lockstep; --no-sync drops it). The data wait is the time
 from t0 until the shard is on the device and usable on the current stream,
 max over ranks per step. Feeds, in the same job on the same data:
   native      Loader(device="cuda", prefetch=1), the C copy thread (src/device.c)
@@ -123,6 +124,8 @@ def main():
     ap.add_argument("--mode", default="contiguous")
     ap.add_argument("--json", default="")
     ap.add_argument("--prefetch", type=int, default=1, help="steps ahead (native, python)")
+    ap.add_argument("--no-sync", action="store_true",
+                    help="no barrier at the end of each step (ranks may drift apart)")
     args = ap.parse_args()
     global PREFETCH
     PREFETCH = args.prefetch
@@ -157,6 +160,11 @@ def main():
                     sums.append([int(shard[k].double().sum().item()) for k in sorted(shard)])
                 compute.step(shard)
                 del shard
+                if not args.no_sync:
+                    # The ranks of a CP group exchange K/V every step, so none runs
+                    # ahead of the others; without this the faster rank drifts until
+                    # the ring's slots bound it, and then waits for the slower one.
+                    comm.Barrier()
                 t2 = time.perf_counter()
                 if i >= args.warmup:
                     waits.append((t1 - t0) * 1e3)
