@@ -87,8 +87,10 @@ static void known_keys(char *buf, size_t size) {
 }
 
 void cpdl_config_init(cpdl_config_t *cfg) {
-  if (!cfg)
+  if (!cfg) {
+    (void)cpdl__error(CPDL_EARG, "cpdl_config_init: cfg is NULL");
     return;
+  }
   memset(cfg, 0, sizeof *cfg);
   cfg->struct_size = sizeof *cfg;
   cfg->cp = 1;

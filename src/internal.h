@@ -9,6 +9,7 @@
 
 #include "base.h"
 #include "cpdl.h"
+#include "cpdl/loader_mpi.h" /* the MPI entry points, declared for loader.c and oob_mpi.c */
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -423,8 +424,7 @@ int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int
 int64_t cpdl__source_document_count(const cpdl__source_t *src);
 int cpdl__source_document(const cpdl__source_t *src, int64_t doc, int64_t *first,
                           int64_t *n_samples);
-/* "a, b, c" of the schemes found on the plugin search path; 
-eturn count. */
+/* "a, b, c" of the schemes found on the plugin search path; \return count. */
 int cpdl__source_list(char *buf, size_t size);
 
 /* ---- feed.c, sampler.c, collate.c --------------------------------

@@ -599,6 +599,8 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   (void)cpdl__ring_slot_state(L->cring, step, L->state_words);
   L->holding = true;
   (void)cpdl__fault("holding_slot", L->mesh.me.world_rank);
+  /* A retry after CPDL_ETIMEDOUT that succeeds leaves no stale message. */
+  cpdl__error_clear();
   return 0;
 }
 
@@ -624,7 +626,13 @@ int cpdl_loader_mesh(const cpdl_loader_t *L, cpdl_mesh_coords_t *out) {
   return 0;
 }
 
-size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_bytes : 0; }
+size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) {
+  if (!L) { /* a size is never an error code: 0 and a message (cpdl.h "Conventions") */
+    (void)cpdl__error(CPDL_EARG, "cpdl_loader_segment_bytes: the loader is NULL");
+    return 0;
+  }
+  return L->total_bytes;
+}
 
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
 

@@ -450,7 +450,7 @@ int cpdl__ring_posted_error(const cpdl__ring_t *ring) {
   char msg[CPDL__RING_MSG_MAX];
   memcpy(msg, hdr->error_msg, sizeof msg); /* one read; may come from a hostile peer */
   msg[sizeof msg - 1] = '\0';
-  if (code >= 0 || code <= -5000)
+  if (code >= 0 || code < CPDL_ERRNO_LAST) /* -errno or cpdl's own, else no code */
     code = CPDL_EPEER;
   return cpdl__error(code, "%s", msg[0] ? msg : "a rank of the group aborted");
 }

@@ -45,9 +45,10 @@ DTYPE_BOOL, DTYPE_UINT8, DTYPE_INT32, DTYPE_INT64 = 0, 1, 2, 3
 DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT32, DTYPE_FLOAT64 = 4, 5, 6, 7
 DTYPE_COUNT = 8
 
-# cpdl's own error codes lie in (-4100, -4000]; cpdl_err_name() names each one
-# of them in its table and says "CPDL_UNKNOWN" for the rest.
-_ERR_FIRST, _ERR_LAST = -4001, -4099
+# cpdl's own error codes lie in [CPDL_ERRNO_LAST, CPDL_ERRNO_FIRST] (cpdl/prep.h);
+# cpdl_err_name() names each one of them in its table and says "CPDL_UNKNOWN"
+# for the rest.
+ERRNO_FIRST, ERRNO_LAST = -4001, -4099  # CPDL_ERRNO_FIRST, CPDL_ERRNO_LAST
 _ERR_UNKNOWN = "CPDL_UNKNOWN"
 
 _P = ctypes.POINTER
@@ -487,7 +488,7 @@ def error_codes():
     if _codes is None:
         name_of = prep().cpdl_err_name
         codes = {}
-        for code in range(_ERR_FIRST, _ERR_LAST - 1, -1):
+        for code in range(ERRNO_FIRST, ERRNO_LAST - 1, -1):
             name = name_of(code).decode()
             if name != _ERR_UNKNOWN and name.startswith("CPDL_"):
                 codes[name[len("CPDL_"):]] = code

@@ -385,7 +385,8 @@ def test_import_error():
 CONSTANTS = {"CPDL_MAX_DIMS": _ffi.CPDL_MAX_DIMS, "CPDL_MAX_FIELDS": _ffi.CPDL_MAX_FIELDS,
              "CPDL_NAME_MAX": _ffi.CPDL_NAME_MAX, "CPDL_SOURCE_MAX": _ffi.CPDL_SOURCE_MAX,
              "CPDL_STATE_VERSION": _ffi.CPDL_STATE_VERSION, "CPDL_OOB_OK": _ffi.OOB_OK,
-             "CPDL_OOB_INPROGRESS": _ffi.OOB_INPROGRESS}
+             "CPDL_OOB_INPROGRESS": _ffi.OOB_INPROGRESS,
+             "CPDL_ERRNO_FIRST": _ffi.ERRNO_FIRST, "CPDL_ERRNO_LAST": _ffi.ERRNO_LAST}
 CONSTANTS.update({"CPDL_DTYPE_" + n: getattr(_ffi, "DTYPE_" + n) for n in (
     "BOOL", "UINT8", "INT32", "INT64", "FLOAT16", "BFLOAT16", "FLOAT32", "FLOAT64", "COUNT")})
 
