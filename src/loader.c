@@ -951,7 +951,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
 static const cpdl_host_api_t host_api = {
     .abi_version = CPDL_HOST_ABI_VERSION,
     .struct_size = sizeof(cpdl_host_api_t),
-    .version = "0.1.0",
+    .version = CPDL_VERSION_STRING,
     .config_init = cpdl_config_init,
     .config_parse = cpdl_config_parse,
     .loader_open = cpdl_loader_open,

@@ -40,7 +40,7 @@ CPDL_API int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout,
 typedef struct cpdl_host_api {
   uint32_t abi_version;   /* CPDL_HOST_ABI_VERSION */
   uint32_t struct_size;   /* sizeof(cpdl_host_api_t) */
-  const char *version;    /* "0.1.0" */
+  const char *version;    /* CPDL_VERSION_STRING of the library */
   void (*config_init)(cpdl_config_t *cfg);
   int (*config_parse)(cpdl_config_t *cfg, const char *text);
   int (*loader_open)(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);

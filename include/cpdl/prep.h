@@ -22,9 +22,13 @@ extern "C" {
 #define CPDL_API
 #endif
 
-#define CPDL_VERSION_MAJOR 0
-#define CPDL_VERSION_MINOR 1
-#define CPDL_VERSION_PATCH 0
+/* CPDL_VERSION_MAJOR, _MINOR, _PATCH and CPDL_VERSION_STRING ("0.1.0"):
+ * generated from CMake's project(VERSION), the one place it is written. */
+#include "cpdl/version.h"
+
+/** The library's version, CPDL_VERSION_STRING of the build that made it (a
+ *  program may have been compiled against another). Static; never NULL. */
+CPDL_API const char *cpdl_version(void);
 
 /* ------------------------------------------------------------------------- */
 /* Errors                                                                     */

@@ -201,6 +201,7 @@ STRUCTS = {
 # is a stale build and is skipped.
 PREP_SIGNATURES = {
     "cpdl_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    "cpdl_version": (ctypes.c_char_p, []),
     "cpdl_err_name": (ctypes.c_char_p, [ctypes.c_int]),
     "cpdl_last_error": (ctypes.c_char_p, []),
     "cpdl_dtype_size": (ctypes.c_size_t, [ctypes.c_int]),

@@ -200,11 +200,12 @@ static void c_loader_state_restore(void) { EXPECT_EARG(cpdl_loader_state_restore
 static void c_loader_close(void) { assert_int_equal(cpdl_loader_close(NULL), 0); }
 static void c_loader_mapping_retain(void) { EXPECT_NULL(cpdl_loader_mapping_retain(NULL)); }
 static void c_mapping_release(void) { cpdl_mapping_release(NULL); }
+static void c_version(void) { assert_string_equal(cpdl_version(), CPDL_VERSION_STRING); }
 static void c_host_entry_v1(void) {
   const cpdl_host_api_t *api = cpdl_host_entry_v1();
   assert_non_null(api);
   assert_int_equal(api->abi_version, CPDL_HOST_ABI_VERSION);
-  assert_non_null(api->version);
+  assert_string_equal(api->version, CPDL_VERSION_STRING);
   set_sentinel();
   assert_int_equal(api->loader_next(NULL, NULL), CPDL_EARG);
   assert_true(new_message());
@@ -214,6 +215,7 @@ static api_entry_t api[] = {
     ENTRY(strerror, c_strerror),
     ENTRY(err_name, c_err_name),
     ENTRY(last_error, c_last_error),
+    ENTRY(version, c_version),
     ENTRY(dtype_size, c_dtype_size),
     ENTRY(dtype_name, c_dtype_name),
     ENTRY(dtype_parse, c_dtype_parse),
