@@ -41,13 +41,17 @@ int cpdl__config_stream_format(const cpdl_config_t *cfg, char *buf, size_t size)
 /* 0, or CPDL_ECONFIG naming the first stream key whose values differ:
  * "resume state was saved with seq_len=4096, this job has seq_len=8192". */
 int cpdl__config_stream_compare(const cpdl_config_t *saved, const cpdl_config_t *now);
-/* The key table, for tests and messages: its size; key i's name (NULL out of
- * range) and whether it is a stream key. */
+/* The key table, for tests, messages and the agreement: its size; key i's
+ * name (NULL out of range) and whether it is a stream key; key i's value as
+ * text (unescaped, at most CPDL__CONFIG_VALUE_MAX bytes with the NUL).
+ * \return 0 or CPDL_EARG (i out of range). */
+#define CPDL__CONFIG_VALUE_MAX (CPDL_SOURCE_MAX + 32)
 int cpdl__config_key_count(void);
 const char *cpdl__config_key(int i, bool *stream);
-/* Collective over a team: every rank gets 0, or CPDL_ECONFIG with a message
- * naming the first key (in canonical order) whose value differs between
- * ranks, the two values and a rank holding each. */
+int cpdl__config_value(const cpdl_config_t *cfg, int i, char *buf, size_t size);
+/* agree.c. Collective over a team: every rank gets 0, or CPDL_ECONFIG with a
+ * message naming the first key (in canonical order) whose value differs
+ * between ranks, the two values and a rank holding each. */
 int cpdl__config_agree(const cpdl__team_t *team, const cpdl_config_t *cfg);
 /* The preparation parameters a configuration implies (cp, tp, mode,
  * padding_token_id; no metadata fields). */
@@ -177,7 +181,7 @@ int cpdl__mesh_coords(int rank, int size, int cp, int tp, const char *order,
  * \return 0 or CPDL_EMESH naming the ranks that disagree. */
 int cpdl__mesh_check_grid(const cpdl_layout_t *layouts, int n, int cp, int tp);
 void cpdl__mesh_free(cpdl__mesh_t *mesh);
-/* Reduce a local result over a team: every rank returns the lowest (most
+/* agree.c. Reduce a local result over a team: every rank returns the lowest (most
  * negative) code; the message of the first rank that has it is carried to
  * all ranks, prefixed "rank <world rank>: ". Never hangs on a live world.
  * A caller holding a CPDL_EPEER from a watched collective must not agree it:
