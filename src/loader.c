@@ -157,10 +157,10 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return rc;
   /* Place each local CP shard's region near its consumers before the
    * header write touches anything else (first touch decides placement). */
-  for (uint32_t r = 0; r < geo.n_regions; r++) {
-    size_t off = L->ctrl_bytes + (size_t)r * geo.slot_bytes * geo.n_slots;
-    cpdl__pin_region(L->pin, (int)r, (char *)L->shm.base + off, geo.slot_bytes * geo.n_slots);
-  }
+  for (uint32_t r = 0; r < geo.n_regions; r++)
+    cpdl__pin_region(L->pin, (int)r,
+                     (char *)L->shm.base + cpdl__ring_block_offset(&geo, L->ctrl_bytes, r, 0),
+                     cpdl__ring_region_bytes(&geo));
   if (getrandom(&L->nonce, sizeof L->nonce, 0) != (ssize_t)sizeof L->nonce)
     return cpdl__error(-errno, "getrandom failed for the segment nonce: %s", strerror(errno));
   rc = cpdl__ring_init(L->shm.base, L->total_bytes, &geo, fields, L->nonce, L->config_hash,

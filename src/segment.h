@@ -78,5 +78,13 @@ typedef struct cpdl__ring_consumer_rec { /* one cache line, written by its consu
 size_t cpdl__ring_fields_offset(void);
 size_t cpdl__ring_slots_offset(uint32_t n_fields);
 size_t cpdl__ring_consumers_offset(uint32_t n_fields, uint32_t n_slots);
+/* Offsets in a segment of this geometry whose control part is ctrl_bytes
+ * (cpdl__ring_sizes): local CP region `region`'s block for slot `slot`, or,
+ * for region == geo->n_regions, the shared block of `slot`; and the bytes of
+ * one region (its n_slots blocks). Pure; the geometry must have passed
+ * cpdl__ring_sizes (which bounds every product). */
+size_t cpdl__ring_block_offset(const cpdl__ring_geometry_t *geo, size_t ctrl_bytes,
+                               uint32_t region, uint32_t slot);
+size_t cpdl__ring_region_bytes(const cpdl__ring_geometry_t *geo);
 
 #endif /* CPDL_SEGMENT_H */
