@@ -50,6 +50,10 @@ class BuildWithNative(build_py):
         for lib in ("libcpdl.so", "libcpdl_prep.so"):
             shutil.copyfile(os.path.realpath(os.path.join(build_dir, lib)),
                             os.path.join(native, lib))
+        # The cpdl executable links libcpdl.so by its soname (libcpdl.so.<major>),
+        # found beside it through its RUNPATH $ORIGIN/..: that name too.
+        soname = os.readlink(os.path.join(build_dir, "libcpdl.so"))
+        shutil.copyfile(os.path.join(native, "libcpdl.so"), os.path.join(native, soname))
         found = glob.glob(os.path.join(build_dir, "plugins", "cpdl-*.so"))
         if not found:
             raise RuntimeError("the CMake build produced no data-source plugins in %s"

@@ -11,6 +11,7 @@
  * touching the control plane).
  */
 #include <cpdl.h>
+#include <cpdl/tools.h>
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -210,6 +211,35 @@ static void c_host_entry_v1(void) {
   assert_int_equal(api->loader_next(NULL, NULL), CPDL_EARG);
   assert_true(new_message());
 }
+/* the tools' header (cpdl/tools.h) */
+static void c_tools_sweep(void) {
+  /* remove = 0 never unlinks and a NULL report is allowed: the result is a count. */
+  assert_true(cpdl_tools_sweep(0, NULL) >= 0);
+}
+static void c_tools_dump_collated(void) { EXPECT_EARG(cpdl_tools_dump_collated(NULL, NULL)); }
+static void c_tools_binding_report(void) {
+  EXPECT_EARG(cpdl_tools_binding_report(NULL, NULL));
+  char *json = (char *)&json;
+  EXPECT_EARG(cpdl_tools_binding_report(NULL, &json));
+  assert_null(json);
+}
+static void c_tools_data_shape(void) { EXPECT_EARG(cpdl_tools_data_shape(NULL, NULL, NULL)); }
+static void c_tools_npy_write(void) {
+  EXPECT_EARG(cpdl_tools_npy_write(NULL, CPDL_DTYPE_INT64, 1, NULL, NULL));
+}
+static void c_tools_mkdirs(void) { EXPECT_EARG(cpdl_tools_mkdirs(NULL)); }
+static void c_tools_config_from_env_except(void) {
+  EXPECT_EARG(cpdl_tools_config_from_env_except(NULL, NULL, 0));
+  cpdl_config_t cfg;
+  cpdl_config_init(&cfg);
+  EXPECT_EARG(cpdl_tools_config_from_env_except(&cfg, NULL, 1));
+}
+static void c_tools_error(void) {
+  set_sentinel();
+  assert_int_equal(cpdl_tools_error(CPDL_EFIELD, "tool says %d", 7), CPDL_EFIELD);
+  assert_string_equal(cpdl_last_error(), "tool says 7");
+}
+
 #define ENTRY(sym, fn) {"cpdl_" #sym, fn, false}
 static api_entry_t api[] = {
     ENTRY(strerror, c_strerror),
@@ -263,6 +293,14 @@ static api_entry_t api[] = {
     ENTRY(loader_mapping_retain, c_loader_mapping_retain),
     ENTRY(mapping_release, c_mapping_release),
     ENTRY(host_entry_v1, c_host_entry_v1),
+    ENTRY(tools_sweep, c_tools_sweep),
+    ENTRY(tools_dump_collated, c_tools_dump_collated),
+    ENTRY(tools_binding_report, c_tools_binding_report),
+    ENTRY(tools_data_shape, c_tools_data_shape),
+    ENTRY(tools_npy_write, c_tools_npy_write),
+    ENTRY(tools_mkdirs, c_tools_mkdirs),
+    ENTRY(tools_config_from_env_except, c_tools_config_from_env_except),
+    ENTRY(tools_error, c_tools_error),
 };
 #define N_API ((int)(sizeof api / sizeof api[0]))
 
