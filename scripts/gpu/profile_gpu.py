@@ -1,6 +1,6 @@
 """profile_gpu — per-rank host-to-GPU copy and end-to-end data time of the four ways.
 
-Run under mpirun, one rank per GPU (scripts/profile-gpu does that). Owns:
+Run under mpirun, one rank per GPU (scripts/gpu/profile-gpu does that). Owns:
   1. H2D copy of this rank's slice into its GPU: pageable (the plain shared-
      memory view), registered in place (cpdl.Loader(pin=True)), and a
      cudaMallocHost baseline of the same fields (torch pin_memory(): the

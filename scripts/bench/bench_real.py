@@ -1,7 +1,7 @@
 """bench_real — cpdl against what users run today, one JSON line per case.
 
-Run under mpirun, np = cp, one node, one replica (scripts/bench-real on CPU,
-scripts/profile-gpu on GPU nodes). Two ways, on the same Megatron .idx/.bin:
+Run under mpirun, np = cp, one node, one replica (scripts/bench/bench-real on CPU,
+scripts/gpu/profile-gpu on GPU nodes). Two ways, on the same Megatron .idx/.bin:
   real  every rank runs a torch.utils.data.DataLoader (num_workers W,
         pin_memory where CUDA exists, prefetch_factor 2) over GPTWindows, a
         map-style dataset doing what a framework's GPT dataset does (documents
@@ -52,7 +52,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# profile_gpu (scripts/gpu/) holds the MPI helpers both programs use.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpu"))
 from profile_gpu import Mpi, parse_len, pct  # noqa: E402
 
 import cpdl  # noqa: E402
