@@ -232,7 +232,7 @@ int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **o
 void cpdl__producer_stop(cpdl__producer_t *producer);
 
 /* ---- state.c --------------------------------------------------------------
- * The resume state's bytes (layout: include/cpdl.h, docs/state.md). Pure. */
+ * The resume state's bytes (layout: include/cpdl/loader.h, docs/state.md). Pure. */
 #define CPDL__STATE_MAGIC UINT64_C(0x544154534c445043) /* the bytes "CPDLSTAT" (little-endian) */
 #define CPDL__STATE_VERSION CPDL_STATE_VERSION /* include/cpdl/loader.h */
 typedef enum {
@@ -266,7 +266,7 @@ int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
 void cpdl__state_cursor(const cpdl__state_view_t *st, uint64_t replica,
                         uint64_t cursor[CPDL__CURSOR_WORDS]);
 
-/* ---- loader.c (internals for the CLI and tests) ---------------------------- */
+/* ---- loader.c (internals behind cpdl/tools.h, the benchmarks and tests) ---- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
 const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *loader);
 /* Leader of each group: before preparing step k, write the collated batch to

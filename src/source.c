@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The plugin ABI repeats cpdl.h's codes and dtypes so plugins need no cpdl.h. */
+/* The plugin ABI repeats cpdl/prep.h's codes and dtypes so plugins need no cpdl.h. */
 _Static_assert(CPDL_SOURCE_EARG == CPDL_EARG, "plugin.h EARG");
 _Static_assert(CPDL_SOURCE_EDTYPE == CPDL_EDTYPE, "plugin.h EDTYPE");
 _Static_assert(CPDL_SOURCE_EOVERFLOW == CPDL_EOVERFLOW, "plugin.h EOVERFLOW");
@@ -670,7 +670,7 @@ int cpdl__source_read_batch(cpdl__source_t *src, int64_t step, cpdl_tensor_t *fi
   return 0;
 }
 
-/* ---- public API (cpdl.h "Data sources") ----------------------------------- */
+/* ---- public API (cpdl/source.h) ------------------------------------------ */
 
 CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out) {
   if (!out)

@@ -1,5 +1,6 @@
 """_ffi — the binding's one door to C: finds and loads the libraries and
-mirrors include/cpdl.h (and include/cpdl/*.h) for ctypes.
+mirrors the headers under include/cpdl.h (cpdl/prep.h, source.h, loader.h,
+loader_mpi.h) for ctypes.
 
 Owns: the search for both libraries, every ctypes Structure (field for field
 as in the headers; a change there must be made here too — tests/python/
@@ -54,7 +55,7 @@ _ERR_UNKNOWN = "CPDL_UNKNOWN"
 _P = ctypes.POINTER
 
 
-# ---- the prep layer: include/cpdl.h's errors, dtypes and batch contract ------
+# ---- the prep layer: include/cpdl/prep.h's errors, dtypes and batch contract -
 
 class Tensor(ctypes.Structure):
     """cpdl_tensor_t"""

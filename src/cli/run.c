@@ -41,7 +41,7 @@ static const char usage[] =
     "                           writes FILE; a failed write fails the run)\n"
     "  --resume FILE            start every replica from a saved state (same options)\n"
     "  --report-binding         print where loader threads and memory were placed\n"
-    "  any other configuration key as --key value (see cpdl_config_t in cpdl.h);\n"
+    "  any other configuration key as --key value (see cpdl_config_t in cpdl/loader.h);\n"
     "  CPDL_<KEY> environment variables set defaults.\n";
 
 
