@@ -9,6 +9,8 @@
  *   cpdl/loader_mpi.h  the entry points that name MPI types (open on an
  *                  MPI_Comm, the host entry table); loader.h includes it where
  *                  <mpi.h> is found and CPDL_NO_MPI is not defined
+ *   cpdl/device.h  a loader's steps copied to a CUDA device by a thread of
+ *                  cpdl's own (cpdl_device_feed_*; CUDA loaded at run time)
  *   cpdl/plugin.h  the data-source plugin ABI (plugins include only this)
  * Programs link libcpdl.so (all layers) or, for prep.h alone, libcpdl_prep.so
  * — one of the two, never both into one link.
@@ -37,5 +39,6 @@
 #include "cpdl/prep.h"
 #include "cpdl/source.h"
 #include "cpdl/loader.h"
+#include "cpdl/device.h"
 
 #endif /* CPDL_H */

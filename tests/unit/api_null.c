@@ -11,6 +11,7 @@
  * touching the control plane).
  */
 #include <cpdl.h>
+#include <cpdl/device.h>
 #include <cpdl/tools.h>
 
 #include <stdarg.h>
@@ -211,6 +212,15 @@ static void c_host_entry_v1(void) {
   assert_int_equal(api->loader_next(NULL, NULL), CPDL_EARG);
   assert_true(new_message());
 }
+/* the device feed (cpdl/device.h) */
+static void c_device_feed_open(void) {
+  EXPECT_EARG(cpdl_device_feed_open(NULL, NULL, NULL));
+  cpdl_device_params_t params = {.struct_size = sizeof params, .prefetch = 1};
+  cpdl_device_feed_t *feed = NULL;
+  EXPECT_EARG(cpdl_device_feed_open(NULL, &params, &feed));
+}
+static void c_device_feed_next(void) { EXPECT_EARG(cpdl_device_feed_next(NULL, 0, NULL)); }
+static void c_device_feed_close(void) { assert_int_equal(cpdl_device_feed_close(NULL), 0); }
 /* the tools' header (cpdl/tools.h) */
 static void c_tools_sweep(void) {
   /* remove = 0 never unlinks and a NULL report is allowed: the result is a count. */
@@ -293,6 +303,9 @@ static api_entry_t api[] = {
     ENTRY(loader_mapping_retain, c_loader_mapping_retain),
     ENTRY(mapping_release, c_mapping_release),
     ENTRY(host_entry_v1, c_host_entry_v1),
+    ENTRY(device_feed_open, c_device_feed_open),
+    ENTRY(device_feed_next, c_device_feed_next),
+    ENTRY(device_feed_close, c_device_feed_close),
     ENTRY(tools_sweep, c_tools_sweep),
     ENTRY(tools_dump_collated, c_tools_dump_collated),
     ENTRY(tools_binding_report, c_tools_binding_report),
