@@ -10,7 +10,7 @@
 #include <stddef.h>
 
 int cpdl_cli_run(int argc, char **argv);     /* run.c: under mpirun */
-int cpdl_cli_bench(int argc, char **argv);   /* bench.c: runs bench/bench_ways.c's program */
+int cpdl_cli_bench(int argc, char **argv);   /* bench_exec.c: runs bench/bench_ways.c's program */
 /* `cpdl inspect URI [--json] [--limit N] [--show K]` */
 int cpdl_cli_inspect(int argc, char **argv); /* inspect.c */
 int cpdl_cli_sweep(int argc, char **argv);   /* sweep.c: `cpdl sweep [--remove]` */

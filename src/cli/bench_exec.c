@@ -1,4 +1,4 @@
-/* bench.c — `cpdl bench`: runs the baselines' benchmark, bench/bench_ways.c
+/* bench_exec.c — `cpdl bench`: runs the baselines' benchmark, bench/bench_ways.c
  * (naive / bcast / scatter / cpdl side by side). That benchmark is its own
  * program because its baselines need the loader's internals (the mesh, the
  * feed at a cursor, the preparation parameters) without the loader, and the
