@@ -35,6 +35,10 @@ struct cpdl_loader {
    * or not found on this host) for the ring waits' liveness checks. */
   cpdl__watch_t watch;
   const cpdl__peer_t *group_peer[MAX_GROUP];
+  /* A job across hosts: every rank's hostname (world order, for messages)
+   * and the remote liveness (live.c; NULL on one host or without it). */
+  char *hosts;
+  cpdl__live_t *live;
 
   /* Consumer side (every rank, the leader included). */
   uint64_t next_step;      /* step the next next() returns */

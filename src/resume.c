@@ -10,8 +10,19 @@
 #include "loader_impl.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* After a CPDL_EPEER from a collective: failed for good, and the other hosts'
+ * ranks are told (they would wait for this rank in the next collective). */
+static void fail(cpdl_loader_t *L) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
+  cpdl__live_announce_failure(L->live, msg);
+  cpdl__error(CPDL_EPEER, "%s", msg);
+  L->failed = true;
+}
 
 /* What each rank contributes to a save: its replica, whether it leads a
  * group (and so knows its feed's order kind), the step of its next batch (a
@@ -132,10 +143,12 @@ int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *use
     local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
                         "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_SAVE);
   int rc = save_watched(L, buf, size, used, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }
 
@@ -240,9 +253,11 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   if (!local)
     local = cpdl__fault("restoring", L->mesh.me.world_rank);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_RESTORE);
   int rc = restore_watched(L, &view, checksum, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }

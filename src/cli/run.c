@@ -400,7 +400,8 @@ static int run_summary(run_t *R, int run_rc) {
 }
 
 int cpdl_cli_run(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
+  int thread_level = 0; /* MULTIPLE: the liveness thread of a job across hosts (live.c) */
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level);
   run_t R;
   memset(&R, 0, sizeof R);
   MPI_Comm_rank(MPI_COMM_WORLD, &R.rank);
