@@ -23,7 +23,7 @@ def _check(rc):
 
 _TOKEN_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.int64)}
 # Plugins whose samples are views of a file mapping valid until close
-# (cpdl.h, cpdl_source_read).
+# (cpdl/source.h, cpdl_source_read).
 _MAPPED = {"llmc", "megatron"}
 
 

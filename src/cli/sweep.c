@@ -1,10 +1,9 @@
 /* sweep.c — `cpdl sweep [--remove]`: leftover segments of dead cpdl jobs.
  * Only segments with cpdl's prefix, the caller's uid and a creator pid that
- * no longer exists are listed or removed (shm.c decides; cpdl__shm_sweep is
- * internal because a segment's naming and ownership rules are shm.c's, not
- * an API promise). */
+ * no longer exists are listed or removed (the library decides:
+ * cpdl_tools_sweep, cpdl/tools.h). */
 #include "cli.h"
-#include "internal.h"
+#include "cpdl/tools.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -24,7 +23,7 @@ int cpdl_cli_sweep(int argc, char **argv) {
       return 2;
     }
   }
-  int n = cpdl__shm_sweep(remove, stdout);
+  int n = cpdl_tools_sweep(remove, stdout);
   if (n < 0) {
     fprintf(stderr, "cpdl sweep: %s\n", cpdl_last_error());
     return 1;

@@ -3,7 +3,7 @@ data pipeline (megatron/core/datasets: blended_megatron_dataset_builder.py,
 gpt_dataset.py, blended_dataset.py, helpers.cpp, utils.py), written from
 reading that code, with numpy's legacy RandomState as the RNG. It is the test
 oracle for the gpt: source and the "Megatron-equivalent" side of
-scripts/bench-gpt-index. Plain Python loops where Megatron uses C++ (the
+scripts/bench/bench-gpt-index. Plain Python loops where Megatron uses C++ (the
 sample index, the blend) unless fast=True asks for numpy's vectorized
 equivalent of the sample index (same tokens; benchmarks only).
 """

@@ -90,3 +90,14 @@ def cpdl_run(np_, args, env=None, timeout=120, echo=False):
     if echo and p.returncode != 0:
         print(p.stdout, p.stderr, sep="\n")
     return p
+
+
+def include_flags(include):
+    """Compiler flags for cpdl's headers: -I of the source tree's include/ and of
+    the build's generated headers (cpdl/version.h, beside the libcpdl.so under
+    test: $CPDL_LIBRARY)."""
+    flags = ["-I", include]
+    built = os.path.join(os.path.dirname(os.environ.get("CPDL_LIBRARY", "")), "include")
+    if os.path.isfile(os.path.join(built, "cpdl", "version.h")):
+        flags += ["-I", built]
+    return flags
