@@ -310,13 +310,6 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return 0;
 }
 
-/* Pack: a stream of T tokens holds floor((T - 1) / S) rows (windows of S + 1
- * tokens overlapping by one); pad: one row per sample of >= 2 tokens. */
-static uint64_t rows_to_steps(unsigned __int128 rows, int batch) {
-  unsigned __int128 steps = rows / (unsigned)batch;
-  return steps > UINT64_MAX ? UINT64_MAX : (uint64_t)steps;
-}
-
 int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out) {
   *out = 0;
   if (feed->global) { /* ends by itself at its last full global batch */
@@ -328,9 +321,10 @@ int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t
     *out = n > cap ? cap : (uint64_t)n;
     return 0;
   }
+  /* The collate's own rule on the documents' lengths, in its order (collate.c). */
   const int64_t per_epoch = cpdl__sampler_per_epoch(feed->sampler);
-  const bool pack = feed->kind == CPDL__COLLATE_PACK;
-  unsigned __int128 tokens = 0, rows = 0;
+  cpdl__collate_count_t count;
+  cpdl__collate_count_init(&count, feed->collate);
   uint64_t steps = 0;
   for (uint64_t e = 0; e < epochs && steps < cap; e++) {
     for (int64_t p = 0; p < per_epoch; p++) {
@@ -341,14 +335,9 @@ int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t
       if (rc)
         return cpdl__error_prefix(rc, "counting the steps of %llu epochs (config key epochs)",
                                   (unsigned long long)epochs);
-      if (pack)
-        tokens += (uint64_t)n;
-      else
-        rows += n >= 2;
+      cpdl__collate_count_doc(&count, e, n);
     }
-    if (pack)
-      rows = tokens > 0 ? (tokens - 1) / (uint64_t)feed->seq_len : 0;
-    steps = rows_to_steps(rows, feed->batch);
+    steps = cpdl__collate_count_steps(&count);
   }
   *out = steps < cap ? steps : cap;
   return 0;

@@ -14,6 +14,10 @@
  *    every collective of open/save/restore/close runs watched (coll.c), so a rank
  *    of this host dying inside them gives CPDL_EPEER, never a hang. A failed
  *    open frees everything locally; a living leader unlinks its segment.
+ *  - A loader belongs to the process that opened it (owner_pid). In a child
+ *    after fork every call fails naming the fork, and close only drops the
+ *    child's copy of the mappings: no ring write, no collective, no unlink,
+ *    no join of threads that exist only in the parent.
  */
 #include "internal.h"
 
@@ -30,6 +34,7 @@
 
 struct cpdl_loader {
   cpdl_config_t cfg;
+  pid_t owner_pid;          /* the opener: a forked child owns nothing (check_owner) */
   /* The control plane (the mesh's teams point at it) and, when open built
    * it from an MPI communicator, that cpdl_oob_t to free at close. */
   cpdl__ctl_t ctl;
@@ -77,6 +82,24 @@ struct cpdl_loader {
 };
 
 /* ------------------------------------------------------------------------- */
+/* Ownership                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* A child after fork (a DataLoader worker, a subprocess helper) has a copy of
+ * the loader but none of its threads, and the segment's ring is the parent's:
+ * anything it did there would act on the parent's job. */
+static int check_owner(const cpdl_loader_t *L, const char *fn) {
+  pid_t me = getpid();
+  if (L->owner_pid == me)
+    return 0;
+  return cpdl__error(CPDL_ESTATE,
+                     "%s: this loader was opened by process %d and this process (%d) is a fork "
+                     "of it; a loader belongs to the process that opened it (open one in the "
+                     "child, or use it in the parent only)",
+                     fn, (int)L->owner_pid, (int)me);
+}
+
+/* ------------------------------------------------------------------------- */
 /* The view mapping's lifetime                                                */
 /* ------------------------------------------------------------------------- */
 
@@ -95,6 +118,8 @@ cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *L) {
                 "(out of memory at open)" : "NULL loader");
     return NULL;
   }
+  if (check_owner(L, "cpdl_loader_mapping_retain"))
+    return NULL;
   atomic_fetch_add_explicit(&L->view_map->refs, 1, memory_order_relaxed);
   return L->view_map;
 }
@@ -104,6 +129,21 @@ void cpdl_mapping_release(cpdl_mapping_t *map) {
     return;
   munmap(map->base, map->size);
   free(map);
+}
+
+/* close in a forked child: drop this process's copy of the mappings and fds,
+ * nothing else. The rest of the copy (feed, threads' state, the control
+ * plane) is left as it is: it may hold locks of threads that do not exist
+ * here, and the parent still uses the originals. */
+static void forked_close(cpdl_loader_t *L) {
+  if (L->view_map) {
+    L->view_shm.base = NULL; /* the mapping's references unmap it */
+    cpdl_mapping_release(L->view_map);
+    L->view_map = NULL;
+  }
+  L->shm.owner = false; /* never unlink the parent's segment */
+  cpdl__shm_close(&L->view_shm);
+  cpdl__shm_close(&L->shm);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -444,6 +484,7 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   if (mpi_oob)
     L->mpi_oob = *mpi_oob;
   L->cfg = *cfg;
+  L->owner_pid = getpid();
   L->shm.fd = -1;
   L->view_shm.fd = -1;
   L->config_hash = cpdl__config_hash(cfg);
@@ -547,6 +588,9 @@ static int ensure_started(cpdl_loader_t *L) {
 int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   if (!L || !out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_next: NULL argument");
+  int rc = check_owner(L, "cpdl_loader_next");
+  if (rc)
+    return rc;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   if (L->holding)
@@ -554,7 +598,7 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
                        "cpdl_batch_release() first", (unsigned long long)(L->next_step));
   if (L->next_step == L->end_step)
     return cpdl__error(CPDL_EEOF, "all %llu steps delivered", (unsigned long long)L->end_step);
-  int rc = ensure_started(L);
+  rc = ensure_started(L);
   if (rc)
     return rc;
   rc = cpdl__fault("waiting", L->mesh.me.world_rank);
@@ -605,6 +649,9 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
 int cpdl_batch_release(cpdl_loader_t *L, cpdl_batch_t *batch) {
   if (!L || !batch)
     return cpdl__error(CPDL_EARG, "cpdl_batch_release: NULL argument");
+  int rc = check_owner(L, "cpdl_batch_release");
+  if (rc)
+    return rc;
   if (!L->holding || batch->internal != L || batch->step != L->next_step)
     return cpdl__error(CPDL_ESTATE, "cpdl_batch_release: this batch (step %llu) is not the one "
                        "held by this loader", (unsigned long long)batch->step);
@@ -629,9 +676,12 @@ size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_b
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
 
 int cpdl__loader_wait_ready(cpdl_loader_t *L) {
+  int rc = check_owner(L, "cpdl_loader_next");
+  if (rc)
+    return rc;
   if (L->holding || L->failed || L->next_step == L->end_step)
     return 0; /* next() reports these */
-  int rc = ensure_started(L);
+  rc = ensure_started(L);
   if (rc)
     return rc;
   return cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
@@ -766,6 +816,9 @@ static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, 
 int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *used) {
   if (!L)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL loader");
+  int owner = check_owner(L, "cpdl_loader_state_save");
+  if (owner)
+    return owner;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   size_t need = 0;
@@ -868,6 +921,9 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
 int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   if (!L || !buf)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
+  int owner = check_owner(L, "cpdl_loader_state_restore");
+  if (owner)
+    return owner;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   cpdl__state_view_t view;
@@ -906,6 +962,13 @@ static int close_check(void *arg) {
 int cpdl_loader_close(cpdl_loader_t *L) {
   if (!L)
     return 0;
+  if (L->owner_pid != getpid()) {
+    /* A forked child's copy: local only, the parent's job is untouched. *L
+     * is not freed (the parent's loader owns its members; freeing a few of
+     * them here would be a partial teardown of a copy nobody else uses). */
+    forked_close(L);
+    return 0;
+  }
   /* Tell the group first (R19): if this close is out of turn (an exception,
    * an early exit) the others are still in next(); the first of them to
    * wait for a step that needs this rank's slot fails naming this rank and

@@ -8,11 +8,16 @@ next() releases the previous one first. Every array handed out views the shared
 segment read-only through a buffer whose base chain ends at its Batch, so the
 Batch object outlives its arrays — but the *slot* does not: after release() the
 leader may overwrite it (see Batch). Loaders are closed before MPI_Finalize.
+A Loader belongs to the process that opened it: in a child after fork (a
+DataLoader worker, multiprocessing, a subprocess helper before exec) every use
+raises cpdl.Error naming the fork, close() only drops the child's copy, and
+the exit handler leaves the parent's loaders and MPI alone.
 """
 import atexit
 import collections
 import ctypes
 import operator
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -53,6 +58,7 @@ def _mesh_of(coords):
 
 _mpi = None
 _we_initialized_mpi = False
+_mpi_init_pid = None  # the process that called MPI_Init here (a fork child did not)
 # Strong references: an open loader owns threads and a mapping, and closing
 # is collective, so it cannot happen in __del__ at a random GC time; loaders
 # not closed by the program are closed at exit.
@@ -68,7 +74,7 @@ def _ensure_mpi():
     """MPI_Init(NULL, NULL) unless someone (mpi4py, the host program) already
     did; then, and only then, MPI_Finalize runs at exit, after our loaders
     are closed."""
-    global _we_initialized_mpi
+    global _we_initialized_mpi, _mpi_init_pid
     mpi = _mpi_lib()
     flag = ctypes.c_int(0)
     mpi.MPI_Initialized(ctypes.byref(flag))
@@ -82,6 +88,7 @@ def _ensure_mpi():
     if rc != 0:
         raise Error(_ffi.EMPI, "MPI_Init failed with MPI error %d" % rc)
     _we_initialized_mpi = True
+    _mpi_init_pid = os.getpid()
 
 
 @atexit.register
@@ -89,13 +96,19 @@ def _at_exit():
     # atexit runs in reverse registration order: this was registered at
     # import, after mpi4py's own handler if mpi4py was imported first, so
     # loaders close before anybody's MPI_Finalize. Closing is collective:
-    # every rank reaches it as it exits normally.
+    # every rank reaches it as it exits normally. A child after fork (sys.exit
+    # in a DataLoader worker or a multiprocessing child) owns none of them:
+    # closing the parent's loaders or finalizing its MPI from there would tear
+    # down the parent's job, so it does nothing.
+    me = os.getpid()
     for loader in list(_open_loaders):
+        if loader._pid != me:
+            continue
         try:
             loader.close()
         except Error:
             pass
-    if _we_initialized_mpi:
+    if _we_initialized_mpi and _mpi_init_pid == me:
         mpi = _mpi_lib()
         finalized = ctypes.c_int(0)
         mpi.MPI_Finalized(ctypes.byref(finalized))
@@ -321,6 +334,8 @@ class Batch(Mapping):
         loader = self._loader
         if loader is not None and loader._handle is not None and loader._current is self:
             loader._current = None
+            if loader._pid != os.getpid():
+                return  # a fork's copy: the slot is the parent's to release
             _check(_ffi.full().cpdl_batch_release(loader._handle, ctypes.byref(self._c)))
 
     def __enter__(self):
@@ -408,6 +423,7 @@ class Loader:
         self._handle = None
         self._mapping = None
         self._feed = None
+        self._pid = os.getpid()  # the owner (see _live)
         device, prefetch = _prefetch.resolve(device, prefetch)
         pin = pin or device is not None
         self._current = None
@@ -478,6 +494,12 @@ class Loader:
             self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
 
     def _live(self):
+        if self._pid != os.getpid():
+            raise Error(_ffi.ESTATE, "this cpdl.Loader was opened by process %d and this "
+                        "process (%d) is a fork of it (a DataLoader worker, multiprocessing, "
+                        "a subprocess helper): a loader belongs to the process that opened it; "
+                        "use it in the parent, or open a Loader in the child"
+                        % (self._pid, os.getpid()))
         if self._handle is None:
             raise Error(_ffi.ESTATE, "the loader is closed")
         return self._handle
@@ -529,9 +551,9 @@ class Loader:
         "<hex>"} (JSON and torch.save friendly); the dict any rank returns
         restores every rank, so rank 0 alone may write the checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
+        handle = self._live()
         if self._feed is not None:
             self._feed.check_state_save()
-        handle = self._live()
         lib = _ffi.full()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
@@ -568,8 +590,18 @@ class Loader:
         _check(_ffi.full().cpdl_loader_state_restore(self._live(), blob, len(blob)))
 
     def close(self):
-        """Collective. Releases the held batch, unpins, closes. Idempotent."""
+        """Collective. Releases the held batch, unpins, closes. Idempotent.
+        In a child after fork: only drops the child's copy (no collective, the
+        parent's job is untouched)."""
         if self._handle is None:
+            return
+        if self._pid != os.getpid():
+            handle, self._handle = self._handle, None
+            self._mapping = None
+            self._current = None
+            self._feed = None  # its thread is the parent's
+            _open_loaders.discard(self)
+            _ffi.full().cpdl_loader_close(handle)  # local in a child: unmaps its copy
             return
         if self._feed is not None:
             self._feed.close()  # copies in flight read the slots: wait for them
