@@ -187,9 +187,9 @@ int cpdl__agree(const cpdl__team_t *team, int local_rc);
  * POSIX shared-memory segments: creation with a random name, O_EXCL, 0600,
  * space reserved up front; attachment with owner/mode/size checks. */
 #define CPDL__SHM_PREFIX "cpdl-"
-#define CPDL__SHM_NAME_MAX 64
+#define CPDL__SHM_NAME_MAX 96
 typedef struct cpdl__shm {
-  char name[CPDL__SHM_NAME_MAX]; /* "/cpdl-<uid>-<pid>-<random>" */
+  char name[CPDL__SHM_NAME_MAX]; /* "/cpdl-<uid>-<pid>-<pidns>-<boot>-<random>" */
   int fd;                        /* -1 once closed */
   void *base;                    /* whole mapping */
   size_t size;
@@ -211,9 +211,16 @@ int cpdl__shm_attach(const char *name, size_t size, size_t ctrl_bytes, bool data
 int cpdl__shm_unlink(cpdl__shm_t *shm);
 void cpdl__shm_close(cpdl__shm_t *shm);
 /* List (and with remove, unlink) leftover segments: cpdl's prefix, the
- * caller's uid and a creator pid that no longer exists. Writes one line per
- * segment to `report` (may be NULL). \return number found, or < 0. */
-int cpdl__shm_sweep(bool remove, void *report_FILE);
+ * caller's uid and a creator provably gone — its pid absent in the PID
+ * namespace and boot its name records, which must be the caller's. A
+ * segment whose creator cannot be judged from here (another PID namespace
+ * or boot, or a name without them) is kept: it counts in *unknown (may be
+ * NULL) and its report line says why. Writes one line per segment to
+ * `report` (may be NULL). \return number of dead creators' segments, or < 0. */
+int cpdl__shm_sweep(bool remove, void *report_FILE, int *unknown);
+/* "<pidns hex>-<boot id, 12 hex>" of this process, as segment names record
+ * it (0 for what /proc does not say). \return snprintf's. */
+int cpdl__shm_identity(char *buf, size_t size);
 /* Tests only: the next cpdl__shm_create() tries `name` ("/cpdl-...") first
  * (then random names as usual). NULL clears it. Not thread-safe. */
 void cpdl__shm_test_force_name(const char *name);

@@ -65,6 +65,10 @@ struct cpdl_loader {
   bool holding;            /* a batch is acquired and not released */
   bool failed;             /* a peer died: close without collectives */
   bool started;            /* a next() happened (restore no longer allowed) */
+  /* The last next() timed out (a stalled rank, named in the message): if
+   * this rank gives up and closes, the verdict is posted to the group, so
+   * the stalled rank, once continued, names the same cause (R9/R19). */
+  char timed_out[CPDL__RING_MSG_MAX];
   uint64_t state_words[CPDL__CURSOR_WORDS]; /* feed cursor after the last acquired step */
   uint64_t start_words[CPDL__CURSOR_WORDS]; /* feed cursor at next_step before any next() */
   cpdl_view_field_t view[CPDL_MAX_FIELDS];
@@ -598,6 +602,13 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
                        "cpdl_batch_release() first", (unsigned long long)(L->next_step));
   if (L->next_step == L->end_step)
     return cpdl__error(CPDL_EEOF, "all %llu steps delivered", (unsigned long long)L->end_step);
+  /* A verdict another rank posted (a death, a departure, a stall it gave up
+   * on) ends the job for this rank too, even if steps are still published. */
+  rc = cpdl__ring_posted_error(L->cring);
+  if (rc) {
+    L->failed = rc == CPDL_EPEER;
+    return rc;
+  }
   rc = ensure_started(L);
   if (rc)
     return rc;
@@ -611,6 +622,10 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     return rc;
   }
   rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  L->timed_out[0] = '\0';
+  if (rc == CPDL_ETIMEDOUT) /* retrying may still succeed; closing now posts it */
+    snprintf(L->timed_out, sizeof L->timed_out, "rank %d gave up after a timeout: %s",
+             L->mesh.me.world_rank, cpdl_last_error());
   if (rc) {
     if (rc == CPDL_EPEER) {
       /* Tell the group what this rank saw (first poster wins), so every
@@ -955,7 +970,11 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
  * means some member stopped in next() and will never reach this barrier. */
 static int close_check(void *arg) {
   cpdl_loader_t *L = arg;
-  int posted = cpdl__ring_posted_error(L->cring);
+  int posted = L->cring ? cpdl__ring_posted_error(L->cring) : 0;
+  /* A timeout given up on (posted by close) is a verdict on a rank too:
+   * like a death, its poster closes locally, so nobody waits in a collective. */
+  if (posted == CPDL_ETIMEDOUT)
+    return cpdl__error(CPDL_EPEER, "%s", cpdl_last_error());
   return posted == CPDL_EPEER ? posted : 0;
 }
 
@@ -974,8 +993,14 @@ int cpdl_loader_close(cpdl_loader_t *L) {
    * wait for a step that needs this rank's slot fails naming this rank and
    * posts it, which ends the barrier below. A collective close waits for no
    * such step, so nothing is posted and the barrier completes. */
+  if (L->cring && L->timed_out[0]) /* giving up on a stalled rank: say so first */
+    cpdl__ring_post_error(L->cring, CPDL_ETIMEDOUT, L->timed_out);
   if (L->cring)
     cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
+  /* A verdict posted to the group (a death, a stall given up on): whoever
+   * posted it closes without collectives, so nobody may wait in one. */
+  if (close_check(L))
+    L->failed = true;
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
@@ -988,6 +1013,8 @@ int cpdl_loader_close(cpdl_loader_t *L) {
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
   L->watch.check = NULL;
+  if (rc != CPDL_EPEER && close_check(L)) /* posted before its poster entered the barrier */
+    rc = CPDL_EPEER;
   if (rc != CPDL_EPEER) {
     if (rc && !local)
       local = rc;

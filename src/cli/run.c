@@ -328,11 +328,15 @@ int cpdl_cli_run(int argc, char **argv) {
   }
   double elapsed = cli_now_s() - t_start;
 
-  if (run_rc == CPDL_EPEER) {
-    /* A rank of this group died: no collectives from here on. */
+  if (run_rc == CPDL_EPEER || run_rc == CPDL_ETIMEDOUT) {
+    /* A rank of this group died, left or stalled past timeout_ms: no
+     * collectives from here on (a stalled rank may never come back). close
+     * tells the group why (a timeout's verdict names the stalled rank, so it
+     * names itself if it is continued) and cleans up locally. */
     cpdl_loader_close(loader);
     free(lat);
-    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", rank);
+    fprintf(stderr, "cpdl run: rank %d: stopping after %s (see above)\n", rank,
+            run_rc == CPDL_EPEER ? "a dead rank" : "a stalled rank");
     return 1;
   }
 
