@@ -74,6 +74,19 @@ static int uri_u64(const char *uri, const char *key, uint64_t *out) {
 
 static int global_open(cpdl__feed_t *feed, const cpdl_config_t *cfg, bool double_buffer) {
   feed->global = true;
+  /* Its rows are Megatron's samples, already packed: a collate or a packing
+   * of cpdl's own would be ignored, so asking for one is an error. */
+  if (cfg->mode == CPDL_MODE_THD)
+    return cpdl__error(CPDL_EARG, "mode=thd packs whole documents itself (mode thd: collate=pack, "
+                       "each document padded to 2*cp), but the gpt: source delivers Megatron's "
+                       "fixed samples of seq_len + 1 tokens, which cpdl does not repack; use "
+                       "mode=contiguous or mode=round_robin with gpt:, or mode=thd with "
+                       "megatron:PREFIX (the same .bin/.idx files)");
+  if (strcmp(cfg->collate, "pack") != 0)
+    return cpdl__error(CPDL_EARG, "collate=%s does not apply to the gpt: source: its samples are "
+                       "Megatron's, packed by its GPTDataset (no padding of cpdl's); leave collate "
+                       "at pack (the default), or use megatron:PREFIX with collate=%s",
+                       cfg->collate, cfg->collate);
   /* consumed_samples=C: start where a Megatron run left off (its
    * consumed_samples); a resume state replaces it (cpdl__feed_seek). */
   int rc = uri_u64(cfg->source, "consumed_samples", &feed->base);

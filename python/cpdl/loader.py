@@ -18,6 +18,7 @@ import collections
 import ctypes
 import operator
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -359,13 +360,41 @@ def _value_text(key, value):
                     % (key, type(value).__name__))
 
 
+def _text_keys(text):
+    """The keys a "key=value ..." configuration text sets (as the C parser reads them)."""
+    return set(re.findall(r"(?:^|[\s,])([A-Za-z_][A-Za-z0-9_]*)\s*=", text))
+
+
+def _env_except(lib, cfg, given):
+    """CPDL_<KEY> variables onto cfg, but not the keys the caller sets: a bad
+    value of such a variable is overridden, as a command-line flag overrides
+    it for the CLI (cpdl__config_from_env_except)."""
+    if lib.cpdl_config_from_env(ctypes.byref(cfg)) == 0:
+        return
+    lib.cpdl_config_init(ctypes.byref(cfg))  # from_env changed nothing; go key by key
+    for name, _ in Config._fields_:
+        var = "CPDL_" + name.upper()
+        if name == "struct_size" or name in given or var not in os.environ:
+            continue
+        rc = lib.cpdl_config_set(ctypes.byref(cfg), name.encode(), os.environ[var].encode())
+        if rc:
+            raise Error(rc, "environment variable %s: %s" % (var, lib.last_error()))
+
+
 def make_config(config=None, **kwargs):
     """A cpdl_config_t: defaults, then CPDL_<KEY> environment variables, then
-    `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...)."""
+    `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...).
+    A key the caller sets is not read from the environment, so its bad
+    CPDL_<KEY> value is no error (as with the CLI's flags)."""
     lib = _ffi.full()
     cfg = Config()
     lib.cpdl_config_init(ctypes.byref(cfg))
-    _check(lib.cpdl_config_from_env(ctypes.byref(cfg)))
+    given = set(str(k) for k in kwargs)
+    if isinstance(config, str):
+        given |= _text_keys(config)
+    elif isinstance(config, Mapping):
+        given |= set(str(k) for k in config)
+    _env_except(lib, cfg, given)
     items = []
     if isinstance(config, str):
         _check(lib.cpdl_config_parse(ctypes.byref(cfg), config.encode()))
@@ -467,7 +496,8 @@ class Loader:
             else:
                 process_group = "torch"
         if process_group is not None:
-            self._oob = _launch.torch_oob(None if process_group == "torch" else process_group)
+            self._oob = _launch.torch_oob(None if process_group == "torch" else process_group,
+                                          timeout_ms=cfg.timeout_ms)
             rc = lib.cpdl_loader_open_oob(ctypes.byref(self._oob.struct), layout_p,
                                           ctypes.byref(cfg), ctypes.byref(handle))
             if rc and self._oob.error is not None:

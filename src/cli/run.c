@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,11 +139,19 @@ static int read_state(const char *file, int rank, void **buf, size_t *size) {
   char *bytes = NULL;
   if (rank == 0) {
     FILE *f = fopen(file, "rb");
+    struct stat st;
     if (!f)
       rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
-    if (!rc && (fseek(f, 0, SEEK_END) != 0 || (long)(n = (uint64_t)ftell(f)) < 0 ||
-                fseek(f, 0, SEEK_SET) != 0))
+    /* A directory opens too (and "has" LONG_MAX bytes): only a regular file
+     * holds a state. Its size is fstat's. */
+    if (!rc && fstat(fileno(f), &st) != 0)
       rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    if (!rc && !S_ISREG(st.st_mode))
+      rc = cpdl__error(CPDL_ESTATE, "resume state %s is %s, not a file; give the file that "
+                       "--save-state wrote", file, S_ISDIR(st.st_mode) ? "a directory" : "not "
+                       "a regular file");
+    if (!rc)
+      n = (uint64_t)st.st_size;
     if (!rc && (n == 0 || n > STATE_FILE_MAX))
       rc = cpdl__error(CPDL_ESTATE, "%s has %llu bytes: not a cpdl resume state", file,
                        (unsigned long long)n);
