@@ -152,16 +152,13 @@ def _rendezvous(timeout_ms):
                     "reach rank 0's store within timeout_ms=%d (%s); rank 0 has not arrived: "
                     "check that every process was started and MASTER_ADDR/MASTER_PORT are rank "
                     "0's (%s)" % (where, rank, timeout_ms, exc, _launcher_text())) from None
-    store.set("cpdl/arrived/%d" % rank, "1")
+    store.add("cpdl/arrived/%d" % rank, 1)
     deadline = time.monotonic() + timeout_ms / 1000.0
-    probe = datetime.timedelta(milliseconds=20)
 
     def arrived(r):
-        try:  # Store.check is newer than torch 1.13: a short wait tells the same
-            store.wait(["cpdl/arrived/%d" % r], probe)
-            return True
-        except RuntimeError:
-            return False
+        # add(key, 0) reads a counter without blocking (Store.check is newer than
+        # torch 1.13, and a wait that times out leaves the client's socket out of step)
+        return store.add("cpdl/arrived/%d" % r, 0) > 0
 
     missing = list(range(size))
     while True:
@@ -177,6 +174,8 @@ def _rendezvous(timeout_ms):
                     "timeout_ms (%s)" % (where, len(missing), size, timeout_ms,
                                          "s" if len(missing) > 1 else "", shown,
                                          _launcher_text()))
+    if hasattr(store, "set_timeout"):  # later store waits (new_group, gloo): torch's default
+        store.set_timeout(datetime.timedelta(minutes=30))
     return store
 
 
