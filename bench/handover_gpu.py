@@ -5,7 +5,8 @@ cuda:(local rank mod GPU count)); cp = the number of ranks:
   mpirun -np 2 --bind-to none python3 bench/handover_gpu.py --seq-lens 128K,1M --steps 200
 Each step: t0, take the step's shard on the device (the data wait), then a real
 compute step — bf16 matmuls sized to about --compute-ms on this GPU, reading
-the shard — ending in .item() as a loss read does. The data wait is the time
+the shard — ending in .item() as a loss read does, then a barrier (CP ranks
+exchange K/V every step, so they move in lockstep; --no-sync drops it). The data wait is the time
 from t0 until the shard is on the device and usable on the current stream,
 max over ranks per step. Feeds, in the same job on the same data:
   native      Loader(device="cuda", prefetch=1), the C copy thread (src/device.c)
@@ -66,9 +67,12 @@ class Compute:
         return (x[0, 0].float() + ids.reshape(-1)[-1].float() * 0).item()
 
 
+PREFETCH = 1
+
+
 def feed_native(kw, device):
     os.environ["CPDL_PREFETCH_ENGINE"] = "native"
-    loader = cpdl.Loader(device=device, prefetch=1, **kw)
+    loader = cpdl.Loader(device=device, prefetch=PREFETCH, **kw)
     assert type(loader._feed).__name__ == "NativeFeed", type(loader._feed).__name__
     it = iter(loader)
     return loader, lambda: next(it), []
@@ -76,7 +80,7 @@ def feed_native(kw, device):
 
 def feed_python(kw, device):
     os.environ["CPDL_PREFETCH_ENGINE"] = "python"
-    loader = cpdl.Loader(device=device, prefetch=1, **kw)
+    loader = cpdl.Loader(device=device, prefetch=PREFETCH, **kw)
     os.environ["CPDL_PREFETCH_ENGINE"] = "native"
     it = iter(loader)
     return loader, lambda: next(it), []
@@ -119,7 +123,12 @@ def main():
     ap.add_argument("--compute-ms", type=float, default=20.0)
     ap.add_argument("--mode", default="contiguous")
     ap.add_argument("--json", default="")
+    ap.add_argument("--prefetch", type=int, default=1, help="steps ahead (native, python)")
+    ap.add_argument("--no-sync", action="store_true",
+                    help="no barrier at the end of each step (ranks may drift apart)")
     args = ap.parse_args()
+    global PREFETCH
+    PREFETCH = args.prefetch
 
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
@@ -138,7 +147,10 @@ def main():
             else:
                 loader, take, _ = {"native": feed_native, "python": feed_python,
                                    "pin": feed_pin}[name](kw, device)
-            waits, steps, sums = [], [], []
+            waits, steps, sums, row = [], [], [], {}
+            feed = getattr(loader, "_feed", None)
+            if hasattr(feed, "profile"):
+                feed.profile = []
             comm.Barrier()
             for i in range(args.warmup + args.steps):
                 t0 = time.perf_counter()
@@ -148,20 +160,32 @@ def main():
                     sums.append([int(shard[k].double().sum().item()) for k in sorted(shard)])
                 compute.step(shard)
                 del shard
+                if not args.no_sync:
+                    # The ranks of a CP group exchange K/V every step, so none runs
+                    # ahead of the others; without this the faster rank drifts until
+                    # the ring's slots bound it, and then waits for the slower one.
+                    comm.Barrier()
                 t2 = time.perf_counter()
                 if i >= args.warmup:
                     waits.append((t1 - t0) * 1e3)
                     steps.append((t2 - t0) * 1e3)
+            prof = getattr(getattr(loader, "_feed", None), "profile", None)
             loader.close()
+            if prof is not None:  # every rank's parts, gathered
+                a = np.array(prof[args.warmup:]) * 1e3
+                mine = [[round(float(np.median(a[:, j])), 4) for j in range(3)],
+                        [round(float(pct(list(a[:, j]), 99)), 4) for j in range(3)],
+                        int((a[:, 1] > 0.5).sum())]
+                row["native_parts_ms"] = comm.allgather(mine)
             waits = np.max(np.array(comm.allgather(waits)), axis=0)
             steps = np.max(np.array(comm.allgather(steps)), axis=0)
-            row = {"feed": name, "seq_len": S, "cp": size, "ranks": size, "gpus": ngpu,
+            row.update({"feed": name, "seq_len": S, "cp": size, "ranks": size, "gpus": ngpu,
                    "steps": args.steps, "compute_reps": compute.reps,
                    "wait_ms_p50": round(float(statistics.median(waits)), 4),
                    "wait_ms_p90": round(float(pct(waits, 90)), 4),
                    "wait_ms_p99": round(float(pct(waits, 99)), 4),
                    "wait_ms_max": round(float(np.max(waits)), 4),
-                   "step_ms_p50": round(float(statistics.median(steps)), 3)}
+                   "step_ms_p50": round(float(statistics.median(steps)), 3)})
             row["sums"] = sums
             rows.append(row)
             if rank == 0:
@@ -180,6 +204,11 @@ def main():
             print("| %s | %d | %.3f | %.3f | %.3f | %.3f | %.1f |" % (
                 r["feed"], r["seq_len"], r["wait_ms_p50"], r["wait_ms_p90"], r["wait_ms_p99"],
                 r["wait_ms_max"], r["step_ms_p50"]))
+        for r in rows:
+            for k, (p50, p99, slow) in enumerate(r.get("native_parts_ms", [])):
+                print("native next() parts at S=%d rank %d (stream lookup, C dequeue, DLPack "
+                      "imports): ms p50 %s p99 %s; %d dequeues waited > 0.5 ms"
+                      % (r["seq_len"], k, p50, p99, slow))
         print("(%s, %d ranks on %d GPU(s), %d matmuls of 4096^2 bf16 per step)"
               % (torch.cuda.get_device_name(device), size, ngpu, compute.reps))
         if args.json:

@@ -281,6 +281,8 @@ MPI_SIGNATURES = {
     "MPI_Initialized": (ctypes.c_int, [_P(ctypes.c_int)]),
     "MPI_Finalized": (ctypes.c_int, [_P(ctypes.c_int)]),
     "MPI_Init": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+    "MPI_Init_thread": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                       _P(ctypes.c_int)]),
     "MPI_Finalize": (ctypes.c_int, []),
     "MPI_Comm_size": (ctypes.c_int, [ctypes.c_void_p, _P(ctypes.c_int)]),
 }

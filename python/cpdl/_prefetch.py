@@ -39,6 +39,7 @@ import os
 import queue
 import threading
 import warnings
+from time import perf_counter as _perf
 from collections.abc import Mapping
 
 from . import _dlpack, _ffi
@@ -312,11 +313,17 @@ class NativeFeed:
             torch.utils.dlpack.from_dlpack
         self._names = {}
         self._done = False
+        self.profile = None  # a list: next() appends (stream, C call, import) seconds
         if dl_cpu:
             self._stream = lambda: 0
         else:
-            current = torch.cuda.current_stream
-            self._stream = lambda: current(device).cuda_stream
+            raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+            index = device.index or 0
+            if raw is not None:  # the stream's handle, without a Stream object
+                self._stream = lambda: raw(index)
+            else:
+                current = torch.cuda.current_stream
+                self._stream = lambda: current(device).cuda_stream
 
     def _name(self, address):
         name = self._names.get(address)
@@ -327,7 +334,15 @@ class NativeFeed:
     def next(self):
         if self._done:
             raise StopIteration
-        rc = self._next_c(self._h, self._stream(), self._step_ref)
+        prof = self.profile
+        if prof is not None:
+            t0 = _perf()
+        stream = self._stream()
+        if prof is not None:
+            t1 = _perf()
+        rc = self._next_c(self._h, stream, self._step_ref)
+        if prof is not None:
+            t2 = _perf()
         if rc:
             self._done = True
             if rc == _ffi.EEOF:
@@ -349,7 +364,10 @@ class NativeFeed:
                 if address:
                     managed = _dlpack.DLManagedTensor.from_address(address)
                     managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
-        return DeviceBatch(s.step, self._mesh, tensors)
+        batch = DeviceBatch(s.step, self._mesh, tensors)
+        if prof is not None:
+            prof.append((t1 - t0, t2 - t1, _perf() - t2))
+        return batch
 
     def check_state_save(self):
         raise Error(_ffi.ESTATE, "state_dict() with prefetch=%d: the prefetch copy thread has "
