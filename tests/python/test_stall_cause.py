@@ -4,7 +4,7 @@ One group of 3 ranks (cp 3, slots 2, timeout_ms 2000); after 1 s the test SIGSTO
 STOPPED (2: a consumer; 0: the leader), waits 5 s (past the timeout) and sends SIGCONT.
   cli: `mpirun -np 3 cpdl run --timeout-ms 2000`: the job fails within 60 s (no hang); every
     rank that reports names the stopped rank as stalled and no other (the ranks that gave
-    up exit without collectives, so mpirun may end the stopped one before it reports);
+    up exit without collectives, so mpirun may end the others before they report);
   library (Python, each rank keeps running until all three have reported; they end without
     MPI_Finalize, as after any verdict on a rank, so only the ending is checked): every rank's
     error — the stopped rank's too, once continued — names the stopped rank as stalled, no
@@ -81,7 +81,9 @@ def stall(stopped, tmp, library):
             m = re.match(r"cpdl run: rank (\d+): next: (.*)", line)
             if m:
                 errors.setdefault(int(m.group(1)), m.group(2))
-        report(len(errors) >= 2, label + ": the ranks report next()'s error",
+        # a rank that gave up exits at once and mpirun then ends the others, so under load
+        # only the first may get to print: every line printed is checked below
+        report(len(errors) >= 1, label + ": the ranks report next()'s error",
                "ranks %s; output: %s" % (sorted(errors), out[-3000:]))
     for rank, msg in sorted(errors.items()):
         named = [int(r) for r in re.findall(r"rank (\d+) \(group rank \d+, pid \d+\) has not "
