@@ -612,11 +612,15 @@ int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
                            atomic_load_explicit(&rec->cursor, memory_order_relaxed),
                            timeout_ms / 1000.0);
       }
-      if (left <= 0)
+      if (left <= 0) /* group rank 0 is the leader */
         return cpdl__error(CPDL_ETIMEDOUT, "ring: step %" PRIu64 " was not published within "
                            "%d ms (slot %" PRIu32 " holds step %" PRIu64 ", every consumer has "
-                           "released it: the leader is stalled or slow; raise timeout_ms if "
-                           "that is expected)", step, timeout_ms, slot_index, published);
+                           "released it: the leader is stalled or slow (rank %" PRId32 ", pid "
+                           "%" PRId32 "); raise timeout_ms if that is expected)", step,
+                           timeout_ms, slot_index, published,
+                           atomic_load_explicit(&ring->consumers[0].world_rank,
+                                                memory_order_relaxed),
+                           atomic_load_explicit(&ring->hdr->leader_pid, memory_order_relaxed));
       if (left < tick)
         tick = (int)left;
     }

@@ -9,8 +9,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-CPDL_API int cpdl_tools_sweep(int remove, FILE *report) {
-  return cpdl__shm_sweep(remove != 0, report);
+CPDL_API int cpdl_tools_sweep(int remove, FILE *report, int *unknown) {
+  int kept = 0;
+  int n = cpdl__shm_sweep(remove != 0, report, &kept);
+  if (unknown)
+    *unknown = kept;
+  return n;
 }
 
 CPDL_API int cpdl_tools_dump_collated(cpdl_loader_t *loader, const char *dir) {

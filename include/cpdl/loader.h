@@ -249,7 +249,12 @@ CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const void *buf, s
  *  naming this rank as the one that left, and this close returns CPDL_EPEER
  *  once the group knows. \return 0 or the first error seen on any rank.
  *  *loader is freed either way (a retained mapping stays; see below). A NULL
- *  loader is accepted (0). */
+ *  loader is accepted (0).
+ *  Fork: a loader belongs to the process that opened it. In a child after
+ *  fork(), cpdl_loader_next, cpdl_batch_release, the state calls and
+ *  cpdl_loader_mapping_retain return CPDL_ESTATE naming both pids, and
+ *  cpdl_loader_close only unmaps the child's copy and returns 0: no
+ *  collective, no departure announced, the parent's job is untouched. */
 CPDL_API int cpdl_loader_close(cpdl_loader_t *loader);
 
 /** The read-only mapping behind every batch view of a loader, kept alive by

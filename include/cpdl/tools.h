@@ -21,11 +21,15 @@ extern "C" {
 #endif
 
 /** List, and with remove != 0 unlink, this user's cpdl segments in /dev/shm
- *  whose creator process no longer exists (docs/reliability.md). One line per
- *  segment goes to report (may be NULL). Local; never touches a live job's
- *  segment. \return the number found, or CPDL_ESHM (/dev/shm cannot be listed,
- *  or an unlink failed: the message names the segment). */
-CPDL_API int cpdl_tools_sweep(int remove, FILE *report);
+ *  whose creator is provably gone: its pid absent in the PID namespace and
+ *  boot that the segment's name records, which must be the caller's own
+ *  (docs/reliability.md). A segment whose creator cannot be judged from here
+ *  (another PID namespace or boot, an old name) is kept, reported with the
+ *  reason and counted in *unknown (may be NULL). One line per segment goes to
+ *  report (may be NULL). Local; never touches a live job's segment.
+ *  \return the number found dead, or CPDL_ESHM (/dev/shm cannot be listed, or
+ *  an unlink failed: the message names the segment). */
+CPDL_API int cpdl_tools_sweep(int remove, FILE *report, int *unknown);
 
 /** Before the first cpdl_loader_next(): every group leader writes each
  *  collated batch, before preparation, to

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -137,11 +138,19 @@ static int read_state(const char *file, int rank, void **buf, size_t *size) {
   char *bytes = NULL;
   if (rank == 0) {
     FILE *f = fopen(file, "rb");
+    struct stat st;
     if (!f)
       rc = cpdl_tools_error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
-    if (!rc && (fseek(f, 0, SEEK_END) != 0 || (long)(n = (uint64_t)ftell(f)) < 0 ||
-                fseek(f, 0, SEEK_SET) != 0))
+    /* A directory opens too (and "has" LONG_MAX bytes): only a regular file
+     * holds a state. Its size is fstat's. */
+    if (!rc && fstat(fileno(f), &st) != 0)
       rc = cpdl_tools_error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    if (!rc && !S_ISREG(st.st_mode))
+      rc = cpdl_tools_error(CPDL_ESTATE, "resume state %s is %s, not a file; give the file that "
+                            "--save-state wrote", file, S_ISDIR(st.st_mode) ? "a directory" :
+                            "not a regular file");
+    if (!rc)
+      n = (uint64_t)st.st_size;
     if (!rc && (n == 0 || n > STATE_FILE_MAX))
       rc = cpdl_tools_error(CPDL_ESTATE, "%s has %llu bytes: not a cpdl resume state", file,
                        (unsigned long long)n);
@@ -417,12 +426,16 @@ int cpdl_cli_run(int argc, char **argv) {
     return status;
   }
   int run_rc = run_loop(&R);
-  if (run_rc == CPDL_EPEER) {
-    /* A rank of this group died: no collectives from here on. */
+  if (run_rc == CPDL_EPEER || run_rc == CPDL_ETIMEDOUT) {
+    /* A rank of this group died, left or stalled past timeout_ms: no
+     * collectives from here on (a stalled rank may never come back). close
+     * tells the group why (a timeout's verdict names the stalled rank, so it
+     * names itself if it is continued) and cleans up locally. */
     cpdl_loader_close(R.loader);
     free(R.lat);
     free(R.binding);
-    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", R.rank);
+    fprintf(stderr, "cpdl run: rank %d: stopping after %s (see above)\n", R.rank,
+            run_rc == CPDL_EPEER ? "a dead rank" : "a stalled rank");
     return 1;
   }
   status = run_summary(&R, run_rc);

@@ -224,7 +224,7 @@ static void c_device_feed_close(void) { assert_int_equal(cpdl_device_feed_close(
 /* the tools' header (cpdl/tools.h) */
 static void c_tools_sweep(void) {
   /* remove = 0 never unlinks and a NULL report is allowed: the result is a count. */
-  assert_true(cpdl_tools_sweep(0, NULL) >= 0);
+  assert_true(cpdl_tools_sweep(0, NULL, NULL) >= 0);
 }
 static void c_tools_dump_collated(void) { EXPECT_EARG(cpdl_tools_dump_collated(NULL, NULL)); }
 static void c_tools_binding_report(void) {
