@@ -23,10 +23,16 @@
  *   position ids 0.. through the document and its padding). A document whose
  *   padded pairs no longer fit waits for the next row, and the row's tail
  *   becomes padding of its last document; a document longer than a whole row
- *   fills it and continues in the next. Adds loss_mask and, int32, cu_seqlens
+ *   fills it and continues in the next. A row holds documents of one epoch:
+ *   the epoch's last row ends with padding too, so an epoch is whole rows and
+ *   every document is in it once. Adds loss_mask and, int32, cu_seqlens
  *   (real lengths) and cu_seqlens_padded, each of capacity S/m + 1 entries
  *   whose tail repeats the last boundary, and max_seqlen [1].
  * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
+ * Counting (cpdl__collate_count_*): the rows and steps these rules make of
+ * documents known by their lengths alone, through the same decisions
+ * (pad_usable, thd_fit, the pack window), so an epoch's step count is the
+ * collate's own and nothing of the next epoch or beyond the count is read.
  * Invariant: the cursor (document at sampler (epoch, position), token offset
  * in it) is where the next row's window starts; it is all the state. The
  * current document's token view is kept across steps: valid because the
@@ -275,6 +281,9 @@ static int pack_row(cpdl__collate_t *c, int64_t row) {
   return 0;
 }
 
+/* pad: a document gives a row when it has an input/label pair. */
+static inline bool pad_usable(int64_t n_tokens) { return n_tokens >= 2; }
+
 static int pad_row(cpdl__collate_t *c, int64_t row) {
   const int64_t S = c->params.seq_len;
   int64_t skipped = 0;
@@ -283,7 +292,7 @@ static int pad_row(cpdl__collate_t *c, int64_t row) {
     if (rc)
       return rc;
     c->have_doc = false; /* consumed whole: the next row takes the next document */
-    if (c->doc.n_tokens >= 2)
+    if (pad_usable(c->doc.n_tokens))
       break;
     rc = check_skipped(c, ++skipped, "fewer than 2 tokens");
     if (rc)
@@ -328,6 +337,24 @@ static void thd_place(cpdl__collate_t *c, int64_t at, int64_t len, int64_t padde
   c->doc_offset += len;
 }
 
+/* Mode thd's packing decision, the one rule thd_row and the step count follow: a
+ * document with `pairs` input/label pairs left, in a row of S filled up to `at`: false if
+ * it waits for the next row (it no longer fits beside the row's documents); else *len of
+ * its pairs go here, padded to *padded (a document longer than a whole row fills it). */
+static bool thd_fit(int64_t S, int64_t m, int64_t at, int64_t pairs, int64_t *len,
+                    int64_t *padded) {
+  int64_t p = pairs + (m - pairs % m) % m;
+  if (p <= S - at) {
+    *len = pairs;
+    *padded = p;
+    return true;
+  }
+  if (at > 0)
+    return false;
+  *len = *padded = S; /* pairs > S: this row is all of it, the rest continues */
+  return true;
+}
+
 /* The one row of mode thd (see the file's top): documents padded to a multiple of m. */
 static int thd_row(cpdl__collate_t *c) {
   const int64_t S = c->params.seq_len, m = c->params.thd_multiple;
@@ -336,18 +363,19 @@ static int thd_row(cpdl__collate_t *c) {
   cu[0] = cu_padded[0] = 0;
   while (at < S) {
     if (!c->have_doc || c->doc_offset + 1 >= c->doc.n_tokens) { /* no pair left */
+      uint64_t next_epoch;
+      int64_t next_position;
+      cpdl__sampler_tell(c->sampler, &next_epoch, &next_position);
+      if (n > 0 && next_epoch != c->doc_epoch)
+        break; /* the epoch's last row: the next epoch starts a row of its own */
       int rc = next_doc(c, c->have_doc && c->doc_offset == 0, &skipped, "fewer than 2 tokens");
       if (rc)
         return rc;
       continue;
     }
-    int64_t len = c->doc.n_tokens - 1 - c->doc_offset;
-    int64_t padded = len + (m - len % m) % m;
-    if (padded > S - at) {
-      if (n > 0)
-        break; /* carried to the next row */
-      len = padded = S; /* longer than a row: it fills this one and continues */
-    }
+    int64_t len, padded;
+    if (!thd_fit(S, m, at, c->doc.n_tokens - 1 - c->doc_offset, &len, &padded))
+      break; /* carried to the next row */
     thd_place(c, at, len, padded);
     skipped = 0;
     n++;
@@ -371,6 +399,53 @@ static int thd_row(cpdl__collate_t *c) {
   }
   c->max_seqlen[0] = (int32_t)max_len;
   return 0;
+}
+
+void cpdl__collate_count_init(cpdl__collate_count_t *count, const cpdl__collate_t *c) {
+  memset(count, 0, sizeof *count);
+  count->kind = c->params.kind;
+  count->seq_len = c->params.seq_len;
+  count->batch = c->params.batch;
+  count->thd_multiple = c->params.thd_multiple;
+}
+
+void cpdl__collate_count_doc(cpdl__collate_count_t *count, uint64_t epoch, int64_t n_tokens) {
+  const int64_t S = count->seq_len;
+  if (count->thd_multiple > 0) {
+    if (n_tokens < 2)
+      return; /* no pair: skipped, as thd_row skips it */
+    if (count->at > 0 && epoch != count->epoch) {
+      count->rows++; /* the previous epoch's last row */
+      count->at = 0;
+    }
+    count->epoch = epoch;
+    for (int64_t pairs = n_tokens - 1; pairs > 0;) {
+      int64_t len, padded;
+      if (!thd_fit(S, count->thd_multiple, count->at, pairs, &len, &padded)) {
+        count->rows++;
+        count->at = 0;
+        continue;
+      }
+      pairs -= len;
+      if ((count->at += padded) == S) {
+        count->rows++;
+        count->at = 0;
+      }
+    }
+  } else if (count->kind == CPDL__COLLATE_PACK) {
+    count->tokens += (uint64_t)n_tokens;
+    /* windows of S + 1 tokens sharing one: the stream's first token is no label */
+    count->rows = count->tokens > 0 ? (count->tokens - 1) / (uint64_t)S : 0;
+  } else {
+    count->rows += pad_usable(n_tokens);
+  }
+}
+
+uint64_t cpdl__collate_count_steps(const cpdl__collate_count_t *count) {
+  /* thd: a row still open is the last epoch's last row, ended with padding */
+  unsigned __int128 rows = count->rows + (count->thd_multiple > 0 && count->at > 0);
+  unsigned __int128 steps = rows / (unsigned)count->batch;
+  return steps > UINT64_MAX ? UINT64_MAX : (uint64_t)steps;
 }
 
 int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len) {

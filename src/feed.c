@@ -74,6 +74,19 @@ static int uri_u64(const char *uri, const char *key, uint64_t *out) {
 
 static int global_open(cpdl__feed_t *feed, const cpdl_config_t *cfg, bool double_buffer) {
   feed->global = true;
+  /* Its rows are Megatron's samples, already packed: a collate or a packing
+   * of cpdl's own would be ignored, so asking for one is an error. */
+  if (cfg->mode == CPDL_MODE_THD)
+    return cpdl__error(CPDL_EARG, "mode=thd packs whole documents itself (mode thd: collate=pack, "
+                       "each document padded to 2*cp), but the gpt: source delivers Megatron's "
+                       "fixed samples of seq_len + 1 tokens, which cpdl does not repack; use "
+                       "mode=contiguous or mode=round_robin with gpt:, or mode=thd with "
+                       "megatron:PREFIX (the same .bin/.idx files)");
+  if (strcmp(cfg->collate, "pack") != 0)
+    return cpdl__error(CPDL_EARG, "collate=%s does not apply to the gpt: source: its samples are "
+                       "Megatron's, packed by its GPTDataset (no padding of cpdl's); leave collate "
+                       "at pack (the default), or use megatron:PREFIX with collate=%s",
+                       cfg->collate, cfg->collate);
   /* consumed_samples=C: start where a Megatron run left off (its
    * consumed_samples); a resume state replaces it (cpdl__feed_seek). */
   int rc = uri_u64(cfg->source, "consumed_samples", &feed->base);
@@ -310,13 +323,6 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return 0;
 }
 
-/* Pack: a stream of T tokens holds floor((T - 1) / S) rows (windows of S + 1
- * tokens overlapping by one); pad: one row per sample of >= 2 tokens. */
-static uint64_t rows_to_steps(unsigned __int128 rows, int batch) {
-  unsigned __int128 steps = rows / (unsigned)batch;
-  return steps > UINT64_MAX ? UINT64_MAX : (uint64_t)steps;
-}
-
 int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out) {
   *out = 0;
   if (feed->global) { /* ends by itself at its last full global batch */
@@ -328,9 +334,10 @@ int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t
     *out = n > cap ? cap : (uint64_t)n;
     return 0;
   }
+  /* The collate's own rule on the documents' lengths, in its order (collate.c). */
   const int64_t per_epoch = cpdl__sampler_per_epoch(feed->sampler);
-  const bool pack = feed->kind == CPDL__COLLATE_PACK;
-  unsigned __int128 tokens = 0, rows = 0;
+  cpdl__collate_count_t count;
+  cpdl__collate_count_init(&count, feed->collate);
   uint64_t steps = 0;
   for (uint64_t e = 0; e < epochs && steps < cap; e++) {
     for (int64_t p = 0; p < per_epoch; p++) {
@@ -341,14 +348,9 @@ int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t
       if (rc)
         return cpdl__error_prefix(rc, "counting the steps of %llu epochs (config key epochs)",
                                   (unsigned long long)epochs);
-      if (pack)
-        tokens += (uint64_t)n;
-      else
-        rows += n >= 2;
+      cpdl__collate_count_doc(&count, e, n);
     }
-    if (pack)
-      rows = tokens > 0 ? (tokens - 1) / (uint64_t)feed->seq_len : 0;
-    steps = rows_to_steps(rows, feed->batch);
+    steps = cpdl__collate_count_steps(&count);
   }
   *out = steps < cap ? steps : cap;
   return 0;

@@ -1,5 +1,5 @@
 /* state.c — the resume state's bytes: one versioned, self-describing blob
- * for the whole job (layout in include/cpdl.h and docs/state.md). Pure: no
+ * for the whole job (layout in include/cpdl/loader.h and docs/state.md). Pure: no
  * MPI, no loader; loader.c gathers the replicas' cursors and checks the blob
  * against its job. Invariant: a blob that decodes is internally consistent
  * (sizes, checksum, every cursor at the blob's step), so nothing downstream
