@@ -37,10 +37,14 @@ class Log:
 
 
 def dump(root, step, batch):
+    """Into a .tmp directory renamed when complete: a rank killed while it
+    writes leaves no step that looks delivered."""
     d = os.path.join(root, "step%d" % step, "rank%d" % RANK)
-    os.makedirs(d, exist_ok=True)
+    tmp = d + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
     for name in batch:
-        np.save(os.path.join(d, name + ".npy"), np.asarray(batch[name]))
+        np.save(os.path.join(tmp, name + ".npy"), np.asarray(batch[name]))
+    os.rename(tmp, d)
 
 
 def fork_and_exit(log, loader, variant):
