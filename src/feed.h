@@ -163,6 +163,23 @@ int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_f
  * `capacity` entries with the tail repeating S: one more than the index of the first entry of
  * cu_padded that reaches seq_len (a binary search reading each probe once; at most capacity). */
 int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len);
+/* The rows and whole steps the collate makes of documents known only by their
+ * lengths, fed in the order it reads them (cpdl__collate_count_doc with each
+ * one's epoch): the same decisions as collate_next, so an epoch's count is
+ * exact — pack: the windows its token stream fills (the tail shorter than a
+ * step waits for the next epoch's tokens); pad: documents of >= 2 tokens;
+ * thd: its rows, the epoch's last one ended with padding. */
+typedef struct cpdl__collate_count {
+  cpdl__collate_kind_t kind;
+  int64_t seq_len;
+  int batch, thd_multiple;
+  unsigned __int128 tokens, rows; /* pack: tokens so far; every kind: rows completed */
+  int64_t at;                     /* thd: pairs placed in the open row */
+  uint64_t epoch;                 /* thd: the open row's epoch */
+} cpdl__collate_count_t;
+void cpdl__collate_count_init(cpdl__collate_count_t *count, const cpdl__collate_t *collate);
+void cpdl__collate_count_doc(cpdl__collate_count_t *count, uint64_t epoch, int64_t n_tokens);
+uint64_t cpdl__collate_count_steps(const cpdl__collate_count_t *count);
 /* Where the next step starts: the document at sampler (epoch, position) and
  * the token offset in it. */
 void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,

@@ -32,68 +32,6 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-<<<<<<< HEAD
-=======
-#define MAX_GROUP ((int)CPDL__RING_MAX_CONSUMERS) /* one ring consumer per group member */
-
-struct cpdl_loader {
-  cpdl_config_t cfg;
-  pid_t owner_pid;          /* the opener: a forked child owns nothing (check_owner) */
-  /* The control plane (the mesh's teams point at it) and, when open built
-   * it from an MPI communicator, that cpdl_oob_t to free at close. */
-  cpdl__ctl_t ctl;
-  cpdl_oob_t mpi_oob;
-  cpdl__mesh_t mesh;
-  cpdl__shm_t shm;          /* leader: read-write mapping; others: their mapping */
-  cpdl__ring_t *ring;       /* leader: the writer's handle (loader threads) */
-  /* The consumer side of every rank, the leader included, goes through a
-   * read-only data mapping: the leader maps its own segment a second time,
-   * so no rank can write into a view by mistake. */
-  cpdl__shm_t view_shm;
-  cpdl_mapping_t *view_map; /* view_shm's base and size, by reference (may be NULL) */
-  cpdl__ring_t *cring;
-  uint64_t nonce;
-  uint64_t config_hash;
-  size_t ctrl_bytes;
-  size_t total_bytes;
-
-  /* This host's other ranks (pid, pidfd), watched by open/restore/close's
-   * collectives; the group's members among them by group rank (NULL: self,
-   * or not found on this host) for the ring waits' liveness checks. */
-  cpdl__watch_t watch;
-  const cpdl__peer_t *group_peer[MAX_GROUP];
-  /* A job across hosts: every rank's hostname (world order, for messages)
-   * and the remote liveness (live.c; NULL on one host or without it). */
-  char *hosts;
-  cpdl__live_t *live;
-
-  /* Consumer side (every rank, the leader included). */
-  uint64_t next_step;      /* step the next next() returns */
-  uint64_t end_step;       /* first step never delivered (UINT64_MAX: until EOF) */
-  bool holding;            /* a batch is acquired and not released */
-  bool failed;             /* a peer died: close without collectives */
-  bool started;            /* a next() happened (restore no longer allowed) */
-  /* The last next() timed out (a stalled rank, named in the message): if
-   * this rank gives up and closes, the verdict is posted to the group, so
-   * the stalled rank, once continued, names the same cause (R9/R19). */
-  char timed_out[CPDL__RING_MSG_MAX];
-  uint64_t state_words[CPDL__CURSOR_WORDS]; /* feed cursor after the last acquired step */
-  uint64_t start_words[CPDL__CURSOR_WORDS]; /* feed cursor at next_step before any next() */
-  cpdl_view_field_t view[CPDL_MAX_FIELDS];
-  char view_names[CPDL_MAX_FIELDS][CPDL_NAME_MAX];
-  int n_fields;
-
-  /* Leader side. */
-  cpdl__feed_t *feed;
-  cpdl_prep_plan_t *plan;
-  cpdl__pin_t *pin;
-  uint64_t first_step;      /* step the loader threads start at */
-  int64_t data_batch, data_seq_len; /* the first batch's input_ids (else first 2-d field) shape */
-  cpdl__producer_t *producer; /* the loader threads, once started */
-  char *dump_collated;      /* directory, or NULL */
-};
-
->>>>>>> rel
 /* ------------------------------------------------------------------------- */
 /* Ownership                                                                  */
 /* ------------------------------------------------------------------------- */
@@ -101,7 +39,7 @@ struct cpdl_loader {
 /* A child after fork (a DataLoader worker, a subprocess helper) has a copy of
  * the loader but none of its threads, and the segment's ring is the parent's:
  * anything it did there would act on the parent's job. */
-static int check_owner(const cpdl_loader_t *L, const char *fn) {
+int cpdl__loader_check_owner(const cpdl_loader_t *L, const char *fn) {
   pid_t me = getpid();
   if (L->owner_pid == me)
     return 0;
@@ -131,7 +69,7 @@ cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *L) {
                 "(out of memory at open)" : "NULL loader");
     return NULL;
   }
-  if (check_owner(L, "cpdl_loader_mapping_retain"))
+  if (cpdl__loader_check_owner(L, "cpdl_loader_mapping_retain"))
     return NULL;
   atomic_fetch_add_explicit(&L->view_map->refs, 1, memory_order_relaxed);
   return L->view_map;
@@ -669,7 +607,7 @@ static int ensure_started(cpdl_loader_t *L) {
 int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   if (!L || !out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_next: NULL argument");
-  int rc = check_owner(L, "cpdl_loader_next");
+  int rc = cpdl__loader_check_owner(L, "cpdl_loader_next");
   if (rc)
     return rc;
   if (L->failed)
@@ -748,7 +686,7 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
 int cpdl_batch_release(cpdl_loader_t *L, cpdl_batch_t *batch) {
   if (!L || !batch)
     return cpdl__error(CPDL_EARG, "cpdl_batch_release: NULL argument");
-  int rc = check_owner(L, "cpdl_batch_release");
+  int rc = cpdl__loader_check_owner(L, "cpdl_batch_release");
   if (rc)
     return rc;
   if (!L->holding || batch->internal != L || batch->step != L->next_step)
@@ -781,7 +719,7 @@ size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) {
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
 
 int cpdl__loader_wait_ready(cpdl_loader_t *L) {
-  int rc = check_owner(L, "cpdl_loader_next");
+  int rc = cpdl__loader_check_owner(L, "cpdl_loader_next");
   if (rc)
     return rc;
   if (L->holding || L->failed || L->next_step == L->end_step)
@@ -809,267 +747,6 @@ void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *se
 }
 
 /* ------------------------------------------------------------------------- */
-<<<<<<< HEAD
-=======
-/* State (the blob's bytes: state.c; its layout: docs/state.md)               */
-/* ------------------------------------------------------------------------- */
-
-/* After a CPDL_EPEER from a collective: failed for good, and the other hosts'
- * ranks are told (they would wait for this rank in the next collective). */
-static void fail(cpdl_loader_t *L) {
-  char msg[1024];
-  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
-  cpdl__live_announce_failure(L->live, msg);
-  cpdl__error(CPDL_EPEER, "%s", msg);
-  L->failed = true;
-}
-
-/* What each rank contributes to a save: its replica, whether it leads a
- * group (and so knows its feed's order kind), the step of its next batch (a
- * held step counts as consumed) and its replica's cursor at that step. Every
- * rank knows its replica's cursor: the leader stores it in each slot. */
-enum { REC_DP, REC_FLAGS, REC_STEP, REC_CURSOR, REC_WORDS = REC_CURSOR + CPDL__CURSOR_WORDS };
-#define REC_LEADER 1u
-#define REC_GLOBAL 2u
-
-static void state_record(const cpdl_loader_t *L, uint64_t rec[REC_WORDS]) {
-  uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
-  const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
-  rec[REC_DP] = (uint64_t)L->mesh.me.dp_rank;
-  rec[REC_FLAGS] = L->mesh.is_leader ? REC_LEADER : 0;
-  if (L->mesh.is_leader && cpdl__feed_global_order(L->feed))
-    rec[REC_FLAGS] |= REC_GLOBAL;
-  rec[REC_STEP] = step;
-  memcpy(&rec[REC_CURSOR], cursor, CPDL__CURSOR_WORDS * sizeof *cursor);
-}
-
-/* The stream keys' text (malloc'd) or NULL with -ENOMEM. */
-static char *stream_text(const cpdl_loader_t *L) {
-  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
-  char *text = len < 0 ? NULL : malloc((size_t)len + 1);
-  if (!text) {
-    cpdl__error(-ENOMEM, "out of memory formatting the resume state's configuration");
-    return NULL;
-  }
-  cpdl__config_stream_format(&L->cfg, text, (size_t)len + 1);
-  return text;
-}
-
-int cpdl_loader_state_size(const cpdl_loader_t *L, size_t *bytes) {
-  if (!L || !bytes)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_size: NULL argument");
-  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
-  if (len < 0)
-    return len;
-  *bytes = cpdl__state_bytes((uint64_t)L->mesh.me.dp_size, (size_t)len);
-  return 0;
-}
-
-/* From every rank's record, the job's state, encoded into buf. */
-static int state_build(cpdl_loader_t *L, const uint64_t *recs, void *buf, size_t size,
-                       size_t *used) {
-  int n = L->mesh.me.world_size, dp = L->mesh.me.dp_size;
-  uint64_t step = recs[REC_STEP];
-  bool global = false;
-  for (int r = 0; r < n; r++) {
-    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
-    if (rec[REC_STEP] != step)
-      return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: rank 0 is at step %llu but rank "
-                         "%d at step %llu; save when every rank has taken the same steps",
-                         (unsigned long long)step, r, (unsigned long long)rec[REC_STEP]);
-    global |= (rec[REC_FLAGS] & REC_GLOBAL) != 0;
-  }
-  uint64_t *cursors = calloc((size_t)dp * CPDL__CURSOR_WORDS, sizeof *cursors);
-  char *text = stream_text(L);
-  int rc = 0;
-  if (!cursors || !text) {
-    rc = cpdl__error(-ENOMEM, "out of memory building the resume state");
-    goto out;
-  }
-  /* Each replica's cursor from one of its group leaders (every group of a
-   * replica computes the same stream; the leader's is the feed's own). */
-  for (int r = 0; r < n; r++) {
-    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
-    if ((rec[REC_FLAGS] & REC_LEADER) && rec[REC_DP] < (uint64_t)dp)
-      memcpy(cursors + rec[REC_DP] * CPDL__CURSOR_WORDS, &rec[REC_CURSOR],
-             CPDL__CURSOR_WORDS * sizeof *cursors);
-  }
-  cpdl__state_t st = {
-      .step = step,
-      .kind = global ? CPDL__ORDER_GLOBAL : CPDL__ORDER_REPLICA,
-      .consumed = global ? cursors[CPDL__CURSOR_CONSUMED] : 0,
-      .dp_size = (uint64_t)dp,
-      .n_replicas = global ? 0 : (uint64_t)dp,
-      .cursors = cursors,
-      .stream = text,
-  };
-  rc = cpdl__state_encode(&st, buf, size, used);
-out:
-  free(cursors);
-  free(text);
-  return rc;
-}
-
-static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, int local) {
-  int n = L->mesh.me.world_size;
-  uint64_t *recs = malloc((size_t)n * REC_WORDS * sizeof *recs);
-  if (!recs && !local)
-    local = cpdl__error(-ENOMEM, "out of memory gathering the resume state");
-  int rc = cpdl__agree(&L->mesh.world, local);
-  if (rc) {
-    free(recs);
-    return rc;
-  }
-  uint64_t mine[REC_WORDS];
-  state_record(L, mine);
-  rc = cpdl__coll_allgather(&L->mesh.world, mine, REC_WORDS * sizeof(uint64_t), recs,
-                            "state save (the cursors' gather)");
-  if (!rc)
-    rc = cpdl__agree(&L->mesh.world, state_build(L, recs, buf, size, used));
-  free(recs);
-  return rc;
-}
-
-int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *used) {
-  if (!L)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL loader");
-  int owner = check_owner(L, "cpdl_loader_state_save");
-  if (owner)
-    return owner;
-  if (L->failed)
-    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
-  size_t need = 0;
-  int local = cpdl_loader_state_size(L, &need);
-  if (used)
-    *used = need;
-  if (!local && (!buf || size < need))
-    local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
-                        "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
-  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_SAVE);
-  int rc = save_watched(L, buf, size, used, local);
-  cpdl__coll_op(previous_op);
-  cpdl__watch_install(previous);
-  if (rc == CPDL_EPEER)
-    fail(L); /* close must not try a collective */
-  return rc;
-}
-
-/* Local checks of a state against this job: the blob itself (CPDL_ESTATE),
- * then its layout (CPDL_ECONFIG naming the key and both values). */
-static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
-                       cpdl__state_view_t *view) {
-  int rc = cpdl__state_decode(buf, size, view);
-  if (rc)
-    return rc;
-  cpdl_config_t saved;
-  cpdl_config_init(&saved);
-  if ((rc = cpdl_config_parse(&saved, view->stream)))
-    return cpdl__error_prefix(CPDL_ECONFIG, "resume state's configuration is not one this cpdl "
-                              "reads");
-  if ((rc = cpdl__config_stream_compare(&saved, &L->cfg)))
-    return rc;
-  if (view->kind == CPDL__ORDER_REPLICA && view->dp_size != (uint64_t)L->mesh.me.dp_size)
-    return cpdl__error(CPDL_ECONFIG, "resume state was saved with dp size %llu, this job has dp "
-                       "size %d; resume with the same number of ranks, cp and tp",
-                       (unsigned long long)view->dp_size, L->mesh.me.dp_size);
-  if (view->step > L->end_step)
-    return cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond the run's end at step "
-                       "%llu (steps=%lld epochs=%lld)", (unsigned long long)view->step,
-                       (unsigned long long)L->end_step, (long long)L->cfg.steps,
-                       (long long)L->cfg.epochs);
-  return 0;
-}
-
-/* The collective part of restore (a watch installed): agree on the local
- * checks and that every rank was given the same state, then the leader
- * rewinds the ring and seeks its feed to its replica's cursor between two
- * group barriers, so no consumer waits on the ring while it changes. */
-static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uint64_t checksum,
-                           int local) {
-  int rc = cpdl__agree(&L->mesh.world, local);
-  if (rc)
-    return rc;
-  /* min(c) and min(~c) = ~max(c): signed min of top-bit-flipped values. */
-  const uint64_t flip = UINT64_C(1) << 63;
-  int64_t all[2] = {(int64_t)(checksum ^ flip), (int64_t)(~checksum ^ flip)};
-  rc = cpdl__coll_min_i64(&L->mesh.world, all, 2, "restore (the states' comparison)");
-  if (rc)
-    return rc;
-  if (((uint64_t)all[0] ^ flip) != ~((uint64_t)all[1] ^ flip))
-    return cpdl__error(CPDL_ECONFIG, "ranks were given different resume states: give every rank "
-                       "the same one (any rank's save holds the whole job)");
-  uint64_t step = view->step;
-  uint64_t cursor[CPDL__CURSOR_WORDS] = {0};
-  if (view->kind == CPDL__ORDER_GLOBAL) {
-    cursor[CPDL__CURSOR_CONSUMED] = view->consumed;
-    cursor[CPDL__CURSOR_STEP] = step;
-  } else {
-    cpdl__state_cursor(view, (uint64_t)L->mesh.me.dp_rank, cursor);
-  }
-  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
-  if (rc == CPDL_EPEER)
-    return rc;
-  local = rc;
-  if (!local && L->mesh.is_leader) {
-    if ((view->kind == CPDL__ORDER_GLOBAL) != cpdl__feed_global_order(L->feed))
-      local = cpdl__error(CPDL_ECONFIG, "resume state keeps a %s order, this job's source has a "
-                          "%s order", view->kind == CPDL__ORDER_GLOBAL ? "global" : "per-replica",
-                          view->kind == CPDL__ORDER_GLOBAL ? "per-replica" : "global");
-    else
-      local = cpdl__feed_seek(L->feed, cursor);
-    if (!local)
-      cpdl__ring_reset(L->ring, step);
-  }
-  if (!local)
-    cpdl__ring_rebase(L->cring, step);
-  rc = cpdl__agree(&L->mesh.world, local);
-  if (rc)
-    return rc;
-  /* The reset is complete before any consumer waits on the ring. */
-  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
-  if (rc)
-    return rc;
-  L->first_step = step;
-  L->next_step = step;
-  memcpy(L->start_words, cursor, sizeof cursor);
-  memcpy(L->state_words, cursor, sizeof cursor);
-  return 0;
-}
-
-int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
-  if (!L || !buf)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
-  int owner = check_owner(L, "cpdl_loader_state_restore");
-  if (owner)
-    return owner;
-  if (L->failed)
-    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
-  cpdl__state_view_t view;
-  memset(&view, 0, sizeof view);
-  int local = 0;
-  if (L->started)
-    local = cpdl__error(CPDL_ESTATE, "cpdl_loader_state_restore: only valid before the first "
-                        "cpdl_loader_next()");
-  else
-    local = state_check(L, buf, size, &view);
-  uint64_t checksum = 0;
-  if (!local)
-    memcpy(&checksum, (const char *)buf + size - 8, 8);
-  if (!local)
-    local = cpdl__fault("restoring", L->mesh.me.world_rank);
-  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_RESTORE);
-  int rc = restore_watched(L, &view, checksum, local);
-  cpdl__coll_op(previous_op);
-  cpdl__watch_install(previous);
-  if (rc == CPDL_EPEER)
-    fail(L); /* close must not try a collective */
-  return rc;
-}
-
-/* ------------------------------------------------------------------------- */
->>>>>>> rel
 /* Close                                                                      */
 /* ------------------------------------------------------------------------- */
 

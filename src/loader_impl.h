@@ -12,6 +12,7 @@
 
 struct cpdl_loader {
   cpdl_config_t cfg;
+  pid_t owner_pid;          /* the opener: a forked child owns nothing (cpdl__loader_check_owner) */
   /* The control plane (the mesh's teams point at it) and, when open built
    * it from an MPI communicator, that cpdl_oob_t to free at close. */
   cpdl__ctl_t ctl;
@@ -46,6 +47,10 @@ struct cpdl_loader {
   bool holding;            /* a batch is acquired and not released */
   bool failed;             /* a peer died: close without collectives */
   bool started;            /* a next() happened (restore no longer allowed) */
+  /* The last next() timed out (a stalled rank, named in the message): if
+   * this rank gives up and closes, the verdict is posted to the group, so
+   * the stalled rank, once continued, names the same cause (R9/R19). */
+  char timed_out[CPDL__RING_MSG_MAX];
   uint64_t state_words[CPDL__CURSOR_WORDS]; /* feed cursor after the last acquired step */
   uint64_t start_words[CPDL__CURSOR_WORDS]; /* feed cursor at next_step before any next() */
   cpdl_view_field_t view[CPDL_MAX_FIELDS];
@@ -61,5 +66,9 @@ struct cpdl_loader {
   cpdl__producer_t *producer; /* the loader threads, once started */
   char *dump_collated;      /* directory, or NULL */
 };
+
+/* 0 when this process opened the loader, else CPDL_ESTATE naming fn, the
+ * opener and this fork (loader.c). */
+int cpdl__loader_check_owner(const cpdl_loader_t *L, const char *fn);
 
 #endif /* CPDL_LOADER_IMPL_H */

@@ -133,6 +133,9 @@ static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, 
 int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *used) {
   if (!L)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL loader");
+  int owner = cpdl__loader_check_owner(L, "cpdl_loader_state_save");
+  if (owner)
+    return owner;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   size_t need = 0;
@@ -237,6 +240,9 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
 int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   if (!L || !buf)
     return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
+  int owner = cpdl__loader_check_owner(L, "cpdl_loader_state_restore");
+  if (owner)
+    return owner;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   cpdl__state_view_t view;
