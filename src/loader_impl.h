@@ -67,8 +67,8 @@ struct cpdl_loader {
   char *dump_collated;      /* directory, or NULL */
 };
 
-/* 0 when this process opened the loader, else CPDL_ESTATE naming fn, the
- * opener and this fork (loader.c). */
+/* A loader belongs to the process that opened it: CPDL_ESTATE naming the fork
+ * (and fn) in a forked child, else 0 (loader.c). */
 int cpdl__loader_check_owner(const cpdl_loader_t *L, const char *fn);
 
 #endif /* CPDL_LOADER_IMPL_H */
