@@ -7,7 +7,8 @@
  * A benchmark program, not a test: it prints numbers.
  *   mpirun -np 1 bench_first_batch [--source URI] [--reps 3]
  * (default source synthetic:?samples=10000000&mean=64). Prints the best of
- * --reps per case as a table and JSON lines.
+ * --reps per case (wall and the process's CPU seconds, which a shared
+ * machine disturbs less) as a table and JSON lines.
  */
 #include "cpdl.h"
 
@@ -17,16 +18,20 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void) {
+static double clock_s(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+/* CPU seconds of the whole process (the loader threads included): the
+ * measure that survives a machine shared with other jobs. */
+static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 /* Open, take one step, close; the seconds to the first batch (open + next),
- * or a negative value on error. */
+ * or a negative value on error; *cpu_s: the process's CPU seconds in it. */
 static double first_batch(const char *source, const char *collate, const char *mode,
-                          long long steps) {
+                          long long steps, double *cpu_s) {
   cpdl_config_t cfg;
   cpdl_config_init(&cfg);
   char text[1024];
@@ -36,7 +41,7 @@ static double first_batch(const char *source, const char *collate, const char *m
     fprintf(stderr, "config: %s\n", cpdl_last_error());
     return -1;
   }
-  double t0 = now();
+  double t0 = now(), c0 = cpu();
   cpdl_loader_t *loader = NULL;
   if (cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader)) {
     fprintf(stderr, "open: %s\n", cpdl_last_error());
@@ -45,6 +50,7 @@ static double first_batch(const char *source, const char *collate, const char *m
   cpdl_batch_t batch;
   int rc = cpdl_loader_next(loader, &batch);
   double t = now() - t0;
+  *cpu_s = cpu() - c0;
   if (rc)
     fprintf(stderr, "next: %s\n", cpdl_last_error());
   else
@@ -65,21 +71,23 @@ int main(int argc, char **argv) {
   }
   static const char *const cases[][2] = {{"pack", "contiguous"}, {"pad", "contiguous"},
                                          {"pack", "thd"}};
-  printf("source %s, best of %d\n%-6s %-10s %8s %12s\n", source, reps, "collate", "mode",
-         "steps", "first (s)");
+  printf("source %s, best of %d\n%-7s %-10s %8s %12s %10s\n", source, reps, "collate", "mode",
+         "steps", "first (s)", "cpu (s)");
   for (int c = 0; c < 3; c++)
     for (int s = 0; s < 2; s++) {
       long long steps = s ? 0 : 100;
-      double best = -1;
+      double best = -1, best_cpu = -1;
       for (int r = 0; r < reps; r++) {
-        double t = first_batch(source, cases[c][0], cases[c][1], steps);
+        double c_s = 0, t = first_batch(source, cases[c][0], cases[c][1], steps, &c_s);
         if (t >= 0 && (best < 0 || t < best))
           best = t;
+        if (t >= 0 && (best_cpu < 0 || c_s < best_cpu))
+          best_cpu = c_s;
       }
-      printf("%-7s %-10s %8lld %12.3f\n", cases[c][0], cases[c][1], steps, best);
+      printf("%-7s %-10s %8lld %12.3f %10.3f\n", cases[c][0], cases[c][1], steps, best, best_cpu);
       printf("{\"bench\": \"first_batch\", \"source\": \"%s\", \"collate\": \"%s\", \"mode\": "
-             "\"%s\", \"steps\": %lld, \"first_batch_s\": %.4f}\n", source, cases[c][0],
-             cases[c][1], steps, best);
+             "\"%s\", \"steps\": %lld, \"first_batch_s\": %.4f, \"cpu_s\": %.4f}\n", source,
+             cases[c][0], cases[c][1], steps, best, best_cpu);
     }
   MPI_Finalize();
   return 0;

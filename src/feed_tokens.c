@@ -132,14 +132,38 @@ static int64_t flat_rows(const tokens_t *t) {
   return t->total >= 1 ? (int64_t)((t->total - 1) / (uint64_t)t->params.seq_len) : 0;
 }
 
-/* pack, pad: min(rows of the indexed epoch, want), indexing no further than needed. */
+/* The epoch's whole weight without the index: T and the pad count do not
+ * depend on the order, so the lengths are summed in the source's order
+ * (sequential, no permutation lookups). */
+static int compute_total(tokens_t *t) {
+  uint64_t acc = 0;
+  for (int64_t i = 0; i < t->n; i++) {
+    int64_t len;
+    int rc = cpdl__source_length(t->source, i, &len);
+    if (rc)
+      return cpdl__error_prefix(rc, "feed: counting the epoch's rows");
+    acc += weight(t, len < 0 ? 0 : len);
+  }
+  t->total = acc;
+  return 0;
+}
+
+/* pack, pad: min(rows of the indexed epoch, want), indexing no further than
+ * needed; want = INT64_MAX (counting the epoch) sums the lengths instead. */
 static int flat_have(tokens_t *t, int64_t want, int64_t *have) {
+  int rc;
+  if (t->total == UINT64_MAX && want == INT64_MAX && (rc = compute_total(t)))
+    return rc;
+  if (t->total != UINT64_MAX) {
+    int64_t rows = flat_rows(t);
+    *have = want < rows ? want : rows;
+    return 0;
+  }
   /* pack: rows >= want iff T >= want*S + 1; pad: iff U >= want */
   uint64_t S = (uint64_t)t->params.seq_len, w = want > 0 ? (uint64_t)want : 0;
   uint64_t target = t->params.kind == CPDL__COLLATE_PAD ? (w ? w - 1 : 0)
                     : w > (UINT64_MAX - 1) / S ? UINT64_MAX - 1 : w * S;
-  int rc = extend_index(t, target);
-  if (rc)
+  if ((rc = extend_index(t, target)))
     return rc;
   if (t->indexed < t->n) {
     *have = want;
