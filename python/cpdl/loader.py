@@ -53,6 +53,7 @@ def _mesh_of(coords):
 
 _mpi = None
 _we_initialized_mpi = False
+_peer_failed = False  # a loader closed with CPDL_EPEER: a rank is gone
 # Strong references: an open loader owns threads and a mapping, and closing
 # is collective, so it cannot happen in __del__ at a random GC time; loaders
 # not closed by the program are closed at exit.
@@ -64,8 +65,14 @@ def _mpi_lib():
     return _ffi.mpi()
 
 
+def _mpi_initialized():
+    flag = ctypes.c_int(0)
+    _mpi_lib().MPI_Initialized(ctypes.byref(flag))
+    return bool(flag.value)
+
+
 def _ensure_mpi():
-    """MPI_Init(NULL, NULL) unless someone (mpi4py, the host program) already
+    """MPI_Init_thread(NULL, NULL, MULTIPLE) unless someone (mpi4py, the host program) already
     did; then, and only then, MPI_Finalize runs at exit, after our loaders
     are closed."""
     global _we_initialized_mpi
@@ -78,9 +85,12 @@ def _ensure_mpi():
     mpi.MPI_Finalized(ctypes.byref(finalized))
     if finalized.value:
         raise Error(_ffi.EMPI, "MPI was already finalized in this process; a Loader needs MPI")
-    rc = mpi.MPI_Init(None, None)
+    # MPI_THREAD_MULTIPLE (3 in Open MPI and MPICH), as mpi4py asks: a job
+    # across hosts runs cpdl's liveness thread on its own communicator.
+    provided = ctypes.c_int(0)
+    rc = mpi.MPI_Init_thread(None, None, 3, ctypes.byref(provided))
     if rc != 0:
-        raise Error(_ffi.EMPI, "MPI_Init failed with MPI error %d" % rc)
+        raise Error(_ffi.EMPI, "MPI_Init_thread failed with MPI error %d" % rc)
     _we_initialized_mpi = True
 
 
@@ -95,7 +105,10 @@ def _at_exit():
             loader.close()
         except Error:
             pass
-    if _we_initialized_mpi:
+    # After a peer died MPI_Finalize would wait for it for ever (Open MPI
+    # fences every process, the dead one too, e.g. under mpirun
+    # --enable-recovery): exit without it, as `cpdl run` does.
+    if _we_initialized_mpi and not _peer_failed:
         mpi = _mpi_lib()
         finalized = ctypes.c_int(0)
         mpi.MPI_Finalized(ctypes.byref(finalized))
@@ -433,8 +446,17 @@ class Loader:
             raise ValueError("cpdl: pass comm= (MPI) or process_group= (torch), not both")
         if comm is None and process_group is None and not _launch.torchrun_env():
             var, size = _launch.launcher_world()
-            _ensure_mpi()
-            if size > 1 and _mpi_world_size() == 1:
+            if size > 1 and _launch.srun_without_pmi() and not _mpi_initialized():
+                # Open MPI's MPI_Init aborts in a task srun started without
+                # PMIx: never get there. torch.distributed if it can rendezvous.
+                if _launch.torch_ready() is None:
+                    _launch.refuse_world_of_one(var, size, "srun started it without PMIx (no "
+                                                "PMIX_RANK), so MPI cannot see the other tasks, "
+                                                "and torch.distributed cannot rendezvous")
+                process_group = "torch"
+            else:
+                _ensure_mpi()
+            if process_group is None and size > 1 and _mpi_world_size() == 1:
                 # mpirun did not start us: srun without PMIx, or a launcher
                 # of its own. torch.distributed if it can reach the others.
                 if _launch.torch_ready() is None:
@@ -475,7 +497,7 @@ class Loader:
                        for name, _ in Config._fields_ if name != "struct_size"}
         _open_loaders.add(self)
         if device is not None:
-            self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
+            self._feed = _prefetch.open_feed(handle, self._next_host, device, prefetch, self.mesh)
 
     def _live(self):
         if self._handle is None:
@@ -586,7 +608,11 @@ class Loader:
         if self._pinned:
             _cuda.unregister(self._pinned)  # before the region is unmapped
         self._pinned = None
-        _check(_ffi.full().cpdl_loader_close(handle))
+        rc = _ffi.full().cpdl_loader_close(handle)
+        if rc == _ffi.EPEER:
+            global _peer_failed
+            _peer_failed = True
+        _check(rc)
 
     def __enter__(self):
         return self
