@@ -10,6 +10,7 @@ source build: scripts/install-deps).
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -18,6 +19,16 @@ from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cmake_version():
+    """The version of CMakeLists.txt's project(cpdl VERSION x.y.z): the one
+    place it is written (the C library and cpdl.__version__ read it too)."""
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        found = re.search(r"project\(\s*cpdl\s+VERSION\s+([0-9]+\.[0-9]+\.[0-9]+)", f.read())
+    if not found:
+        raise RuntimeError("CMakeLists.txt has no project(cpdl VERSION x.y.z)")
+    return found.group(1)
 
 
 class BuildWithNative(build_py):
@@ -39,6 +50,10 @@ class BuildWithNative(build_py):
         for lib in ("libcpdl.so", "libcpdl_prep.so"):
             shutil.copyfile(os.path.realpath(os.path.join(build_dir, lib)),
                             os.path.join(native, lib))
+        # The cpdl executable links libcpdl.so by its soname (libcpdl.so.<major>),
+        # found beside it through its RUNPATH $ORIGIN/..: that name too.
+        soname = os.readlink(os.path.join(build_dir, "libcpdl.so"))
+        shutil.copyfile(os.path.join(native, "libcpdl.so"), os.path.join(native, soname))
         found = glob.glob(os.path.join(build_dir, "plugins", "cpdl-*.so"))
         if not found:
             raise RuntimeError("the CMake build produced no data-source plugins in %s"
@@ -60,7 +75,7 @@ class NativeDistribution(Distribution):
 
 setup(
     name="cpdl",
-    version="0.1.0",  # CPDL_VERSION_MAJOR.MINOR.PATCH of include/cpdl.h
+    version=cmake_version(),
     description="Context-parallel data loading through node-local shared memory",
     package_dir={"": "python"},
     packages=["cpdl"],

@@ -5,7 +5,10 @@
  *                  libcpdl_prep.so serves this layer alone
  *   cpdl/source.h  data sources (cpdl_source_*): no MPI
  *   cpdl/loader.h  configuration and the loader (cpdl_config_*, cpdl_loader_*):
- *                  collective over MPI or a caller's out-of-band allgather
+ *                  collective over a caller's out-of-band allgather; no <mpi.h>
+ *   cpdl/loader_mpi.h  the entry points that name MPI types (open on an
+ *                  MPI_Comm, the host entry table); loader.h includes it where
+ *                  <mpi.h> is found and CPDL_NO_MPI is not defined
  *   cpdl/device.h  a loader's steps copied to a CUDA device by a thread of
  *                  cpdl's own (cpdl_device_feed_*; CUDA loaded at run time)
  *   cpdl/plugin.h  the data-source plugin ABI (plugins include only this)
@@ -14,12 +17,16 @@
  *
  * Conventions (the one error convention; every function keeps it):
  *  - Functions that can fail return int: 0, or a negative code — POSIX errors
- *    as -errno, cpdl's own codes below -4000 (CPDL_ERRNO_MAP below).
+ *    as -errno, cpdl's own codes in [CPDL_ERRNO_LAST, CPDL_ERRNO_FIRST]
+ *    (-4099 .. -4001; CPDL_ERRNO_MAP in cpdl/prep.h).
  *  - Every failure leaves a message, readable with cpdl_last_error() on the
  *    same thread, that names the thing at fault (file, field, key, rank, bytes
  *    needed and available) and, where there is one, the fix.
  *  - Counts and sizes (int64_t, size_t) are never error codes: an invalid
- *    handle counts 0 and leaves a message.
+ *    handle counts 0 and leaves a message; so do strings and pointers (a
+ *    static "" or "?", or NULL) and init functions given NULL. Closing or
+ *    freeing NULL does nothing. A successful cpdl_loader_next() clears the
+ *    message (a retry after a timeout leaves no stale one).
  *  - Arguments are checked before use: a NULL where an object is required is
  *    CPDL_EARG, and out-parameters are written only after that check.
  *  - Collective calls say so and return the same result on every rank.

@@ -7,7 +7,9 @@
  * an error naming the directory; gaps in the numbers are allowed.
  * NPY v1/v2/v3, little-endian, C order; dtypes |b1 |u1 <i4 <i8 <f2 <f4 <f8.
  * Invariant: the field set, dtypes and shapes are fixed by the first step at
- * open; every later step is checked against them when read. Tensors point
+ * open; every later step is checked against them when read (a missing or
+ * an extra .npy file is an error naming it). Token-id fields (input_ids,
+ * labels, position_ids) must have an integer dtype. Tensors point
  * into read-only mappings of the current step's files, valid until the next
  * read_batch() on the source (the host serializes calls).
  */
@@ -329,6 +331,32 @@ static void unmap_step(npy_source_t *s) {
     s->host->unmap_file(&s->maps[f]);
 }
 
+/* A later step's files must be the first step's fields, no more: an extra
+ * file would be silently dropped otherwise. Names are sorted (list_names). */
+static int check_field_set(npy_source_t *s, int64_t step, char *err, size_t errlen) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/%s", s->dir, s->steps[step]);
+  char **files = NULL;
+  int64_t n = 0;
+  int rc = list_names(dir, 0, &files, &n, err, errlen);
+  if (rc)
+    return rc;
+  for (int64_t k = 0; k < n && !rc; k++) {
+    size_t len = strlen(files[k]) - 4;
+    int known = 0;
+    for (int f = 0; f < s->n_fields && !known; f++)
+      known = strlen(s->names[f]) == len && strncmp(s->names[f], files[k], len) == 0;
+    if (!known) {
+      snprintf(err, errlen, "%s/%s: offset 0: a field that step %s does not have (every step "
+               "must hold the same .npy files; remove it or add it to every step)", dir,
+               files[k], s->steps[0]);
+      rc = CPDL_SOURCE_ECORRUPT;
+    }
+  }
+  free_names(files, n);
+  return rc;
+}
+
 /* Map every field of step `step` and check it against the layout (or, when
  * set_layout, record the layout). */
 static int map_step(npy_source_t *s, int64_t step, int set_layout, char *err, size_t errlen) {
@@ -364,7 +392,11 @@ static int map_step(npy_source_t *s, int64_t step, int set_layout, char *err, si
     unmap_step(s);
     return rc;
   }
-  return 0;
+  /* every field is there (a missing one failed above, named); no more */
+  int rc = set_layout ? 0 : check_field_set(s, step, err, errlen);
+  if (rc)
+    unmap_step(s);
+  return rc;
 }
 
 static void npy_close(void *state) {
@@ -431,6 +463,19 @@ static int npy_open(const cpdl_source_host_t *host, const char *path, const char
   free_names(files, n_files);
   if ((rc = map_step(s, 0, 1, err, errlen)))
     goto fail;
+  static const char *const token_fields[] = {"input_ids", "labels", "position_ids"};
+  for (int f = 0; f < s->n_fields; f++) {
+    int dt = s->layout[f].dtype;
+    for (size_t k = 0; k < sizeof token_fields / sizeof *token_fields; k++)
+      if (strcmp(s->names[f], token_fields[k]) == 0 && dt != CPDL_SOURCE_DTYPE_INT32 &&
+          dt != CPDL_SOURCE_DTYPE_INT64 && dt != CPDL_SOURCE_DTYPE_UINT8) {
+        snprintf(err, errlen, "%s/%s.npy: offset 0: %s holds token ids and must be an integer "
+                 "array (int64, int32 or uint8), not %s; write it with .astype(np.int64)", first,
+                 s->names[f], s->names[f], dt == CPDL_SOURCE_DTYPE_BOOL ? "bool" : "floating point");
+        rc = CPDL_SOURCE_ECORRUPT;
+        goto fail;
+      }
+  }
   *state = s;
   return 0;
 fail:

@@ -1,5 +1,5 @@
 /* config.c — cpdl_config_t: defaults, key=value parsing, the environment,
- * the canonical text, its hash and the collective agreement on it.
+ * the canonical text and its hash (the collective agreement on it is agree.c's).
  *
  * One table (keys[]) lists every key once, in canonical order; setting,
  * formatting, CPDL_<KEY> lookup, the known-keys text, the mismatch report and
@@ -21,7 +21,7 @@
  * escaped; everything else is a few dozen characters per key. */
 #define CONFIG_TEXT_MAX (4 * CPDL_SOURCE_MAX + 1024)
 /* One formatted value (unescaped). */
-#define VALUE_MAX (CPDL_SOURCE_MAX + 32)
+#define VALUE_MAX CPDL__CONFIG_VALUE_MAX
 
 typedef enum {
   KEY_INT,      /* int in [min, max] */
@@ -89,8 +89,10 @@ static void known_keys(char *buf, size_t size) {
 }
 
 void cpdl_config_init(cpdl_config_t *cfg) {
-  if (!cfg)
+  if (!cfg) {
+    (void)cpdl__error(CPDL_EARG, "cpdl_config_init: cfg is NULL");
     return;
+  }
   memset(cfg, 0, sizeof *cfg);
   cfg->struct_size = sizeof *cfg;
   cfg->cp = 1;
@@ -638,108 +640,13 @@ uint64_t cpdl__config_hash(const cpdl_config_t *cfg) {
   return cpdl__fnv1a(CPDL__FNV1A_BASIS, text, (size_t)len);
 }
 
-/* ---- agreement over the control plane ---------------------------------------------------- */
-
-/* Values of every key, NUL-terminated one after another, in canonical order. */
-static size_t pack_values(const cpdl_config_t *cfg, char *buf, size_t size) {
-  size_t at = 0;
-  for (int i = 0; i < N_KEYS; i++) {
-    char value[VALUE_MAX];
-    format_value(cfg, &keys[i], value, sizeof value);
-    size_t len = strlen(value);
-    if (at + len + 1 > size)
-      len = size - at - 1; /* cannot happen: size is N_KEYS * VALUE_MAX */
-    memcpy(buf + at, value, len);
-    buf[at + len] = '\0';
-    at += len + 1;
-  }
-  return at;
-}
-
-#define PACKED_MAX ((size_t)N_KEYS * VALUE_MAX)
-
-int cpdl__config_agree(const cpdl__team_t *team, const cpdl_config_t *cfg) {
-  /* A NULL config on one rank must not desynchronize the collectives below:
-   * it is compared as a default config and reported afterwards. */
-  cpdl_config_t local;
-  cpdl_config_init(&local);
-  if (cfg)
-    local = *cfg;
-
-  /* min(h) and min(~h) = ~max(h) in one reduction. */
-  uint64_t hash = cpdl__config_hash(&local);
-  /* Signed min of the top-bit-flipped value = unsigned min. */
-  int64_t all[2] = {(int64_t)(hash ^ (UINT64_C(1) << 63)), (int64_t)(~hash ^ (UINT64_C(1) << 63))};
-  int rc = cpdl__coll_min_i64(team, all, 2, "configuration agreement");
-  if (rc)
-    return rc;
-  if (((uint64_t)all[0] ^ (UINT64_C(1) << 63)) == ~((uint64_t)all[1] ^ (UINT64_C(1) << 63)))
-    return cfg ? 0 : cpdl__error(CPDL_EARG, "config is NULL");
-
-  /* Every rank agrees that something differs. Compare each rank's values
-   * with rank 0's; the lowest (key index, rank) that differs is reported. */
-  char *packed0 = malloc(PACKED_MAX), *packed = malloc(PACKED_MAX);
-  int64_t all_ok = packed0 && packed;
-  rc = cpdl__coll_min_i64(team, &all_ok, 1, "configuration agreement");
-  if (rc || !all_ok) {
-    free(packed0);
-    free(packed);
-    return rc ? rc : cpdl__error(-ENOMEM, "configuration agreement: out of memory");
-  }
-  rc = CPDL_ECONFIG;
-  pack_values(&local, packed, PACKED_MAX);
-  memcpy(packed0, packed, PACKED_MAX);
-  int mrc;
-  if ((mrc = cpdl__coll_bcast(team, packed0, PACKED_MAX, 0, "configuration agreement")) != 0) {
-    rc = mrc;
-    goto out;
-  }
-  struct { int key; int rank; } first = {N_KEYS, team->rank}, lowest;
-  const char *v0 = packed0, *v = packed;
-  for (int i = 0; i < N_KEYS; i++) {
-    if (strcmp(v0, v) != 0) {
-      first.key = i;
-      break;
-    }
-    v0 += strlen(v0) + 1;
-    v += strlen(v) + 1;
-  }
-  if ((mrc = cpdl__coll_minloc(team, first.key, &lowest.key, &lowest.rank,
-                               "configuration agreement")) != 0) {
-    rc = mrc;
-    goto out;
-  }
-  if (lowest.key >= N_KEYS) {
-    /* Hashes differ but no value does: only a NULL cfg on some rank. */
-    rc = cfg ? cpdl__error(CPDL_ECONFIG, "configuration hashes differ between ranks but no key "
-                           "does (a rank passed no configuration?)")
-             : cpdl__error(CPDL_EARG, "config is NULL");
-    goto out;
-  }
-  /* The chosen rank sends its value of that key. */
-  char other[VALUE_MAX], value0[VALUE_MAX];
-  v0 = packed0;
-  v = packed;
-  for (int i = 0; i < lowest.key; i++) {
-    v0 += strlen(v0) + 1;
-    v += strlen(v) + 1;
-  }
-  snprintf(value0, sizeof value0, "%s", v0);
-  snprintf(other, sizeof other, "%s", v);
-  if ((mrc = cpdl__coll_bcast(team, other, sizeof other, lowest.rank,
-                              "configuration agreement")) != 0) {
-    rc = mrc;
-    goto out;
-  }
-  other[sizeof other - 1] = '\0';
-  rc = cpdl__error(CPDL_ECONFIG, "configuration differs between ranks: key '%s' is %s on rank 0 "
-                   "but %s on rank %d; pass the same options/CPDL_* variables to every rank",
-                   keys[lowest.key].name, value0, other,
-                   cpdl__team_world_rank(team, lowest.rank));
-out:
-  free(packed0);
-  free(packed);
-  return rc;
+int cpdl__config_value(const cpdl_config_t *cfg, int i, char *buf, size_t size) {
+  if (i < 0 || i >= N_KEYS || !buf || size == 0)
+    return cpdl__error(CPDL_EARG, "config key index %d is outside 0..%d", i, N_KEYS - 1);
+  char value[VALUE_MAX];
+  format_value(cfg, &keys[i], value, sizeof value);
+  snprintf(buf, size, "%s", value);
+  return 0;
 }
 
 void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *params) {

@@ -24,6 +24,8 @@ const char *cpdl_dtype_name(cpdl_dtype_t dtype) {
 }
 
 int cpdl_dtype_parse(const char *name, cpdl_dtype_t *out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl_dtype_parse: out is NULL");
   for (int i = 0; i < CPDL_DTYPE_COUNT; i++) {
     if (name && strcmp(name, dtypes[i].name) == 0) {
       *out = (cpdl_dtype_t)i;
@@ -44,6 +46,8 @@ const char *cpdl_mode_name(cpdl_mode_t mode) {
 }
 
 int cpdl_mode_parse(const char *name, cpdl_mode_t *out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl_mode_parse: out is NULL");
   for (int i = 0; i < N_MODES; i++) {
     if (name && strcmp(name, modes[i]) == 0) {
       *out = (cpdl_mode_t)i;

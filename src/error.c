@@ -1,6 +1,6 @@
 /* error.c — error codes, their names and texts, and the thread-local message.
  *
- * The code table is CPDL_ERRNO_MAP in cpdl.h; this file only renders it.
+ * The code table is CPDL_ERRNO_MAP in cpdl/prep.h; this file only renders it.
  * Messages are per thread so loader threads and the caller never overwrite
  * each other's explanation.
  */
@@ -9,6 +9,14 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+
+/* Every code of the table lies in the one range (cpdl/prep.h), so the range
+ * tells cpdl's codes from -errno values everywhere (here, ring.c, Python). */
+#define CPDL__ERR_IN_RANGE(name, value, text)                                            \
+  _Static_assert(CPDL_ERRNO_IS_OWN(value), "CPDL_" #name " lies outside "                \
+                 "[CPDL_ERRNO_LAST, CPDL_ERRNO_FIRST]");
+CPDL_ERRNO_MAP(CPDL__ERR_IN_RANGE)
+#undef CPDL__ERR_IN_RANGE
 
 #define CPDL__MSG_MAX 1024
 static _Thread_local char last_msg[CPDL__MSG_MAX];
@@ -21,7 +29,7 @@ const char *cpdl_strerror(int err) {
 #undef CPDL__ERR_TEXT
   default: break;
   }
-  if (err < 0 && err > -4000)
+  if (err < 0 && err > CPDL_ERRNO_FIRST)
     return strerror(-err);
   return "unknown error";
 }
@@ -34,7 +42,7 @@ const char *cpdl_err_name(int err) {
 #undef CPDL__ERR_NAME
   default: break;
   }
-  if (err < 0 && err > -4000) {
+  if (err < 0 && err > CPDL_ERRNO_FIRST) {
     const char *name = strerrorname_np(-err);
     if (name)
       return name;

@@ -1,8 +1,9 @@
 /* fault.c — deterministic fault injection for the reliability tests.
  *
- * CPDL_FAULT="<point>:<rank>[:error]" (rank may be "*") makes cpdl__fault()
- * raise SIGKILL — or return CPDL_EFAULT with ":error" — when the named point
- * is reached on that world rank. The variable is parsed once per process
+ * CPDL_FAULT="<point>:<rank>[:error|:stop]" (rank may be "*") makes
+ * cpdl__fault() raise SIGKILL — or return CPDL_EFAULT with ":error", or stop
+ * the process (SIGSTOP: alive, waiting for a SIGCONT) and carry on with
+ * ":stop" — when the named point is reached on that world rank. The variable is parsed once per process
  * (pthread_once), so the check on hot paths is a string compare at most.
  */
 #include "internal.h"
@@ -16,7 +17,7 @@
 static struct {
   bool armed;
   bool any_rank;
-  bool as_error;
+  bool as_error, as_stop;
   int rank;
   char point[64];
 } fault;
@@ -37,9 +38,12 @@ static void fault_parse(void) {
   char *mode = strchr(rank_text, ':');
   if (mode) {
     *mode++ = '\0';
-    if (strcmp(mode, "error") != 0)
+    if (strcmp(mode, "error") == 0)
+      fault.as_error = true;
+    else if (strcmp(mode, "stop") == 0)
+      fault.as_stop = true;
+    else
       goto malformed;
-    fault.as_error = true;
   }
   if (strcmp(rank_text, "*") == 0) {
     fault.any_rank = true;
@@ -55,7 +59,7 @@ static void fault_parse(void) {
   return;
 malformed:
   /* A test-only knob: say it once rather than silently testing nothing. */
-  fprintf(stderr, "cpdl: ignoring malformed CPDL_FAULT='%s' (expected <point>:<rank>[:error])\n",
+  fprintf(stderr, "cpdl: ignoring malformed CPDL_FAULT='%s' (expected <point>:<rank>[:error|:stop])\n",
           spec);
 }
 
@@ -67,6 +71,10 @@ int cpdl__fault(const char *point, int world_rank) {
   if (fault.as_error)
     return cpdl__error(CPDL_EFAULT, "injected fault at point '%s' on rank %d (CPDL_FAULT)", point,
                        world_rank);
+  if (fault.as_stop) {
+    raise(SIGSTOP);
+    return 0; /* continued */
+  }
   raise(SIGKILL);
   return CPDL_EFAULT; /* not reached */
 }

@@ -1,5 +1,6 @@
 /* loader.c — the public loader object: ties mesh, segment, ring, feed,
- * preparation and placement together.
+ * preparation and placement together (its fields: loader_impl.h; the
+ * resume-state protocol, save and restore: resume.c).
  *
  * Invariants:
  *  - Only the group's leader writes data; it writes a slot only after every
@@ -14,8 +15,13 @@
  *    every collective of open/save/restore/close runs watched (coll.c), so a rank
  *    of this host dying inside them gives CPDL_EPEER, never a hang. A failed
  *    open frees everything locally; a living leader unlinks its segment.
+ *  - A loader belongs to the process that opened it (owner_pid). In a child
+ *    after fork every call fails naming the fork, and close only drops the
+ *    child's copy of the mappings: no ring write, no collective, no unlink,
+ *    no join of threads that exist only in the parent.
  */
 #include "internal.h"
+#include "loader_impl.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -26,59 +32,23 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#define MAX_GROUP ((int)CPDL__RING_MAX_CONSUMERS) /* one ring consumer per group member */
+/* ------------------------------------------------------------------------- */
+/* Ownership                                                                  */
+/* ------------------------------------------------------------------------- */
 
-struct cpdl_loader {
-  cpdl_config_t cfg;
-  /* The control plane (the mesh's teams point at it) and, when open built
-   * it from an MPI communicator, that cpdl_oob_t to free at close. */
-  cpdl__ctl_t ctl;
-  cpdl_oob_t mpi_oob;
-  cpdl__mesh_t mesh;
-  cpdl__shm_t shm;          /* leader: read-write mapping; others: their mapping */
-  cpdl__ring_t *ring;       /* leader: the writer's handle (loader threads) */
-  /* The consumer side of every rank, the leader included, goes through a
-   * read-only data mapping: the leader maps its own segment a second time,
-   * so no rank can write into a view by mistake. */
-  cpdl__shm_t view_shm;
-  cpdl_mapping_t *view_map; /* view_shm's base and size, by reference (may be NULL) */
-  cpdl__ring_t *cring;
-  uint64_t nonce;
-  uint64_t config_hash;
-  size_t ctrl_bytes;
-  size_t total_bytes;
-
-  /* This host's other ranks (pid, pidfd), watched by open/restore/close's
-   * collectives; the group's members among them by group rank (NULL: self,
-   * or not found on this host) for the ring waits' liveness checks. */
-  cpdl__watch_t watch;
-  const cpdl__peer_t *group_peer[MAX_GROUP];
-  /* A job across hosts: every rank's hostname (world order, for messages)
-   * and the remote liveness (live.c; NULL on one host or without it). */
-  char *hosts;
-  cpdl__live_t *live;
-
-  /* Consumer side (every rank, the leader included). */
-  uint64_t next_step;      /* step the next next() returns */
-  uint64_t end_step;       /* first step never delivered (UINT64_MAX: until EOF) */
-  bool holding;            /* a batch is acquired and not released */
-  bool failed;             /* a peer died: close without collectives */
-  bool started;            /* a next() happened (restore no longer allowed) */
-  uint64_t state_words[CPDL__CURSOR_WORDS]; /* feed cursor after the last acquired step */
-  uint64_t start_words[CPDL__CURSOR_WORDS]; /* feed cursor at next_step before any next() */
-  cpdl_view_field_t view[CPDL_MAX_FIELDS];
-  char view_names[CPDL_MAX_FIELDS][CPDL_NAME_MAX];
-  int n_fields;
-
-  /* Leader side. */
-  cpdl__feed_t *feed;
-  cpdl_prep_plan_t *plan;
-  cpdl__pin_t *pin;
-  uint64_t first_step;      /* step the loader threads start at */
-  int64_t data_batch, data_seq_len; /* the first batch's input_ids (else first 2-d field) shape */
-  cpdl__producer_t *producer; /* the loader threads, once started */
-  char *dump_collated;      /* directory, or NULL */
-};
+/* A child after fork (a DataLoader worker, a subprocess helper) has a copy of
+ * the loader but none of its threads, and the segment's ring is the parent's:
+ * anything it did there would act on the parent's job. */
+int cpdl__loader_check_owner(const cpdl_loader_t *L, const char *fn) {
+  pid_t me = getpid();
+  if (L->owner_pid == me)
+    return 0;
+  return cpdl__error(CPDL_ESTATE,
+                     "%s: this loader was opened by process %d and this process (%d) is a fork "
+                     "of it; a loader belongs to the process that opened it (open one in the "
+                     "child, or use it in the parent only)",
+                     fn, (int)L->owner_pid, (int)me);
+}
 
 /* ------------------------------------------------------------------------- */
 /* The view mapping's lifetime                                                */
@@ -99,6 +69,8 @@ cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *L) {
                 "(out of memory at open)" : "NULL loader");
     return NULL;
   }
+  if (cpdl__loader_check_owner(L, "cpdl_loader_mapping_retain"))
+    return NULL;
   atomic_fetch_add_explicit(&L->view_map->refs, 1, memory_order_relaxed);
   return L->view_map;
 }
@@ -108,6 +80,21 @@ void cpdl_mapping_release(cpdl_mapping_t *map) {
     return;
   munmap(map->base, map->size);
   free(map);
+}
+
+/* close in a forked child: drop this process's copy of the mappings and fds,
+ * nothing else. The rest of the copy (feed, threads' state, the control
+ * plane) is left as it is: it may hold locks of threads that do not exist
+ * here, and the parent still uses the originals. */
+static void forked_close(cpdl_loader_t *L) {
+  if (L->view_map) {
+    L->view_shm.base = NULL; /* the mapping's references unmap it */
+    cpdl_mapping_release(L->view_map);
+    L->view_map = NULL;
+  }
+  L->shm.owner = false; /* never unlink the parent's segment */
+  cpdl__shm_close(&L->view_shm);
+  cpdl__shm_close(&L->shm);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -226,10 +213,10 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return rc;
   /* Place each local CP shard's region near its consumers before the
    * header write touches anything else (first touch decides placement). */
-  for (uint32_t r = 0; r < geo.n_regions; r++) {
-    size_t off = L->ctrl_bytes + (size_t)r * geo.slot_bytes * geo.n_slots;
-    cpdl__pin_region(L->pin, (int)r, (char *)L->shm.base + off, geo.slot_bytes * geo.n_slots);
-  }
+  for (uint32_t r = 0; r < geo.n_regions; r++)
+    cpdl__pin_region(L->pin, (int)r,
+                     (char *)L->shm.base + cpdl__ring_block_offset(&geo, L->ctrl_bytes, r, 0),
+                     cpdl__ring_region_bytes(&geo));
   if (getrandom(&L->nonce, sizeof L->nonce, 0) != (ssize_t)sizeof L->nonce)
     return cpdl__error(-errno, "getrandom failed for the segment nonce: %s", strerror(errno));
   rc = cpdl__ring_init(L->shm.base, L->total_bytes, &geo, fields, L->nonce, L->config_hash,
@@ -512,6 +499,7 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   if (mpi_oob)
     L->mpi_oob = *mpi_oob;
   L->cfg = *cfg;
+  L->owner_pid = getpid();
   L->shm.fd = -1;
   L->view_shm.fd = -1;
   L->config_hash = cpdl__config_hash(cfg);
@@ -626,6 +614,9 @@ static int ensure_started(cpdl_loader_t *L) {
 int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   if (!L || !out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_next: NULL argument");
+  int rc = cpdl__loader_check_owner(L, "cpdl_loader_next");
+  if (rc)
+    return rc;
   if (L->failed)
     return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
   if (L->holding)
@@ -633,7 +624,14 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
                        "cpdl_batch_release() first", (unsigned long long)(L->next_step));
   if (L->next_step == L->end_step)
     return cpdl__error(CPDL_EEOF, "all %llu steps delivered", (unsigned long long)L->end_step);
-  int rc = ensure_started(L);
+  /* A verdict another rank posted (a death, a departure, a stall it gave up
+   * on) ends the job for this rank too, even if steps are still published. */
+  rc = cpdl__ring_posted_error(L->cring);
+  if (rc) {
+    L->failed = rc == CPDL_EPEER;
+    return rc;
+  }
+  rc = ensure_started(L);
   if (rc)
     return rc;
   rc = cpdl__fault("waiting", L->mesh.me.world_rank);
@@ -650,6 +648,10 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   rc = cpdl__live_check(L->live, L->next_step);
   if (!rc)
     rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  L->timed_out[0] = '\0';
+  if (rc == CPDL_ETIMEDOUT) /* retrying may still succeed; closing now posts it */
+    snprintf(L->timed_out, sizeof L->timed_out, "rank %d gave up after a timeout: %s",
+             L->mesh.me.world_rank, cpdl_last_error());
   if (rc) {
     if (rc == CPDL_EPEER) {
       /* Tell the group what this rank saw (first poster wins), so every
@@ -683,12 +685,17 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   (void)cpdl__ring_slot_state(L->cring, step, L->state_words);
   L->holding = true;
   (void)cpdl__fault("holding_slot", L->mesh.me.world_rank);
+  /* A retry after CPDL_ETIMEDOUT that succeeds leaves no stale message. */
+  cpdl__error_clear();
   return 0;
 }
 
 int cpdl_batch_release(cpdl_loader_t *L, cpdl_batch_t *batch) {
   if (!L || !batch)
     return cpdl__error(CPDL_EARG, "cpdl_batch_release: NULL argument");
+  int rc = cpdl__loader_check_owner(L, "cpdl_batch_release");
+  if (rc)
+    return rc;
   if (!L->holding || batch->internal != L || batch->step != L->next_step)
     return cpdl__error(CPDL_ESTATE, "cpdl_batch_release: this batch (step %llu) is not the one "
                        "held by this loader", (unsigned long long)batch->step);
@@ -708,14 +715,23 @@ int cpdl_loader_mesh(const cpdl_loader_t *L, cpdl_mesh_coords_t *out) {
   return 0;
 }
 
-size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) { return L ? L->total_bytes : 0; }
+size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) {
+  if (!L) { /* a size is never an error code: 0 and a message (cpdl.h "Conventions") */
+    (void)cpdl__error(CPDL_EARG, "cpdl_loader_segment_bytes: the loader is NULL");
+    return 0;
+  }
+  return L->total_bytes;
+}
 
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
 
 int cpdl__loader_wait_ready(cpdl_loader_t *L) {
+  int rc = cpdl__loader_check_owner(L, "cpdl_loader_next");
+  if (rc)
+    return rc;
   if (L->holding || L->failed || L->next_step == L->end_step)
     return 0; /* next() reports these */
-  int rc = ensure_started(L);
+  rc = ensure_started(L);
   if (rc)
     return rc;
   return cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
@@ -738,248 +754,6 @@ void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *se
 }
 
 /* ------------------------------------------------------------------------- */
-/* State (the blob's bytes: state.c; its layout: docs/state.md)               */
-/* ------------------------------------------------------------------------- */
-
-/* After a CPDL_EPEER from a collective: failed for good, and the other hosts'
- * ranks are told (they would wait for this rank in the next collective). */
-static void fail(cpdl_loader_t *L) {
-  char msg[1024];
-  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
-  cpdl__live_announce_failure(L->live, msg);
-  cpdl__error(CPDL_EPEER, "%s", msg);
-  L->failed = true;
-}
-
-/* What each rank contributes to a save: whether it leads a group (and so
- * knows the feed's cursor first-hand), the step of its next batch (a held
- * step counts as consumed) and the cursor at that step. The cursor is the
- * global order's, the same on every replica: any leader's will do, and they
- * are checked to agree. */
-enum { REC_FLAGS, REC_STEP, REC_CURSOR, REC_WORDS = REC_CURSOR + CPDL__CURSOR_WORDS };
-#define REC_LEADER 1u
-
-static void state_record(const cpdl_loader_t *L, uint64_t rec[REC_WORDS]) {
-  uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
-  const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
-  rec[REC_FLAGS] = L->mesh.is_leader ? REC_LEADER : 0;
-  rec[REC_STEP] = step;
-  memcpy(&rec[REC_CURSOR], cursor, CPDL__CURSOR_WORDS * sizeof *cursor);
-}
-
-/* The stream keys' text (malloc'd) or NULL with -ENOMEM. */
-static char *stream_text(const cpdl_loader_t *L) {
-  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
-  char *text = len < 0 ? NULL : malloc((size_t)len + 1);
-  if (!text) {
-    cpdl__error(-ENOMEM, "out of memory formatting the resume state's configuration");
-    return NULL;
-  }
-  cpdl__config_stream_format(&L->cfg, text, (size_t)len + 1);
-  return text;
-}
-
-int cpdl_loader_state_size(const cpdl_loader_t *L, size_t *bytes) {
-  if (!L || !bytes)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_size: NULL argument");
-  int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
-  if (len < 0)
-    return len;
-  *bytes = cpdl__state_bytes((size_t)len);
-  return 0;
-}
-
-/* From every rank's record, the job's state, encoded into buf. */
-static int state_build(cpdl_loader_t *L, const uint64_t *recs, void *buf, size_t size,
-                       size_t *used) {
-  int n = L->mesh.me.world_size;
-  uint64_t step = recs[REC_STEP];
-  const uint64_t *cursor = NULL;
-  int from = -1;
-  for (int r = 0; r < n; r++) {
-    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
-    if (rec[REC_STEP] != step)
-      return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: rank 0 is at step %llu but rank "
-                         "%d at step %llu; save when every rank has taken the same steps",
-                         (unsigned long long)step, r, (unsigned long long)rec[REC_STEP]);
-    if (!(rec[REC_FLAGS] & REC_LEADER))
-      continue;
-    if (!cursor) {
-      cursor = &rec[REC_CURSOR];
-      from = r;
-    } else if (memcmp(cursor, &rec[REC_CURSOR], CPDL__CURSOR_WORDS * sizeof *cursor) != 0) {
-      return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: the group leaders of ranks %d and "
-                         "%d hold different cursors of the global order at step %llu (a bug: "
-                         "every replica computes the same)", from, r, (unsigned long long)step);
-    }
-  }
-  if (!cursor)
-    return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: no group leader among the ranks");
-  char *text = stream_text(L);
-  if (!text)
-    return -ENOMEM;
-  cpdl__state_t st = {
-      .step = step,
-      .dp_size = (uint64_t)L->mesh.me.dp_size,
-      .cursor = cursor,
-      .stream = text,
-  };
-  int rc = cpdl__state_encode(&st, buf, size, used);
-  free(text);
-  return rc;
-}
-
-static int save_watched(cpdl_loader_t *L, void *buf, size_t size, size_t *used, int local) {
-  int n = L->mesh.me.world_size;
-  uint64_t *recs = malloc((size_t)n * REC_WORDS * sizeof *recs);
-  if (!recs && !local)
-    local = cpdl__error(-ENOMEM, "out of memory gathering the resume state");
-  int rc = cpdl__agree(&L->mesh.world, local);
-  if (rc) {
-    free(recs);
-    return rc;
-  }
-  uint64_t mine[REC_WORDS];
-  state_record(L, mine);
-  rc = cpdl__coll_allgather(&L->mesh.world, mine, REC_WORDS * sizeof(uint64_t), recs,
-                            "state save (the cursors' gather)");
-  if (!rc)
-    rc = cpdl__agree(&L->mesh.world, state_build(L, recs, buf, size, used));
-  free(recs);
-  return rc;
-}
-
-int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *used) {
-  if (!L)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_save: NULL loader");
-  if (L->failed)
-    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
-  size_t need = 0;
-  int local = cpdl_loader_state_size(L, &need);
-  if (used)
-    *used = need;
-  if (!local && (!buf || size < need))
-    local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
-                        "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
-  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_SAVE);
-  int rc = save_watched(L, buf, size, used, local);
-  cpdl__coll_op(previous_op);
-  cpdl__watch_install(previous);
-  if (rc == CPDL_EPEER)
-    fail(L); /* close must not try a collective */
-  return rc;
-}
-
-/* Local checks of a state against this job: the blob itself (CPDL_ESTATE),
- * then its stream keys (CPDL_ECONFIG naming the key and both values). The
- * layout is not among them: the order is global. */
-static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
-                       cpdl__state_view_t *view) {
-  int rc = cpdl__state_decode(buf, size, view);
-  if (rc)
-    return rc;
-  cpdl_config_t saved;
-  cpdl_config_init(&saved);
-  if ((rc = cpdl_config_parse(&saved, view->stream)))
-    return cpdl__error_prefix(CPDL_ECONFIG, "resume state's configuration is not one this cpdl "
-                              "reads");
-  if ((rc = cpdl__config_stream_compare(&saved, &L->cfg)))
-    return rc;
-  if (L->cfg.steps > 0 && view->step > (uint64_t)L->cfg.steps)
-    return cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond the run's end at "
-                       "steps=%lld", (unsigned long long)view->step, (long long)L->cfg.steps);
-  return 0;
-}
-
-/* The collective part of restore (a watch installed): agree on the local
- * checks and that every rank was given the same state, then the leader
- * rewinds the ring and seeks its feed to the state's cursor between two
- * group barriers, so no consumer waits on the ring while it changes; the
- * run's end is counted again from there, for this layout. */
-static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uint64_t checksum,
-                           int local) {
-  int rc = cpdl__agree(&L->mesh.world, local);
-  if (rc)
-    return rc;
-  /* min(c) and min(~c) = ~max(c): signed min of top-bit-flipped values. */
-  const uint64_t flip = UINT64_C(1) << 63;
-  int64_t all[2] = {(int64_t)(checksum ^ flip), (int64_t)(~checksum ^ flip)};
-  rc = cpdl__coll_min_i64(&L->mesh.world, all, 2, "restore (the states' comparison)");
-  if (rc)
-    return rc;
-  if (((uint64_t)all[0] ^ flip) != ~((uint64_t)all[1] ^ flip))
-    return cpdl__error(CPDL_ECONFIG, "ranks were given different resume states: give every rank "
-                       "the same one (any rank's save holds the whole job)");
-  uint64_t step = view->step;
-  uint64_t cursor[CPDL__CURSOR_WORDS];
-  memcpy(cursor, view->cursor, sizeof cursor);
-  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
-  if (rc == CPDL_EPEER)
-    return rc;
-  local = rc;
-  uint64_t end = L->cfg.steps > 0 ? (uint64_t)L->cfg.steps : UINT64_MAX;
-  uint64_t epochs = cpdl__config_epochs(&L->cfg);
-  if (!local && L->mesh.is_leader) {
-    local = cpdl__feed_seek(L->feed, cursor);
-    uint64_t left = 0;
-    if (!local && epochs && !(local = cpdl__feed_steps(L->feed, epochs, UINT64_MAX, &left)))
-      end = left > end - step ? end : step + left;
-    if (!local)
-      cpdl__ring_reset(L->ring, step);
-  }
-  if (!local)
-    cpdl__ring_rebase(L->cring, step);
-  rc = cpdl__agree(&L->mesh.world, local);
-  if (rc)
-    return rc;
-  if (epochs) { /* the leaders' end, equal on all of them; the others learn it */
-    int64_t e = !L->mesh.is_leader || end > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)end;
-    if ((rc = cpdl__coll_min_i64(&L->mesh.world, &e, 1, "restore (the run's end step)")))
-      return rc;
-    end = e == INT64_MAX ? UINT64_MAX : (uint64_t)e;
-  }
-  /* The reset is complete before any consumer waits on the ring. */
-  rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
-  if (rc)
-    return rc;
-  L->first_step = step;
-  L->next_step = step;
-  L->end_step = end;
-  memcpy(L->start_words, view->cursor, sizeof cursor);
-  memcpy(L->state_words, view->cursor, sizeof cursor);
-  return 0;
-}
-
-int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
-  if (!L || !buf)
-    return cpdl__error(CPDL_EARG, "cpdl_loader_state_restore: NULL argument");
-  if (L->failed)
-    return cpdl__error(CPDL_EPEER, "the loader failed earlier (a rank died); close it");
-  cpdl__state_view_t view;
-  memset(&view, 0, sizeof view);
-  int local = 0;
-  if (L->started)
-    local = cpdl__error(CPDL_ESTATE, "cpdl_loader_state_restore: only valid before the first "
-                        "cpdl_loader_next()");
-  else
-    local = state_check(L, buf, size, &view);
-  uint64_t checksum = 0;
-  if (!local)
-    memcpy(&checksum, (const char *)buf + size - 8, 8);
-  if (!local)
-    local = cpdl__fault("restoring", L->mesh.me.world_rank);
-  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
-  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_RESTORE);
-  int rc = restore_watched(L, &view, checksum, local);
-  cpdl__coll_op(previous_op);
-  cpdl__watch_install(previous);
-  if (rc == CPDL_EPEER)
-    fail(L); /* close must not try a collective */
-  return rc;
-}
-
-/* ------------------------------------------------------------------------- */
 /* Close                                                                      */
 /* ------------------------------------------------------------------------- */
 
@@ -987,23 +761,40 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
  * means some member stopped in next() and will never reach this barrier. */
 static int close_check(void *arg) {
   cpdl_loader_t *L = arg;
-  int posted = cpdl__ring_posted_error(L->cring);
+  int posted = L->cring ? cpdl__ring_posted_error(L->cring) : 0;
+  /* A timeout given up on (posted by close) is a verdict on a rank too:
+   * like a death, its poster closes locally, so nobody waits in a collective. */
+  if (posted == CPDL_ETIMEDOUT)
+    return cpdl__error(CPDL_EPEER, "%s", cpdl_last_error());
   return posted == CPDL_EPEER ? posted : 0;
 }
 
 int cpdl_loader_close(cpdl_loader_t *L) {
   if (!L)
     return 0;
+  if (L->owner_pid != getpid()) {
+    /* A forked child's copy: local only, the parent's job is untouched. *L
+     * is not freed (the parent's loader owns its members; freeing a few of
+     * them here would be a partial teardown of a copy nobody else uses). */
+    forked_close(L);
+    return 0;
+  }
   /* Tell the group first (R19): if this close is out of turn (an exception,
    * an early exit) the others are still in next(); the first of them to
    * wait for a step that needs this rank's slot fails naming this rank and
    * posts it, which ends the barrier below. A collective close waits for no
    * such step, so nothing is posted and the barrier completes. */
+  if (L->cring && L->timed_out[0]) /* giving up on a stalled rank: say so first */
+    cpdl__ring_post_error(L->cring, CPDL_ETIMEDOUT, L->timed_out);
   if (L->cring)
     cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
   /* And the ranks of other hosts: a wait for a step this rank will not
    * take fails there; a normal close (all at the same step) waits for none. */
   cpdl__live_announce_leave(L->live, L->holding ? L->next_step + 1 : L->next_step);
+  /* A verdict posted to the group (a death, a stall given up on): whoever
+   * posted it closes without collectives, so nobody may wait in one. */
+  if (close_check(L))
+    L->failed = true;
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
@@ -1017,6 +808,8 @@ int cpdl_loader_close(cpdl_loader_t *L) {
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
   L->watch.check = NULL;
+  if (rc != CPDL_EPEER && close_check(L)) /* posted before its poster entered the barrier */
+    rc = CPDL_EPEER;
   if (rc != CPDL_EPEER) {
     if (rc && !local)
       local = rc;
@@ -1036,7 +829,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
 static const cpdl_host_api_t host_api = {
     .abi_version = CPDL_HOST_ABI_VERSION,
     .struct_size = sizeof(cpdl_host_api_t),
-    .version = "0.1.0",
+    .version = CPDL_VERSION_STRING,
     .config_init = cpdl_config_init,
     .config_parse = cpdl_config_parse,
     .loader_open = cpdl_loader_open,

@@ -1,5 +1,6 @@
 /* mesh.c — the (dp, cp, tp) arrangement of the control plane's world, its
- * node, group (replica ∩ node) and host teams, and error agreement.
+ * node, group (replica ∩ node) and host teams (the agreements on an error
+ * and on the configuration are agree.c's).
  *
  * Invariants: every collective here returns the same code on every rank
  * (local failures go through cpdl__agree before anyone acts on them), so no
@@ -75,36 +76,6 @@ int cpdl__mesh_coords(int rank, int size, int cp, int tp, const char *order, int
   if (cp_rank) *cp_rank = coord[AXIS_CP];
   if (tp_rank) *tp_rank = coord[AXIS_TP];
   return 0;
-}
-
-/* ---- agreement ------------------------------------------------------------- */
-
-#define AGREE_MSG_MAX 1024
-
-int cpdl__agree(const cpdl__team_t *team, int local_rc) {
-  /* MINLOC: the lowest code, and among ranks with it the lowest rank. */
-  int worst = 0, worst_rank = 0;
-  int rc = cpdl__coll_minloc(team, local_rc, &worst, &worst_rank, "error agreement");
-  int rank = cpdl__team_world_rank(team, team->rank);
-  if (rc == CPDL_EPEER)
-    return rc;
-  if (rc)
-    return cpdl__error_prefix(rc, "on rank %d (local result %d)", rank, local_rc);
-  if (worst == 0)
-    return 0;
-  char msg[AGREE_MSG_MAX];
-  snprintf(msg, sizeof msg, "%s", team->rank == worst_rank ? cpdl_last_error() : "");
-  rc = cpdl__coll_bcast(team, msg, sizeof msg, worst_rank, "error agreement");
-  int who = cpdl__team_world_rank(team, worst_rank);
-  if (rc == CPDL_EPEER)
-    return rc;
-  if (rc)
-    return cpdl__error_prefix(rc, "broadcasting rank %d's message (its code: %s)", who,
-                              cpdl_err_name(worst));
-  msg[sizeof msg - 1] = '\0';
-  if (msg[0])
-    return cpdl__error(worst, "rank %d: %s", who, msg);
-  return cpdl__error(worst, "rank %d: %s", who, cpdl_strerror(worst));
 }
 
 /* ---- building --------------------------------------------------------------- */

@@ -13,8 +13,10 @@
 #define ALIGN 64 /* every field's offset in its block */
 
 void cpdl_prep_params_init(cpdl_prep_params_t *params) {
-  if (!params)
+  if (!params) {
+    (void)cpdl__error(CPDL_EARG, "cpdl_prep_params_init: params is NULL");
     return;
+  }
   memset(params, 0, sizeof *params);
   params->struct_size = sizeof *params;
   params->cp_size = 1;
@@ -568,14 +570,39 @@ int cpdl_prep_plan_create(const cpdl_tensor_t *inputs, int n_inputs, const cpdl_
 
 void cpdl_prep_plan_destroy(cpdl_prep_plan_t *plan) { free(plan); }
 
-int cpdl_prep_plan_nfields(const cpdl_prep_plan_t *plan) { return plan ? plan->n_fields : 0; }
-
-const cpdl_prep_field_t *cpdl_prep_plan_field(const cpdl_prep_plan_t *plan, int i) {
-  return plan && i >= 0 && i < plan->n_fields ? &plan->fields[i] : NULL;
+/* Counts and sizes are never error codes (cpdl.h "Conventions"): a NULL plan
+ * counts 0 and leaves a message. */
+static bool plan_given(const cpdl_prep_plan_t *plan, const char *fn) {
+  if (!plan)
+    (void)cpdl__error(CPDL_EARG, "%s: the plan is NULL", fn);
+  return plan != NULL;
 }
 
-size_t cpdl_prep_plan_rank_bytes(const cpdl_prep_plan_t *plan) { return plan ? plan->rank_bytes : 0; }
-size_t cpdl_prep_plan_shared_bytes(const cpdl_prep_plan_t *plan) { return plan ? plan->shared_bytes : 0; }
-int64_t cpdl_prep_plan_seq_len(const cpdl_prep_plan_t *plan) { return plan ? plan->seq_len : 0; }
-int64_t cpdl_prep_plan_padded_len(const cpdl_prep_plan_t *plan) { return plan ? plan->padded_len : 0; }
+int cpdl_prep_plan_nfields(const cpdl_prep_plan_t *plan) {
+  return plan_given(plan, "cpdl_prep_plan_nfields") ? plan->n_fields : 0;
+}
+
+const cpdl_prep_field_t *cpdl_prep_plan_field(const cpdl_prep_plan_t *plan, int i) {
+  if (!plan_given(plan, "cpdl_prep_plan_field"))
+    return NULL;
+  if (i < 0 || i >= plan->n_fields) {
+    (void)cpdl__error(CPDL_EARG, "cpdl_prep_plan_field: field %d is outside 0..%d", i,
+                      plan->n_fields - 1);
+    return NULL;
+  }
+  return &plan->fields[i];
+}
+
+size_t cpdl_prep_plan_rank_bytes(const cpdl_prep_plan_t *plan) {
+  return plan_given(plan, "cpdl_prep_plan_rank_bytes") ? plan->rank_bytes : 0;
+}
+size_t cpdl_prep_plan_shared_bytes(const cpdl_prep_plan_t *plan) {
+  return plan_given(plan, "cpdl_prep_plan_shared_bytes") ? plan->shared_bytes : 0;
+}
+int64_t cpdl_prep_plan_seq_len(const cpdl_prep_plan_t *plan) {
+  return plan_given(plan, "cpdl_prep_plan_seq_len") ? plan->seq_len : 0;
+}
+int64_t cpdl_prep_plan_padded_len(const cpdl_prep_plan_t *plan) {
+  return plan_given(plan, "cpdl_prep_plan_padded_len") ? plan->padded_len : 0;
+}
 

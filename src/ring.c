@@ -68,6 +68,18 @@ size_t cpdl__ring_consumers_offset(uint32_t n_fields, uint32_t n_slots) {
   return cpdl__ring_slots_offset(n_fields) + n_slots * sizeof(cpdl__ring_slot_rec_t);
 }
 
+size_t cpdl__ring_block_offset(const cpdl__ring_geometry_t *geo, size_t ctrl_bytes,
+                               uint32_t region, uint32_t slot) {
+  size_t rank_data = (size_t)geo->n_regions * cpdl__ring_region_bytes(geo);
+  if (region >= geo->n_regions)
+    return ctrl_bytes + rank_data + slot * (size_t)geo->shared_slot_bytes;
+  return ctrl_bytes + ((size_t)region * geo->n_slots + slot) * (size_t)geo->slot_bytes;
+}
+
+size_t cpdl__ring_region_bytes(const cpdl__ring_geometry_t *geo) {
+  return (size_t)geo->n_slots * (size_t)geo->slot_bytes;
+}
+
 /* Bounds and overflow-checked sizes of a geometry. The message names the bad
  * value. */
 static int check_geometry(const cpdl__ring_geometry_t *geo, int code, size_t *ctrl_out,
@@ -336,15 +348,14 @@ void *cpdl__ring_rank_block(const cpdl__ring_t *ring, uint32_t region, uint32_t 
   if (region >= ring->geo.n_regions || slot >= ring->geo.n_slots)
     return NULL;
   /* Cannot overflow: check_geometry bounded the product by total. */
-  size_t index = (size_t)region * ring->geo.n_slots + slot;
-  return ring->base + ring->ctrl_bytes + index * (size_t)ring->geo.slot_bytes;
+  return ring->base + cpdl__ring_block_offset(&ring->geo, ring->ctrl_bytes, region, slot);
 }
 
 void *cpdl__ring_shared_block(const cpdl__ring_t *ring, uint32_t slot) {
   if (slot >= ring->geo.n_slots || ring->geo.shared_slot_bytes == 0)
     return NULL;
-  size_t rank_data = (size_t)ring->geo.n_regions * ring->geo.n_slots * (size_t)ring->geo.slot_bytes;
-  return ring->base + ring->ctrl_bytes + rank_data + slot * (size_t)ring->geo.shared_slot_bytes;
+  return ring->base + cpdl__ring_block_offset(&ring->geo, ring->ctrl_bytes, ring->geo.n_regions,
+                                             slot);
 }
 
 void *cpdl__ring_region(const cpdl__ring_t *ring, uint32_t region, size_t *bytes) {
@@ -354,7 +365,7 @@ void *cpdl__ring_region(const cpdl__ring_t *ring, uint32_t region, size_t *bytes
     return NULL;
   }
   if (bytes)
-    *bytes = (size_t)ring->geo.n_slots * (size_t)ring->geo.slot_bytes;
+    *bytes = cpdl__ring_region_bytes(&ring->geo);
   return cpdl__ring_rank_block(ring, region, 0);
 }
 
@@ -450,7 +461,7 @@ int cpdl__ring_posted_error(const cpdl__ring_t *ring) {
   char msg[CPDL__RING_MSG_MAX];
   memcpy(msg, hdr->error_msg, sizeof msg); /* one read; may come from a hostile peer */
   msg[sizeof msg - 1] = '\0';
-  if (code >= 0 || code <= -5000)
+  if (code >= 0 || code < CPDL_ERRNO_LAST) /* -errno or cpdl's own, else no code */
     code = CPDL_EPEER;
   return cpdl__error(code, "%s", msg[0] ? msg : "a rank of the group aborted");
 }
@@ -601,11 +612,15 @@ int cpdl__ring_wait_step(cpdl__ring_t *ring, uint64_t step, int timeout_ms,
                            atomic_load_explicit(&rec->cursor, memory_order_relaxed),
                            timeout_ms / 1000.0);
       }
-      if (left <= 0)
+      if (left <= 0) /* group rank 0 is the leader */
         return cpdl__error(CPDL_ETIMEDOUT, "ring: step %" PRIu64 " was not published within "
                            "%d ms (slot %" PRIu32 " holds step %" PRIu64 ", every consumer has "
-                           "released it: the leader is stalled or slow; raise timeout_ms if "
-                           "that is expected)", step, timeout_ms, slot_index, published);
+                           "released it: the leader is stalled or slow (rank %" PRId32 ", pid "
+                           "%" PRId32 "); raise timeout_ms if that is expected)", step,
+                           timeout_ms, slot_index, published,
+                           atomic_load_explicit(&ring->consumers[0].world_rank,
+                                                memory_order_relaxed),
+                           atomic_load_explicit(&ring->hdr->leader_pid, memory_order_relaxed));
       if (left < tick)
         tick = (int)left;
     }

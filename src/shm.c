@@ -1,7 +1,10 @@
 /* shm.c — POSIX shared-memory segments: create, attach, unlink, sweep.
  *
  * Invariants: a segment is only ever created with O_CREAT|O_EXCL and mode
- * 0600 under an unguessable name "/cpdl-<uid>-<pid>-<16 hex>"; an existing
+ * 0600 under an unguessable name "/cpdl-<uid>-<pid>-<pidns>-<boot>-<16 hex>"
+ * (pidns: the creator's PID namespace inode in hex, boot: 12 hex of the boot
+ * id; 0 where /proc does not say): the pid means something only in that
+ * namespace during that boot, which is all a sweep may judge by. An existing
  * object is never opened by create. Its space is reserved before anyone maps
  * it, so a full /dev/shm is an error at start and never a SIGBUS later. Every
  * failing path leaves no fd, no mapping and no /dev/shm entry behind.
@@ -42,6 +45,35 @@ static void shm_reset(cpdl__shm_t *shm) {
   shm->fd = -1;
 }
 
+/* This process's PID namespace inode (0 if /proc does not say) and the first
+ * 12 hex digits of the boot id ("0" likewise): what makes its pid meaningful. */
+static void self_identity(uint64_t *pidns, char boot[13]) {
+  struct stat st;
+  *pidns = stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+  snprintf(boot, 13, "0");
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (!f)
+    return;
+  char id[64] = "";
+  if (fgets(id, sizeof id, f)) {
+    int n = 0;
+    for (const char *p = id; *p && n < 12; p++)
+      if ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))
+        boot[n++] = *p;
+    boot[n] = '\0';
+    if (n == 0)
+      snprintf(boot, 13, "0");
+  }
+  fclose(f);
+}
+
+int cpdl__shm_identity(char *buf, size_t size) {
+  uint64_t pidns;
+  char boot[13];
+  self_identity(&pidns, boot);
+  return snprintf(buf, size, "%" PRIx64 "-%s", pidns, boot);
+}
+
 static int random_name(char *buf, size_t size) {
   uint64_t rnd;
   /* getrandom without GRND_NONBLOCK only blocks before the pool is seeded at
@@ -53,8 +85,12 @@ static int random_name(char *buf, size_t size) {
   if (got != (ssize_t)sizeof rnd)
     return cpdl__error(CPDL_ESHM, "getrandom() failed for the segment name: %s",
                        got < 0 ? strerror(errno) : "short read");
-  snprintf(buf, size, "/" CPDL__SHM_PREFIX "%u-%ld-%016" PRIx64, (unsigned)geteuid(),
-           (long)getpid(), rnd);
+  char identity[48];
+  cpdl__shm_identity(identity, sizeof identity);
+  int n = snprintf(buf, size, "/" CPDL__SHM_PREFIX "%u-%ld-%s-%016" PRIx64, (unsigned)geteuid(),
+                   (long)getpid(), identity, rnd);
+  if (n < 0 || (size_t)n >= size)
+    return cpdl__error(CPDL_ESHM, "segment name longer than %zu bytes", size - 1);
   return 0;
 }
 
@@ -264,31 +300,82 @@ void cpdl__shm_close(cpdl__shm_t *shm) {
   }
 }
 
-int cpdl__shm_sweep(bool remove, void *report_FILE) {
+/* Whether the creator named by the part of a segment name after the uid
+ * ("<pid>-<pidns>-<boot>-<random>") is provably gone: 1 dead, 0 alive, -1
+ * unknown with the reason in why. A pid is only meaningful in its PID
+ * namespace during its boot: a name from another namespace or boot (a
+ * container sharing /dev/shm but not PIDs, as pods do) or without them (an
+ * older cpdl) cannot be judged from here, and unknown keeps the segment. */
+static int creator_gone(const char *rest, uint64_t my_ns, const char *my_boot, long *pid_out,
+                        char *why, size_t why_size) {
+  char *end;
+  errno = 0;
+  long pid = strtol(rest, &end, 10);
+  *pid_out = pid;
+  if (errno || end == rest || *end != '-' || pid <= 0 || pid > INT32_MAX) {
+    snprintf(why, why_size, "its name holds no creator pid");
+    return -1;
+  }
+  const char *ns_text = end + 1;
+  errno = 0;
+  unsigned long long ns = strtoull(ns_text, &end, 16);
+  const char *boot = end + 1, *boot_end = *end == '-' ? strchr(boot, '-') : NULL;
+  if (errno || end == ns_text || *end != '-' || !boot_end || boot_end == boot ||
+      boot_end - boot > 12 || strlen(boot_end + 1) != 16) {
+    snprintf(why, why_size, "its name does not say the creator's PID namespace and boot (an "
+             "older cpdl made it)");
+    return -1;
+  }
+  if (ns == 0 || ns != my_ns) {
+    snprintf(why, why_size, "its creator ran in %s PID namespace (%llx; this sweep runs in %llx) "
+             "whose processes cannot be seen from here; run cpdl sweep in that container or pod",
+             ns ? "another" : "an unknown", ns, (unsigned long long)my_ns);
+    return -1;
+  }
+  if ((size_t)(boot_end - boot) != strlen(my_boot) || strncmp(boot, my_boot, strlen(my_boot)) ||
+      strcmp(my_boot, "0") == 0) {
+    snprintf(why, why_size, "its creator ran under another or unknown boot (boot id %.*s, this one "
+             "%s)", (int)(boot_end - boot), boot, my_boot);
+    return -1;
+  }
+  /* Only a creator that is certainly gone: EPERM means it exists. */
+  return kill((pid_t)pid, 0) == -1 && errno == ESRCH;
+}
+
+int cpdl__shm_sweep(bool remove, void *report_FILE, int *unknown) {
   FILE *report = report_FILE;
+  if (unknown)
+    *unknown = 0;
   DIR *dir = opendir(SHM_DIR);
   if (!dir)
     return cpdl__error(CPDL_ESHM, "cannot list %s: %s", SHM_DIR, strerror(errno));
   char prefix[32];
   int prefix_len = snprintf(prefix, sizeof prefix, CPDL__SHM_PREFIX "%u-", (unsigned)geteuid());
+  uint64_t my_ns;
+  char my_boot[13];
+  self_identity(&my_ns, my_boot);
   int found = 0, rc = 0;
   struct dirent *ent;
   while ((ent = readdir(dir)) != NULL) {
     if (strncmp(ent->d_name, prefix, (size_t)prefix_len) != 0)
       continue;
-    const char *pid_text = ent->d_name + prefix_len;
-    char *end;
-    errno = 0;
-    long pid = strtol(pid_text, &end, 10);
-    if (errno || end == pid_text || *end != '-' || pid <= 0 || pid > INT32_MAX)
-      continue;
-    /* Only a creator that is certainly gone: EPERM means it exists. */
-    if (!(kill((pid_t)pid, 0) == -1 && errno == ESRCH))
-      continue;
     struct stat st;
     if (fstatat(dirfd(dir), ent->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
         st.st_uid != geteuid())
       continue;
+    long pid;
+    char why[256];
+    int gone = creator_gone(ent->d_name + prefix_len, my_ns, my_boot, &pid, why, sizeof why);
+    if (gone == 0)
+      continue; /* alive */
+    if (gone < 0) {
+      if (unknown)
+        ++*unknown;
+      if (report)
+        fprintf(report, "%s/%s  %lld bytes  kept: cannot prove its creator dead: %s\n", SHM_DIR,
+                ent->d_name, (long long)st.st_size, why);
+      continue;
+    }
     found++;
     bool removed = false;
     if (remove) {

@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The plugin ABI repeats cpdl.h's codes and dtypes so plugins need no cpdl.h. */
+/* The plugin ABI repeats cpdl/prep.h's codes and dtypes so plugins need no cpdl.h. */
 _Static_assert(CPDL_SOURCE_EARG == CPDL_EARG, "plugin.h EARG");
 _Static_assert(CPDL_SOURCE_EDTYPE == CPDL_EDTYPE, "plugin.h EDTYPE");
 _Static_assert(CPDL_SOURCE_EOVERFLOW == CPDL_EOVERFLOW, "plugin.h EOVERFLOW");
@@ -670,7 +670,7 @@ int cpdl__source_read_batch(cpdl__source_t *src, int64_t step, cpdl_tensor_t *fi
   return 0;
 }
 
-/* ---- public API (cpdl.h "Data sources") ----------------------------------- */
+/* ---- public API (cpdl/source.h) ------------------------------------------ */
 
 CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out) {
   if (!out)
@@ -690,7 +690,11 @@ CPDL_API int64_t cpdl_source_count(const cpdl_source_t *src) {
 }
 
 CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src) {
-  return src ? cpdl__source_eot((const cpdl__source_t *)src) : -1;
+  if (!src) {
+    (void)null_count("cpdl_source_eot");
+    return -1;
+  }
+  return cpdl__source_eot((const cpdl__source_t *)src);
 }
 
 CPDL_API int cpdl_source_read(cpdl_source_t *src, int64_t index, const void **tokens,
@@ -707,16 +711,24 @@ CPDL_API int cpdl_source_read(cpdl_source_t *src, int64_t index, const void **to
   return 0;
 }
 
+/* Strings are never NULL: a NULL source names nothing and leaves a message. */
+static const char *null_text(const char *fn, const char *text) {
+  (void)cpdl__error(CPDL_EARG, "%s: the source is NULL", fn);
+  return text;
+}
+
 CPDL_API const char *cpdl_source_name(const cpdl_source_t *src) {
-  return src ? cpdl__source_name((const cpdl__source_t *)src) : "?";
+  return src ? cpdl__source_name((const cpdl__source_t *)src) : null_text("cpdl_source_name", "?");
 }
 
 CPDL_API const char *cpdl_source_description(const cpdl_source_t *src) {
-  return src ? cpdl__source_description((const cpdl__source_t *)src) : "";
+  return src ? cpdl__source_description((const cpdl__source_t *)src)
+             : null_text("cpdl_source_description", "");
 }
 
 CPDL_API const char *cpdl_source_plugin_path(const cpdl_source_t *src) {
-  return src ? cpdl__source_plugin_path((const cpdl__source_t *)src) : "";
+  return src ? cpdl__source_plugin_path((const cpdl__source_t *)src)
+             : null_text("cpdl_source_plugin_path", "");
 }
 
 CPDL_API int64_t cpdl_source_document_count(const cpdl_source_t *src) {

@@ -1,13 +1,16 @@
 /* cpdl/loader.h — the node-local shared-memory loader: configuration, the
- * collective open over MPI or a caller's out-of-band allgather, the per-step
- * zero-copy views, the resume state, and the host entry table.
+ * collective open over a caller's out-of-band allgather, the per-step
+ * zero-copy views and the resume state. Needs no <mpi.h>: the entry points
+ * that name MPI types (cpdl_loader_open on an MPI_Comm, the host entry
+ * table) are cpdl/loader_mpi.h, which this header includes at its end when
+ * <mpi.h> can be found and CPDL_NO_MPI is not defined — so an MPI program
+ * that includes cpdl.h or cpdl/loader.h compiles unchanged, and a C program
+ * on its own control plane needs no MPI headers.
  */
 #ifndef CPDL_LOADER_H
 #define CPDL_LOADER_H
 
 #include "cpdl/prep.h"
-
-#include <mpi.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,17 +60,19 @@ typedef struct cpdl_config {
                                            of n batches gives n / dp steps (or the ceiling) */
 } cpdl_config_t;
 
-/** Fill in defaults (see above). */
+/** Fill in defaults (see above). A NULL cfg does nothing but leave a message. */
 CPDL_API void cpdl_config_init(cpdl_config_t *cfg);
 /** Set one key from its text. \return 0 or CPDL_EARG (unknown key: the
  *  message lists the known keys; bad value: it says what was expected). */
 CPDL_API int cpdl_config_set(cpdl_config_t *cfg, const char *key, const char *value);
-/** Apply "key=value key=value ..." (whitespace or commas between pairs). */
+/** Apply "key=value key=value ..." (whitespace or commas between pairs); a
+ *  NULL text applies nothing (0). \return as cpdl_config_set. */
 CPDL_API int cpdl_config_parse(cpdl_config_t *cfg, const char *text);
 /** Apply every CPDL_<KEY> environment variable that names a known key. */
 CPDL_API int cpdl_config_from_env(cpdl_config_t *cfg);
 /** Canonical "key=value ..." text of every key, in a fixed order.
- *  \return the length it needs (like snprintf). */
+ *  \return the length it needs (like snprintf; buf may be NULL to ask), or
+ *  CPDL_EARG for a NULL cfg. */
 CPDL_API int cpdl_config_format(const cpdl_config_t *cfg, char *buf, size_t size);
 
 /* ------------------------------------------------------------------------- */
@@ -162,26 +167,13 @@ typedef struct cpdl_layout {
  *  oob_ep. While a collective is pending the pids of this host's other ranks
  *  are watched: a death is CPDL_EPEER naming the rank. Nodes are told apart
  *  by hostname and boot id (CPDL_RANKS_PER_NODE=k fakes nodes of k
- *  consecutive ranks). 
-eturn as cpdl_loader_open; CPDL_EARG for a NULL or
+ *  consecutive ranks). \return as cpdl_loader_open; CPDL_EARG for a NULL or
  *  incomplete oob (on this rank only: nothing can be agreed without it). */
 CPDL_API int cpdl_loader_open_oob(const cpdl_oob_t *oob, const cpdl_layout_t *layout,
                                   const cpdl_config_t *cfg, cpdl_loader_t **out);
 
-/** Collective over comm. Builds the mesh, agrees on the configuration (a
- *  mismatch names the first differing key on every rank), creates and maps
- *  the group's shared segment and starts the leader's loader threads.
- *  \return the same result on every rank: 0, CPDL_EMESH, CPDL_ECONFIG,
- *          CPDL_ENOSPACE, CPDL_ESHM, CPDL_EPLUGIN, CPDL_EPEER, CPDL_EMPI, ...
- *  MPI must be initialized (MPI_THREAD_SERIALIZED or more is not required:
- *  loader threads never call MPI). The control plane is cpdl_loader_open_oob's
- *  over an MPI_Iallgather on a dup of comm. */
-CPDL_API int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);
-/** As cpdl_loader_open, with the trainer's layout (may be NULL), checked as
- *  in cpdl_loader_open_oob. */
-CPDL_API int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout,
-                                  const cpdl_config_t *cfg, cpdl_loader_t **out);
-/** As cpdl_loader_open on MPI_COMM_WORLD (for bindings that cannot name it). */
+/** As cpdl_loader_open on MPI_COMM_WORLD (for bindings that cannot name it;
+ *  needs no <mpi.h> to declare). */
 CPDL_API int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **out);
 
 /** Acquire this rank's view of the next step. Blocks until the leader has
@@ -189,7 +181,8 @@ CPDL_API int cpdl_loader_open_world(const cpdl_config_t *cfg, cpdl_loader_t **ou
  *  released. \return 0, CPDL_EEOF (no more steps), CPDL_ETIMEDOUT,
  *  CPDL_EPEER (a rank of the group died; the message says which), CPDL_ESTATE.
  *  The view's pointers belong to the loader and stay valid until
- *  cpdl_batch_release(). */
+ *  cpdl_batch_release(). A successful call clears cpdl_last_error(), so a
+ *  retry after CPDL_ETIMEDOUT leaves no stale message. */
 CPDL_API int cpdl_loader_next(cpdl_loader_t *loader, cpdl_batch_t *out);
 
 /** Give the batch's slot back to the leader. After the call the batch's
@@ -199,7 +192,7 @@ CPDL_API int cpdl_batch_release(cpdl_loader_t *loader, cpdl_batch_t *batch);
 /** This rank's coordinates. */
 CPDL_API int cpdl_loader_mesh(const cpdl_loader_t *loader, cpdl_mesh_coords_t *out);
 
-/** Bytes of the group's segment. */
+/** Bytes of the group's segment; 0 for a NULL loader (with a message). */
 CPDL_API size_t cpdl_loader_segment_bytes(const cpdl_loader_t *loader);
 
 /* Resume state: one versioned, self-describing byte blob for the whole job.
@@ -260,7 +253,13 @@ CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const void *buf, s
  *  group first: a rank still in next() then fails at once with CPDL_EPEER
  *  naming this rank as the one that left, and this close returns CPDL_EPEER
  *  once the group knows. \return 0 or the first error seen on any rank.
- *  *loader is freed either way (a retained mapping stays; see below). */
+ *  *loader is freed either way (a retained mapping stays; see below). A NULL
+ *  loader is accepted (0).
+ *  Fork: a loader belongs to the process that opened it. In a child after
+ *  fork(), cpdl_loader_next, cpdl_batch_release, the state calls and
+ *  cpdl_loader_mapping_retain return CPDL_ESTATE naming both pids, and
+ *  cpdl_loader_close only unmaps the child's copy and returns 0: no
+ *  collective, no departure announced, the parent's job is untouched. */
 CPDL_API int cpdl_loader_close(cpdl_loader_t *loader);
 
 /** The read-only mapping behind every batch view of a loader, kept alive by
@@ -277,32 +276,20 @@ CPDL_API cpdl_mapping_t *cpdl_loader_mapping_retain(cpdl_loader_t *loader);
  *  unmaps. NULL does nothing. */
 CPDL_API void cpdl_mapping_release(cpdl_mapping_t *mapping);
 
-/* ------------------------------------------------------------------------- */
-/* Host entry point: cpdl as a data-loader plugin of a trainer or launcher    */
-/* ------------------------------------------------------------------------- */
-
-#define CPDL_HOST_ABI_VERSION 1
-#define CPDL_HOST_ENTRY_SYMBOL "cpdl_host_entry_v1"
-
-/** Function table for hosts that dlopen libcpdl.so without its headers. */
-typedef struct cpdl_host_api {
-  uint32_t abi_version;   /* CPDL_HOST_ABI_VERSION */
-  uint32_t struct_size;   /* sizeof(cpdl_host_api_t) */
-  const char *version;    /* "0.1.0" */
-  void (*config_init)(cpdl_config_t *cfg);
-  int (*config_parse)(cpdl_config_t *cfg, const char *text);
-  int (*loader_open)(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out);
-  int (*loader_next)(cpdl_loader_t *loader, cpdl_batch_t *out);
-  int (*batch_release)(cpdl_loader_t *loader, cpdl_batch_t *batch);
-  int (*loader_close)(cpdl_loader_t *loader);
-  const char *(*strerror)(int err);
-  const char *(*last_error)(void);
-} cpdl_host_api_t;
-
-/** The versioned entry symbol. Static table; never NULL. */
-CPDL_API const cpdl_host_api_t *cpdl_host_entry_v1(void);
 
 #ifdef __cplusplus
 }
 #endif
+
+/* The MPI entry points, where <mpi.h> is there to declare them. */
+#ifndef CPDL_NO_MPI
+#if defined(__has_include)
+#if __has_include(<mpi.h>)
+#include "cpdl/loader_mpi.h"
+#endif
+#else
+#include "cpdl/loader_mpi.h"
+#endif
+#endif
+
 #endif /* CPDL_LOADER_H */

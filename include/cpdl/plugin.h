@@ -8,7 +8,7 @@
  *
  * Rules every plugin follows:
  *  - Return 0 or a negative code from the CPDL_SOURCE_E* list below (the same
- *    values as cpdl.h's CPDL_E* codes); on failure write a one-line message
+ *    values as cpdl/prep.h's CPDL_E* codes); on failure write a one-line message
  *    into err (errlen bytes, always NUL-terminated) naming the file, the byte
  *    offset and what was expected.
  *  - Check every size against the file length before reading; never crash on
@@ -34,7 +34,7 @@ extern "C" {
 #define CPDL_SOURCE_ABI_VERSION 1
 #define CPDL_SOURCE_ENTRY_SYMBOL "cpdl_source_plugin_v1"
 
-/* Return codes (identical to cpdl.h's; kept here so plugins need no cpdl.h). */
+/* Return codes (identical to cpdl/prep.h's; kept here so plugins need no cpdl.h). */
 #define CPDL_SOURCE_OK 0
 #define CPDL_SOURCE_EARG (-4001)
 #define CPDL_SOURCE_EDTYPE (-4003)

@@ -22,13 +22,26 @@ extern "C" {
 #define CPDL_API
 #endif
 
-#define CPDL_VERSION_MAJOR 0
-#define CPDL_VERSION_MINOR 1
-#define CPDL_VERSION_PATCH 0
+/* CPDL_VERSION_MAJOR, _MINOR, _PATCH and CPDL_VERSION_STRING ("0.1.0"):
+ * generated from CMake's project(VERSION), the one place it is written. */
+#include "cpdl/version.h"
+
+/** The library's version, CPDL_VERSION_STRING of the build that made it (a
+ *  program may have been compiled against another). Static; never NULL. */
+CPDL_API const char *cpdl_version(void);
 
 /* ------------------------------------------------------------------------- */
 /* Errors                                                                     */
 /* ------------------------------------------------------------------------- */
+
+/* The one range of error codes: POSIX errors are -errno, above CPDL_ERRNO_FIRST;
+ * cpdl's own codes lie in [CPDL_ERRNO_LAST, CPDL_ERRNO_FIRST] (every entry of
+ * CPDL_ERRNO_MAP does: error.c checks it at compile time). A value below
+ * CPDL_ERRNO_LAST, or 0 and above, is no cpdl error code. */
+#define CPDL_ERRNO_FIRST (-4001)
+#define CPDL_ERRNO_LAST (-4099)
+/** Whether err is one of cpdl's own codes (else -errno, 0 or no code at all). */
+#define CPDL_ERRNO_IS_OWN(err) ((err) <= CPDL_ERRNO_FIRST && (err) >= CPDL_ERRNO_LAST)
 
 /* X(name, value, description). One table feeds the enum, cpdl_strerror() and
  * cpdl_err_name(). */
@@ -88,7 +101,8 @@ typedef enum {
 CPDL_API size_t cpdl_dtype_size(cpdl_dtype_t dtype);
 /** numpy-style name ("bool", "int64", "bfloat16", ...); "?" if unknown. */
 CPDL_API const char *cpdl_dtype_name(cpdl_dtype_t dtype);
-/** Parse a dtype name as printed by cpdl_dtype_name(). \return 0 or CPDL_EDTYPE. */
+/** Parse a dtype name as printed by cpdl_dtype_name().
+ *  \return 0, CPDL_EDTYPE (unknown or NULL name), CPDL_EARG (out NULL). */
 CPDL_API int cpdl_dtype_parse(const char *name, cpdl_dtype_t *out);
 
 #define CPDL_MAX_DIMS 4
@@ -116,7 +130,10 @@ typedef enum {
                              * cu_seqlens_padded, its chunks r and 2cp-1-r (docs/thd.md) */
 } cpdl_mode_t;
 
+/** "contiguous", "round_robin", "aux_only", "thd"; "?" if unknown. Static. */
 CPDL_API const char *cpdl_mode_name(cpdl_mode_t mode);
+/** Parse a mode name as printed by cpdl_mode_name().
+ *  \return 0 or CPDL_EARG (unknown or NULL name, out NULL). */
 CPDL_API int cpdl_mode_parse(const char *name, cpdl_mode_t *out);
 
 /** An extra per-token metadata field the caller names: it is padded with
@@ -137,7 +154,8 @@ typedef struct cpdl_prep_params {
   int n_metadata;
 } cpdl_prep_params_t;
 
-/** Defaults: cp_size 1, tp_size 1, contiguous, padding_token_id 0, no metadata. */
+/** Defaults: cp_size 1, tp_size 1, contiguous, padding_token_id 0, no metadata.
+ *  A NULL params does nothing but leave a message. */
 CPDL_API void cpdl_prep_params_init(cpdl_prep_params_t *params);
 
 /** One output field of a prepared batch.
@@ -169,9 +187,13 @@ typedef struct cpdl_prep_plan cpdl_prep_plan_t;
 CPDL_API int cpdl_prep_plan_create(const cpdl_tensor_t *inputs, int n_inputs,
                                    const cpdl_prep_params_t *params,
                                    cpdl_prep_plan_t **out);
+/** Free a plan (NULL is accepted). */
 CPDL_API void cpdl_prep_plan_destroy(cpdl_prep_plan_t *plan);
+/* The accessors below count, size or look up: a NULL plan gives 0 (NULL for
+ * cpdl_prep_plan_field) and leaves a message. */
+/** Number of output fields. */
 CPDL_API int cpdl_prep_plan_nfields(const cpdl_prep_plan_t *plan);
-/** Field i (0 <= i < nfields) or NULL. Belongs to the plan. */
+/** Field i (0 <= i < nfields), or NULL with a message. Belongs to the plan. */
 CPDL_API const cpdl_prep_field_t *cpdl_prep_plan_field(const cpdl_prep_plan_t *plan, int i);
 /** Bytes of one rank's block (a multiple of 64). */
 CPDL_API size_t cpdl_prep_plan_rank_bytes(const cpdl_prep_plan_t *plan);

@@ -33,7 +33,8 @@ typedef struct cpdl_source cpdl_source_t;
 CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out);
 /** Number of samples (npy: of steps); 0 for a NULL source (with a message). */
 CPDL_API int64_t cpdl_source_count(const cpdl_source_t *src);
-/** End-of-text token id, or -1 when the source has none. */
+/** End-of-text token id, or -1 when the source has none (and for a NULL
+ *  source, with a message). */
 CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src);
 /** Sample `index` (0 <= index < count) as *n_tokens tokens of *token_bytes
  *  bytes each (2: uint16, 4: uint32, 8: int64; native byte order).
@@ -43,17 +44,20 @@ CPDL_API int64_t cpdl_source_eot(const cpdl_source_t *src);
  *  source for generated ones (synthetic). */
 CPDL_API int cpdl_source_read(cpdl_source_t *src, int64_t index, const void **tokens,
                               int64_t *n_tokens, int *token_bytes);
-/** The plugin's name (the URI scheme). Static; never NULL. */
+/** The plugin's name (the URI scheme). Static; never NULL ("?" for a NULL
+ *  source, with a message). */
 CPDL_API const char *cpdl_source_name(const cpdl_source_t *src);
 /** The plugin's one-line description of its format ("" if it has none) and
  *  the path of the plugin file that was loaded. Static for the source's life;
- *  "" for a NULL source. */
+ *  "" for a NULL source (with a message). */
 CPDL_API const char *cpdl_source_description(const cpdl_source_t *src);
 CPDL_API const char *cpdl_source_plugin_path(const cpdl_source_t *src);
 /** Number of documents: equals the sample count unless a sample is a part of
- *  a document (megatron with ?unit=sequence). */
+ *  a document (megatron with ?unit=sequence); 0 for a NULL source (with a
+ *  message). */
 CPDL_API int64_t cpdl_source_document_count(const cpdl_source_t *src);
-/** Pre-collated sources (npy): number of batches, 0 for token sources. */
+/** Pre-collated sources (npy): number of batches, 0 for token sources (and
+ *  for a NULL source, with a message). */
 CPDL_API int64_t cpdl_source_batch_count(const cpdl_source_t *src);
 /** Batch `step` of a pre-collated source: up to CPDL_MAX_FIELDS tensors,
  *  sorted by name. \return 0, CPDL_EEOF (step out of range), CPDL_ESOURCE

@@ -18,8 +18,6 @@ from .prep import Error, shard_batch, shard_batch_all, strerror
 
 _ffi.check_findable()
 
-__version__ = "0.1.0"  # CPDL_VERSION_MAJOR.MINOR.PATCH of include/cpdl.h
-
 __all__ = ["Error", "shard_batch", "shard_batch_all", "strerror", "library_path",
            "__version__"]
 
@@ -37,4 +35,8 @@ def __getattr__(name):
     # library_path: where libcpdl.so was loaded from (asking loads it, and libmpi).
     if name == "library_path":
         return _ffi.full().path
+    # __version__: the library's cpdl_version() (CMake's project(VERSION), the one
+    # place it is written); asking loads the MPI-free prep library only.
+    if name == "__version__":
+        return _ffi.prep().cpdl_version().decode()
     raise AttributeError("module %r has no attribute %r" % (__name__, name))

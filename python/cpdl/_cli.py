@@ -2,8 +2,9 @@
 
 `pip install .` puts the cpdl executable in cpdl/_native/bin/ and its plugins
 in cpdl/_native/cpdl/; this console-script entry replaces itself with that
-executable, telling it where the plugins are (the executable links cpdl
-statically, so it cannot find them beside a libcpdl.so).
+executable, telling it where the plugins are (the executable links the
+packaged libcpdl.so in cpdl/_native/, found through its RUNPATH $ORIGIN/..;
+the path is set too so that a build's own search order cannot pick others).
 """
 import os
 import sys

@@ -1,5 +1,6 @@
 """_ffi — the binding's one door to C: finds and loads the libraries and
-mirrors include/cpdl.h (and include/cpdl/*.h) for ctypes.
+mirrors the headers under include/cpdl.h (cpdl/prep.h, source.h, loader.h,
+loader_mpi.h) for ctypes.
 
 Owns: the search for both libraries, every ctypes Structure (field for field
 as in the headers; a change there must be made here too — tests/python/
@@ -45,15 +46,16 @@ DTYPE_BOOL, DTYPE_UINT8, DTYPE_INT32, DTYPE_INT64 = 0, 1, 2, 3
 DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT32, DTYPE_FLOAT64 = 4, 5, 6, 7
 DTYPE_COUNT = 8
 
-# cpdl's own error codes lie in (-4100, -4000]; cpdl_err_name() names each one
-# of them in its table and says "CPDL_UNKNOWN" for the rest.
-_ERR_FIRST, _ERR_LAST = -4001, -4099
+# cpdl's own error codes lie in [CPDL_ERRNO_LAST, CPDL_ERRNO_FIRST] (cpdl/prep.h);
+# cpdl_err_name() names each one of them in its table and says "CPDL_UNKNOWN"
+# for the rest.
+ERRNO_FIRST, ERRNO_LAST = -4001, -4099  # CPDL_ERRNO_FIRST, CPDL_ERRNO_LAST
 _ERR_UNKNOWN = "CPDL_UNKNOWN"
 
 _P = ctypes.POINTER
 
 
-# ---- the prep layer: include/cpdl.h's errors, dtypes and batch contract ------
+# ---- the prep layer: include/cpdl/prep.h's errors, dtypes and batch contract -
 
 class Tensor(ctypes.Structure):
     """cpdl_tensor_t"""
@@ -218,6 +220,7 @@ STRUCTS = {
 # is a stale build and is skipped.
 PREP_SIGNATURES = {
     "cpdl_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    "cpdl_version": (ctypes.c_char_p, []),
     "cpdl_err_name": (ctypes.c_char_p, [ctypes.c_int]),
     "cpdl_last_error": (ctypes.c_char_p, []),
     "cpdl_dtype_size": (ctypes.c_size_t, [ctypes.c_int]),
@@ -511,7 +514,7 @@ def error_codes():
     if _codes is None:
         name_of = prep().cpdl_err_name
         codes = {}
-        for code in range(_ERR_FIRST, _ERR_LAST - 1, -1):
+        for code in range(ERRNO_FIRST, ERRNO_LAST - 1, -1):
             name = name_of(code).decode()
             if name != _ERR_UNKNOWN and name.startswith("CPDL_"):
                 codes[name[len("CPDL_"):]] = code

@@ -139,11 +139,63 @@ def torch_ready():
     return None
 
 
-def torch_oob(process_group=None):
-    """A TorchOOB, initializing torch.distributed (gloo, env://) if needed."""
+def _rendezvous(timeout_ms):
+    """torch.distributed's env:// rendezvous bounded by cpdl's timeout_ms: every
+    process sets its arrival key in the TCPStore on MASTER_ADDR:MASTER_PORT and
+    waits for the others' (init_process_group alone would wait 30 minutes
+    without a word). Returns the store; raises naming the ranks that have not
+    arrived."""
+    import datetime
+    import time
+    import torch.distributed as dist
+    env = os.environ
+    rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
+    where = "%s:%s" % (env["MASTER_ADDR"], env["MASTER_PORT"])
+    timeout = datetime.timedelta(milliseconds=max(int(timeout_ms), 1))
+    try:
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), size, rank == 0,
+                              timeout, wait_for_workers=False)
+    except Exception as exc:  # rank 0 (the store's host) never came up
+        raise Error(_ffi.EMESH, "cpdl: torch.distributed rendezvous at %s: rank %d could not "
+                    "reach rank 0's store within timeout_ms=%d (%s); rank 0 has not arrived: "
+                    "check that every process was started and MASTER_ADDR/MASTER_PORT are rank "
+                    "0's (%s)" % (where, rank, timeout_ms, exc, _launcher_text())) from None
+    store.add("cpdl/arrived/%d" % rank, 1)
+    deadline = time.monotonic() + timeout_ms / 1000.0
+
+    def arrived(r):
+        # add(key, 0) reads a counter without blocking (Store.check is newer than
+        # torch 1.13, and a wait that times out leaves the client's socket out of step)
+        return store.add("cpdl/arrived/%d" % r, 0) > 0
+
+    missing = list(range(size))
+    while True:
+        missing = [r for r in missing if not arrived(r)]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if missing:
+        shown = ", ".join(str(r) for r in missing[:16]) + (", ..." if len(missing) > 16 else "")
+        raise Error(_ffi.EMESH, "cpdl: torch.distributed rendezvous at %s: %d of %d processes "
+                    "have not arrived within timeout_ms=%d: rank%s %s; check that every process "
+                    "was started (a worker missing or crashed before cpdl.Loader), or raise "
+                    "timeout_ms (%s)" % (where, len(missing), size, timeout_ms,
+                                         "s" if len(missing) > 1 else "", shown,
+                                         _launcher_text()))
+    if hasattr(store, "set_timeout"):  # later store waits (new_group, gloo): torch's default
+        store.set_timeout(datetime.timedelta(minutes=30))
+    return store
+
+
+def torch_oob(process_group=None, timeout_ms=60000):
+    """A TorchOOB, initializing torch.distributed (gloo, env://) if needed: the
+    rendezvous waits at most timeout_ms and names the ranks missing."""
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        env = os.environ
+        store = _rendezvous(timeout_ms)
+        dist.init_process_group(backend="gloo", store=store, rank=int(env["RANK"]),
+                                world_size=int(env["WORLD_SIZE"]))
     return TorchOOB(process_group)
 
 

@@ -8,11 +8,17 @@ next() releases the previous one first. Every array handed out views the shared
 segment read-only through a buffer whose base chain ends at its Batch, so the
 Batch object outlives its arrays — but the *slot* does not: after release() the
 leader may overwrite it (see Batch). Loaders are closed before MPI_Finalize.
+A Loader belongs to the process that opened it: in a child after fork (a
+DataLoader worker, multiprocessing, a subprocess helper before exec) every use
+raises cpdl.Error naming the fork, close() only drops the child's copy, and
+the exit handler leaves the parent's loaders and MPI alone.
 """
 import atexit
 import collections
 import ctypes
 import operator
+import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -53,6 +59,7 @@ def _mesh_of(coords):
 
 _mpi = None
 _we_initialized_mpi = False
+_mpi_init_pid = None  # the process that called MPI_Init here (a fork child did not)
 _peer_failed = False  # a loader closed with CPDL_EPEER: a rank is gone
 # Strong references: an open loader owns threads and a mapping, and closing
 # is collective, so it cannot happen in __del__ at a random GC time; loaders
@@ -75,7 +82,7 @@ def _ensure_mpi():
     """MPI_Init_thread(NULL, NULL, MULTIPLE) unless someone (mpi4py, the host program) already
     did; then, and only then, MPI_Finalize runs at exit, after our loaders
     are closed."""
-    global _we_initialized_mpi
+    global _we_initialized_mpi, _mpi_init_pid
     mpi = _mpi_lib()
     flag = ctypes.c_int(0)
     mpi.MPI_Initialized(ctypes.byref(flag))
@@ -92,6 +99,7 @@ def _ensure_mpi():
     if rc != 0:
         raise Error(_ffi.EMPI, "MPI_Init_thread failed with MPI error %d" % rc)
     _we_initialized_mpi = True
+    _mpi_init_pid = os.getpid()
 
 
 @atexit.register
@@ -99,8 +107,14 @@ def _at_exit():
     # atexit runs in reverse registration order: this was registered at
     # import, after mpi4py's own handler if mpi4py was imported first, so
     # loaders close before anybody's MPI_Finalize. Closing is collective:
-    # every rank reaches it as it exits normally.
+    # every rank reaches it as it exits normally. A child after fork (sys.exit
+    # in a DataLoader worker or a multiprocessing child) owns none of them:
+    # closing the parent's loaders or finalizing its MPI from there would tear
+    # down the parent's job, so it does nothing.
+    me = os.getpid()
     for loader in list(_open_loaders):
+        if loader._pid != me:
+            continue
         try:
             loader.close()
         except Error:
@@ -108,7 +122,7 @@ def _at_exit():
     # After a peer died MPI_Finalize would wait for it for ever (Open MPI
     # fences every process, the dead one too, e.g. under mpirun
     # --enable-recovery): exit without it, as `cpdl run` does.
-    if _we_initialized_mpi and not _peer_failed:
+    if _we_initialized_mpi and _mpi_init_pid == me and not _peer_failed:
         mpi = _mpi_lib()
         finalized = ctypes.c_int(0)
         mpi.MPI_Finalized(ctypes.byref(finalized))
@@ -334,6 +348,8 @@ class Batch(Mapping):
         loader = self._loader
         if loader is not None and loader._handle is not None and loader._current is self:
             loader._current = None
+            if loader._pid != os.getpid():
+                return  # a fork's copy: the slot is the parent's to release
             _check(_ffi.full().cpdl_batch_release(loader._handle, ctypes.byref(self._c)))
 
     def __enter__(self):
@@ -357,13 +373,41 @@ def _value_text(key, value):
                     % (key, type(value).__name__))
 
 
+def _text_keys(text):
+    """The keys a "key=value ..." configuration text sets (as the C parser reads them)."""
+    return set(re.findall(r"(?:^|[\s,])([A-Za-z_][A-Za-z0-9_]*)\s*=", text))
+
+
+def _env_except(lib, cfg, given):
+    """CPDL_<KEY> variables onto cfg, but not the keys the caller sets: a bad
+    value of such a variable is overridden, as a command-line flag overrides
+    it for the CLI (cpdl__config_from_env_except)."""
+    if lib.cpdl_config_from_env(ctypes.byref(cfg)) == 0:
+        return
+    lib.cpdl_config_init(ctypes.byref(cfg))  # from_env changed nothing; go key by key
+    for name, _ in Config._fields_:
+        var = "CPDL_" + name.upper()
+        if name == "struct_size" or name in given or var not in os.environ:
+            continue
+        rc = lib.cpdl_config_set(ctypes.byref(cfg), name.encode(), os.environ[var].encode())
+        if rc:
+            raise Error(rc, "environment variable %s: %s" % (var, lib.last_error()))
+
+
 def make_config(config=None, **kwargs):
     """A cpdl_config_t: defaults, then CPDL_<KEY> environment variables, then
-    `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...)."""
+    `config` ("key=value ..." text, or a dict), then kwargs (seq_len=..., cp=...).
+    A key the caller sets is not read from the environment, so its bad
+    CPDL_<KEY> value is no error (as with the CLI's flags)."""
     lib = _ffi.full()
     cfg = Config()
     lib.cpdl_config_init(ctypes.byref(cfg))
-    _check(lib.cpdl_config_from_env(ctypes.byref(cfg)))
+    given = set(str(k) for k in kwargs)
+    if isinstance(config, str):
+        given |= _text_keys(config)
+    elif isinstance(config, Mapping):
+        given |= set(str(k) for k in config)
+    _env_except(lib, cfg, given)
     items = []
     if isinstance(config, str):
         _check(lib.cpdl_config_parse(ctypes.byref(cfg), config.encode()))
@@ -421,6 +465,7 @@ class Loader:
         self._handle = None
         self._mapping = None
         self._feed = None
+        self._pid = os.getpid()  # the owner (see _live)
         device, prefetch = _prefetch.resolve(device, prefetch)
         pin = pin or device is not None
         self._current = None
@@ -473,7 +518,8 @@ class Loader:
             else:
                 process_group = "torch"
         if process_group is not None:
-            self._oob = _launch.torch_oob(None if process_group == "torch" else process_group)
+            self._oob = _launch.torch_oob(None if process_group == "torch" else process_group,
+                                          timeout_ms=cfg.timeout_ms)
             rc = lib.cpdl_loader_open_oob(ctypes.byref(self._oob.struct), layout_p,
                                           ctypes.byref(cfg), ctypes.byref(handle))
             if rc and self._oob.error is not None:
@@ -500,6 +546,12 @@ class Loader:
             self._feed = _prefetch.open_feed(handle, self._next_host, device, prefetch, self.mesh)
 
     def _live(self):
+        if self._pid != os.getpid():
+            raise Error(_ffi.ESTATE, "this cpdl.Loader was opened by process %d and this "
+                        "process (%d) is a fork of it (a DataLoader worker, multiprocessing, "
+                        "a subprocess helper): a loader belongs to the process that opened it; "
+                        "use it in the parent, or open a Loader in the child"
+                        % (self._pid, os.getpid()))
         if self._handle is None:
             raise Error(_ffi.ESTATE, "the loader is closed")
         return self._handle
@@ -553,9 +605,9 @@ class Loader:
         any layout (dp, cp, tp, nodes), so rank 0 alone may write the
         checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
+        handle = self._live()
         if self._feed is not None:
             self._feed.check_state_save()
-        handle = self._live()
         lib = _ffi.full()
         need = ctypes.c_size_t(0)
         _check(lib.cpdl_loader_state_size(handle, ctypes.byref(need)))
@@ -592,8 +644,18 @@ class Loader:
         _check(_ffi.full().cpdl_loader_state_restore(self._live(), blob, len(blob)))
 
     def close(self):
-        """Collective. Releases the held batch, unpins, closes. Idempotent."""
+        """Collective. Releases the held batch, unpins, closes. Idempotent.
+        In a child after fork: only drops the child's copy (no collective, the
+        parent's job is untouched)."""
         if self._handle is None:
+            return
+        if self._pid != os.getpid():
+            handle, self._handle = self._handle, None
+            self._mapping = None
+            self._current = None
+            self._feed = None  # its thread is the parent's
+            _open_loaders.discard(self)
+            _ffi.full().cpdl_loader_close(handle)  # local in a child: unmaps its copy
             return
         if self._feed is not None:
             self._feed.close()  # copies in flight read the slots: wait for them

@@ -23,8 +23,13 @@ def _check(rc):
 
 _TOKEN_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.int64)}
 # Plugins whose samples are views of a file mapping valid until close
-# (cpdl.h, cpdl_source_read).
+# (cpdl/source.h, cpdl_source_read).
 _MAPPED = {"llmc", "megatron"}
+
+
+# Which of the loader's seq_len/seed each scheme's URI takes (feed.c's
+# source_uri passes the same).
+_TAKES = {"gpt": ("seq_len", "seed"), "synthetic": ("seed",)}
 
 
 def _has_key(uri, key):
@@ -48,7 +53,9 @@ class _Handle:
 class Source:
     """A data source opened from a URI ("synthetic:?seed=1", "llmc:/data/x.bin",
     "megatron:/data/corpus_text_document", "gpt:0.3,/data/a,0.7,/data/b?num_samples=K",
-    ...); seq_len= and seed= are added to the URI's query when it lacks them.
+    ...); seq_len= and seed= are added to the URI's query when it lacks them and
+    the source takes them, as the loader passes its own (gpt: both, synthetic:
+    seed); other sources do not depend on them and are opened as given.
     len() is the sample count; source[i] is sample i's tokens as a read-only
     1-D numpy array (uint16, uint32 or int64 as the file stores them; gpt:
     gives Megatron's seq_len + 1 int64 tokens): a zero-copy view of the
@@ -61,9 +68,11 @@ class Source:
         # seq_len= and seed= join the query when it lacks them, as the loader
         # passes its own (the gpt: source needs both: Megatron's --seq-length
         # and --seed).
+        scheme = uri.split(":", 1)[0]
+        takes = _TAKES.get(scheme, ())
         extra = ["%s=%d" % (key, int(value)) for key, value in
                  (("seq_len", seq_len), ("seed", seed)) if value is not None
-                 and not _has_key(uri, key)]
+                 and key in takes and not _has_key(uri, key)]
         if extra:
             uri += ("&" if "?" in uri else "?") + "&".join(extra)
         lib = _ffi.full()

@@ -1,5 +1,6 @@
 /* cli.h — subcommands of the cpdl tool, one file each; src/cli/cpdl.c's main
- * dispatches. Each takes argv with argv[0] = the subcommand's name and
+ * dispatches. The tool is a client of libcpdl.so: the public API and
+ * cpdl/tools.h, never the internals. Each takes argv with argv[0] = the subcommand's name and
  * returns the process exit status: 0, 1 (the job failed), 2 (usage). */
 #ifndef CPDL_CLI_H
 #define CPDL_CLI_H
@@ -9,12 +10,13 @@
 #include <stddef.h>
 
 int cpdl_cli_run(int argc, char **argv);     /* run.c: under mpirun */
-int cpdl_cli_bench(int argc, char **argv);   /* bench.c: under mpirun */
+int cpdl_cli_bench(int argc, char **argv);   /* bench_exec.c: runs bench/bench_ways.c's program */
 /* `cpdl inspect URI [--json] [--limit N] [--show K]` */
 int cpdl_cli_inspect(int argc, char **argv); /* inspect.c */
 int cpdl_cli_sweep(int argc, char **argv);   /* sweep.c: `cpdl sweep [--remove]` */
 
-/* options.c: options shared by run and bench. Every `--key value` or
+/* options.c: options shared by run and bench_ways (bench/, which compiles
+ * options.c and stats.c too). Every `--key value` or
  * `--key=value` whose key (with '_' for '-') is a configuration key sets it;
  * the flags below are the CLI's own. Order: defaults, CPDL_* environment,
  * command line. */

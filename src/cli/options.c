@@ -2,10 +2,10 @@
  * Configuration keys are not listed here: config.c owns their names, so a
  * new key is a new option with no change to the CLI. One internal: the
  * environment is applied without the keys the command line sets
- * (cpdl__config_from_env_except), so a bad CPDL_<KEY> that the command line
+ * (cpdl_tools_config_from_env_except, cpdl/tools.h), so a bad CPDL_<KEY> that the command line
  * overrides is not an error. */
 #include "cli.h"
-#include "internal.h"
+#include "cpdl/tools.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,7 +103,7 @@ int cpdl_cli_options(int argc, char **argv, cpdl_config_t *cfg, cli_flags_t *fla
       }
     }
   }
-  if (cpdl__config_from_env_except(cfg, skip, n_set)) {
+  if (cpdl_tools_config_from_env_except(cfg, skip, n_set)) {
     fprintf(stderr, "cpdl: %s\n", cpdl_last_error());
     rc = 2;
     goto out;

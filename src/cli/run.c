@@ -8,18 +8,18 @@
  * at most np x per_rank).
  * Errors are printed once per rank that sees them, prefixed with the rank.
  * The data path is the public API (cpdl_loader_open, next, release,
- * state_save, state_restore, close). Internals (internal.h) serve only the
- * debugging outputs the public API does not offer: --dump-collated (cpdl__loader_dump_collated), the .npy
- * writer of --dump (cpdl__npy_write, cpdl__mkdirs), --report-binding
- * (cpdl__pin_report) and the data shape of the summary, plus cpdl__error for
- * this file's own messages. */
+ * state_save, state_restore, close); the debugging outputs come from
+ * cpdl/tools.h: --dump-collated, the .npy writer of --dump, --report-binding,
+ * the data shape of the summary, and cpdl_tools_error for this file's own
+ * messages. */
 #include "cli.h"
-#include "internal.h"
+#include "cpdl/tools.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,7 +42,7 @@ static const char usage[] =
     "                           writes FILE; a failed write fails the run)\n"
     "  --resume FILE            start every replica from a saved state (same options)\n"
     "  --report-binding         print where loader threads and memory were placed\n"
-    "  any other configuration key as --key value (see cpdl_config_t in cpdl.h);\n"
+    "  any other configuration key as --key value (see cpdl_config_t in cpdl/loader.h);\n"
     "  CPDL_<KEY> environment variables set defaults.\n";
 
 
@@ -62,13 +62,13 @@ static int dump_view(const char *dir, const cpdl_batch_t *b, const cpdl_config_t
   char path[4096];
   snprintf(path, sizeof path, "%s/step%llu/rank%d", dir, (unsigned long long)b->step,
            b->mesh.world_rank);
-  int rc = cpdl__mkdirs(path);
+  int rc = cpdl_tools_mkdirs(path);
   if (rc)
     return rc;
   for (int f = 0; f < b->n_fields; f++) {
     char file[4200];
     snprintf(file, sizeof file, "%s/%s.npy", path, b->fields[f].name);
-    rc = cpdl__npy_write(file, b->fields[f].dtype, b->fields[f].ndim, b->fields[f].shape,
+    rc = cpdl_tools_npy_write(file, b->fields[f].dtype, b->fields[f].ndim, b->fields[f].shape,
                          b->fields[f].data);
     if (rc)
       return rc;
@@ -77,7 +77,7 @@ static int dump_view(const char *dir, const cpdl_batch_t *b, const cpdl_config_t
   snprintf(file, sizeof file, "%s/meta.json", path);
   FILE *m = fopen(file, "w");
   if (!m)
-    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+    return cpdl_tools_error(-errno, "cannot write %s: %s", file, strerror(errno));
   const cpdl_mesh_coords_t *c = &b->mesh;
   fprintf(m,
           "{\"world_rank\": %d, \"world_size\": %d, \"group\": %d, \"node\": %d, "
@@ -94,7 +94,7 @@ static int dump_view(const char *dir, const cpdl_batch_t *b, const cpdl_config_t
     fprintf(m, "%s\"%s\"", f ? ", " : "", b->fields[f].name);
   fprintf(m, "]}\n");
   if (fclose(m) != 0)
-    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+    return cpdl_tools_error(-errno, "cannot write %s: %s", file, strerror(errno));
   return 0;
 }
 
@@ -138,18 +138,26 @@ static int read_state(const char *file, int rank, void **buf, size_t *size) {
   char *bytes = NULL;
   if (rank == 0) {
     FILE *f = fopen(file, "rb");
+    struct stat st;
     if (!f)
-      rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
-    if (!rc && (fseek(f, 0, SEEK_END) != 0 || (long)(n = (uint64_t)ftell(f)) < 0 ||
-                fseek(f, 0, SEEK_SET) != 0))
-      rc = cpdl__error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+      rc = cpdl_tools_error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    /* A directory opens too (and "has" LONG_MAX bytes): only a regular file
+     * holds a state. Its size is fstat's. */
+    if (!rc && fstat(fileno(f), &st) != 0)
+      rc = cpdl_tools_error(-errno, "cannot read resume state %s: %s", file, strerror(errno));
+    if (!rc && !S_ISREG(st.st_mode))
+      rc = cpdl_tools_error(CPDL_ESTATE, "resume state %s is %s, not a file; give the file that "
+                            "--save-state wrote", file, S_ISDIR(st.st_mode) ? "a directory" :
+                            "not a regular file");
+    if (!rc)
+      n = (uint64_t)st.st_size;
     if (!rc && (n == 0 || n > STATE_FILE_MAX))
-      rc = cpdl__error(CPDL_ESTATE, "%s has %llu bytes: not a cpdl resume state", file,
+      rc = cpdl_tools_error(CPDL_ESTATE, "%s has %llu bytes: not a cpdl resume state", file,
                        (unsigned long long)n);
     if (!rc && !(bytes = malloc(n)))
-      rc = cpdl__error(-ENOMEM, "out of memory reading %s", file);
+      rc = cpdl_tools_error(-ENOMEM, "out of memory reading %s", file);
     if (!rc && fread(bytes, 1, n, f) != n)
-      rc = cpdl__error(-EIO, "cannot read resume state %s: short read", file);
+      rc = cpdl_tools_error(-EIO, "cannot read resume state %s: short read", file);
     if (f)
       fclose(f);
   }
@@ -157,7 +165,7 @@ static int read_state(const char *file, int rank, void **buf, size_t *size) {
   MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   if (all) {
     free(bytes);
-    return rank == 0 ? rc : cpdl__error(all, "rank 0 could not read the resume state %s", file);
+    return rank == 0 ? rc : cpdl_tools_error(all, "rank 0 could not read the resume state %s", file);
   }
   MPI_Bcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
   if (rank != 0 && !(bytes = malloc(n)))
@@ -175,14 +183,14 @@ static int write_state(const char *file, const void *buf, size_t size) {
   snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
   FILE *f = fopen(tmp, "wb");
   if (!f)
-    return cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+    return cpdl_tools_error(-errno, "cannot write %s: %s", file, strerror(errno));
   int rc = 0;
   if (fwrite(buf, 1, size, f) != size || fflush(f) != 0 || fsync(fileno(f)) != 0)
-    rc = cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+    rc = cpdl_tools_error(-errno, "cannot write %s: %s", file, strerror(errno));
   if (fclose(f) != 0 && !rc)
-    rc = cpdl__error(-errno, "cannot write %s: %s", file, strerror(errno));
+    rc = cpdl_tools_error(-errno, "cannot write %s: %s", file, strerror(errno));
   if (!rc && rename(tmp, file) != 0)
-    rc = cpdl__error(-errno, "cannot rename %s to %s: %s", tmp, file, strerror(errno));
+    rc = cpdl_tools_error(-errno, "cannot rename %s to %s: %s", tmp, file, strerror(errno));
   if (rc)
     unlink(tmp);
   return rc;
@@ -225,126 +233,128 @@ static void report_error(int rank, const char *what, int rc) {
           cpdl_last_error()[0] ? cpdl_last_error() : cpdl_strerror(rc));
 }
 
-int cpdl_cli_run(int argc, char **argv) {
-  int thread_level = 0; /* MULTIPLE: the liveness thread of a job across hosts (live.c) */
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+/* What one run keeps between its three phases. */
+typedef struct run {
+  int rank;
   cpdl_config_t cfg;
   cli_flags_t flags;
-  int opt_rc = cpdl_cli_options(argc, argv, &cfg, &flags, usage);
-  if (opt_rc) {
-    MPI_Finalize();
-    return opt_rc == 1 ? 0 : 2; /* 1: --help */
-  }
+  cpdl_loader_t *loader;
+  cpdl_mesh_coords_t me;
+  char *binding;            /* --report-binding's JSON (rank 0), or NULL */
+  /* the loop's measurements */
+  double *lat;              /* next() latencies in us, n_lat of them */
+  size_t n_lat;
+  double tokens, elapsed;
+  uint64_t checksum, delivered;
+} run_t;
 
-  cpdl_loader_t *loader = NULL;
-  int rc = cpdl_loader_open(MPI_COMM_WORLD, &cfg, &loader);
+/* Open the loader, set up the debugging outputs and, with --resume, restore
+ * the saved state. \return 0, or 1 after reporting the error (the loader is
+ * closed again and R->loader NULL). */
+static int run_open(run_t *R) {
+  int rc = cpdl_loader_open(MPI_COMM_WORLD, &R->cfg, &R->loader);
   if (rc) {
     /* Every rank got the same agreed error: each says so, so that a user
      * reading any one rank's log sees the cause and the fix. */
-    report_error(rank, "open", rc);
-    MPI_Finalize();
+    report_error(R->rank, "open", rc);
     return 1;
   }
-  cpdl_mesh_coords_t me;
-  cpdl_loader_mesh(loader, &me);
-  if (flags.dump_collated && (rc = cpdl__loader_dump_collated(loader, flags.dump_collated)))
-    report_error(rank, "dump-collated", rc);
-  char *binding = NULL;
-  if (flags.report_binding) {
-    rc = cpdl__pin_report(cpdl__loader_pin(loader), cpdl__loader_world(loader), &binding);
-    if (rc && rank == 0)
-      report_error(rank, "report-binding", rc);
-    if (binding && !flags.json)
-      print_binding(binding);
+  cpdl_loader_mesh(R->loader, &R->me);
+  if (R->flags.dump_collated && (rc = cpdl_tools_dump_collated(R->loader, R->flags.dump_collated)))
+    report_error(R->rank, "dump-collated", rc);
+  if (R->flags.report_binding) {
+    rc = cpdl_tools_binding_report(R->loader, &R->binding);
+    if (rc && R->rank == 0)
+      report_error(R->rank, "report-binding", rc);
+    if (R->binding && !R->flags.json)
+      print_binding(R->binding);
   }
-
-  if (flags.resume) {
-    void *st = NULL;
-    size_t st_size = 0;
-    rc = read_state(flags.resume, rank, &st, &st_size);
-    if (rc) {
-      if (rank == 0)
-        report_error(rank, "resume", rc);
-      cpdl_loader_close(loader);
-      MPI_Finalize();
-      return 1;
-    }
-    rc = cpdl_loader_state_restore(loader, st, st_size);
+  if (!R->flags.resume)
+    return 0;
+  void *st = NULL;
+  size_t st_size = 0;
+  rc = read_state(R->flags.resume, R->rank, &st, &st_size);
+  if (!rc) {
+    rc = cpdl_loader_state_restore(R->loader, st, st_size);
     free(st);
-    if (rc) {
-      if (rank == 0)
-        report_error(rank, "resume", rc);
-      cpdl_loader_close(loader);
-      MPI_Finalize();
-      return 1;
-    }
   }
+  if (rc) {
+    if (R->rank == 0)
+      report_error(R->rank, "resume", rc);
+    cpdl_loader_close(R->loader);
+    R->loader = NULL;
+    return 1;
+  }
+  return 0;
+}
 
-  bool tty = rank == 0 && !flags.json && !flags.quiet && isatty(STDOUT_FILENO);
-  bool plain = rank == 0 && !flags.json && !flags.quiet && !tty;
-  uint64_t total = cfg.steps > 0 ? (uint64_t)cfg.steps : 0;
-  size_t cap = total ? (size_t)total : 1024, n_lat = 0;
-  double *lat = malloc(cap * sizeof *lat);
-  double tokens = 0, last_print = 0, t_start = cli_now_s();
-  uint64_t checksum = 0, delivered = 0, expect = 0;
-  int run_rc = 0;
+/* Take every step: read it, dump it, release it, show progress. \return 0
+ * at the end of the data, else the error (reported). */
+static int run_loop(run_t *R) {
+  const cli_flags_t *flags = &R->flags;
+  bool tty = R->rank == 0 && !flags->json && !flags->quiet && isatty(STDOUT_FILENO);
+  bool plain = R->rank == 0 && !flags->json && !flags->quiet && !tty;
+  uint64_t total = R->cfg.steps > 0 ? (uint64_t)R->cfg.steps : 0, expect = 0;
+  size_t cap = total ? (size_t)total : 1024;
+  R->lat = malloc(cap * sizeof *R->lat);
+  double last_print = 0, t_start = cli_now_s();
+  int run_rc = 0, rc;
   for (;;) {
     cpdl_batch_t batch;
     double t0 = cli_now_s();
-    rc = cpdl_loader_next(loader, &batch);
+    rc = cpdl_loader_next(R->loader, &batch);
     double t1 = cli_now_s();
     if (rc == CPDL_EEOF)
       break;
     if (rc) {
-      report_error(rank, "next", rc);
+      report_error(R->rank, "next", rc);
       run_rc = rc;
       break;
     }
-    if (n_lat == cap) {
+    if (R->n_lat == cap) {
       cap *= 2;
-      double *grown = realloc(lat, cap * sizeof *lat);
+      double *grown = realloc(R->lat, cap * sizeof *R->lat);
       if (!grown)
         break;
-      lat = grown;
+      R->lat = grown;
     }
-    lat[n_lat++] = (t1 - t0) * 1e6;
-    checksum += touch(&batch);
+    R->lat[R->n_lat++] = (t1 - t0) * 1e6;
+    R->checksum += touch(&batch);
     for (int f = 0; f < batch.n_fields; f++)
       if (strcmp(batch.fields[f].name, "labels") == 0)
-        tokens += (double)(batch.fields[f].shape[0] * batch.fields[f].shape[1]);
-    if (flags.dump && (rc = dump_view(flags.dump, &batch, &cfg))) {
-      report_error(rank, "dump", rc);
+        R->tokens += (double)(batch.fields[f].shape[0] * batch.fields[f].shape[1]);
+    if (flags->dump && (rc = dump_view(flags->dump, &batch, &R->cfg))) {
+      report_error(R->rank, "dump", rc);
       run_rc = rc;
-      cpdl_batch_release(loader, &batch);
+      cpdl_batch_release(R->loader, &batch);
       break;
     }
-    cpdl_batch_release(loader, &batch);
-    if (delivered++ == 0 && total)
+    cpdl_batch_release(R->loader, &batch);
+    if (R->delivered++ == 0 && total)
       expect = total - batch.step; /* a resumed run starts past step 0 */
     if (tty || plain)
-      progress(tty, delivered, expect ? expect : delivered, tokens, cli_now_s() - t_start,
-               &last_print);
+      progress(tty, R->delivered, expect ? expect : R->delivered, R->tokens,
+               cli_now_s() - t_start, &last_print);
   }
-  double elapsed = cli_now_s() - t_start;
+  R->elapsed = cli_now_s() - t_start;
+  return run_rc;
+}
 
-  if (run_rc == CPDL_EPEER) {
-    /* A rank of this group died: no collectives from here on. */
-    cpdl_loader_close(loader);
-    free(lat);
-    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", rank);
-    return 1;
-  }
-
+/* Collective: agree on the loop's result, save the state (--save-state),
+ * check that every rank got the same steps, reduce the measurements, close,
+ * and print the JSON summary on rank 0. \return the exit status. */
+static int run_summary(run_t *R, int run_rc) {
+  const int rank = R->rank;
+  const cpdl_config_t *cfg = &R->cfg;
   int any_rc = 0;
   MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   /* A checkpoint that was not written fails the run, on every rank. */
-  int save_rc = flags.save_state && !any_rc ? save_state(loader, flags.save_state, rank) : 0;
+  int save_rc = R->flags.save_state && !any_rc ? save_state(R->loader, R->flags.save_state, rank)
+                                               : 0;
 
   /* Every replica delivers the same steps (the loader's end); say so only
    * if it is true. */
-  unsigned long long mine = delivered, fewest = 0, most = 0;
+  unsigned long long mine = R->delivered, fewest = 0, most = 0;
   MPI_Allreduce(&mine, &fewest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(&mine, &most, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
   if (fewest != most && !run_rc) {
@@ -354,12 +364,12 @@ int cpdl_cli_run(int argc, char **argv) {
   }
   /* The data's rows per step and tokens per row (a pre-collated source's
    * own, not the configuration's). */
-  int64_t data_seq_len = cfg.seq_len, data_batch = cfg.batch;
-  cpdl__loader_data_shape(loader, &data_batch, &data_seq_len);
+  int64_t data_seq_len = cfg->seq_len, data_batch = cfg->batch;
+  (void)cpdl_tools_data_shape(R->loader, &data_batch, &data_seq_len);
 
   double p50, p99;
-  cli_percentiles(lat, n_lat, &p50, &p99);
-  double rate = elapsed > 0 ? tokens / elapsed : 0;
+  cli_percentiles(R->lat, R->n_lat, &p50, &p99);
+  double rate = R->elapsed > 0 ? R->tokens / R->elapsed : 0;
   double worst_p50 = 0, worst_p99 = 0, sum_rate = 0, min_rate = 0;
   MPI_Reduce(&p50, &worst_p50, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
   MPI_Reduce(&p99, &worst_p99, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
@@ -373,11 +383,13 @@ int cpdl_cli_run(int argc, char **argv) {
   is_first = node_rank == 0;
   MPI_Reduce(&is_first, &n_nodes, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
   MPI_Comm_free(&node);
-  size_t seg = cpdl_loader_segment_bytes(loader);
-  int close_rc = cpdl_loader_close(loader);
+  size_t seg = cpdl_loader_segment_bytes(R->loader);
+  int close_rc = cpdl_loader_close(R->loader);
+  R->loader = NULL;
   if (close_rc && rank == 0)
     report_error(rank, "close", close_rc);
 
+  const cpdl_mesh_coords_t *me = &R->me;
   if (rank == 0 && !any_rc && !save_rc) {
     printf("{\"steps\": %llu, \"np\": %d, \"dp\": %d, \"cp\": %d, \"tp\": %d, \"seq_len\": %lld, "
            "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
@@ -385,15 +397,50 @@ int cpdl_cli_run(int argc, char **argv) {
            "\"tokens_per_s_per_node\": %.0f, "
            "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"segment_bytes\": %zu, "
            "\"elapsed_s\": %.3f, \"checksum\": %llu%s%s}\n",
-           (unsigned long long)delivered, me.world_size, me.dp_size, me.cp_size, me.tp_size,
-           (long long)data_seq_len, (int)data_batch, cpdl_mode_name(cfg.mode), cfg.slots, cfg.threads,
-           sum_rate / me.world_size, min_rate, n_nodes ? sum_rate / n_nodes : 0, worst_p50,
-           worst_p99, seg, elapsed,
-           (unsigned long long)checksum, binding ? ", \"binding\": " : "", binding ? binding : "");
+           (unsigned long long)R->delivered, me->world_size, me->dp_size, me->cp_size,
+           me->tp_size, (long long)data_seq_len, (int)data_batch, cpdl_mode_name(cfg->mode),
+           cfg->slots, cfg->threads, sum_rate / me->world_size, min_rate,
+           n_nodes ? sum_rate / n_nodes : 0, worst_p50, worst_p99, seg, R->elapsed,
+           (unsigned long long)R->checksum, R->binding ? ", \"binding\": " : "",
+           R->binding ? R->binding : "");
     fflush(stdout);
   }
-  free(lat);
-  free(binding);
-  MPI_Finalize();
   return any_rc || save_rc || close_rc ? 1 : 0;
+}
+
+int cpdl_cli_run(int argc, char **argv) {
+  int thread_level = 0; /* MULTIPLE: the liveness thread of a job across hosts (live.c) */
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level);
+  run_t R;
+  memset(&R, 0, sizeof R);
+  MPI_Comm_rank(MPI_COMM_WORLD, &R.rank);
+  int opt_rc = cpdl_cli_options(argc, argv, &R.cfg, &R.flags, usage);
+  if (opt_rc) {
+    MPI_Finalize();
+    return opt_rc == 1 ? 0 : 2; /* 1: --help */
+  }
+  int status = run_open(&R);
+  if (status) {
+    free(R.binding);
+    MPI_Finalize();
+    return status;
+  }
+  int run_rc = run_loop(&R);
+  if (run_rc == CPDL_EPEER || run_rc == CPDL_ETIMEDOUT) {
+    /* A rank of this group died, left or stalled past timeout_ms: no
+     * collectives from here on (a stalled rank may never come back). close
+     * tells the group why (a timeout's verdict names the stalled rank, so it
+     * names itself if it is continued) and cleans up locally. */
+    cpdl_loader_close(R.loader);
+    free(R.lat);
+    free(R.binding);
+    fprintf(stderr, "cpdl run: rank %d: stopping after %s (see above)\n", R.rank,
+            run_rc == CPDL_EPEER ? "a dead rank" : "a stalled rank");
+    return 1;
+  }
+  status = run_summary(&R, run_rc);
+  free(R.lat);
+  free(R.binding);
+  MPI_Finalize();
+  return status;
 }

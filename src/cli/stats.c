@@ -1,4 +1,4 @@
-/* stats.c — clock and latency percentiles shared by `cpdl run` and `cpdl bench`. */
+/* stats.c — clock and latency percentiles shared by `cpdl run` and bench_ways. */
 #include "cli.h"
 
 #include <stdlib.h>

@@ -9,10 +9,12 @@
  * state's step are refused with CPDL_ESTATE on every rank, and leave the
  * loader restorable. With steps of >= 4 MiB and threads=2 the leader is
  * pipelined, so this also proves the cursor saved with each step is the one
- * before the look-ahead.
+ * before the look-ahead. In mode thd the test checks that the resume point
+ * follows a row whose last document was carried to the next row.
  *
- * usage: mpi_loader_resume "<key=value ...>" [synthetic|llmc|megatron|npy]
- * (llmc, megatron, npy: rank 0 writes a small dataset of that kind first).
+ * usage: mpi_loader_resume "<key=value ...>" [synthetic|llmc|megatron|gpt|npy]
+ * (llmc, megatron, gpt, npy: rank 0 writes a small dataset of that kind first;
+ * gpt reads the Megatron files in Megatron's GPTDataset order).
  */
 #include "internal.h"
 #include "mpi_test.h"
@@ -25,6 +27,9 @@
 #define N_STEPS 12
 #define K_RESUME 5
 #define N_DOCS 60
+
+static int global_order; /* the source is gpt: (the whole job's sample order) */
+static int carried_at_k = -1; /* thd: step K-1's row carried its last document (thd_carried) */
 
 typedef struct {
   void *bytes;
@@ -47,11 +52,12 @@ static blob_t save(cpdl_loader_t *loader) {
   s.bytes = malloc(need);
   int rc = cpdl_loader_state_save(loader, s.bytes, need, &s.size);
   CHECK(rc == 0 && s.size <= need, "save: %s: %s", cpdl_err_name(rc), cpdl_last_error());
-  /* Too small a buffer: refused on every rank, the size needed reported. */
+  /* Too small a buffer: refused on every rank, the size needed reported (a global
+   * order's state holds no per-replica cursors: less than state_size's bound). */
   size_t used = 0;
   rc = cpdl_loader_state_save(loader, s.bytes, 8, &used);
-  CHECK(rc == CPDL_EOVERFLOW && used == s.size, "save into 8 bytes: %s, used %zu",
-        cpdl_err_name(rc), used);
+  CHECK(rc == CPDL_EOVERFLOW && (global_order ? used >= s.size : used == s.size),
+        "save into 8 bytes: %s, used %zu (the state has %zu)", cpdl_err_name(rc), used, s.size);
   return s;
 }
 
@@ -92,13 +98,35 @@ static void check_refusals(cpdl_loader_t *loader, const blob_t *s) {
   blob_t flipped = patched(s, 3, word(s, 3) + 1, 0);
   expect_refused(loader, flipped.bytes, flipped.size, CPDL_ESTATE, "checksum", "checksum");
   /* The state's step moved without its cursors (checksum valid): the words
-   * disagree, which would shift step numbers; refused. */
+   * disagree, which would shift step numbers; refused. (A global order's state
+   * has no per-replica cursors to disagree with: step and samples consumed.) */
   blob_t shifted = patched(s, 3, word(s, 3) + 1, 1);
-  expect_refused(loader, shifted.bytes, shifted.size, CPDL_ESTATE, "step word", "cursor is at step");
+  if (!global_order)
+    expect_refused(loader, shifted.bytes, shifted.size, CPDL_ESTATE, "step word",
+                   "cursor is at step");
   free(v1.bytes);
   free(magic.bytes);
   free(flipped.bytes);
   free(shifted.bytes);
+}
+
+/* mode thd: whether this step's row ended with a document carried to the next row (the
+ * row's tail pads its last document beyond the next multiple of 2*cp; the loop leaves a
+ * tail only when the next document did not fit). -1: not a thd batch. */
+static int thd_carried(const cpdl_batch_t *b, int cp) {
+  const cpdl_view_field_t *cu = NULL, *cup = NULL;
+  for (int f = 0; f < b->n_fields; f++) {
+    if (strcmp(b->fields[f].name, "cu_seqlens") == 0)
+      cu = &b->fields[f];
+    if (strcmp(b->fields[f].name, "cu_seqlens_padded") == 0)
+      cup = &b->fields[f];
+  }
+  if (!cu || !cup || cu->shape[0] < 2)
+    return -1;
+  const int32_t *real = cu->data, *padded = cup->data;
+  int64_t n = cu->shape[0] - 1, m = 2 * (int64_t)cp;
+  int64_t len = real[n] - real[n - 1], exact = (len + m - 1) / m * m;
+  return padded[n] - padded[n - 1] > exact;
 }
 
 /* Deliver steps until EOF; hashes[step] = hash of the rank's view. */
@@ -122,6 +150,8 @@ static void run(const cpdl_config_t *cfg, const blob_t *restore, blob_t *at_k, b
     if (b.step < N_STEPS)
       hashes[b.step] = view_hash(&b);
     uint64_t step = b.step;
+    if (step == K_RESUME - 1)
+      carried_at_k = thd_carried(&b, cfg->cp);
     if (held_k && step == K_RESUME - 1)
       *held_k = save(loader); /* collective, while every rank holds step K-1 */
     CHECK(cpdl_batch_release(loader, &b) == 0, "release: %s", cpdl_last_error());
@@ -230,6 +260,15 @@ static void make_source(cpdl_config_t *cfg, const char *kind, const char *dir, i
     snprintf(uri, sizeof uri, "megatron:%s/corpus_text_document", dir);
     if (rank == 0)
       write_megatron(uri + 9);
+  } else if (strcmp(kind, "gpt") == 0) {
+    /* Megatron's sample order over the whole job: the state is the samples consumed,
+     * so replica r must resume at its own rows of the global batch */
+    char prefix[512];
+    snprintf(prefix, sizeof prefix, "%s/corpus_text_document", dir);
+    if (rank == 0)
+      write_megatron(prefix);
+    snprintf(uri, sizeof uri, "gpt:%s?num_samples=400&split=1", prefix);
+    global_order = 1;
   } else if (strcmp(kind, "npy") == 0) {
     snprintf(uri, sizeof uri, "npy:%s/batches", dir);
     if (rank == 0)
@@ -280,6 +319,12 @@ int main(int argc, char **argv) {
   MPI_Bcast(from0.bytes, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
   CHECK(n == at_k.size && memcmp(from0.bytes, at_k.bytes, n) == 0,
         "rank %d's state differs from rank 0's: a save must be the whole job's", rank);
+  /* mode thd: the resume point is deliberate, right after a row that carried a document
+   * to the next (on some replica), so the resumed row must start with that document. */
+  int carried = carried_at_k;
+  MPI_Allreduce(MPI_IN_PLACE, &carried, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  CHECK(carried != 0, "mode thd: no replica's step %d carried a document to the next row; "
+        "change the data so that the resume point follows a carried document", K_RESUME - 1);
   run(&cfg, &from0, NULL, NULL, b, &first_b);
   CHECK(first_a == 0 && first_b == K_RESUME, "runs started at steps %d and %d", first_a, first_b);
   for (int s = K_RESUME; s < N_STEPS; s++)

@@ -1,8 +1,9 @@
 /* mpi_test.h — shared helpers for the MPI scenarios in tests/mpi/.
  *
- * Each rank records its own failures with CHECK(); cpdl_test_finish() combines
- * the verdicts of all ranks with MPI_Allreduce so that one failing rank fails
- * the whole test, and rank 0 prints the single "mpi test: PASS/FAIL" line.
+ * A failed CHECK() prints its message and aborts the whole job at once
+ * (MPI_Abort), so a failure never waits in a collective until ctest's timeout;
+ * cpdl_test_finish() combines the verdicts of all ranks with MPI_Allreduce
+ * and rank 0 prints the single "mpi test: PASS/FAIL" line.
  * Header-only: every scenario is one translation unit.
  *
  * Usage:
@@ -75,11 +76,25 @@ static inline void cpdl_test_check(int ok, const char *expr, const char *file, i
   fprintf(stderr, "[rank %d] %s:%d: CHECK(%s) failed%s%s\n", cpdl_test_world_rank(), file, line,
           expr, msg[0] ? ": " : "", msg);
   fflush(stderr);
+  /* End the test now: a rank that goes on after a failed check can wait in
+   * a collective its peers never reach, and the test would then end only at
+   * ctest's timeout, without saying why. */
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  fprintf(stderr, "[rank %d] mpi test: FAIL (a failed check ends the test: aborting the job)\n",
+          cpdl_test_world_rank());
+  fflush(stderr);
+  if (initialized && !finalized)
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  _exit(1);
 }
 
-/* CHECK(cond) or CHECK(cond, "printf format", args...): records a failure on
- * this rank (never stops the test, so that every rank reaches the collective
- * calls that follow). */
+/* CHECK(cond) or CHECK(cond, "printf format", args...): on failure prints the
+ * check and its message and aborts the whole job (MPI_Abort), so a failed
+ * check never turns into a rank waiting in a collective until ctest's
+ * timeout (also after a rank died: mpirun ends the survivors, and the
+ * message says which check failed). */
 #define CHECK(cond, ...) \
   cpdl_test_check(!!(cond), #cond, __FILE__, __LINE__, "" __VA_ARGS__)
 

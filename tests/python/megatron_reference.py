@@ -3,7 +3,7 @@ data pipeline (megatron/core/datasets: blended_megatron_dataset_builder.py,
 gpt_dataset.py, blended_dataset.py, helpers.cpp, utils.py), written from
 reading that code, with numpy's legacy RandomState as the RNG. It is the test
 oracle for the gpt: source and the "Megatron-equivalent" side of
-scripts/bench-gpt-index. Plain Python loops where Megatron uses C++ (the
+scripts/bench/bench-gpt-index. Plain Python loops where Megatron uses C++ (the
 sample index, the blend) unless fast=True asks for numpy's vectorized
 equivalent of the sample index (same tokens; benchmarks only).
 """
@@ -215,6 +215,13 @@ class Pipeline:
             blend_weights = normalize(lengths)
         self.size = size
         self.dataset_index, self.dataset_sample_index = blending_indices(blend_weights, size)
+        # BlendedDataset._build_indices: a blend that draws more samples from a dataset than
+        # its mid-level dataset holds is an IndexError (raise mid_level_dataset_surplus)
+        drawn = np.bincount(self.dataset_index, minlength=len(datasets))
+        for k, d in enumerate(datasets):
+            if drawn[k] > len(d):
+                raise IndexError("the blend oversamples dataset %d: %d samples of %d; increase "
+                                 "mid_level_dataset_surplus (%s)" % (k, drawn[k], len(d), surplus))
 
     def __len__(self):
         return self.size

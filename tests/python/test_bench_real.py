@@ -1,4 +1,4 @@
-"""test_bench_real — scripts/bench_real.py end to end, small (no CUDA).
+"""test_bench_real — scripts/bench/bench_real.py end to end, small (no CUDA).
 
 1. GPTWindows (the `real` way's data set) against a plain statement of what it
    must return: the documents in its shuffled order as one stream, sample i =
@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = os.path.join(HERE, "../../scripts")
+SCRIPTS = os.path.join(HERE, "../../scripts/bench")
 sys.path.insert(0, HERE)
 sys.path.insert(0, SCRIPTS)
 from testutil import report, run  # noqa: E402

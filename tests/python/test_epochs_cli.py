@@ -6,7 +6,8 @@
    and --epochs together end at the earlier.
 2. npy: step directories step0..step11 come back in numeric order; with dp 2,
    3 batches give every rank 1 step (drop_last=1) or 2 (drop_last=0, wrapping
-   to batch 0); the JSON reports the data's seq_len and batch.
+   to batch 0); 4 batches at dp 2 with drop_last=0 give exactly 2 steps each and
+   every batch once; the JSON reports the data's seq_len and batch.
 3. CLI details: `run --help` under mpirun exits 0; `sweep --help` exits 0;
    `inspect --limit abc` is an error; a misspelt CPDL_* variable warns with
    the closest key; a flag beats a bad CPDL_* value of its key; a repeated URI
@@ -139,6 +140,24 @@ def npy_runs(tmp):
         check(got == want, "npy dp=2 drop_last=%d: batches per rank %s, want %s" %
               (drop_last, got, want))
         check(summary["steps"] == len(want[0]), "npy JSON steps %s" % summary["steps"])
+
+    # n % dp == 0 with drop_last=0: nothing wraps, exactly n/dp steps per replica, and the
+    # pass delivers every batch once (whichever replica gets which)
+    four = os.path.join(tmp, "four")
+    write_npy_steps(four, constant_steps(4))
+    dump = os.path.join(tmp, "dump4_0")
+    rc, summary, err = run(2, ["--steps", "0", "--drop-last", "0", "--source", "npy:" + four,
+                               "--dump", dump])
+    check(rc == 0, "npy 4 batches dp=2 drop_last=0: %s" % err)
+    if rc == 0:
+        steps = dumped_steps(dump)
+        got = {r: [int(np.load(os.path.join(dump, "step%d" % k, "rank%d" % r,
+                                            "input_ids.npy"))[0, 0]) for k in s]
+               for r, s in steps.items()}
+        check(sorted(got) == [0, 1] and all(len(v) == 2 for v in got.values())
+              and sorted(got[0] + got[1]) == [0, 1, 2, 3] and summary["steps"] == 2,
+              "npy 4 batches dp=2 drop_last=0: batches per rank %s (steps %s), want 2 each, "
+              "every batch once" % (got, summary["steps"]))
 
 
 def cli_details(tmp):

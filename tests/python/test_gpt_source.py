@@ -3,9 +3,12 @@ independent numpy statement of Megatron-LM's GPTDataset / BlendedDataset rules
 (numpy's RandomState is the RNG oracle): every sample of single datasets and
 blends (weighted, unweighted, uint16 + int32 prefixes), every split, several
 seq_len and seeds, one epoch and many (both sides of the separate-final-epoch
-rule), tiny datasets, sequences shorter and longer than seq_len, with and
-without the extra token; then bad input: weights that do not parse, a split
-with no sequences, missing files, a missing num_samples.
+rule), the split bounds' rounding at a tie (half to even), the mid-level
+surplus crossing an epoch boundary and flipping the separate final epoch, a
+surplus too small for the blend (Megatron's oversampling error), tiny
+datasets, sequences shorter and longer than seq_len, with and without the
+extra token; then bad input: weights that do not parse, a split with no
+sequences, missing files, a missing num_samples.
 """
 import os
 import sys
@@ -88,6 +91,13 @@ def test_splits():
         for index in (0, 1, 2):
             compare("split %s[%d]" % (split, index), [a], 20, 8, 11, split, index)
     compare("split 99,1 (no test)", [a], 20, 8, 11, "99,1", 1)
+    # a deliberate tie: 10 sequences at 25,50,25 put the bounds at 2.5 and 7.5, which
+    # Python's round (half to even) makes 2 and 8: train [0, 2), valid [2, 8), test [8, 10)
+    tie = dataset("tie", 10, 20, seed=12, min_len=1)
+    report([tuple(int(round(x * 10.0)) for x in b) for b in ref.split_bounds("25,50,25")]
+           == [(0, 2), (2, 8), (8, 10)], "the reference rounds the tie half to even")
+    for index in (0, 1, 2):
+        compare("split 25,50,25[%d] of 10 (a tie)" % index, [tie], 30, 4, 5, "25,50,25", index)
 
 
 def test_lengths_vs_seq_len():
@@ -116,6 +126,43 @@ def test_blends():
     compare("blend unweighted", [a, b, c], 120, 8, 3)
     compare("blend surplus 0.5", ["0.3", a, "0.7", b], 100, 16, 1234, surplus=0.5)
     compare("blend many epochs", ["0.5", c, "0.5", b], 500, 32, 1)
+
+
+def epochs_of(pipeline):
+    return [(d.num_epochs, d.separate_final_epoch) for d in pipeline.datasets]
+
+
+def test_blend_surplus():
+    """The mid-level surplus decides each dataset's epochs: (1 + surplus) x its target
+    crosses an epoch boundary (a's 1 -> 2 epochs) or flips the separate-final-epoch rule
+    (b's), so the default 0.005 gives other samples than no surplus; and a surplus too small
+    for what the blend draws is Megatron's oversampling error."""
+    a = dataset("blend_a", 150, 30, np.uint16, seed=7)
+    b = dataset("blend_b", 90, 50, np.int32, seed=8)
+    for num_samples, what in ((222, "a crosses an epoch"), (285, "b's separate final epoch")):
+        items = ["0.3", a, "0.7", b]
+        bare = ref.Pipeline(items, num_samples, 32, 1234, surplus=0.0)
+        want = compare("blend surplus 0.005 (%s)" % what, items, num_samples, 32, 1234,
+                       surplus=0.005)
+        report(epochs_of(bare) != epochs_of(want), "the surplus changes the epochs (%s)" % what,
+               "%s both" % epochs_of(want))
+        compare("blend surplus 0 (%s)" % what, items, num_samples, 32, 1234, surplus=0.0)
+    # weights 1:1:5 of 8 samples: targets 2, 2, 6, blend size 10, and the greedy blend
+    # draws 7 from the third dataset. One epoch of it holds exactly 6 samples of seq_len 8
+    # (49 tokens), so without a surplus it is built with 6 and oversampled.
+    seqs = [np.arange(7, dtype=np.uint16) + 100 * i for i in range(7)]
+    exact = os.path.join(TMP, "blend_exact")
+    write_megatron(exact, seqs, np.uint16)
+    items = ["1", a, "1", b, "5", exact]
+    try:
+        ref.Pipeline(items, 8, 8, 3, split="1", surplus=0.0)
+        report(False, "the reference raises for a too-small surplus")
+    except IndexError:
+        pass
+    expect_error("surplus 0 oversamples the blend",
+                 uri(items, 8, split="1", mid_level_dataset_surplus=0), ["blend_exact",
+                                                                         "mid_level_dataset_surplus"])
+    compare("blend surplus 0.005 where 0 is too small", items, 8, 8, 3, split="1", surplus=0.005)
 
 
 def expect_error(what, u, words, seq_len=8):
@@ -158,4 +205,4 @@ def test_bad_input():
 
 if __name__ == "__main__":
     sys.exit(run([test_single, test_epochs, test_splits, test_lengths_vs_seq_len, test_tiny,
-                  test_blends, test_bad_input]))
+                  test_blends, test_blend_surplus, test_bad_input]))

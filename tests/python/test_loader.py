@@ -27,6 +27,7 @@ import weakref
 import numpy as np
 
 from datafiles import write_llmc
+import testutil
 
 import cpdl
 from cpdl import _dlpack, _ffi
@@ -95,7 +96,7 @@ def test_abi():
         src, exe = os.path.join(tmp, "abi.c"), os.path.join(tmp, "abi")
         with open(src, "w") as f:
             f.write("\n".join(lines))
-        subprocess.run(["mpicc", "-I", include, src, "-o", exe], check=True,
+        subprocess.run(["mpicc"] + testutil.include_flags(include) + [src, "-o", exe], check=True,
                        capture_output=True, timeout=120)
         out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
     c = dict(line.split() for line in out.splitlines())

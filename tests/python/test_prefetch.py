@@ -4,7 +4,9 @@ CI has no GPU, so torch.cuda's streams and events are replaced by stand-ins
 that run on the CPU (the copies are then plain CPU copies); what is tested is
 the feed's own machinery: one byte-span copy viewed as each field (offsets,
 dtypes, shapes), the worker thread and its credits (prefetch 1 and 2), the
-synchronous path (prefetch 0), StopIteration at the end, and close() while
+synchronous path (prefetch 0), the order of each step's copy event and slot
+(recorded, then synchronized, then the slot released: never a slot given back
+while its copy may still read it; the stand-ins log all three), StopIteration at the end, and close() while
 the worker is mid-stream (leaving the loop early). Every step's tensors are
 compared with a plain loader's host views of the same configuration.
 Run under mpirun -np 2 (cp 2).
@@ -23,15 +25,27 @@ import cpdl
 from cpdl import _prefetch
 
 
+# What happened to each copy's event and slot, in order: ("record" | "synchronize" |
+# "release", event). A CUDA copy is asynchronous: the host slot may go back only after
+# the copy's event was recorded and then synchronized (the copy has read the slot).
+ORDER = []
+EARLY = []  # slots released before their copy's event completed
+
+
 class FakeEvent:
     def __init__(self):
         self.recorded = False
+        self.completed = False
+        self.step = None  # the step whose copy it follows (set by the _launch wrapper)
 
     def record(self, stream=None):
         self.recorded = True
+        ORDER.append(("record", self))
 
     def synchronize(self):
         assert self.recorded, "synchronize() before record()"
+        self.completed = True
+        ORDER.append(("synchronize", self))
 
 
 class FakeStream:
@@ -57,6 +71,25 @@ def install_fakes():
     torch.Tensor.record_stream = lambda self, s: RECORDED.append((self.data_ptr(), s))
     span = _prefetch.DeviceFeed._span
     _prefetch.DeviceFeed._span = lambda self, batch: SPANS.append(span(self, batch)) or SPANS[-1]
+    launch = _prefetch.DeviceFeed._launch
+
+    def launch_and_note(self, batch):
+        item = launch(self, batch)
+        event = item[1]
+        event.step = batch.step
+        batch._copy_event = event  # what release() checks
+        return item
+    _prefetch.DeviceFeed._launch = launch_and_note
+    release = cpdl.Batch.release
+
+    def release_after_copy(self):
+        event = getattr(self, "_copy_event", None)
+        if event is not None and not self.released:
+            ORDER.append(("release", event))
+            if not event.completed:
+                EARLY.append(self.step)
+        release(self)
+    cpdl.Batch.release = release_after_copy
     real = _prefetch.resolve
     _prefetch.resolve = lambda device, prefetch: (
         (torch.device("cpu"), prefetch) if device == "fake" else real(device, prefetch))
@@ -73,9 +106,22 @@ def host_steps():
     return out
 
 
+def check_order(prefetch, events):
+    """Every step's copy event was recorded, then synchronized, then its slot released,
+    once each."""
+    by_step = {}
+    for what, event in events:
+        by_step.setdefault(event.step, []).append(what)
+    bad = {step: seq for step, seq in by_step.items()
+           if seq != ["record", "synchronize", "release"]}
+    report(by_step and not bad, "prefetch=%d: record -> synchronize -> release for every step"
+           % prefetch, "%s" % sorted(bad.items())[:3])
+
+
 def check_feed(want, prefetch, stop_after=None):
     got = 0
     waited_before = len(CONSUMER.waited)
+    order_before, early_before = len(ORDER), len(EARLY)
     with cpdl.Loader(device="fake", prefetch=prefetch, **CONFIG) as loader:
         for i, batch in enumerate(loader):
             step, fields = want[i]
@@ -95,6 +141,9 @@ def check_feed(want, prefetch, stop_after=None):
     report(worker is None or not worker.is_alive(), "prefetch=%d worker joined at close" % prefetch)
     report(len(CONSUMER.waited) - waited_before == got, "prefetch=%d consumer waited on each copy"
            % prefetch, "%d waits for %d steps" % (len(CONSUMER.waited) - waited_before, got))
+    report(len(EARLY) == early_before, "prefetch=%d: no slot released before its copy's event "
+           "completed" % prefetch, "steps %s" % EARLY[early_before:])
+    check_order(prefetch, ORDER[order_before:])
     return got
 
 

@@ -9,6 +9,7 @@ Run: PYTHONPATH=python CPDL_LIBRARY=<build>/libcpdl.so /usr/bin/python3 tests/py
 """
 import copy
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -311,7 +312,8 @@ def test_errors():
         report(True, "loss_mask twice")
     report(cpdl.strerror(_ffi.EFIELD) == "batch field missing, duplicated or inconsistent",
            "strerror", cpdl.strerror(_ffi.EFIELD))
-    report(cpdl.__version__ == "0.1.0", "__version__", cpdl.__version__)
+    report(cpdl.__version__ == cmake_version(), "__version__ is CMakeLists.txt's project(VERSION)",
+           "%s vs %s" % (cpdl.__version__, cmake_version()))
     report(issubclass(cpdl.Error, RuntimeError), "Error is a RuntimeError")
 
 
@@ -381,11 +383,19 @@ def test_import_error():
            and "scripts/test" in err and "CPDL_LIBRARY" in err, "clear ImportError", err[-400:])
 
 
+def cmake_version():
+    """project(cpdl VERSION x.y.z) of the repository's CMakeLists.txt."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cpdl.__file__))))
+    with open(os.path.join(root, "CMakeLists.txt")) as f:
+        return re.search(r"project\(\s*cpdl\s+VERSION\s+([0-9.]+)", f.read()).group(1)
+
+
 # _ffi's copies of the headers' constants, checked against the C compiler.
 CONSTANTS = {"CPDL_MAX_DIMS": _ffi.CPDL_MAX_DIMS, "CPDL_MAX_FIELDS": _ffi.CPDL_MAX_FIELDS,
              "CPDL_NAME_MAX": _ffi.CPDL_NAME_MAX, "CPDL_SOURCE_MAX": _ffi.CPDL_SOURCE_MAX,
              "CPDL_STATE_VERSION": _ffi.CPDL_STATE_VERSION, "CPDL_OOB_OK": _ffi.OOB_OK,
-             "CPDL_OOB_INPROGRESS": _ffi.OOB_INPROGRESS}
+             "CPDL_OOB_INPROGRESS": _ffi.OOB_INPROGRESS,
+             "CPDL_ERRNO_FIRST": _ffi.ERRNO_FIRST, "CPDL_ERRNO_LAST": _ffi.ERRNO_LAST}
 CONSTANTS.update({"CPDL_DTYPE_" + n: getattr(_ffi, "DTYPE_" + n) for n in (
     "BOOL", "UINT8", "INT32", "INT64", "FLOAT16", "BFLOAT16", "FLOAT32", "FLOAT64", "COUNT")})
 
@@ -416,7 +426,7 @@ def test_abi():
         with open(src, "w") as f:
             f.write("\n".join(lines))
         try:
-            subprocess.run([mpicc, "-I", include, src, "-o", exe], check=True,
+            subprocess.run([mpicc] + testutil.include_flags(include) + [src, "-o", exe], check=True,
                            capture_output=True, timeout=120)
             out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
         except (OSError, subprocess.CalledProcessError) as exc:

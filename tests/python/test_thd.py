@@ -6,7 +6,8 @@
    collated row at TE's partitioned indices, and cu_seqlens, cu_seqlens_padded, max_seqlen
    pass through whole (one array shared by every rank). Bad input is a clear error.
 2. Through the loader (`mpirun cpdl run --mode thd --dump --dump-collated`) on real llm.c
-   and Megatron files: the dumped collated row follows the packing rule, every rank's view
+   and Megatron files: the dumped collated row follows the packing rule (padded lengths
+   exact; a carried document starts the next row from its first token), every rank's view
    equals its index selection at TE's indices, the shared fields are identical on every rank
    and stored once per slot (segment bytes).
 Plain script: prints "N passed, M failed" and exits non-zero on any failure.
@@ -168,7 +169,11 @@ def check_collated(c, cp, pad_id, where):
     ok = ok and c["max_seqlen"].tolist() == [int(np.diff(cup).max())]
     for k in range(len(cu) - 1):
         a, b, n = int(cup[k]), int(cup[k + 1]), int(cu[k + 1] - cu[k])
-        ok = ok and n >= 1 and (b - a) % (2 * cp) == 0 and (b - a) >= n
+        # exactly the next multiple of 2*cp (an aligned document gets no padding); only the
+        # row's last document also takes the row's tail
+        exact = -(-n // (2 * cp)) * (2 * cp)
+        ok = ok and n >= 1 and (b - a) % (2 * cp) == 0
+        ok = ok and ((b - a) == exact if k < len(cu) - 2 else (b - a) >= exact)
         ok = ok and np.array_equal(c["position_ids"][0, a:b], np.arange(b - a))
         ok = ok and np.all(c["input_ids"][0, a + n:b] == pad_id)
         ok = ok and np.all(c["labels"][0, a + n:b] == -100)
@@ -201,12 +206,54 @@ def check_dump(root, cp, where):
             report(ok, "%s %s %s: view is not the collated row at TE's indices" % (where, step, rank))
 
 
+def check_doc_starts(root, docs, where):
+    """Where each document of the dumped rows begins, the rows taken in the global order
+    (replica r's step k is global row k*dp + r; docs/design.md#the-global-order): a document
+    that does not fit is carried whole to the next row, so every document of a row starts at
+    its source document's first token, except a row's first one when the previous row was one
+    document longer than a row: that continues exactly where the row stopped."""
+    steps = sorted((int(d[4:]), d) for d in os.listdir(root) if d.startswith("step"))
+    replica = {}  # group -> (dp_rank, dp_size), from the views' meta.json
+    for rank in os.listdir(os.path.join(root, steps[0][1])):
+        if rank.startswith("rank"):
+            m = json.load(open(os.path.join(root, steps[0][1], rank, "meta.json")))
+            replica[m["group"]] = (m["dp_rank"], m["dp_size"])
+    rows = sorted((k * replica[g][1] + replica[g][0], step, "group%d" % g)
+                  for k, step in steps for g in replica)
+    bad = []
+    long_doc = None  # (document, offset of the next pair) when the last row was one document
+    for _, step, group in rows:
+        c = load_dir(os.path.join(root, step, group, "collated"))
+        cu, cup = c["cu_seqlens"], c["cu_seqlens_padded"]
+        ids, labels, seq_len = c["input_ids"][0], c["labels"][0], c["input_ids"].shape[1]
+        n_docs = len(cu) - 1
+        for k in range(n_docs):
+            a, n = int(cup[k]), int(cu[k + 1] - cu[k])
+            text = np.concatenate([ids[a:a + n], labels[a + n - 1:a + n]])
+            if k == 0 and long_doc is not None:
+                d, off = long_doc
+                ok = np.array_equal(docs[d][off:off + n + 1], text)
+                where_ = (d, off)
+            else:
+                starts = [d for d, doc in enumerate(docs) if np.array_equal(doc[:n + 1], text)]
+                ok, where_ = bool(starts), (starts[0] if starts else -1, 0)
+            if not ok:
+                bad.append("%s %s document %d (%d pairs at %d)" % (step, group, k, n, a))
+            long_doc = None
+            if n_docs == 1 and n == seq_len and ok and len(docs[where_[0]]) > where_[1] + n + 1:
+                long_doc = (where_[0], where_[1] + n)
+    report(not bad, "%s: a document of a row does not start where the packing rule says"
+           % where, str(bad[:4]))
+
+
 def test_loader_real_files():
     rng = np.random.default_rng(11)
     with tempfile.TemporaryDirectory() as tmp:
         seq_len = 96
         docs = [rng.integers(0, 50000, size=int(n)) for n in
                 list(rng.integers(1, 3 * seq_len, size=40)) + list(rng.integers(1, 8, size=20))]
+        # documents whose pairs are already a multiple of 2*cp for every cp below (24 = lcm)
+        docs += [rng.integers(0, 50000, size=24 * k + 1) for k in (1, 1, 2, 3, 1, 2)]
         llmc = os.path.join(tmp, "shard.bin")
         write_llmc(llmc, docs)
         megatron = os.path.join(tmp, "corpus")
@@ -220,6 +267,9 @@ def test_loader_real_files():
             report(p.returncode == 0, "cpdl run --mode thd cp=%d on %s" % (cp, source), p.stderr)
             if p.returncode == 0:
                 check_dump(d, cp, "cp=%d %s" % (cp, source.split(":")[0]))
+                src = cpdl.Source(source)
+                check_doc_starts(d, [np.asarray(src[i]) for i in range(len(src))],
+                                 "cp=%d %s" % (cp, source.split(":")[0]))
 
 
 def test_python_loader():

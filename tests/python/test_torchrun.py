@@ -17,6 +17,10 @@ torch.distributed over gloo (nobody calls MPI_Init).
      within 2 s of the kill; no segment of the job is left in /dev/shm.
   4. noenv: WORLD_SIZE=2 without MASTER_ADDR/MASTER_PORT: never a silent world
      of one — cpdl.Error on every process naming torchrun and the fix.
+  5. groups (`test_torchrun.py test_groups`, CTest python.torchrun_groups): two
+     Loaders in one world of 4, on new_group([0, 1]) and new_group([2, 3])
+     (process_group=): each is a job of 2 ranks using the rank in its group;
+     both dump byte for byte `mpirun -np 2 cpdl run --cp 2 --dump`.
 Prints "N passed, M failed" and exits non-zero on any failure.
 """
 import json
@@ -153,6 +157,16 @@ def test_kill():
         report(not segments_of(pids), "kill: no segment left", str(segments_of(pids)))
 
 
+def test_groups():
+    with tempfile.TemporaryDirectory() as tmp:
+        got, want = os.path.join(tmp, "torchrun"), os.path.join(tmp, "mpirun")
+        workers_ok(torchrun(4, "groups", got), "groups")
+        report(cpdl_run(2, ["--cp", "2"] + config_args() + ["--dump", want]) == 0, "cpdl run -np 2")
+        for g in (0, 1):
+            compare_trees(os.path.join(got, "g%d" % g), want, "groups: Loader on new_group(%s)"
+                          % ([0, 1] if g == 0 else [2, 3]))
+
+
 def test_noenv():
     with tempfile.TemporaryDirectory() as tmp:
         outputs = torchrun(2, "noenv", tmp, drop=("MASTER_ADDR", "MASTER_PORT"))
@@ -201,6 +215,18 @@ def worker(scenario, out):
             m = loader.mesh
             assert (m.dp_rank, m.cp_rank, m.dp_size, m.cp_size) == (rank % 2, rank // 2, 2, 2), m
             dump(loader, out)
+    elif scenario == "groups":
+        # Two jobs in one world: a Loader on new_group([0, 1]) and one on new_group([2, 3]).
+        # Each must use the rank in its group (ranks 2 and 3 are 0 and 1 there).
+        import torch.distributed as dist
+        dist.init_process_group(backend="gloo")
+        groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # collective: every rank
+        with cpdl.Loader(CONFIG, cp=2, process_group=groups[rank // 2]) as loader:
+            m = loader.mesh
+            assert (m.world_size, m.world_rank, m.cp_rank, m.dp_size) == (2, rank % 2, rank % 2,
+                                                                          1), m
+            dump(loader, os.path.join(out, "g%d" % (rank // 2)))
+        dist.barrier()
     elif scenario == "kill":
         with open(os.path.join(out, "pid%d" % rank), "w") as f:
             f.write(str(os.getpid()))
@@ -244,4 +270,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker(sys.argv[2], sys.argv[3])
     else:
-        sys.exit(testutil.run([test_dump, test_mesh, test_kill, test_noenv]))
+        tests = {t.__name__: t for t in (test_dump, test_mesh, test_kill, test_noenv, test_groups)}
+        # no names: every test but test_groups (CTest runs that one as python.torchrun_groups)
+        names = sys.argv[1:] or ["test_dump", "test_mesh", "test_kill", "test_noenv"]
+        sys.exit(testutil.run([tests[n] for n in names]))

@@ -4,7 +4,8 @@ the way they start `mpirun ... cpdl run`.
 Each script calls report() once per check and ends with run(tests), which runs
 the test functions (an exception counts as one failure with its traceback),
 prints "N passed, M failed" and returns the exit status (summary() alone for a
-script that calls its checks itself). Scripts import it from their own
+script that calls its checks itself); under mpirun a failed check exits its
+rank at once, which ends the job. Scripts import it from their own
 directory (sys.path[0] when run as `python3 tests/python/x.py`).
 
 cpdl_run() runs the CLI under mpirun (CPDL_BIN, else build/cpdl; MPIEXEC,
@@ -24,14 +25,27 @@ passed = 0
 failed = 0
 
 
+def _under_mpirun():
+    try:
+        return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
 def report(ok, what, detail=""):
-    """Count one check; print what failed and why."""
+    """Count one check; print what failed and why. Under mpirun (several ranks) a failed
+    check ends the job at once: this rank exits, so mpirun ends the others, instead of
+    leaving them in a collective this rank will not reach until the test's timeout."""
     global passed, failed
     if ok:
         passed += 1
     else:
         failed += 1
-        print("FAIL %s %s" % (what, detail))
+        print("FAIL %s %s" % (what, detail), flush=True)
+        if _under_mpirun():
+            print("FAIL (rank %s: a failed check under mpirun ends the job)"
+                  % os.environ.get("OMPI_COMM_WORLD_RANK", "?"), flush=True)
+            os._exit(1)  # no atexit: cpdl's close would be a collective
 
 
 def summary():
@@ -76,3 +90,14 @@ def cpdl_run(np_, args, env=None, timeout=120, echo=False):
     if echo and p.returncode != 0:
         print(p.stdout, p.stderr, sep="\n")
     return p
+
+
+def include_flags(include):
+    """Compiler flags for cpdl's headers: -I of the source tree's include/ and of
+    the build's generated headers (cpdl/version.h, beside the libcpdl.so under
+    test: $CPDL_LIBRARY)."""
+    flags = ["-I", include]
+    built = os.path.join(os.path.dirname(os.environ.get("CPDL_LIBRARY", "")), "include")
+    if os.path.isfile(os.path.join(built, "cpdl", "version.h")):
+        flags += ["-I", built]
+    return flags

@@ -333,6 +333,39 @@ static void test_thd_documents(void **state) {
   fake_free(f);
 }
 
+/* thd: documents whose pairs are already a multiple of 4 keep exactly their length (no
+ * extra chunk), the others are padded up to the next multiple and no further: pairs 4, 8
+ * and 2 are padded 4, 8 and 4, which fill S = 16 exactly in whatever order the permutation
+ * chose, so the row holds all three and no tail. */
+static void test_thd_exact_padding(void **state) {
+  (void)state;
+  const int64_t a[] = {10, 11, 12, 13, 14}, b[] = {20, 21, 22, 23, 24, 25, 26, 27, 28},
+                c[] = {30, 31, 32};
+  const int64_t *docs[] = {a, b, c};
+  const int64_t lens[] = {5, 9, 3};
+  fake_t *f = fake_literal(3, docs, lens);
+  cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 16, 1);
+  p.thd_multiple = 4;
+  for (uint64_t seed = 1; seed <= 6; seed++) { /* several orders of the three */
+    rig_t r = rig_open(f, &p, seed);
+    cpdl_tensor_t fl[8];
+    int nf = 0;
+    assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
+    const int64_t *in = field(fl, nf, "input_ids", 1, 16);
+    const int32_t *cu = fl[4].data, *cup = fl[5].data;
+    assert_int_equal(cpdl__collate_thd_len(cup, fl[5].shape[0], 16), 4);
+    for (int k = 0; k < 3; k++) {
+      int32_t len = cu[k + 1] - cu[k], padded = cup[k + 1] - cup[k];
+      int64_t first = in[cup[k]];
+      assert_int_equal(len, first == 10 ? 4 : first == 20 ? 8 : 2);
+      assert_int_equal(padded, len == 2 ? 4 : len);
+    }
+    assert_int_equal(((const int32_t *)fl[6].data)[0], 8);
+    rig_close(&r);
+  }
+  fake_free(f);
+}
+
 static void test_pad_literal(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
@@ -609,6 +642,7 @@ int main(void) {
       cmocka_unit_test(test_pad_literal),
       cmocka_unit_test(test_thd_literal),
       cmocka_unit_test(test_thd_documents),
+      cmocka_unit_test(test_thd_exact_padding),
       cmocka_unit_test(test_pack_reference),
       cmocka_unit_test(test_pad_reference),
       cmocka_unit_test(test_resume),

@@ -265,6 +265,79 @@ static void test_synthetic(void **state) {
   check_once("synthetic:?samples=97&mean=20&min=1&max=60&vocab=65536&eot=65535&seed=5", false);
 }
 
+/* mode thd (each document's pairs padded to 2*cp, one that no longer fits waits for the
+ * next row, an epoch's last row ends with padding): feed_steps(e) steps deliver every input
+ * of every replica's first e epochs exactly e times (drop_last's n % dp documents aside) and
+ * nothing of epoch e; the last of them is in epoch e - 1. */
+static void check_thd(const char *uri) {
+  static int64_t seen[1 << 16];
+  static bool want[1 << 16];
+  memset(want, 0, sizeof want);
+  int64_t id = 1, n_want = 0;
+  for (int d = 0; d < N_DOCS; d++) /* tokens_all: offset 0 is EOT (0), then ids */
+    for (int64_t j = 1; j < doc_len[d]; j++, id++)
+      if (j <= doc_len[d] - 2) {
+        want[id] = true;
+        n_want++;
+      }
+  const int64_t seqs[] = {8, 32};
+  for (int cp = 1; cp <= 2; cp++)
+    for (int si = 0; si < 2; si++)
+      for (int dp = 1; dp <= 2; dp++)
+        for (uint64_t e = 1; e <= 2; e++) {
+          cpdl_config_t cfg = config("pack", uri, 1);
+          cfg.mode = CPDL_MODE_THD;
+          cfg.cp = cp;
+          cfg.batch = 1;
+          cfg.seq_len = seqs[si];
+          memset(seen, 0, sizeof seen);
+          for (int r = 0; r < dp; r++) {
+            cpdl__feed_t *f = open_feed(&cfg, r, dp);
+            uint64_t n = 0;
+            assert_int_equal(cpdl__feed_steps(f, e, UINT64_MAX, &n), 0);
+            for (uint64_t s = 0; s < n; s++) {
+              cpdl_tensor_t t[CPDL_MAX_FIELDS];
+              int nf = 0;
+              if (cpdl__feed_next(f, t, &nf))
+                fail_msg("feed_next: %s", cpdl_last_error());
+              assert_int_equal(nf, 7);
+              const int64_t *ids = t[0].data;
+              const int32_t *cu = t[4].data, *cup = t[5].data;
+              assert_int_equal(cup[t[5].shape[0] - 1], cfg.seq_len); /* the row is whole */
+              for (int64_t k = 0; k + 1 < t[4].shape[0]; k++)
+                for (int64_t u = 0; u < cu[k + 1] - cu[k]; u++)
+                  seen[ids[cup[k] + u] & 0xffff]++;
+            }
+            /* the last step is still in epoch e - 1 (the next one is in e) */
+            uint64_t w[CPDL__CURSOR_WORDS];
+            assert_int_equal(cpdl__feed_cursor(f, w), 0);
+            assert_int_equal(w[CPDL__CURSOR_EPOCH], e - 1);
+            cpdl__feed_close(f);
+          }
+          int64_t missing = 0;
+          for (int v = 1; v < (1 << 16); v++) {
+            if (seen[v] > (int64_t)e || (!want[v] && seen[v]))
+              fail_msg("thd cp=%d S=%lld dp=%d epochs=%llu: id %d delivered %lld times", cp,
+                       (long long)cfg.seq_len, dp, (unsigned long long)e, v, (long long)seen[v]);
+            missing += want[v] ? (int64_t)e - seen[v] : 0;
+          }
+          /* what drop_last leaves out: the rows after the epoch's last full global batch
+           * (fewer than dp, of at most seq_len <= 51 inputs each) */
+          if (missing > (int64_t)e * (N_DOCS % dp) * 51)
+            fail_msg("thd cp=%d S=%lld dp=%d epochs=%llu: %lld of %lld inputs missing", cp,
+                     (long long)cfg.seq_len, dp, (unsigned long long)e, (long long)missing,
+                     (long long)n_want * (long long)e);
+        }
+}
+
+static void test_thd(void **state) {
+  (void)state;
+  make_docs();
+  char uri[300];
+  write_megatron(uri, sizeof uri);
+  check_thd(uri);
+}
+
 /* epochs=1 (the default with steps=0) on a source smaller than one step of
  * a replica: a clear error at open rather than a run of no steps. */
 static void test_steps_cap(void **state) {
@@ -284,6 +357,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_llmc, setup, teardown),
       cmocka_unit_test_setup_teardown(test_megatron, setup, teardown),
       cmocka_unit_test(test_synthetic),
+      cmocka_unit_test_setup_teardown(test_thd, setup, teardown),
       cmocka_unit_test(test_steps_cap),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -366,6 +366,67 @@ static void test_npy_batches(void **state) {
   rmdir(dir);
 }
 
+/* drop_last=0 with n % dp == 0 has nothing to wrap: 4 batches at dp 2 are exactly 2 steps
+ * per replica per pass, and the pass delivers every batch once (no batch twice, none left
+ * out), whichever replica gets which. */
+static void test_npy_divisible(void **state) {
+  (void)state;
+  char dir[] = "/tmp/cpdl-test-feed-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  for (int step = 0; step < 4; step++) {
+    snprintf(path, sizeof path, "%s/step%04d", dir, step);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/step%04d/input_ids.npy", dir, step);
+    write_npy(path, 100 * step);
+    snprintf(path, sizeof path, "%s/step%04d/labels.npy", dir, step);
+    write_npy(path, 100 * step + 1);
+  }
+  char uri[300];
+  snprintf(uri, sizeof uri, "npy:%s", dir);
+  for (int drop_last = 0; drop_last <= 1; drop_last++) {
+    cpdl_config_t cfg = config("pack", uri);
+    cfg.drop_last = drop_last;
+    int seen[4] = {0};
+    for (int dp_rank = 0; dp_rank < 2; dp_rank++) {
+      cpdl__feed_t *f = NULL;
+      int rc = cpdl__feed_open(&cfg, dp_rank, 2, &f);
+      if (rc == CPDL_EPLUGIN) {
+        print_message("SKIP: the npy plugin is not available (%s)\n", cpdl_last_error());
+        skip();
+      }
+      assert_int_equal(rc, 0);
+      uint64_t steps = 0;
+      assert_int_equal(cpdl__feed_steps(f, 1, UINT64_MAX, &steps), 0);
+      assert_int_equal(steps, 2);
+      assert_int_equal(cpdl__feed_steps(f, 3, UINT64_MAX, &steps), 0);
+      assert_int_equal(steps, 6);
+      for (uint64_t s = 0; s < 2; s++) {
+        cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+        int nf = 0;
+        assert_int_equal(cpdl__feed_next(f, fl, &nf), 0);
+        int64_t first = ((const int64_t *)fl[0].data)[0];
+        if (strcmp(fl[0].name, "labels") == 0)
+          first -= 1;
+        assert_true(first >= 0 && first % 100 == 0 && first / 100 < 4);
+        seen[first / 100]++;
+      }
+      cpdl__feed_close(f);
+    }
+    for (int k = 0; k < 4; k++)
+      assert_int_equal(seen[k], 1);
+  }
+  for (int step = 0; step < 4; step++) {
+    snprintf(path, sizeof path, "%s/step%04d/input_ids.npy", dir, step);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/step%04d/labels.npy", dir, step);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/step%04d", dir, step);
+    rmdir(path);
+  }
+  rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_pack),
@@ -375,6 +436,7 @@ int main(void) {
       cmocka_unit_test(test_fields_and_eot),
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_npy_batches),
+      cmocka_unit_test(test_npy_divisible),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -966,6 +966,81 @@ static int plan_rc(batch_t *b, const cpdl_prep_params_t *p) {
     }                                                                                    \
   } while (0)
 
+/* mode thd, literally: for each document [a, b) of cu_seqlens_padded rank r keeps chunk r,
+ * then chunk 2cp-1-r (chunk = (b - a) / 2cp) — TransformerEngine's
+ * thd_get_partitioned_indices. S = 16 with documents [0, 4) and [4, 16); input_ids[i] = i,
+ * so each rank's view is the list of row indices it holds; position_ids are synthesized as
+ * the position within the document; the cu_seqlens fields pass through, shared. */
+static void test_thd_zigzag(void **state) {
+  (void)state;
+  static const int32_t bounds2[] = {0, 4, 16}, bounds4[] = {0, 8, 16};
+  static const int64_t want2[2][8] = {{0, 3, 4, 5, 6, 13, 14, 15}, {1, 2, 7, 8, 9, 10, 11, 12}};
+  static const int64_t want4[4][4] = {{0, 7, 8, 15}, {1, 6, 9, 14}, {2, 5, 10, 13},
+                                      {3, 4, 11, 12}};
+  for (int cp = 2; cp <= 4; cp += 2) {
+    const int64_t S = 16, L = S / cp;
+    const int32_t *bounds = cp == 2 ? bounds2 : bounds4;
+    batch_t b = {0};
+    int64_t *ids = add(&b, "input_ids", CPDL_DTYPE_INT64, 2, (int64_t)1, S);
+    int64_t *lab = add(&b, "labels", CPDL_DTYPE_INT64, 2, (int64_t)1, S);
+    for (int64_t i = 0; i < S; i++) {
+      ids[i] = i;
+      lab[i] = 100 + i;
+    }
+    int32_t *cup = add(&b, "cu_seqlens_padded", CPDL_DTYPE_INT32, 1, (int64_t)3);
+    memcpy(cup, bounds, sizeof bounds2);
+    cpdl_prep_params_t p;
+    cpdl_prep_params_init(&p);
+    p.cp_size = cp;
+    p.mode = CPDL_MODE_THD;
+    cpdl_prep_plan_t *plan = NULL;
+    int rc = cpdl_prep_plan_create(b.view, b.n, &p, &plan);
+    if (rc)
+      fprintf(stderr, "thd plan: %s\n", cpdl_last_error());
+    assert_int_equal(rc, 0);
+    size_t rank_bytes = cpdl_prep_plan_rank_bytes(plan), shared_bytes = cpdl_prep_plan_shared_bytes(plan);
+    for (int r = 0; r < cp; r++) {
+      unsigned char *block = malloc(rank_bytes + 1), *shared = malloc(shared_bytes + 1);
+      assert_non_null(block);
+      assert_non_null(shared);
+      int ranks[1] = {r};
+      void *blocks[1] = {block};
+      assert_int_equal(cpdl_prep_execute(plan, b.view, b.n, ranks, 1, blocks, shared), 0);
+      const int64_t *want = cp == 2 ? want2[r] : want4[r];
+      int seen = 0;
+      for (int i = 0; i < cpdl_prep_plan_nfields(plan); i++) {
+        const cpdl_prep_field_t *f = cpdl_prep_plan_field(plan, i);
+        const unsigned char *base = (f->shared ? shared : block) + f->offset;
+        if (strcmp(f->name, "cu_seqlens_padded") == 0) {
+          assert_true(f->shared);
+          assert_memory_equal(base, bounds, sizeof bounds2);
+          seen++;
+          continue;
+        }
+        assert_int_equal(f->shape[f->seq_dim], L);
+        const int64_t *v = (const int64_t *)base;
+        for (int64_t j = 0; j < L; j++) {
+          int64_t at = want[j], doc_start = at < bounds[1] ? 0 : bounds[1];
+          if (strcmp(f->name, "input_ids") == 0)
+            assert_int_equal(v[j], at);
+          else if (strcmp(f->name, "labels") == 0)
+            assert_int_equal(v[j], 100 + at);
+          else if (strcmp(f->name, "position_ids") == 0)
+            assert_int_equal(v[j], at - doc_start);
+          else
+            fail_msg("unexpected field %s", f->name);
+        }
+        seen++;
+      }
+      assert_int_equal(seen, 4); /* input_ids, labels, position_ids, cu_seqlens_padded */
+      free(block);
+      free(shared);
+    }
+    cpdl_prep_plan_destroy(plan);
+    batch_free(&b);
+  }
+}
+
 static void test_errors(void **state) {
   (void)state;
   cpdl_prep_params_t p;
@@ -1111,6 +1186,7 @@ int main(void) {
       cmocka_unit_test(test_subset_of_ranks),
       cmocka_unit_test(test_execute_parts),
       cmocka_unit_test(test_embeds_and_large),
+      cmocka_unit_test(test_thd_zigzag),
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_execute_errors),
   };

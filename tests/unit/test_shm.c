@@ -67,9 +67,12 @@ static int count_maps(void) {
   return n;
 }
 
-/* A name of our own shape that create could pick, made by hand. */
+/* A name of our own shape that create could pick, made by hand (this
+ * process's PID namespace and boot). */
 static void make_name(char *buf, size_t size, unsigned uid, long pid, const char *tail) {
-  snprintf(buf, size, "/cpdl-%u-%ld-%s", uid, pid, tail);
+  char identity[48];
+  cpdl__shm_identity(identity, sizeof identity);
+  snprintf(buf, size, "/cpdl-%u-%ld-%s-%s", uid, pid, identity, tail);
 }
 
 static void test_create_attach_unlink(void **state) {
@@ -83,7 +86,11 @@ static void test_create_attach_unlink(void **state) {
   char prefix[64];
   snprintf(prefix, sizeof prefix, "/cpdl-%u-%ld-", (unsigned)geteuid(), (long)getpid());
   assert_int_equal(strncmp(shm.name, prefix, strlen(prefix)), 0);
-  assert_int_equal(strlen(shm.name), strlen(prefix) + 16); /* 16 hex of randomness */
+  char identity[48];
+  cpdl__shm_identity(identity, sizeof identity);
+  assert_int_equal(strncmp(shm.name + strlen(prefix), identity, strlen(identity)), 0);
+  /* then 16 hex of randomness */
+  assert_int_equal(strlen(shm.name), strlen(prefix) + strlen(identity) + 1 + 16);
   assert_true(shm.owner);
   assert_true(shm_exists(shm.name));
 
@@ -265,8 +272,21 @@ static void test_sweep(void **state) {
   (void)state;
   unsigned uid = (unsigned)geteuid();
   pid_t dead = dead_pid();
-  char stale[64], live[64], foreign_name[64], chowned[64];
+  char stale[128], live[128], foreign_name[128], chowned[128];
+  char other_ns[128], other_boot[128], old_format[128], identity[48];
   make_name(stale, sizeof stale, uid, (long)dead, "deaddeaddeaddead");
+  /* R26: the same dead-looking pid from another PID namespace or boot, or a
+   * name that does not say: the creator cannot be judged here, so kept */
+  cpdl__shm_identity(identity, sizeof identity);
+  const char *boot = strchr(identity, '-') + 1;
+  snprintf(other_ns, sizeof other_ns, "/cpdl-%u-%ld-1-%s-0123456789abcdef", uid, (long)dead, boot);
+  snprintf(other_boot, sizeof other_boot, "/cpdl-%u-%ld-%.*s-%s-0123456789abcdef", uid,
+           (long)dead, (int)(boot - 1 - identity), identity,
+           strcmp(boot, "000000000001") ? "000000000001" : "000000000002");
+  snprintf(old_format, sizeof old_format, "/cpdl-%u-%ld-0123456789abcdef", uid, (long)dead);
+  make_segment(other_ns);
+  make_segment(other_boot);
+  make_segment(old_format);
   make_name(live, sizeof live, uid, (long)getpid(), "a11ea11ea11ea11e");
   make_name(foreign_name, sizeof foreign_name, uid + 1, (long)dead, "f0f0f0f0f0f0f0f0");
   make_name(chowned, sizeof chowned, uid, (long)dead, "c0c0c0c0c0c0c0c0");
@@ -276,7 +296,7 @@ static void test_sweep(void **state) {
   make_segment(chowned);
   bool can_chown = geteuid() == 0;
   if (can_chown) {
-    char path[128];
+    char path[160];
     snprintf(path, sizeof path, "/dev/shm%s", chowned);
     assert_int_equal(chown(path, 65534, 65534), 0);
   }
@@ -288,9 +308,17 @@ static void test_sweep(void **state) {
   size_t text_len = 0;
   FILE *report = open_memstream(&text, &text_len);
   assert_non_null(report);
-  int found = cpdl__shm_sweep(false, report);
+  int unknown = 0;
+  int found = cpdl__shm_sweep(false, report, &unknown);
   fclose(report);
   assert_true(found >= 1);
+  assert_true(unknown >= 3);
+  char line[1024];
+  snprintf(line, sizeof line, "%s  4096 bytes  kept: cannot prove its creator dead: its creator ran "
+           "in another PID namespace", other_ns + 1);
+  assert_non_null(strstr(text, line));
+  assert_non_null(strstr(text, "another or unknown boot"));
+  assert_non_null(strstr(text, "does not say the creator's PID namespace"));
   assert_non_null(strstr(text, stale + 1));
   assert_null(strstr(text, live + 1));
   assert_null(strstr(text, foreign_name + 1));
@@ -300,9 +328,12 @@ static void test_sweep(void **state) {
   assert_true(shm_exists(stale));
 
   /* Remove: only the stale one goes (R5). */
-  found = cpdl__shm_sweep(true, NULL);
+  found = cpdl__shm_sweep(true, NULL, NULL);
   assert_true(found >= 1);
   assert_false(shm_exists(stale));
+  assert_true(shm_exists(other_ns));
+  assert_true(shm_exists(other_boot));
+  assert_true(shm_exists(old_format));
   assert_true(shm_exists(live));
   assert_true(shm_exists(foreign_name));
   if (can_chown)
@@ -311,6 +342,9 @@ static void test_sweep(void **state) {
   shm_unlink(live);
   shm_unlink(foreign_name);
   shm_unlink(chowned);
+  shm_unlink(other_ns);
+  shm_unlink(other_boot);
+  shm_unlink(old_format);
 }
 
 static void test_enospace_leaves_nothing(void **state) {
