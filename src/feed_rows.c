@@ -140,6 +140,19 @@ int cpdl__feed_rows_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
     return cpdl__error(-ENOMEM, "feed: out of memory");
   feed->ops = &rows_ops;
   feed->impl = r;
+  /* Its rows are Megatron's samples, already packed: a collate or a packing
+   * of cpdl's own would be ignored, so asking for one is an error. */
+  if (cfg->mode == CPDL_MODE_THD)
+    return cpdl__error(CPDL_EARG, "mode=thd packs whole documents itself (mode thd: collate=pack, "
+                       "each document padded to 2*cp), but the gpt: source delivers Megatron's "
+                       "fixed samples of seq_len + 1 tokens, which cpdl does not repack; use "
+                       "mode=contiguous or mode=round_robin with gpt:, or mode=thd with "
+                       "megatron:PREFIX (the same .bin/.idx files)");
+  if (strcmp(cfg->collate, "pack") != 0)
+    return cpdl__error(CPDL_EARG, "collate=%s does not apply to the gpt: source: its samples are "
+                       "Megatron's, packed by its GPTDataset (no padding of cpdl's); leave collate "
+                       "at pack (the default), or use megatron:PREFIX with collate=%s",
+                       cfg->collate, cfg->collate);
   feed->unit = cfg->batch;
   feed->rolls = false;
   feed->double_buffer = cfg->threads > 1;
