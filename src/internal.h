@@ -267,6 +267,10 @@ int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
 /* ---- loader.c (internals behind cpdl/tools.h, the benchmarks and tests) ---- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
 const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *loader);
+/* Collective over the loader's world: the element-wise minimum of n values,
+ * its waits watching this host's ranks as open's do (a death is CPDL_EPEER
+ * naming the rank). For the CLI's agreement at the end of a run. */
+int cpdl__loader_agree_min(cpdl_loader_t *loader, int64_t *values, int n, const char *what);
 /* Leader of each group: before preparing step k, write the collated batch to
  * dir/step<k>/group<g>/collated/<field>.npy. Set before the first next(). */
 int cpdl__loader_dump_collated(cpdl_loader_t *loader, const char *dir);

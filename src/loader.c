@@ -746,6 +746,13 @@ int cpdl__loader_dump_collated(cpdl_loader_t *L, const char *dir) {
 }
 const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *L) { return &L->mesh.world; }
 
+int cpdl__loader_agree_min(cpdl_loader_t *L, int64_t *values, int n, const char *what) {
+  const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  int rc = cpdl__coll_min_i64(&L->mesh.world, values, n, what);
+  cpdl__watch_install(previous);
+  return rc;
+}
+
 void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *seq_len) {
   if (L->data_batch) {
     *batch = L->data_batch;

@@ -1,6 +1,7 @@
 /* tools.c — cpdl/tools.h: what cpdl's own tools need beyond the loader's
  * contract, over the internals that own each thing (shm.c's sweep, dump.c's
- * .npy writer, pin.c's report, the loader's dump and data shape, config.c's
+ * .npy writer, pin.c's report, the loader's dump, data shape and watched
+ * agreement, config.c's
  * environment). Argument checks here, the work there.
  */
 #include "internal.h"
@@ -37,6 +38,13 @@ CPDL_API int cpdl_tools_data_shape(const cpdl_loader_t *loader, int64_t *batch,
     return cpdl__error(CPDL_EARG, "cpdl_tools_data_shape: NULL argument");
   cpdl__loader_data_shape(loader, batch, seq_len);
   return 0;
+}
+
+CPDL_API int cpdl_tools_agree_min(cpdl_loader_t *loader, int64_t *values, int n,
+                                  const char *what) {
+  if (!loader || !values || n < 1 || !what)
+    return cpdl__error(CPDL_EARG, "cpdl_tools_agree_min: NULL or empty argument");
+  return cpdl__loader_agree_min(loader, values, n, what);
 }
 
 CPDL_API int cpdl_tools_npy_write(const char *path, cpdl_dtype_t dtype, int ndim,

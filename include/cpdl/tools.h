@@ -53,6 +53,15 @@ CPDL_API int cpdl_tools_binding_report(cpdl_loader_t *loader, char **json_out);
  *  are. \return 0 or CPDL_EARG (NULL argument). */
 CPDL_API int cpdl_tools_data_shape(const cpdl_loader_t *loader, int64_t *batch, int64_t *seq_len);
 
+/** Collective over the loader's world: values[0..n) become the element-wise
+ *  minimum over every rank, the waits watching this host's ranks as open's
+ *  do (`cpdl run`'s agreement at the end of a run, where a plain MPI
+ *  collective would wait for ever for a rank that died after its last step).
+ *  \return the same on every rank: 0, CPDL_EPEER (a rank died: the message
+ *  names it; make no other collective), CPDL_EMPI; CPDL_EARG is local. */
+CPDL_API int cpdl_tools_agree_min(cpdl_loader_t *loader, int64_t *values, int n,
+                                  const char *what);
+
 /** Write one C-contiguous array as a .npy file (format 1.0, little-endian).
  *  \return 0, CPDL_EARG (NULL path, shape or data; ndim outside
  *  1..CPDL_MAX_DIMS), CPDL_EDTYPE, -errno (the message names the file). */

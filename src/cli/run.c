@@ -10,7 +10,8 @@
  * The data path is the public API (cpdl_loader_open, next, release,
  * state_save, state_restore, close); the debugging outputs come from
  * cpdl/tools.h: --dump-collated, the .npy writer of --dump, --report-binding,
- * the data shape of the summary, and cpdl_tools_error for this file's own
+ * the data shape of the summary, the watched agreement at the end of the
+ * run (cpdl_tools_agree_min), and cpdl_tools_error for this file's own
  * messages. */
 #include "cli.h"
 #include "cpdl/tools.h"
@@ -209,6 +210,13 @@ static int save_state(cpdl_loader_t *loader, const char *file, int rank) {
   free(buf);
   if (local && rank == 0)
     report_error(rank, "save-state", local);
+  if (rc) {
+    /* The save's result is agreed (the same on every rank); after a death
+     * (CPDL_EPEER) a plain MPI collective would wait for the dead rank. */
+    if (rank != 0)
+      report_error(rank, "save-state", rc);
+    return rc;
+  }
   int all = 0;
   MPI_Allreduce(&local, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   if (all && rank != 0)
@@ -340,24 +348,46 @@ static int run_loop(run_t *R) {
   return run_rc;
 }
 
+/* run_summary's result when a rank died on the way: no collective may follow
+ * (MPI_Finalize neither: Open MPI's waits for the dead rank too). */
+#define RUN_DEAD_PEER (-1)
+
 /* Collective: agree on the loop's result, save the state (--save-state),
  * check that every rank got the same steps, reduce the measurements, close,
  * and print the JSON summary on rank 0. \return the exit status. */
 static int run_summary(run_t *R, int run_rc) {
   const int rank = R->rank;
   const cpdl_config_t *cfg = &R->cfg;
-  int any_rc = 0;
-  MPI_Allreduce(&run_rc, &any_rc, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  /* The end of the run is agreed over the loader's control plane, whose
+   * waits watch this host's ranks: a rank that died after its last step
+   * (or in another replica, whose ring this rank does not share) is
+   * CPDL_EPEER here, where a plain MPI collective would wait for it for
+   * ever under a launcher that does not end the job (mpirun
+   * --enable-recovery, srun without --kill-on-bad-exit). The MPI
+   * collectives below run only once every rank has been seen here. */
+  int64_t ends[4] = {run_rc, (int64_t)R->delivered, -(int64_t)R->delivered,
+                     run_rc ? rank : INT64_MAX};
+  int rc = cpdl_tools_agree_min(R->loader, ends, 4, "the end of the run");
+  if (rc) {
+    report_error(rank, "end of the run", rc);
+    return RUN_DEAD_PEER;
+  }
+  int any_rc = (int)ends[0];
+  if (any_rc && !run_rc)
+    fprintf(stderr, "cpdl run: rank %d: the run failed on rank %lld (%s; see that rank's error); "
+            "this rank delivered %llu steps\n", rank, (long long)ends[3], cpdl_err_name(any_rc),
+            (unsigned long long)R->delivered);
   /* A checkpoint that was not written fails the run, on every rank. */
   int save_rc = R->flags.save_state && !any_rc ? save_state(R->loader, R->flags.save_state, rank)
                                                : 0;
+  if (save_rc == CPDL_EPEER)
+    return RUN_DEAD_PEER;
 
   /* Every replica delivers the same steps (the loader's end); say so only
    * if it is true. */
-  unsigned long long mine = R->delivered, fewest = 0, most = 0;
-  MPI_Allreduce(&mine, &fewest, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(&mine, &most, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
-  if (fewest != most && !run_rc) {
+  unsigned long long mine = R->delivered, fewest = (unsigned long long)ends[1],
+                     most = (unsigned long long)-ends[2];
+  if (fewest != most && !any_rc) {
     fprintf(stderr, "cpdl run: rank %d: ranks delivered between %llu and %llu steps (this rank "
             "%llu); every rank must get the same number\n", rank, fewest, most, mine);
     run_rc = CPDL_ESTATE;
@@ -441,6 +471,11 @@ int cpdl_cli_run(int argc, char **argv) {
   status = run_summary(&R, run_rc);
   free(R.lat);
   free(R.binding);
+  if (status == RUN_DEAD_PEER) {
+    cpdl_loader_close(R.loader); /* local after a death */
+    fprintf(stderr, "cpdl run: rank %d: stopping after a dead rank (see above)\n", R.rank);
+    return 1;
+  }
   MPI_Finalize();
   return status;
 }

@@ -713,6 +713,55 @@ static void test_fault_injection(void **state) {
   assert_int_equal(cpdl__fault("mid_fill", 0), 0);
 }
 
+/* "@<pass>": the point fires on its pass-th time on that rank, not before
+ * (the child exits 10 + the passes it survived when nothing fired). */
+static int fault_pass_child(const char *spec, int calls) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("CPDL_FAULT", spec, 1);
+    for (int i = 0; i < calls; i++) {
+      (void)cpdl__fault("waiting", 1); /* another rank's passes do not count */
+      int rc = cpdl__fault("waiting", 0);
+      if (rc == CPDL_EFAULT)
+        _exit(20 + i);
+      if (rc)
+        _exit(4);
+    }
+    _exit(10 + calls);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (WIFSIGNALED(status))
+    return -WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+static void test_fault_pass_and_stop(void **state) {
+  (void)state;
+  assert_int_equal(fault_pass_child("waiting:0@3", 2), 12); /* two passes: not yet */
+  assert_int_equal(fault_pass_child("waiting:0@3", 5), -SIGKILL);
+  assert_int_equal(fault_pass_child("waiting:0:error@4", 6), 23); /* the 4th call (i = 3) */
+  assert_int_equal(fault_pass_child("waiting:0@0", 3), 13);        /* malformed: ignored */
+  /* ":stop" stops the process in place; continued, it carries on. */
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("CPDL_FAULT", "waiting:0:stop@2", 1);
+    int a = cpdl__fault("waiting", 0), b = cpdl__fault("waiting", 0);
+    _exit(a == 0 && b == 0 ? 0 : 5);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);
+  assert_true(WIFSTOPPED(status));
+  assert_int_equal(kill(pid, SIGCONT), 0);
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_init_attach),
@@ -728,6 +777,8 @@ int main(void) {
       cmocka_unit_test(test_leave_is_named),
       cmocka_unit_test(test_timeout_names_stalled_consumer),
       cmocka_unit_test(test_stalled_consumer_is_waited_for),
+      cmocka_unit_test(test_fault_pass_and_stop), /* before test_fault_injection, which parses
+                                                     CPDL_FAULT in this process (once) */
       cmocka_unit_test(test_fault_injection),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
