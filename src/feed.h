@@ -1,7 +1,7 @@
 /* feed.h — what the leader's loader threads pull batches from:
- * the data-source host (source.c), the feed (feed.c: source → sampler →
- * collate, with a cursor; or a global-order or pre-collated source), the
- * sampler and the collate. No MPI, no shared memory. Never installed.
+ * the data-source host (source.c), the feed (feed.c: the global order of
+ * rows, its kinds behind feed_kind.h), the document order (perm.c) and the
+ * collate. No MPI, no shared memory. Never installed.
  */
 #ifndef CPDL_FEED_H
 #define CPDL_FEED_H
@@ -62,79 +62,82 @@ int cpdl__source_document(const cpdl__source_t *src, int64_t doc, int64_t *first
 /* "a, b, c" of the schemes found on the plugin search path; \return count. */
 int cpdl__source_list(char *buf, size_t size);
 
-/* ---- feed.c, sampler.c, collate.c --------------------------------
- * What the leader's loader threads pull batches from: sampler → source
- * plugin → collate. Deterministic from (config, dp_rank, dp_size): every node
- * of a replica produces the same collated batch for the same step without
- * communication. The cursor (a few integers) says where the next step
- * starts; setting it reproduces the stream exactly from there. */
-#define CPDL__CURSOR_WORDS 4
-#define CPDL__CURSOR_STEP 3     /* the word counting the steps produced (== the loader's step) */
-#define CPDL__CURSOR_CONSUMED 1 /* global order: the job's consumed-sample count */
+/* ---- feed.c (+ feed_tokens.c, feed_rows.c, feed_batches.c), perm.c, collate.c
+ * What the leader's loader threads pull batches from: one global order of
+ * training rows (docs/design.md#the-global-order), a function of the data and
+ * of seed, seq_len, batch, collate, mode and the padding multiple — never of
+ * dp, cp, tp or the node count: row b of replica r at the k-th step of an
+ * epoch is row consumed0 + (k*dp + r)*unit + b of that epoch. Every node of
+ * a replica produces the same collated batch for the same step without
+ * communication, and the cursor (a few integers, the same on every replica)
+ * says where the next step starts: setting it reproduces the stream from
+ * there, under any layout. */
+#define CPDL__CURSOR_WORDS 5
+#define CPDL__CURSOR_EPOCH 0    /* the epoch of the next step */
+#define CPDL__CURSOR_CONSUMED 1 /* rows of that epoch consumed (gpt: samples, npy: batches) */
+#define CPDL__CURSOR_POSITION 2 /* thd: the document position where row CONSUMED starts */
+#define CPDL__CURSOR_OFFSET 3   /* thd: the pair offset in that document */
+#define CPDL__CURSOR_STEP 4     /* the word counting the steps produced (== the loader's step) */
 typedef struct cpdl__feed cpdl__feed_t;
 /* \return 0, CPDL_EPLUGIN (unknown scheme, ABI mismatch, dlerror text),
- *         CPDL_ESOURCE, CPDL_ECORRUPT (file named with offset), CPDL_EARG. */
+ *         CPDL_ESOURCE, CPDL_ECORRUPT (file named with offset), CPDL_EARG.
+ * The first epoch's index is built here (one pass over the lengths). */
 int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__feed_t **out);
+/* The fields a step has — names, dtypes, shapes; data NULL — producing
+ * nothing (npy reads its first batch's headers). \return 0 or a source error. */
+int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* Collate the next step. On return fields[0..*n_fields) describe tensors of
  * shape [batch, seq_len] (or the npy plugin's arrays) owned by the feed, valid
  * until the next call. A field named "loss_mask", if present, is the loss
- * mask. Shapes and dtypes are the same for every step of a feed.
- * \return 0, CPDL_EEOF, or an error. */
+ * mask. Shapes and dtypes are the spec's for every step.
+ * \return 0, CPDL_EEOF (gpt: its last full global batch is behind), or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
-/* Steps this replica's first `epochs` passes over the data hold, at most cap
- * (counting stops there): lengths only, O(epochs * samples of a replica). */
+/* Steps from the cursor to the end of epoch `epochs` - 1, at most cap
+ * (counting stops there): pack, pad and npy in O(1), thd by running its
+ * packing over each epoch's lengths. The same on every replica. */
 int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out);
-void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
+/* The cursor after the last step (thd: may run the packing ahead to the
+ * next global batch's first row). \return 0 or a source error. */
+int cpdl__feed_cursor(cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
+/* Position the feed at a cursor of any replica of a job of any layout (the
+ * same data and stream keys). \return 0, CPDL_EARG (a cursor this data
+ * cannot hold), a source error. */
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
-/* Whether the feed's order is global: one sequence of samples for the whole
- * job, dealt to the replicas step by step (Megatron's order), so that its
- * whole position is one consumed-sample count — cursor word
- * CPDL__CURSOR_CONSUMED, the same on every replica — and a job may resume it
- * with another dp size. Such a feed must seek from the cursor
- * {0, consumed, 0, step} on any replica. False for per-replica orders, whose
- * cursor is one replica's own (epoch, position, offset, steps). */
-bool cpdl__feed_global_order(const cpdl__feed_t *feed);
 void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
+/* "tokens", "rows" or "batches" (feed_kind.h). */
+const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 
-/* ---- sampler.c ------------------------------------------------------------
- * Which sample a replica reads at (epoch, position): a pure function of
- * (n_samples, seed, epoch, dp_rank, dp_size, drop_last). The epoch's
- * permutation is Fisher–Yates (materialized, n <= table_max) or a keyed
- * Feistel permutation with cycle walking (no memory, larger n). Replica r
- * takes positions r, r+dp, r+2dp, … of it; per epoch floor(n/dp) samples
- * (drop_last) or ceil(n/dp), wrapping to the start of the same permutation.
- * Its state is (epoch, position of the next sample); epochs roll over. */
-typedef struct cpdl__sampler cpdl__sampler_t;
-typedef struct cpdl__sampler_params {
-  int64_t n_samples;       /* >= 1 */
-  uint64_t seed;
-  int dp_rank, dp_size;    /* 0 <= dp_rank < dp_size */
-  bool drop_last;
-  int64_t table_max;       /* largest n shuffled with a table; 0 = default (1 << 26) */
-} cpdl__sampler_params_t;
-/* \return 0, CPDL_EARG (no samples, bad dp, drop_last with n < dp_size), -ENOMEM. */
-int cpdl__sampler_create(const cpdl__sampler_params_t *params, cpdl__sampler_t **out);
-void cpdl__sampler_destroy(cpdl__sampler_t *sampler);
-int64_t cpdl__sampler_per_epoch(const cpdl__sampler_t *sampler); /* this replica's samples per epoch */
-/* Sample index at (epoch, position < per_epoch), without moving the state.
- * Not const: it may rebuild the cached permutation. \return 0, CPDL_EARG, -ENOMEM. */
-int cpdl__sampler_index(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position, int64_t *index);
-/* Index at the state, then advance it (rolling into the next epoch). */
-int cpdl__sampler_next(cpdl__sampler_t *sampler, int64_t *index);
-void cpdl__sampler_tell(const cpdl__sampler_t *sampler, uint64_t *epoch, int64_t *position);
-/* \return 0 or CPDL_EARG (position >= per_epoch). */
-int cpdl__sampler_seek(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position);
+/* ---- perm.c ---------------------------------------------------------------
+ * The document at (epoch, position): a permutation of [0, n) per epoch, a
+ * pure function of (n, seed, epoch). Fisher–Yates (materialized, n <=
+ * table_max) or a keyed Feistel permutation with cycle walking (no memory,
+ * larger n). */
+typedef struct cpdl__perm cpdl__perm_t;
+/* table_max: largest n shuffled with a table; 0 = default (1 << 26).
+ * \return 0, CPDL_EARG (n < 1), -ENOMEM. */
+int cpdl__perm_create(int64_t n, uint64_t seed, int64_t table_max, cpdl__perm_t **out);
+void cpdl__perm_destroy(cpdl__perm_t *perm);
+int64_t cpdl__perm_size(const cpdl__perm_t *perm);
+/* perm_epoch[position], 0 <= position < n. Not const: it may rebuild the
+ * cached epoch's table. */
+int64_t cpdl__perm_at(cpdl__perm_t *perm, uint64_t epoch, int64_t position);
 
 /* ---- collate.c ------------------------------------------------------------
- * Turns the sampler's documents into [batch, seq_len] int64 tensors
- * (docs/design.md#the-data-path); see collate.c for the exact window and position rules. Samples
- * come through a read callback so tests need no plugin. The collate does not
- * own the sampler; it drives it (next/seek/tell). */
+ * Turns documents into [batch, seq_len] int64 tensors
+ * (docs/design.md#the-data-path); see collate.c for the exact window and
+ * position rules. Documents come through a cpdl__doc_order_t, so tests need
+ * no plugin; an epoch's last position is followed by CPDL_EEOF. */
 typedef enum { CPDL__COLLATE_PACK = 0, CPDL__COLLATE_PAD = 1 } cpdl__collate_kind_t;
-typedef int (*cpdl__collate_read_fn)(void *arg, int64_t index, cpdl__sample_t *out);
+typedef struct cpdl__doc_order {
+  /* Document `position` of `epoch`: its tokens, or only its length. Both
+   * return CPDL_EEOF past the epoch's last document. */
+  int (*read)(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out);
+  int (*length)(void *arg, uint64_t epoch, int64_t position, int64_t *n_tokens);
+  void *arg;
+} cpdl__doc_order_t;
 typedef struct cpdl__collate_params {
   cpdl__collate_kind_t kind;
   int64_t seq_len;          /* S >= 1 */
@@ -143,7 +146,7 @@ typedef struct cpdl__collate_params {
   int position_ids;         /* pack: 0 = restart per document, 1 = continuous */
   int loss_on_eot;          /* 0: labels equal to eot_token become -100 */
   int64_t eot_token;        /* -1: none */
-  bool double_buffer;       /* two output sets, used in turn (see collate_next) */
+  bool double_buffer;       /* two output sets, used in turn (see collate_begin) */
   int thd_multiple;         /* pack, batch 1: > 0 pads each document to a multiple of this
                              * (2*cp, mode thd) and adds loss_mask and the cu_seqlens fields */
 } cpdl__collate_params_t;
@@ -151,40 +154,46 @@ typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
 int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
 /* \return 0, CPDL_EARG (bad kind, sizes, position_ids), CPDL_EOVERFLOW, -ENOMEM. */
-int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
-                         cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out);
+int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_order_t *order,
+                         cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
-/* One step. fields[] (4 for pack, 7 for pack with thd_multiple, 3 for pad) point into buffers owned by the
- * collate, valid until the next call — or, with double_buffer, until the call
- * after it (so one thread may prepare step k while another collates k+1). \return 0, a read error, CPDL_ESOURCE
- * (a whole epoch of documents too short to use). */
+/* A step: begin() moves to the next output set (with double_buffer the
+ * previous step's set stays intact, so one thread may prepare step k while
+ * another collates k+1); row(b) fills row b from the cursor and moves the
+ * cursor past it; fields() describes the set (4 fields for pack, 7 for thd,
+ * 3 for pad), valid until the next begin() — or the one after it.
+ * row \return 0, a read error, CPDL_ESOURCE (the epoch ended inside a pack or
+ * pad row), CPDL_EEOF (thd: the epoch holds no more pairs). */
+void cpdl__collate_begin(cpdl__collate_t *collate);
+int cpdl__collate_row(cpdl__collate_t *collate, int64_t row);
+void cpdl__collate_fields(const cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* begin, rows 0..batch-1, fields. */
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* The fields of a step of these parameters, data NULL. */
+int cpdl__collate_spec(const cpdl__collate_params_t *params, cpdl_tensor_t *fields, int *n_fields);
 /* Mode thd: entries n+1 of this step's cu_seqlens / cu_seqlens_padded, whose fields hold
  * `capacity` entries with the tail repeating S: one more than the index of the first entry of
  * cu_padded that reaches seq_len (a binary search reading each probe once; at most capacity). */
 int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len);
-/* The rows and whole steps the collate makes of documents known only by their
- * lengths, fed in the order it reads them (cpdl__collate_count_doc with each
- * one's epoch): the same decisions as collate_next, so an epoch's count is
- * exact — pack: the windows its token stream fills (the tail shorter than a
- * step waits for the next epoch's tokens); pad: documents of >= 2 tokens;
- * thd: its rows, the epoch's last one ended with padding. */
-typedef struct cpdl__collate_count {
-  cpdl__collate_kind_t kind;
-  int64_t seq_len;
-  int batch, thd_multiple;
-  unsigned __int128 tokens, rows; /* pack: tokens so far; every kind: rows completed */
-  int64_t at;                     /* thd: pairs placed in the open row */
-  uint64_t epoch;                 /* thd: the open row's epoch */
-} cpdl__collate_count_t;
-void cpdl__collate_count_init(cpdl__collate_count_t *count, const cpdl__collate_t *collate);
-void cpdl__collate_count_doc(cpdl__collate_count_t *count, uint64_t epoch, int64_t n_tokens);
-uint64_t cpdl__collate_count_steps(const cpdl__collate_count_t *count);
-/* Where the next step starts: the document at sampler (epoch, position) and
- * the token offset in it. */
+/* Mode thd: the documents of one row, from lengths alone — the one packing
+ * rule, used to make rows (collate) and to count and index them (feed).
+ * From (*position, *offset) of `epoch`: whole documents' input/label pairs,
+ * each padded to a multiple of `multiple`, while they fit seq_len; a document
+ * longer than a row fills it and continues. place (may be NULL) is called
+ * for each piece: pairs [offset, offset + len) of the document at position,
+ * at row index `at`, taking `padded` positions. On return the cursor is the
+ * next row's start (normalized: a document with a pair left, or the epoch's
+ * end). \return 1 (a row), 0 (the epoch holds no more pairs), an error. */
+typedef int (*cpdl__thd_place_fn)(void *arg, int64_t position, int64_t offset, int64_t len,
+                                  int64_t padded, int64_t at);
+int cpdl__thd_plan_row(int64_t seq_len, int64_t multiple, const cpdl__doc_order_t *order,
+                       uint64_t epoch, int64_t *position, int64_t *offset,
+                       cpdl__thd_place_fn place, void *place_arg);
+/* Where the next row starts: document `position` of `epoch`, token (thd:
+ * pair) offset in it. */
 void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,
                           int64_t *offset);
-/* \return 0, CPDL_EARG (position or offset out of range, offset in pad mode), a read error. */
+/* \return 0 or CPDL_EARG (negative position or offset, offset in pad mode). */
 int cpdl__collate_seek(cpdl__collate_t *collate, uint64_t epoch, int64_t position, int64_t offset);
 
 #endif /* CPDL_FEED_H */

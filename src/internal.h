@@ -242,36 +242,27 @@ void cpdl__producer_stop(cpdl__producer_t *producer);
  * The resume state's bytes (layout: include/cpdl/loader.h, docs/state.md). Pure. */
 #define CPDL__STATE_MAGIC UINT64_C(0x544154534c445043) /* the bytes "CPDLSTAT" (little-endian) */
 #define CPDL__STATE_VERSION CPDL_STATE_VERSION /* include/cpdl/loader.h */
-typedef enum {
-  CPDL__ORDER_REPLICA = 0, /* one cursor per replica */
-  CPDL__ORDER_GLOBAL = 1,  /* one consumed-sample count for the job */
-} cpdl__order_kind_t;
 typedef struct cpdl__state {
   uint64_t step;            /* the step of the next batch */
-  uint32_t kind;            /* cpdl__order_kind_t */
-  uint64_t consumed;        /* GLOBAL: samples the job consumed; REPLICA: 0 */
-  uint64_t dp_size;
-  uint64_t n_replicas;      /* REPLICA: dp_size; GLOBAL: 0 */
-  const uint64_t *cursors;  /* n_replicas * CPDL__CURSOR_WORDS, replica-major */
+  uint64_t dp_size;         /* of the job that saved it (information: any layout resumes) */
+  const uint64_t *cursor;   /* CPDL__CURSOR_WORDS: the global order's cursor at step */
   const char *stream;       /* cpdl__config_stream_format() text */
 } cpdl__state_t;
-/* A decoded blob: the fields above, cursors read with cpdl__state_cursor. */
+/* A decoded blob. */
 typedef struct cpdl__state_view {
-  uint64_t step, consumed, dp_size, n_replicas;
-  uint32_t kind;
+  uint64_t step, dp_size;
+  uint64_t cursor[CPDL__CURSOR_WORDS];
   const char *stream;       /* inside the blob, NUL-terminated */
-  const void *blob;
 } cpdl__state_view_t;
-/* Bytes of the blob of n_replicas cursors and a stream text of stream_len. */
-size_t cpdl__state_bytes(uint64_t n_replicas, size_t stream_len);
+/* Bytes of the blob with a stream text of stream_len (the same for every layout). */
+size_t cpdl__state_bytes(size_t stream_len);
 /* \return 0 or CPDL_EOVERFLOW (buffer too small; *used says how much). */
 int cpdl__state_encode(const cpdl__state_t *st, void *buf, size_t size, size_t *used);
 /* Check and view a blob (any alignment). \return 0 or CPDL_ESTATE naming
- * what is wrong: magic, version, size, cursor width, checksum, kind and
- * replica count, or a cursor whose step word differs from the state's step. */
+ * what is wrong: magic, version (the old per-replica format named as such),
+ * size, cursor width, checksum, a cursor whose step word differs from the
+ * state's step. */
 int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
-void cpdl__state_cursor(const cpdl__state_view_t *st, uint64_t replica,
-                        uint64_t cursor[CPDL__CURSOR_WORDS]);
 
 /* ---- loader.c (internals behind cpdl/tools.h, the benchmarks and tests) ---- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);

@@ -146,19 +146,17 @@ typedef struct segment_info {
   uint64_t config_hash;
 } segment_info_t;
 
-/* Leader: open the feed, peek at the first batch to plan the layout, create
- * the segment and write its header. */
+/* Leader: open the feed, plan the layout from its spec (no batch is
+ * produced), create the segment and write its header. */
 static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   int rc = cpdl__feed_open(&L->cfg, L->mesh.me.dp_rank, L->mesh.me.dp_size, &L->feed);
   if (rc)
     return rc;
-  cpdl__feed_cursor(L->feed, L->start_words);
+  if ((rc = cpdl__feed_cursor(L->feed, L->start_words)))
+    return rc;
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs = CPDL_MAX_FIELDS;
-  rc = cpdl__feed_next(L->feed, inputs, &n_inputs);
-  if (rc == CPDL_EEOF)
-    return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all", L->cfg.source);
-  if (rc)
+  if ((rc = cpdl__feed_spec(L->feed, inputs, &n_inputs)))
     return rc;
   for (int pass = 0; pass < 2 && !L->data_batch; pass++)
     for (int i = 0; i < n_inputs && !L->data_batch; i++)
@@ -171,10 +169,18 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
   if (rc)
     return cpdl__error_prefix(rc, "planning the batch layout");
-  rc = cpdl__feed_seek(L->feed, L->start_words);
-  if (rc)
+  /* The first epoch must hold a whole global batch. */
+  uint64_t any = 0;
+  if ((rc = cpdl__feed_steps(L->feed, 1, 1, &any)))
     return rc;
-  /* This replica's end: the steps its first `epochs` passes hold. */
+  if (any == 0)
+    return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all: its first epoch "
+                       "holds no whole global batch of dp %d x batch %d rows of seq_len %lld; "
+                       "use more data, a smaller batch or seq_len, fewer replicas or "
+                       "drop_last=0", L->cfg.source, L->mesh.me.dp_size, L->cfg.batch,
+                       (long long)L->cfg.seq_len);
+  /* The run's end: the steps its first `epochs` passes hold (the same on
+   * every replica: the order is global). */
   uint64_t epochs = cpdl__config_epochs(&L->cfg);
   if (epochs && (rc = cpdl__feed_steps(L->feed, epochs, L->end_step, &L->end_step)))
     return rc;
@@ -379,9 +385,10 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   rc = cpdl__agree(&L->mesh.world, L->mesh.is_leader ? info.rc : 0);
   if (rc)
     return rc;
-  /* Every replica ends on the same step: the smallest leader's end (the
-   * others hold UINT64_MAX or their steps=). Without epochs that is steps=
-   * on every rank (the configuration is agreed): nothing to exchange. */
+  /* Every replica ends on the same step: the leaders' count (equal on every
+   * leader, the order being global; the others hold UINT64_MAX or steps=).
+   * Without epochs that is steps= on every rank (the configuration is
+   * agreed): nothing to exchange. */
   if (cpdl__config_epochs(&L->cfg)) {
     int64_t end = L->end_step > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)L->end_step;
     if ((rc = cpdl__coll_min_i64(&L->mesh.world, &end, 1, "open (the run's end step)")))
@@ -389,7 +396,7 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
     L->end_step = end == INT64_MAX ? UINT64_MAX : (uint64_t)end;
   }
   if (L->end_step == 0)
-    return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) of the smallest replica "
+    return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) "
                        "hold no whole step of batch=%d rows of seq_len=%lld tokens; use more "
                        "data, more epochs, a smaller batch or seq_len, or fewer replicas",
                        L->cfg.source, (unsigned long long)cpdl__config_epochs(&L->cfg),

@@ -32,11 +32,11 @@ typedef struct cpdl__ring_geometry {
  * [hdr][field records][slot records][consumer records], each table 64-byte
  * aligned, the whole control part page-aligned. */
 #define CPDL__RING_MAGIC UINT64_C(0x474e49524c445043) /* "CPDLRING" little-endian */
-#define CPDL__RING_VERSION 2u /* 2: consumer records carry world_rank and left */
+#define CPDL__RING_VERSION 3u /* 2: consumer records carry world_rank and left; 3: 5 state words */
 #define CPDL__RING_MAX_SLOTS 1024u
 #define CPDL__RING_MAX_REGIONS 64u
 #define CPDL__RING_MAX_CONSUMERS 512u
-#define CPDL__RING_STATE_WORDS 4 /* == CPDL__CURSOR_WORDS (checked in ring.c) */
+#define CPDL__RING_STATE_WORDS 5 /* == CPDL__CURSOR_WORDS (checked in ring.c) */
 #define CPDL__RING_MSG_MAX 512
 typedef struct cpdl__ring_hdr {
   /* written once by the leader before the name is sent; read once by each

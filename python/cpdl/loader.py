@@ -599,9 +599,11 @@ class Loader:
     def state_dict(self):
         """Collective: every rank must call it at the same step (as a
         trainer's checkpoint code does). Returns the WHOLE job's resume state
-        — every replica's cursor — as {"version": 2, "step": k, "state":
-        "<hex>"} (JSON and torch.save friendly); the dict any rank returns
-        restores every rank, so rank 0 alone may write the checkpoint. A held
+        — the position in the global order of rows, the same on every rank —
+        as {"version": 3, "step": k, "state": "<hex>"} (JSON and torch.save
+        friendly); the dict any rank returns restores every rank of a job of
+        any layout (dp, cp, tp, nodes), so rank 0 alone may write the
+        checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
         handle = self._live()
         if self._feed is not None:
@@ -620,10 +622,10 @@ class Loader:
     def load_state_dict(self, state):
         """Collective; only before the first iteration (else cpdl.Error
         CPDL_ESTATE). Every rank loads the same dict (e.g. rank 0's
-        state_dict(), read from its checkpoint): each replica resumes at its
-        own cursor. A state of another layout (dp size, cp, seq_len, source,
-        ...) is cpdl.Error CPDL_ECONFIG naming the key; a damaged state or one
-        of another version CPDL_ESTATE (the C library judges the version
+        state_dict(), read from its checkpoint), under this job's layout, which
+        may differ from the saving job's. A state of another stream (seq_len,
+        source, seed, ...) is cpdl.Error CPDL_ECONFIG naming the key; a damaged
+        state or one of another version CPDL_ESTATE (the C library judges the version
         given here, so a dict of another version is refused as such)."""
         try:
             version = operator.index(state["version"])

@@ -207,35 +207,41 @@ def check_dump(root, cp, where):
 
 
 def check_doc_starts(root, docs, where):
-    """Where each document of the dumped rows begins (each group's rows in step order): a
-    document that does not fit is carried whole to the next row, so every document of a row
-    starts at its source document's first token, except a row's first one when the previous
-    row was one document longer than a row: that continues exactly where the row stopped."""
+    """Where each document of the dumped rows begins, the rows taken in the global order
+    (replica r's step k is global row k*dp + r; docs/design.md#the-global-order): a document
+    that does not fit is carried whole to the next row, so every document of a row starts at
+    its source document's first token, except a row's first one when the previous row was one
+    document longer than a row: that continues exactly where the row stopped."""
     steps = sorted((int(d[4:]), d) for d in os.listdir(root) if d.startswith("step"))
-    groups = sorted(d for d in os.listdir(os.path.join(root, steps[0][1])) if d.startswith("group"))
+    replica = {}  # group -> (dp_rank, dp_size), from the views' meta.json
+    for rank in os.listdir(os.path.join(root, steps[0][1])):
+        if rank.startswith("rank"):
+            m = json.load(open(os.path.join(root, steps[0][1], rank, "meta.json")))
+            replica[m["group"]] = (m["dp_rank"], m["dp_size"])
+    rows = sorted((k * replica[g][1] + replica[g][0], step, "group%d" % g)
+                  for k, step in steps for g in replica)
     bad = []
-    for group in groups:
-        long_doc = None  # (document, offset of the next pair) when the last row was one document
-        for _, step in steps:
-            c = load_dir(os.path.join(root, step, group, "collated"))
-            cu, cup = c["cu_seqlens"], c["cu_seqlens_padded"]
-            ids, labels, seq_len = c["input_ids"][0], c["labels"][0], c["input_ids"].shape[1]
-            n_docs = len(cu) - 1
-            for k in range(n_docs):
-                a, n = int(cup[k]), int(cu[k + 1] - cu[k])
-                text = np.concatenate([ids[a:a + n], labels[a + n - 1:a + n]])
-                if k == 0 and long_doc is not None:
-                    d, off = long_doc
-                    ok = np.array_equal(docs[d][off:off + n + 1], text)
-                    where_ = (d, off)
-                else:
-                    starts = [d for d, doc in enumerate(docs) if np.array_equal(doc[:n + 1], text)]
-                    ok, where_ = bool(starts), (starts[0] if starts else -1, 0)
-                if not ok:
-                    bad.append("%s %s document %d (%d pairs at %d)" % (step, group, k, n, a))
-                long_doc = None
-                if n_docs == 1 and n == seq_len and ok and len(docs[where_[0]]) > where_[1] + n + 1:
-                    long_doc = (where_[0], where_[1] + n)
+    long_doc = None  # (document, offset of the next pair) when the last row was one document
+    for _, step, group in rows:
+        c = load_dir(os.path.join(root, step, group, "collated"))
+        cu, cup = c["cu_seqlens"], c["cu_seqlens_padded"]
+        ids, labels, seq_len = c["input_ids"][0], c["labels"][0], c["input_ids"].shape[1]
+        n_docs = len(cu) - 1
+        for k in range(n_docs):
+            a, n = int(cup[k]), int(cu[k + 1] - cu[k])
+            text = np.concatenate([ids[a:a + n], labels[a + n - 1:a + n]])
+            if k == 0 and long_doc is not None:
+                d, off = long_doc
+                ok = np.array_equal(docs[d][off:off + n + 1], text)
+                where_ = (d, off)
+            else:
+                starts = [d for d, doc in enumerate(docs) if np.array_equal(doc[:n + 1], text)]
+                ok, where_ = bool(starts), (starts[0] if starts else -1, 0)
+            if not ok:
+                bad.append("%s %s document %d (%d pairs at %d)" % (step, group, k, n, a))
+            long_doc = None
+            if n_docs == 1 and n == seq_len and ok and len(docs[where_[0]]) > where_[1] + n + 1:
+                long_doc = (where_[0], where_[1] + n)
     report(not bad, "%s: a document of a row does not start where the packing rule says"
            % where, str(bad[:4]))
 
