@@ -1,0 +1,844 @@
+/* schedule.c — who computes which part of which document in one global batch.
+ *
+ * Owns the three layouts of docs/schedule.md over the pieces of a global batch
+ * (the documents static thd packs into dp*batch rows, in global order):
+ * static (rows filled in order, as the thd collate does), balanced (pieces
+ * moved between rows and replicas, longest first onto the least-loaded
+ * replica with room) and dynamic (a CP size c per piece, short pieces whole on
+ * one rank, long ones over an aligned group of c ranks with the 2c zigzag).
+ * Invariants: pure and deterministic — every decision is a function of the
+ * pieces and the params, ties broken by the lower index, no clock, no
+ * randomness, IEEE doubles without contraction (-std=c11), so every node
+ * computes the same schedule; every piece lands exactly once (static/balanced:
+ * on the cp ranks of one replica; dynamic: on the c members of one group);
+ * each rank's entries tile its block; a rank runs its entries in piece order
+ * (row order for static/balanced), which makes group collectives deadlock-free.
+ * No state across batches beyond reused buffers.
+ */
+#include "schedule.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Per-build scratch, grown on demand and kept across batches. */
+typedef struct {
+  int64_t cap;           /* pieces the per-piece arrays hold */
+  int64_t *order;        /* piece indices, longest first (ties: lower index) */
+  int64_t *tmp;          /* radix scratch */
+  int32_t *row_of;       /* static/balanced: global row (replica*batch + b) of each piece */
+  int32_t *srow_of;      /* static's rows, kept for the fallback */
+  int32_t *c_of, *group_of;           /* dynamic: the pass being tried */
+  int32_t *best_c, *best_group;       /* dynamic: the best pass so far */
+  int64_t *merged;       /* dynamic: the placement order of one pass */
+  int64_t *big, *scratch; /* dynamic: the spread pieces of a pass, merge-sort scratch */
+  double *share;         /* dynamic: each piece's work per member in a pass */
+  int64_t *next;         /* [W] */
+  int64_t *row_room;     /* [dp*batch] */
+  double *load;          /* [max(dp, W)] */
+  int64_t *used;         /* [W] */
+  int32_t *heap, *heap_pos, *side; /* [max(dp, W)] */
+  int64_t *count;        /* [max(rows, W) + 1] */
+} workspace_t;
+
+int cpdl__schedule_parse(const char *name, cpdl__schedule_kind_t *out) {
+  static const char *const names[] = {"static", "balanced", "dynamic"};
+  for (int k = 0; k < 3; k++)
+    if (name && strcmp(name, names[k]) == 0) {
+      *out = (cpdl__schedule_kind_t)k;
+      return 0;
+    }
+  return cpdl__error(CPDL_EARG, "schedule: unknown schedule \"%s\"; expected static, balanced or dynamic",
+                     name ? name : "(null)");
+}
+
+const char *cpdl__schedule_name(cpdl__schedule_kind_t kind) {
+  switch (kind) {
+  case CPDL__SCHEDULE_STATIC: return "static";
+  case CPDL__SCHEDULE_BALANCED: return "balanced";
+  case CPDL__SCHEDULE_DYNAMIC: return "dynamic";
+  }
+  return "?";
+}
+
+int cpdl__schedule_cost_parse(const char *text, double *a, double *b) {
+  char *end;
+  if (!text)
+    goto bad;
+  errno = 0;
+  double x = strtod(text, &end);
+  if (end == text || *end != ',' || errno)
+    goto bad;
+  const char *second = end + 1;
+  double y = strtod(second, &end);
+  if (end == second || *end != '\0' || errno)
+    goto bad;
+  if (!(x >= 0 && y >= 0 && isfinite(x) && isfinite(y) && x + y > 0))
+    goto bad;
+  *a = x;
+  *b = y;
+  return 0;
+bad:
+  return cpdl__error(CPDL_EARG,
+                     "schedule: cost \"%s\" is not a,b with two finite numbers >= 0, not both 0 "
+                     "(work of a document of L tokens: a*L + b*L^2; default %.0f,%.0f)",
+                     text ? text : "(null)", CPDL__SCHEDULE_COST_A, CPDL__SCHEDULE_COST_B);
+}
+
+int cpdl__schedule_check(const cpdl__schedule_params_t *p) {
+  if (!p)
+    return cpdl__error(CPDL_EARG, "schedule: params are NULL");
+  if ((int)p->kind < 0 || (int)p->kind > 2)
+    return cpdl__error(CPDL_EARG, "schedule: unknown kind %d", (int)p->kind);
+  if (p->dp < 1 || p->cp < 1 || p->batch < 1 || p->dp > 65536 || p->cp > 65536 ||
+      (int64_t)p->dp * p->cp > 65536)
+    return cpdl__error(CPDL_EARG, "schedule: dp %d, cp %d, batch %d: each must be >= 1 and dp*cp <= 65536",
+                       p->dp, p->cp, p->batch);
+  if (p->pad_multiple < 2 * p->cp || p->pad_multiple % (2 * p->cp) != 0)
+    return cpdl__error(CPDL_EARG, "schedule: pad_multiple %d must be a multiple of 2*cp = %d",
+                       p->pad_multiple, 2 * p->cp);
+  if (p->seq_len < 1 || p->seq_len >= INT32_MAX || p->seq_len % p->pad_multiple != 0)
+    return cpdl__error(CPDL_EARG, "schedule: seq_len %lld must be a multiple of pad_multiple %d below 2^31",
+                       (long long)p->seq_len, p->pad_multiple);
+  if ((int64_t)p->batch * p->seq_len >= INT32_MAX || (int64_t)p->batch * p->seq_len * p->dp >= INT64_MAX / 4)
+    return cpdl__error(CPDL_EARG, "schedule: batch %d x seq_len %lld must stay below 2^31 tokens per replica",
+                       p->batch, (long long)p->seq_len);
+  if (!(p->cost_a >= 0 && p->cost_b >= 0 && isfinite(p->cost_a) && isfinite(p->cost_b) &&
+        p->cost_a + p->cost_b > 0))
+    return cpdl__error(CPDL_EARG, "schedule: cost %g,%g must be two finite numbers >= 0, not both 0",
+                       p->cost_a, p->cost_b);
+  return 0;
+}
+
+/* Group ids: sizes in increasing order, then the group's index. */
+static int32_t group_base(int n_ranks, int c) {
+  int32_t base = 0;
+  for (int k = 1; k < c; k++)
+    base += n_ranks / k;
+  return base;
+}
+
+int32_t cpdl__schedule_group_id(int n_ranks, int c, int s) {
+  if (c < 1 || c > n_ranks || s < 0 || s / c >= n_ranks / c)
+    return -1;
+  return group_base(n_ranks, c) + s / c;
+}
+
+static int64_t pad_to(int64_t len, int64_t m) { return (len + m - 1) / m * m; }
+
+/* ---- the workspace ---------------------------------------------------------- */
+
+static void ws_free(workspace_t *w) {
+  if (!w)
+    return;
+  free(w->order), free(w->tmp), free(w->row_of), free(w->srow_of), free(w->c_of);
+  free(w->group_of), free(w->best_c), free(w->best_group), free(w->merged);
+  free(w->row_room), free(w->load), free(w->used), free(w->heap), free(w->heap_pos);
+  free(w->side), free(w->count), free(w->big), free(w->scratch), free(w->share), free(w->next);
+  free(w);
+}
+
+static bool grow(void **p, int64_t n, size_t elem) {
+  void *q = realloc(*p, (size_t)(n > 0 ? n : 1) * elem);
+  if (!q)
+    return false;
+  *p = q;
+  return true;
+}
+
+/* Per-piece arrays for n pieces. */
+static int ws_reserve(cpdl__schedule_t *s, int64_t n) {
+  workspace_t *w = s->work;
+  if (n <= w->cap)
+    return 0;
+  int64_t cap = n < 64 ? 64 : n + n / 2;
+  bool ok = grow((void **)&w->order, cap, sizeof(int64_t)) && grow((void **)&w->tmp, cap, sizeof(int64_t)) &&
+            grow((void **)&w->row_of, cap, sizeof(int32_t)) && grow((void **)&w->srow_of, cap, sizeof(int32_t)) &&
+            grow((void **)&w->c_of, cap, sizeof(int32_t)) && grow((void **)&w->group_of, cap, sizeof(int32_t)) &&
+            grow((void **)&w->best_c, cap, sizeof(int32_t)) &&
+            grow((void **)&w->best_group, cap, sizeof(int32_t)) &&
+            grow((void **)&w->merged, cap, sizeof(int64_t)) && grow((void **)&w->big, cap, sizeof(int64_t)) &&
+            grow((void **)&w->scratch, cap, sizeof(int64_t)) && grow((void **)&w->share, cap, sizeof(double)) &&
+            grow((void **)&s->pieces, cap, sizeof(cpdl__schedule_piece_t));
+  if (!ok)
+    return cpdl__error(-ENOMEM, "schedule: no memory for a batch of %lld pieces", (long long)n);
+  w->cap = cap;
+  s->cap_pieces = cap;
+  return 0;
+}
+
+static int subs_reserve(cpdl__schedule_t *s, int64_t n) {
+  if (n <= s->cap_subs)
+    return 0;
+  int64_t cap = n + n / 2;
+  if (!grow((void **)&s->subs, cap, sizeof(cpdl__schedule_sub_t)))
+    return cpdl__error(-ENOMEM, "schedule: no memory for %lld rank entries", (long long)n);
+  s->cap_subs = cap;
+  return 0;
+}
+
+int cpdl__schedule_create(const cpdl__schedule_params_t *params, cpdl__schedule_t **out) {
+  *out = NULL;
+  int rc = cpdl__schedule_check(params);
+  if (rc)
+    return rc;
+  cpdl__schedule_t *s = calloc(1, sizeof *s);
+  workspace_t *w = calloc(1, sizeof *w);
+  if (!s || !w) {
+    free(s);
+    free(w);
+    return cpdl__error(-ENOMEM, "schedule: out of memory");
+  }
+  s->params = *params;
+  s->work = w;
+  s->work_size = sizeof *w;
+  const int W = params->dp * params->cp;
+  s->n_ranks = W;
+  s->block = (int64_t)params->batch * params->seq_len / params->cp;
+  s->n_groups = group_base(W, W + 1);
+  int64_t members = 0;
+  for (int c = 1; c <= W; c++)
+    members += (int64_t)(W / c) * c;
+  const int64_t rows = (int64_t)params->dp * params->batch, many = W > params->dp ? W : params->dp;
+  bool ok = grow((void **)&s->rank_begin, W + 1, sizeof(int64_t)) &&
+            grow((void **)&s->rank_work, W, sizeof(double)) &&
+            grow((void **)&s->group_begin, s->n_groups + 1, sizeof(int32_t)) &&
+            grow((void **)&s->group_ranks, members, sizeof(int32_t)) &&
+            grow((void **)&w->row_room, rows, sizeof(int64_t)) && grow((void **)&w->load, many, sizeof(double)) &&
+            grow((void **)&w->used, W, sizeof(int64_t)) && grow((void **)&w->next, W, sizeof(int64_t)) &&
+            grow((void **)&w->heap, many, sizeof(int32_t)) &&
+            grow((void **)&w->heap_pos, many, sizeof(int32_t)) && grow((void **)&w->side, many, sizeof(int32_t)) &&
+            grow((void **)&w->count, (rows > W ? rows : W) + 1, sizeof(int64_t));
+  if (!ok) {
+    cpdl__schedule_destroy(s);
+    return cpdl__error(-ENOMEM, "schedule: no memory for dp %d x cp %d (%d groups)", params->dp,
+                       params->cp, s->n_groups);
+  }
+  int32_t g = 0, at = 0;
+  for (int c = 1; c <= W; c++)
+    for (int k = 0; k < W / c; k++) {
+      s->group_begin[g++] = at;
+      for (int j = 0; j < c; j++)
+        s->group_ranks[at++] = k * c + j;
+    }
+  s->group_begin[g] = at;
+  *out = s;
+  return 0;
+}
+
+void cpdl__schedule_destroy(cpdl__schedule_t *s) {
+  if (!s)
+    return;
+  ws_free(s->work);
+  free(s->pieces);
+  free(s->rank_begin);
+  free(s->subs);
+  free(s->rank_work);
+  free(s->group_begin);
+  free(s->group_ranks);
+  free(s);
+}
+
+/* ---- the global batch (static thd's cut) ------------------------------------ */
+
+int64_t cpdl__schedule_cut(const cpdl__schedule_params_t *p, const int64_t *lens, int64_t n,
+                           int64_t first_doc_id, int64_t first_offset, cpdl__schedule_piece_t *out,
+                           int64_t cap, int64_t *n_out, int64_t *next_doc, int64_t *next_offset) {
+  int rc = cpdl__schedule_check(p);
+  if (rc)
+    return rc;
+  if (n < 0 || (n > 0 && !lens) || !out || !n_out || !next_doc || !next_offset)
+    return cpdl__error(CPDL_EARG, "schedule: cut needs lens, out and the three results");
+  if (first_offset < 0 || (first_offset > 0 && (n == 0 || first_offset >= lens[0])))
+    return cpdl__error(CPDL_EARG, "schedule: first_offset %lld is past document %lld's %lld pairs",
+                       (long long)first_offset, (long long)first_doc_id, n ? (long long)lens[0] : 0LL);
+  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch;
+  int64_t rows = 0, at = 0, i = 0, off = first_offset, count = 0;
+  while (i < n && rows < R) {
+    int64_t rest = lens[i] - off;
+    if (rest <= 0) { /* no pair (or a negative length): thd skips it */
+      i++, off = 0;
+      continue;
+    }
+    int64_t padded = pad_to(rest, m);
+    if (at > 0 && padded > S - at) { /* waits for the next row; the tail pads this one */
+      rows++, at = 0;
+      continue;
+    }
+    int64_t take = rest;
+    if (padded > S) /* longer than a row (at == 0 here): fills it, continues in the next */
+      take = padded = S;
+    if (count == cap)
+      return cpdl__error(CPDL_EARG, "schedule: cut: more than cap = %lld pieces", (long long)cap);
+    out[count++] = (cpdl__schedule_piece_t){first_doc_id + i, off, take};
+    at += padded, off += take;
+    if (off == lens[i])
+      i++, off = 0;
+    if (at == S)
+      rows++, at = 0;
+  }
+  if (at > 0)
+    rows++; /* the data ran out inside this row */
+  *n_out = count;
+  *next_doc = i;
+  *next_offset = off;
+  return rows;
+}
+
+/* ---- ordering ----------------------------------------------------------------- */
+
+/* w->order = piece indices by length, longest first, ties by index (LSD radix
+ * on 33 bits of (2^31 - 1 - len): stable, O(n), ~10 us at 10K pieces). */
+static void sort_longest_first(cpdl__schedule_t *s) {
+  workspace_t *w = s->work;
+  const int64_t n = s->n_pieces;
+  int64_t *src = w->order, *dst = w->tmp;
+  for (int64_t i = 0; i < n; i++)
+    src[i] = i;
+  for (int shift = 0; shift < 33; shift += 11) {
+    int64_t count[2049] = {0};
+    for (int64_t i = 0; i < n; i++)
+      count[(((uint64_t)(INT32_MAX - s->pieces[src[i]].len)) >> shift & 2047) + 1]++;
+    for (int d = 0; d < 2048; d++)
+      count[d + 1] += count[d];
+    for (int64_t i = 0; i < n; i++)
+      dst[count[((uint64_t)(INT32_MAX - s->pieces[src[i]].len)) >> shift & 2047]++] = src[i];
+    int64_t *t = src;
+    src = dst, dst = t;
+  }
+  if (src != w->order)
+    memcpy(w->order, src, (size_t)n * sizeof *src);
+}
+
+/* ---- a min-heap of ids keyed by (load, id) -------------------------------------- */
+
+typedef struct {
+  int32_t *a, *pos;
+  const double *load;
+  int n;
+} heap_t;
+
+static bool heap_less(const heap_t *h, int32_t x, int32_t y) {
+  return h->load[x] < h->load[y] || (h->load[x] == h->load[y] && x < y);
+}
+
+static void heap_swap(heap_t *h, int i, int j) {
+  int32_t t = h->a[i];
+  h->a[i] = h->a[j], h->a[j] = t;
+  h->pos[h->a[i]] = i, h->pos[h->a[j]] = j;
+}
+
+static void heap_up(heap_t *h, int i) {
+  while (i > 0 && heap_less(h, h->a[i], h->a[(i - 1) / 2]))
+    heap_swap(h, i, (i - 1) / 2), i = (i - 1) / 2;
+}
+
+static void heap_down(heap_t *h, int i) {
+  for (;;) {
+    int l = 2 * i + 1, r = l + 1, m = i;
+    if (l < h->n && heap_less(h, h->a[l], h->a[m]))
+      m = l;
+    if (r < h->n && heap_less(h, h->a[r], h->a[m]))
+      m = r;
+    if (m == i)
+      return;
+    heap_swap(h, i, m), i = m;
+  }
+}
+
+static void heap_init(heap_t *h, int32_t *a, int32_t *pos, const double *load, int n) {
+  h->a = a, h->pos = pos, h->load = load, h->n = n;
+  for (int i = 0; i < n; i++)
+    a[i] = i, pos[i] = i;
+  for (int i = n / 2 - 1; i >= 0; i--)
+    heap_down(h, i);
+}
+
+static void heap_push(heap_t *h, int32_t id) {
+  h->a[h->n] = id, h->pos[id] = h->n;
+  heap_up(h, h->n++);
+}
+
+static int32_t heap_pop(heap_t *h) {
+  int32_t top = h->a[0];
+  heap_swap(h, 0, --h->n);
+  heap_down(h, 0);
+  return top;
+}
+
+/* The least-loaded id for which fits(id) holds (ties: lower id), left in the
+ * heap; -1 if none. Ids that cannot take even the smallest piece (room <
+ * min_room) leave the heap for good. */
+typedef bool (*fits_fn)(const void *arg, int32_t id, int64_t need);
+static int32_t heap_find(heap_t *h, int32_t *side, fits_fn fits, const void *arg, int64_t need,
+                         int64_t min_room) {
+  int n_side = 0;
+  int32_t found = -1;
+  while (h->n > 0) {
+    int32_t top = h->a[0];
+    if (fits(arg, top, need)) {
+      found = top;
+      break;
+    }
+    heap_pop(h);
+    if (fits(arg, top, min_room))
+      side[n_side++] = top;
+  }
+  while (n_side > 0)
+    heap_push(h, side[--n_side]);
+  return found;
+}
+
+/* ---- static and balanced: pieces to rows ----------------------------------------- */
+
+/* Static's rows (the cut's rule over the pieces, in order) into w->srow_of.
+ * \return 0 or CPDL_EARG when they need more than dp*batch rows. */
+static int static_rows(cpdl__schedule_t *s) {
+  workspace_t *w = s->work;
+  const int64_t S = s->params.seq_len, m = s->params.pad_multiple, R = (int64_t)s->params.dp * s->params.batch;
+  int64_t row = 0, at = 0;
+  for (int64_t i = 0; i < s->n_pieces; i++) {
+    int64_t padded = pad_to(s->pieces[i].len, m);
+    if (at > 0 && padded > S - at)
+      row++, at = 0;
+    w->srow_of[i] = (int32_t)row;
+    at += padded;
+    if (at == S)
+      row++, at = 0;
+  }
+  int64_t need = row + (at > 0);
+  if (need > R)
+    return cpdl__error(CPDL_EARG,
+                       "schedule: the batch's %lld pieces need %lld rows of seq_len %lld in static order; "
+                       "dp*batch is %lld (a global batch is what cpdl__schedule_cut returns)",
+                       (long long)s->n_pieces, (long long)need, (long long)S, (long long)R);
+  return 0;
+}
+
+typedef struct {
+  const int64_t *row_room;
+  int batch;
+} replica_fit_t;
+
+static bool replica_fits(const void *arg, int32_t r, int64_t need) {
+  const replica_fit_t *f = arg;
+  for (int b = 0; b < f->batch; b++)
+    if (f->row_room[(int64_t)r * f->batch + b] >= need)
+      return true;
+  return false;
+}
+
+/* Longest first, each onto the least-loaded replica that has a row with room
+ * (its best-fitting row: the least room that suffices). \return false when a
+ * piece fits nowhere. */
+static bool balanced_rows(cpdl__schedule_t *s) {
+  workspace_t *w = s->work;
+  const cpdl__schedule_params_t *p = &s->params;
+  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch;
+  for (int64_t q = 0; q < R; q++)
+    w->row_room[q] = S;
+  for (int r = 0; r < p->dp; r++)
+    w->load[r] = 0;
+  heap_t h;
+  heap_init(&h, w->heap, w->heap_pos, w->load, p->dp);
+  replica_fit_t fit = {w->row_room, p->batch};
+  for (int64_t k = 0; k < s->n_pieces; k++) {
+    int64_t i = w->order[k], padded = pad_to(s->pieces[i].len, m);
+    int32_t r = heap_find(&h, w->side, replica_fits, &fit, padded, m);
+    if (r < 0)
+      return false;
+    int64_t best = -1;
+    for (int b = 0; b < p->batch; b++) {
+      int64_t q = (int64_t)r * p->batch + b;
+      if (w->row_room[q] >= padded && (best < 0 || w->row_room[q] < w->row_room[best]))
+        best = q;
+    }
+    w->row_of[i] = (int32_t)best;
+    w->row_room[best] -= padded;
+    w->load[r] += cpdl__schedule_cost(p, s->pieces[i].len);
+    heap_down(&h, h.pos[r]);
+  }
+  return true;
+}
+
+/* Rank entries of a row layout (row_of: each piece's global row). In each row
+ * the pieces keep their order and the last one's padding takes the row's
+ * tail, as the thd collate's; an empty row is one padding entry. */
+static int emit_rows(cpdl__schedule_t *s, const int32_t *row_of) {
+  workspace_t *w = s->work;
+  const cpdl__schedule_params_t *p = &s->params;
+  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch, n = s->n_pieces;
+  const int cp = p->cp;
+  /* Pieces grouped by row, in piece order within each (counting sort). */
+  int64_t *start = w->count, *by_row = w->tmp;
+  memset(start, 0, (size_t)(R + 1) * sizeof *start);
+  for (int64_t i = 0; i < n; i++)
+    start[row_of[i] + 1]++;
+  for (int64_t q = 0; q < R; q++)
+    start[q + 1] += start[q];
+  for (int64_t i = 0; i < n; i++)
+    by_row[start[row_of[i]]++] = i;
+  for (int64_t q = R; q > 0; q--)
+    start[q] = start[q - 1];
+  start[0] = 0;
+  int64_t total = 0;
+  for (int r = 0; r < p->dp; r++) {
+    int64_t e = 0;
+    for (int b = 0; b < p->batch; b++) {
+      int64_t q = (int64_t)r * p->batch + b, k = start[q + 1] - start[q];
+      e += k ? k : 1;
+    }
+    total += e * cp;
+  }
+  int rc = subs_reserve(s, total);
+  if (rc)
+    return rc;
+  int64_t at_sub = 0;
+  for (int r = 0; r < p->dp; r++) {
+    const int32_t group = cpdl__schedule_group_id(s->n_ranks, cp, r * cp);
+    for (int j = 0; j < cp; j++) {
+      const int rank = r * cp + j;
+      s->rank_begin[rank] = at_sub;
+      double work = 0;
+      for (int b = 0; b < p->batch; b++) {
+        int64_t q = (int64_t)r * p->batch + b, off = 0;
+        if (start[q + 1] == start[q]) {
+          s->subs[at_sub++] = (cpdl__schedule_sub_t){-1, 0, 0, S, (int64_t)b * S / cp, group, j, b, -1};
+          continue;
+        }
+        for (int64_t k = start[q]; k < start[q + 1]; k++) {
+          int64_t i = by_row[k];
+          const cpdl__schedule_piece_t *pc = &s->pieces[i];
+          int64_t padded = k + 1 == start[q + 1] ? S - off : pad_to(pc->len, m);
+          s->subs[at_sub++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, padded,
+                                                     ((int64_t)b * S + off) / cp, group, j, b, (int32_t)i};
+          work += cpdl__schedule_cost(p, pc->len) / cp;
+          off += padded;
+        }
+      }
+      s->rank_work[rank] = work;
+    }
+  }
+  s->rank_begin[s->n_ranks] = at_sub;
+  return 0;
+}
+
+/* ---- dynamic: a CP size per piece ------------------------------------------------ */
+
+typedef struct {
+  const int64_t *used;
+  int64_t block;
+} rank_fit_t;
+
+static bool rank_fits(const void *arg, int32_t r, int64_t need) {
+  const rank_fit_t *f = arg;
+  return f->used[r] + need <= f->block;
+}
+
+/* The share of each of c ranks: two zigzag chunks of ceil(len / 2c). */
+static int64_t share_of(int64_t len, int c) { return 2 * ((len + 2 * c - 1) / (2 * (int64_t)c)); }
+
+/* Sort a[0..n) by share descending, ties by lower index: bottom-up merge
+ * sort (stable, O(n log n), no global state: schedules may run in threads). */
+static void sort_by_share(int64_t *a, int64_t *scratch, int64_t n, const double *share) {
+  int64_t *src = a, *dst = scratch;
+  for (int64_t width = 1; width < n; width *= 2) {
+    for (int64_t lo = 0; lo < n; lo += 2 * width) {
+      int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+      int64_t i = lo, j = mid, k = lo;
+      while (i < mid && j < hi) {
+        int64_t x = src[i], y = src[j];
+        bool left = share[x] > share[y] || (share[x] == share[y] && x < y);
+        dst[k++] = left ? src[i++] : src[j++];
+      }
+      while (i < mid)
+        dst[k++] = src[i++];
+      while (j < hi)
+        dst[k++] = src[j++];
+    }
+    int64_t *t = src;
+    src = dst, dst = t;
+  }
+  if (src != a)
+    memcpy(a, src, (size_t)n * sizeof *a);
+}
+
+/* One pass: pieces whose work exceeds theta * (mean rank work) are spread over
+ * c = ceil(work / (theta * mean)) ranks (at least what the block's capacity
+ * needs), placed first by per-rank share onto the aligned group of c with the
+ * least-loaded busiest member; the rest whole on the least-loaded rank with
+ * room (LPT). A piece that fits nowhere at its c tries c + 1, ... n_ranks.
+ * \return the largest rank work, or -1 when some piece fits nowhere. */
+static double dynamic_pass(cpdl__schedule_t *s, double theta, double mean) {
+  workspace_t *w = s->work;
+  double *share = w->share;
+  int64_t *big = w->big;
+  const cpdl__schedule_params_t *p = &s->params;
+  const int W = s->n_ranks;
+  const int64_t n = s->n_pieces, C = s->block;
+  int64_t n_big = 0;
+  for (int64_t k = 0; k < n; k++) {
+    int64_t i = w->order[k], len = s->pieces[i].len;
+    double work = cpdl__schedule_cost(p, len);
+    int c = 1;
+    if (theta > 0 && mean > 0 && work > theta * mean) {
+      double want = ceil(work / (theta * mean));
+      c = want >= W ? W : (int)want;
+    }
+    while (c < W && share_of(len, c) > C)
+      c++;
+    w->c_of[i] = c;
+    share[i] = work / c;
+    if (c > 1)
+      big[n_big++] = i;
+  }
+  sort_by_share(big, w->scratch, n_big, share);
+  /* Merge big (by share) and the singles (longest first = largest share first). */
+  int64_t nb = 0, ns = 0, nm = 0;
+  while (nm < n) {
+    while (ns < n && w->c_of[w->order[ns]] > 1)
+      ns++;
+    bool take_big = nb < n_big && (ns >= n || share[big[nb]] > share[w->order[ns]] ||
+                                   (share[big[nb]] == share[w->order[ns]] && big[nb] < w->order[ns]));
+    w->merged[nm++] = take_big ? big[nb++] : w->order[ns++];
+  }
+  for (int r = 0; r < W; r++)
+    w->load[r] = 0, w->used[r] = 0;
+  heap_t h;
+  heap_init(&h, w->heap, w->heap_pos, w->load, W);
+  rank_fit_t fit = {w->used, C};
+  for (int64_t k = 0; k < n; k++) {
+    int64_t i = w->merged[k], len = s->pieces[i].len;
+    double work = cpdl__schedule_cost(p, len);
+    int32_t group = -1;
+    int c = w->c_of[i];
+    for (; c <= W && group < 0; c++) {
+      int64_t t = share_of(len, c);
+      if (t > C)
+        continue;
+      if (c == 1) {
+        int32_t r = heap_find(&h, w->side, rank_fits, &fit, t, 2);
+        if (r < 0)
+          continue;
+        group = cpdl__schedule_group_id(W, 1, r);
+        w->used[r] += t;
+        w->load[r] += work;
+        heap_down(&h, h.pos[r]);
+        break;
+      }
+      double best = 0;
+      int best_k = -1;
+      for (int g = 0; g < W / c; g++) {
+        double busiest = 0;
+        bool room = true;
+        for (int j = 0; j < c && room; j++) {
+          int r = g * c + j;
+          room = w->used[r] + t <= C;
+          if (w->load[r] > busiest)
+            busiest = w->load[r];
+        }
+        if (room && (best_k < 0 || busiest < best))
+          best = busiest, best_k = g;
+      }
+      if (best_k < 0)
+        continue;
+      group = cpdl__schedule_group_id(W, c, best_k * c);
+      for (int j = 0; j < c; j++) {
+        int r = best_k * c + j;
+        w->used[r] += t;
+        w->load[r] += work / c;
+        /* The ranks left the heap only when full; a member can be out of it. */
+        if (h.pos[r] < h.n && h.a[h.pos[r]] == r)
+          heap_down(&h, h.pos[r]);
+      }
+      break;
+    }
+    if (group < 0)
+      return -1;
+    w->c_of[i] = c;
+    w->group_of[i] = group;
+  }
+  double max = 0;
+  for (int r = 0; r < W; r++)
+    if (w->load[r] > max)
+      max = w->load[r];
+  return max;
+}
+
+/* Rank entries of a dynamic layout: each rank's pieces in piece order, its
+ * share after the previous ones, then one padding entry for the block's rest. */
+static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t *group_of) {
+  workspace_t *w = s->work;
+  const cpdl__schedule_params_t *p = &s->params;
+  const int W = s->n_ranks;
+  const int64_t n = s->n_pieces, C = s->block;
+  int64_t *count = w->count;
+  memset(count, 0, (size_t)(W + 1) * sizeof *count);
+  for (int64_t i = 0; i < n; i++) {
+    const int32_t *m = s->group_ranks + s->group_begin[group_of[i]];
+    for (int j = 0; j < c_of[i]; j++)
+      count[m[j] + 1]++;
+  }
+  for (int r = 0; r < W; r++)
+    count[r + 1] += count[r] + 1; /* + the padding entry (dropped when the block is full) */
+  int rc = subs_reserve(s, count[W]);
+  if (rc)
+    return rc;
+  for (int r = 0; r < W; r++)
+    w->used[r] = 0, s->rank_work[r] = 0;
+  /* count[r] is now rank r's next free entry (entries placed from count[r]). */
+  int64_t *next = w->next;
+  for (int r = 0; r < W; r++)
+    next[r] = count[r];
+  for (int64_t i = 0; i < n; i++) {
+    const int32_t *m = s->group_ranks + s->group_begin[group_of[i]];
+    const cpdl__schedule_piece_t *pc = &s->pieces[i];
+    const int c = c_of[i];
+    const int64_t t = share_of(pc->len, c);
+    const double work = cpdl__schedule_cost(p, pc->len) / c;
+    for (int j = 0; j < c; j++) {
+      int r = m[j];
+      s->subs[next[r]++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, t * c, w->used[r],
+                                                  group_of[i], j, 0, (int32_t)i};
+      w->used[r] += t;
+      s->rank_work[r] += work;
+    }
+  }
+  /* Compact: padding entries where a block is not full, ranks back to back. */
+  int64_t at = 0;
+  for (int r = 0; r < W; r++) {
+    int64_t from = count[r], to = next[r];
+    s->rank_begin[r] = at;
+    memmove(s->subs + at, s->subs + from, (size_t)(to - from) * sizeof *s->subs);
+    at += to - from;
+    if (w->used[r] < C)
+      s->subs[at++] = (cpdl__schedule_sub_t){-1, 0, 0, C - w->used[r], w->used[r],
+                                             cpdl__schedule_group_id(W, 1, r), 0, 0, -1};
+  }
+  s->rank_begin[W] = at;
+  return 0;
+}
+
+/* The static layout as dynamic groups: each replica's pieces on its cp group. */
+static void static_as_groups(cpdl__schedule_t *s) {
+  workspace_t *w = s->work;
+  for (int64_t i = 0; i < s->n_pieces; i++) {
+    int r = w->srow_of[i] / s->params.batch;
+    w->best_c[i] = s->params.cp;
+    w->best_group[i] = cpdl__schedule_group_id(s->n_ranks, s->params.cp, r * s->params.cp);
+  }
+}
+
+/* ---- build ------------------------------------------------------------------------ */
+
+static int split_pieces(cpdl__schedule_t *s, const cpdl__schedule_piece_t *in, int64_t n) {
+  const int64_t S = s->params.seq_len;
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (in[i].len < 1 || in[i].offset < 0 || in[i].doc_id < 0)
+      return cpdl__error(CPDL_EARG,
+                         "schedule: piece %lld (document %lld, offset %lld, len %lld) needs len >= 1, "
+                         "offset >= 0 and doc_id >= 0",
+                         (long long)i, (long long)in[i].doc_id, (long long)in[i].offset, (long long)in[i].len);
+    total += (in[i].len + S - 1) / S;
+    if (total >= INT32_MAX)
+      return cpdl__error(CPDL_EARG, "schedule: more than 2^31 pieces in one batch");
+  }
+  int rc = ws_reserve(s, total);
+  if (rc)
+    return rc;
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t off = 0; off < in[i].len; off += S)
+      s->pieces[k++] = (cpdl__schedule_piece_t){in[i].doc_id, in[i].offset + off,
+                                                in[i].len - off < S ? in[i].len - off : S};
+  s->n_pieces = k;
+  return 0;
+}
+
+int cpdl__schedule_build(cpdl__schedule_t *s, const cpdl__schedule_piece_t *pieces, int64_t n) {
+  if (!s || n < 0 || (n > 0 && !pieces))
+    return cpdl__error(CPDL_EARG, "schedule: build needs a schedule and n >= 0 pieces");
+  int rc = split_pieces(s, pieces, n);
+  if (rc)
+    return rc;
+  workspace_t *w = s->work;
+  rc = static_rows(s);
+  if (rc)
+    return rc;
+  s->fell_back = 0;
+  const cpdl__schedule_params_t *p = &s->params;
+  if (p->kind == CPDL__SCHEDULE_STATIC)
+    rc = emit_rows(s, w->srow_of);
+  else if (p->kind == CPDL__SCHEDULE_BALANCED) {
+    sort_longest_first(s);
+    if (balanced_rows(s))
+      rc = emit_rows(s, w->row_of);
+    else {
+      s->fell_back = 1;
+      rc = emit_rows(s, w->srow_of);
+    }
+  } else {
+    sort_longest_first(s);
+    double total = 0;
+    for (int64_t i = 0; i < s->n_pieces; i++)
+      total += cpdl__schedule_cost(p, s->pieces[i].len);
+    const double mean = total / s->n_ranks;
+    /* Passes from less splitting to more; a later pass must beat the best by
+     * 0.5% to win, so near-ties keep the fewer, smaller groups. */
+    static const double thetas[] = {1.0, 0.5, 0.25};
+    double best = -1;
+    for (size_t t = 0; t < sizeof thetas / sizeof thetas[0]; t++) {
+      double max = dynamic_pass(s, thetas[t], mean);
+      if (max >= 0 && (best < 0 || max < best * 0.995)) {
+        best = max;
+        memcpy(w->best_c, w->c_of, (size_t)s->n_pieces * sizeof *w->c_of);
+        memcpy(w->best_group, w->group_of, (size_t)s->n_pieces * sizeof *w->group_of);
+      }
+      if (best >= 0 && best <= mean * 1.001)
+        break; /* no pass can do better than the mean */
+    }
+    if (best < 0) {
+      s->fell_back = 1;
+      static_as_groups(s);
+    }
+    rc = emit_dynamic(s, w->best_c, w->best_group);
+  }
+  if (rc)
+    return rc;
+  s->total_work = 0;
+  for (int r = 0; r < s->n_ranks; r++)
+    s->total_work += s->rank_work[r];
+  return 0;
+}
+
+int64_t cpdl__schedule_rank_cu(const cpdl__schedule_t *s, int r, int32_t *cu_seqlens, int32_t *cu_padded,
+                               int32_t *cu_local) {
+  if (!s || r < 0 || r >= s->n_ranks)
+    return cpdl__error(CPDL_EARG, "schedule: rank %d is outside 0 .. %d", r, s ? s->n_ranks - 1 : -1);
+  const int64_t begin = s->rank_begin[r], n = s->rank_begin[r + 1] - begin;
+  int64_t real = 0, padded = 0;
+  if (cu_seqlens)
+    cu_seqlens[0] = 0;
+  if (cu_padded)
+    cu_padded[0] = 0;
+  if (cu_local)
+    cu_local[0] = 0;
+  for (int64_t k = 0; k < n; k++) {
+    const cpdl__schedule_sub_t *e = &s->subs[begin + k];
+    const int32_t c = s->group_begin[e->group + 1] - s->group_begin[e->group];
+    real += e->len;
+    padded += e->padded;
+    if (padded > INT32_MAX) /* dynamic: whole lengths of many spread pieces */
+      return cpdl__error(CPDL_EOVERFLOW, "schedule: rank %d's cu_seqlens_padded passes 2^31 at entry %lld",
+                         r, (long long)k);
+    if (cu_seqlens)
+      cu_seqlens[k + 1] = (int32_t)real;
+    if (cu_padded)
+      cu_padded[k + 1] = (int32_t)padded;
+    if (cu_local)
+      cu_local[k + 1] = (int32_t)(e->local_start + e->padded / c);
+  }
+  return n;
+}
