@@ -34,11 +34,14 @@ typedef struct {
   int64_t *merged;       /* dynamic: the placement order of one pass */
   int64_t *big, *scratch; /* dynamic: the spread pieces of a pass, merge-sort scratch */
   double *share;         /* dynamic: each piece's work per member in a pass */
+  double *cost;          /* each piece's work, whole (computed once per build) */
   int64_t *next;         /* [W] */
   int64_t *row_room;     /* [dp*batch] */
   double *load;          /* [max(dp, W)] */
   int64_t *used;         /* [W] */
-  int32_t *heap, *heap_pos, *side; /* [max(dp, W)] */
+  int32_t *heap, *heap_pos, *side; /* [max(dp, W)]; side: the parked ids */
+  int64_t *park_key;     /* [max(dp, W)] */
+  int32_t *fill_ids, *fill_scratch; /* [max(dp, W)]: ids by load for the water fill */
   int64_t *count;        /* [max(rows, W) + 1] */
 } workspace_t;
 
@@ -134,8 +137,9 @@ static void ws_free(workspace_t *w) {
     return;
   free(w->order), free(w->tmp), free(w->row_of), free(w->srow_of), free(w->c_of);
   free(w->group_of), free(w->best_c), free(w->best_group), free(w->merged);
-  free(w->row_room), free(w->load), free(w->used), free(w->heap), free(w->heap_pos);
-  free(w->side), free(w->count), free(w->big), free(w->scratch), free(w->share), free(w->next);
+  free(w->row_room), free(w->load), free(w->used), free(w->heap), free(w->heap_pos), free(w->park_key);
+  free(w->fill_ids), free(w->fill_scratch);
+  free(w->side), free(w->count), free(w->big), free(w->scratch), free(w->share), free(w->next), free(w->cost);
   free(w);
 }
 
@@ -160,6 +164,7 @@ static int ws_reserve(cpdl__schedule_t *s, int64_t n) {
             grow((void **)&w->best_group, cap, sizeof(int32_t)) &&
             grow((void **)&w->merged, cap, sizeof(int64_t)) && grow((void **)&w->big, cap, sizeof(int64_t)) &&
             grow((void **)&w->scratch, cap, sizeof(int64_t)) && grow((void **)&w->share, cap, sizeof(double)) &&
+            grow((void **)&w->cost, cap, sizeof(double)) &&
             grow((void **)&s->pieces, cap, sizeof(cpdl__schedule_piece_t));
   if (!ok)
     return cpdl__error(-ENOMEM, "schedule: no memory for a batch of %lld pieces", (long long)n);
@@ -209,6 +214,9 @@ int cpdl__schedule_create(const cpdl__schedule_params_t *params, cpdl__schedule_
             grow((void **)&w->used, W, sizeof(int64_t)) && grow((void **)&w->next, W, sizeof(int64_t)) &&
             grow((void **)&w->heap, many, sizeof(int32_t)) &&
             grow((void **)&w->heap_pos, many, sizeof(int32_t)) && grow((void **)&w->side, many, sizeof(int32_t)) &&
+            grow((void **)&w->park_key, many, sizeof(int64_t)) &&
+            grow((void **)&w->fill_ids, many, sizeof(int32_t)) &&
+            grow((void **)&w->fill_scratch, many, sizeof(int32_t)) &&
             grow((void **)&w->count, (rows > W ? rows : W) + 1, sizeof(int64_t));
   if (!ok) {
     cpdl__schedule_destroy(s);
@@ -367,27 +375,111 @@ static int32_t heap_pop(heap_t *h) {
   return top;
 }
 
-/* The least-loaded id for which fits(id) holds (ties: lower id), left in the
- * heap; -1 if none. Ids that cannot take even the smallest piece (room <
- * min_room) leave the heap for good. */
-typedef bool (*fits_fn)(const void *arg, int32_t id, int64_t need);
-static int32_t heap_find(heap_t *h, int32_t *side, fits_fn fits, const void *arg, int64_t need,
-                         int64_t min_room) {
-  int n_side = 0;
-  int32_t found = -1;
+/* Ids that lacked room, parked in a max-heap by the room they had then
+ * (their room only shrinks while parked, so the key is an upper bound). */
+typedef struct {
+  int32_t *a;
+  int64_t *key; /* by id */
+  int n;
+} park_t;
+
+static void park_push(park_t *p, int32_t id, int64_t room) {
+  int i = p->n++;
+  p->key[id] = room;
+  p->a[i] = id;
+  while (i > 0 && (p->key[p->a[(i - 1) / 2]] < p->key[p->a[i]] ||
+                   (p->key[p->a[(i - 1) / 2]] == p->key[p->a[i]] && p->a[(i - 1) / 2] > p->a[i]))) {
+    int32_t t = p->a[i];
+    p->a[i] = p->a[(i - 1) / 2], p->a[(i - 1) / 2] = t;
+    i = (i - 1) / 2;
+  }
+}
+
+static int32_t park_pop(park_t *p) {
+  int32_t top = p->a[0];
+  p->a[0] = p->a[--p->n];
+  for (int i = 0;;) {
+    int l = 2 * i + 1, r = l + 1, m = i;
+    if (l < p->n && (p->key[p->a[l]] > p->key[p->a[m]] || (p->key[p->a[l]] == p->key[p->a[m]] && p->a[l] < p->a[m])))
+      m = l;
+    if (r < p->n && (p->key[p->a[r]] > p->key[p->a[m]] || (p->key[p->a[r]] == p->key[p->a[m]] && p->a[r] < p->a[m])))
+      m = r;
+    if (m == i)
+      break;
+    int32_t t = p->a[i];
+    p->a[i] = p->a[m], p->a[m] = t;
+    i = m;
+  }
+  return top;
+}
+
+/* The least-loaded id whose room() >= need (ties: lower id), left in the
+ * heap; -1 if none. Callers ask with non-increasing `need` (pieces longest
+ * first), so an id without room is parked until the need drops to what it
+ * had: each id is parked at most once per piece it receives, O(log n) per
+ * call amortized. Ids below min_room can take nothing more: dropped. */
+typedef int64_t (*room_fn)(const void *arg, int32_t id);
+static int32_t heap_find(heap_t *h, park_t *park, room_fn room, const void *arg, int64_t need, int64_t min_room) {
+  while (park->n > 0 && park->key[park->a[0]] >= need)
+    heap_push(h, park_pop(park));
   while (h->n > 0) {
     int32_t top = h->a[0];
-    if (fits(arg, top, need)) {
-      found = top;
-      break;
-    }
+    int64_t have = room(arg, top);
+    if (have >= need)
+      return top;
     heap_pop(h);
-    if (fits(arg, top, min_room))
-      side[n_side++] = top;
+    if (have >= min_room)
+      park_push(park, top, have);
   }
-  while (n_side > 0)
-    heap_push(h, side[--n_side]);
-  return found;
+  return -1;
+}
+
+/* ---- the water fill of the small pieces ------------------------------------------ */
+
+/* Pieces whose work is below mean / SMALL_SHARE are "small": after the large
+ * ones are placed longest-first with the heap (LPT), the small ones fill the
+ * least-loaded ids up to a common level in one sweep — one sort of n ids
+ * instead of a heap operation per piece — each id overshooting the level by
+ * at most half a small piece, i.e. 1/128 of the mean. */
+#define SMALL_SHARE 64.0
+
+/* ids[0..n) = 0..n-1 by load ascending, ties by id (merge sort). */
+static void sort_ids_by_load(int32_t *ids, int32_t *scratch, int n, const double *load) {
+  for (int i = 0; i < n; i++)
+    ids[i] = i;
+  int32_t *src = ids, *dst = scratch;
+  for (int width = 1; width < n; width *= 2) {
+    for (int lo = 0; lo < n; lo += 2 * width) {
+      int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+      int i = lo, j = mid, k = lo;
+      while (i < mid && j < hi)
+        dst[k++] = load[src[j]] < load[src[i]] ? src[j++] : src[i++]; /* stable: ties keep the lower id */
+      while (i < mid)
+        dst[k++] = src[i++];
+      while (j < hi)
+        dst[k++] = src[j++];
+    }
+    int32_t *t = src;
+    src = dst, dst = t;
+  }
+  if (src != ids)
+    memcpy(ids, src, (size_t)n * sizeof *ids);
+}
+
+/* The level L that `work` more raises the least-loaded ids to: the smallest
+ * k with (work + the k lowest loads) / k <= the (k+1)-th load. *n_below = k. */
+static double water_level(const int32_t *ids, int n, const double *load, double work, int *n_below) {
+  double sum = 0;
+  for (int k = 1; k <= n; k++) {
+    sum += load[ids[k - 1]];
+    double level = (work + sum) / k;
+    if (k == n || level <= load[ids[k]]) {
+      *n_below = k;
+      return level;
+    }
+  }
+  *n_below = n;
+  return work; /* n == 0: unreachable for callers (n >= 1) */
 }
 
 /* ---- static and balanced: pieces to rows ----------------------------------------- */
@@ -421,43 +513,89 @@ typedef struct {
   int batch;
 } replica_fit_t;
 
-static bool replica_fits(const void *arg, int32_t r, int64_t need) {
+static int64_t replica_room(const void *arg, int32_t r) {
   const replica_fit_t *f = arg;
+  int64_t most = 0;
   for (int b = 0; b < f->batch; b++)
-    if (f->row_room[(int64_t)r * f->batch + b] >= need)
-      return true;
-  return false;
+    if (f->row_room[(int64_t)r * f->batch + b] > most)
+      most = f->row_room[(int64_t)r * f->batch + b];
+  return most;
 }
 
-/* Longest first, each onto the least-loaded replica that has a row with room
- * (its best-fitting row: the least room that suffices). \return false when a
- * piece fits nowhere. */
+/* Put piece i on replica r: its best-fitting row (the least room that suffices). */
+static void balanced_place(cpdl__schedule_t *s, int32_t r, int64_t i, int64_t padded, double work) {
+  workspace_t *w = s->work;
+  int64_t best = -1;
+  for (int b = 0; b < s->params.batch; b++) {
+    int64_t q = (int64_t)r * s->params.batch + b;
+    if (w->row_room[q] >= padded && (best < 0 || w->row_room[q] < w->row_room[best]))
+      best = q;
+  }
+  w->row_of[i] = (int32_t)best;
+  w->row_room[best] -= padded;
+  w->load[r] += work;
+}
+
+/* Longest first onto the least-loaded replica that has a row with room (LPT),
+ * the small pieces by the water fill. \return false when a piece fits nowhere. */
 static bool balanced_rows(cpdl__schedule_t *s) {
   workspace_t *w = s->work;
   const cpdl__schedule_params_t *p = &s->params;
-  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch;
+  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch, n = s->n_pieces;
   for (int64_t q = 0; q < R; q++)
     w->row_room[q] = S;
+  double total = 0;
   for (int r = 0; r < p->dp; r++)
     w->load[r] = 0;
+  for (int64_t i = 0; i < n; i++)
+    total += w->cost[i];
+  const double small = total / p->dp / SMALL_SHARE;
   heap_t h;
   heap_init(&h, w->heap, w->heap_pos, w->load, p->dp);
   replica_fit_t fit = {w->row_room, p->batch};
-  for (int64_t k = 0; k < s->n_pieces; k++) {
+  park_t park = {w->side, w->park_key, 0};
+  int64_t k = 0;
+  for (; k < n; k++) { /* the large pieces */
     int64_t i = w->order[k], padded = pad_to(s->pieces[i].len, m);
-    int32_t r = heap_find(&h, w->side, replica_fits, &fit, padded, m);
+    double work = w->cost[i];
+    if (work < small)
+      break;
+    int32_t r = heap_find(&h, &park, replica_room, &fit, padded, m);
     if (r < 0)
       return false;
-    int64_t best = -1;
-    for (int b = 0; b < p->batch; b++) {
-      int64_t q = (int64_t)r * p->batch + b;
-      if (w->row_room[q] >= padded && (best < 0 || w->row_room[q] < w->row_room[best]))
-        best = q;
-    }
-    w->row_of[i] = (int32_t)best;
-    w->row_room[best] -= padded;
-    w->load[r] += cpdl__schedule_cost(p, s->pieces[i].len);
+    balanced_place(s, r, i, padded, work);
     heap_down(&h, h.pos[r]);
+  }
+  double rest = 0;
+  for (int64_t j = k; j < n; j++)
+    rest += w->cost[w->order[j]];
+  int n_below, cur = 0;
+  int64_t n_left = 0;
+  sort_ids_by_load(w->fill_ids, w->fill_scratch, p->dp, w->load);
+  const double level = water_level(w->fill_ids, p->dp, w->load, rest, &n_below);
+  for (; k < n; k++) { /* the small ones, still longest first */
+    int64_t i = w->order[k], padded = pad_to(s->pieces[i].len, m);
+    double work = w->cost[i];
+    while (cur < n_below && (w->load[w->fill_ids[cur]] + work / 2 > level ||
+                             replica_room(&fit, w->fill_ids[cur]) < padded))
+      cur++;
+    if (cur == n_below) {
+      w->big[n_left++] = i; /* rounding's leftovers: by the heap below */
+      continue;
+    }
+    balanced_place(s, w->fill_ids[cur], i, padded, work);
+  }
+  if (n_left > 0) {
+    heap_init(&h, w->heap, w->heap_pos, w->load, p->dp);
+    park.n = 0;
+    for (int64_t j = 0; j < n_left; j++) {
+      int64_t i = w->big[j], padded = pad_to(s->pieces[i].len, m);
+      int32_t r = heap_find(&h, &park, replica_room, &fit, padded, m);
+      if (r < 0)
+        return false;
+      balanced_place(s, r, i, padded, w->cost[i]);
+      heap_down(&h, h.pos[r]);
+    }
   }
   return true;
 }
@@ -513,7 +651,7 @@ static int emit_rows(cpdl__schedule_t *s, const int32_t *row_of) {
           int64_t padded = k + 1 == start[q + 1] ? S - off : pad_to(pc->len, m);
           s->subs[at_sub++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, padded,
                                                      ((int64_t)b * S + off) / cp, group, j, b, (int32_t)i};
-          work += cpdl__schedule_cost(p, pc->len) / cp;
+          work += w->cost[i] / cp;
           off += padded;
         }
       }
@@ -531,9 +669,9 @@ typedef struct {
   int64_t block;
 } rank_fit_t;
 
-static bool rank_fits(const void *arg, int32_t r, int64_t need) {
+static int64_t rank_room(const void *arg, int32_t r) {
   const rank_fit_t *f = arg;
-  return f->used[r] + need <= f->block;
+  return f->block - f->used[r];
 }
 
 /* The share of each of c ranks: two zigzag chunks of ceil(len / 2c). */
@@ -564,6 +702,62 @@ static void sort_by_share(int64_t *a, int64_t *scratch, int64_t n, const double 
     memcpy(a, src, (size_t)n * sizeof *a);
 }
 
+/* Place piece i at its c_of (or more, when no group of c has room): whole on
+ * the least-loaded rank with room, or over the aligned group of c whose
+ * busiest member is the least loaded. Updates c_of, group_of, loads, heap.
+ * \return false when no c fits it. */
+static bool dynamic_place(cpdl__schedule_t *s, heap_t *h, park_t *park, int64_t i) {
+  workspace_t *w = s->work;
+  const int W = s->n_ranks;
+  const int64_t C = s->block, len = s->pieces[i].len;
+  const double work = w->cost[i];
+  rank_fit_t fit = {w->used, C};
+  for (int c = w->c_of[i]; c <= W; c++) {
+    const int64_t t = share_of(len, c);
+    if (t > C)
+      continue;
+    if (c == 1) {
+      int32_t r = heap_find(h, park, rank_room, &fit, t, 2);
+      if (r < 0)
+        continue;
+      w->used[r] += t;
+      w->load[r] += work;
+      heap_down(h, h->pos[r]);
+      w->c_of[i] = 1;
+      w->group_of[i] = cpdl__schedule_group_id(W, 1, r);
+      return true;
+    }
+    double best = 0;
+    int best_k = -1;
+    for (int g = 0; g < W / c; g++) {
+      double busiest = 0;
+      bool room = true;
+      for (int j = 0; j < c && room; j++) {
+        int r = g * c + j;
+        room = w->used[r] + t <= C;
+        if (w->load[r] > busiest)
+          busiest = w->load[r];
+      }
+      if (room && (best_k < 0 || busiest < best))
+        best = busiest, best_k = g;
+    }
+    if (best_k < 0)
+      continue;
+    for (int j = 0; j < c; j++) {
+      int r = best_k * c + j;
+      w->used[r] += t;
+      w->load[r] += work / c;
+      /* A parked or dropped member is out of the heap: it re-enters with its load. */
+      if (h->pos[r] < h->n && h->a[h->pos[r]] == r)
+        heap_down(h, h->pos[r]);
+    }
+    w->c_of[i] = c;
+    w->group_of[i] = cpdl__schedule_group_id(W, c, best_k * c);
+    return true;
+  }
+  return false;
+}
+
 /* One pass: pieces whose work exceeds theta * (mean rank work) are spread over
  * c = ceil(work / (theta * mean)) ranks (at least what the block's capacity
  * needs), placed first by per-rank share onto the aligned group of c with the
@@ -574,13 +768,12 @@ static double dynamic_pass(cpdl__schedule_t *s, double theta, double mean) {
   workspace_t *w = s->work;
   double *share = w->share;
   int64_t *big = w->big;
-  const cpdl__schedule_params_t *p = &s->params;
   const int W = s->n_ranks;
   const int64_t n = s->n_pieces, C = s->block;
   int64_t n_big = 0;
   for (int64_t k = 0; k < n; k++) {
     int64_t i = w->order[k], len = s->pieces[i].len;
-    double work = cpdl__schedule_cost(p, len);
+    double work = w->cost[i];
     int c = 1;
     if (theta > 0 && mean > 0 && work > theta * mean) {
       double want = ceil(work / (theta * mean));
@@ -607,57 +800,44 @@ static double dynamic_pass(cpdl__schedule_t *s, double theta, double mean) {
     w->load[r] = 0, w->used[r] = 0;
   heap_t h;
   heap_init(&h, w->heap, w->heap_pos, w->load, W);
-  rank_fit_t fit = {w->used, C};
-  for (int64_t k = 0; k < n; k++) {
-    int64_t i = w->merged[k], len = s->pieces[i].len;
-    double work = cpdl__schedule_cost(p, len);
-    int32_t group = -1;
-    int c = w->c_of[i];
-    for (; c <= W && group < 0; c++) {
-      int64_t t = share_of(len, c);
-      if (t > C)
-        continue;
-      if (c == 1) {
-        int32_t r = heap_find(&h, w->side, rank_fits, &fit, t, 2);
-        if (r < 0)
-          continue;
-        group = cpdl__schedule_group_id(W, 1, r);
-        w->used[r] += t;
-        w->load[r] += work;
-        heap_down(&h, h.pos[r]);
-        break;
-      }
-      double best = 0;
-      int best_k = -1;
-      for (int g = 0; g < W / c; g++) {
-        double busiest = 0;
-        bool room = true;
-        for (int j = 0; j < c && room; j++) {
-          int r = g * c + j;
-          room = w->used[r] + t <= C;
-          if (w->load[r] > busiest)
-            busiest = w->load[r];
-        }
-        if (room && (best_k < 0 || busiest < best))
-          best = busiest, best_k = g;
-      }
-      if (best_k < 0)
-        continue;
-      group = cpdl__schedule_group_id(W, c, best_k * c);
-      for (int j = 0; j < c; j++) {
-        int r = best_k * c + j;
-        w->used[r] += t;
-        w->load[r] += work / c;
-        /* The ranks left the heap only when full; a member can be out of it. */
-        if (h.pos[r] < h.n && h.a[h.pos[r]] == r)
-          heap_down(&h, h.pos[r]);
-      }
+  park_t park = {w->side, w->park_key, 0};
+  const double small = mean / SMALL_SHARE;
+  int64_t k = 0;
+  for (; k < n; k++) { /* the large pieces, spread ones first (their share is >= theta*mean/2) */
+    int64_t i = w->merged[k];
+    if (w->c_of[i] == 1 && share[i] < small)
       break;
-    }
-    if (group < 0)
+    if (!dynamic_place(s, &h, &park, i))
       return -1;
-    w->c_of[i] = c;
-    w->group_of[i] = group;
+  }
+  /* The small ones (all whole: c = 1), longest first, by the water fill. */
+  double rest = 0;
+  for (int64_t j = k; j < n; j++)
+    rest += share[w->merged[j]];
+  int n_below, cur = 0;
+  int64_t n_left = 0;
+  sort_ids_by_load(w->fill_ids, w->fill_scratch, W, w->load);
+  const double level = water_level(w->fill_ids, W, w->load, rest, &n_below);
+  for (; k < n; k++) {
+    int64_t i = w->merged[k], t = share_of(s->pieces[i].len, 1);
+    while (cur < n_below && (w->load[w->fill_ids[cur]] + share[i] / 2 > level ||
+                             w->used[w->fill_ids[cur]] + t > C))
+      cur++;
+    if (cur == n_below) {
+      big[n_left++] = i; /* rounding's leftovers: by the heap below (big is free now) */
+      continue;
+    }
+    const int32_t r = w->fill_ids[cur];
+    w->used[r] += t;
+    w->load[r] += share[i];
+    w->group_of[i] = cpdl__schedule_group_id(W, 1, r);
+  }
+  if (n_left > 0) {
+    heap_init(&h, w->heap, w->heap_pos, w->load, W);
+    park.n = 0;
+    for (int64_t j = 0; j < n_left; j++)
+      if (!dynamic_place(s, &h, &park, big[j]))
+        return -1;
   }
   double max = 0;
   for (int r = 0; r < W; r++)
@@ -670,7 +850,6 @@ static double dynamic_pass(cpdl__schedule_t *s, double theta, double mean) {
  * share after the previous ones, then one padding entry for the block's rest. */
 static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t *group_of) {
   workspace_t *w = s->work;
-  const cpdl__schedule_params_t *p = &s->params;
   const int W = s->n_ranks;
   const int64_t n = s->n_pieces, C = s->block;
   int64_t *count = w->count;
@@ -696,7 +875,7 @@ static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t 
     const cpdl__schedule_piece_t *pc = &s->pieces[i];
     const int c = c_of[i];
     const int64_t t = share_of(pc->len, c);
-    const double work = cpdl__schedule_cost(p, pc->len) / c;
+    const double work = w->cost[i] / c;
     for (int j = 0; j < c; j++) {
       int r = m[j];
       s->subs[next[r]++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, t * c, w->used[r],
@@ -754,6 +933,9 @@ static int split_pieces(cpdl__schedule_t *s, const cpdl__schedule_piece_t *in, i
       s->pieces[k++] = (cpdl__schedule_piece_t){in[i].doc_id, in[i].offset + off,
                                                 in[i].len - off < S ? in[i].len - off : S};
   s->n_pieces = k;
+  workspace_t *w = s->work;
+  for (int64_t i = 0; i < k; i++)
+    w->cost[i] = cpdl__schedule_cost(&s->params, s->pieces[i].len);
   return 0;
 }
 
@@ -783,7 +965,7 @@ int cpdl__schedule_build(cpdl__schedule_t *s, const cpdl__schedule_piece_t *piec
     sort_longest_first(s);
     double total = 0;
     for (int64_t i = 0; i < s->n_pieces; i++)
-      total += cpdl__schedule_cost(p, s->pieces[i].len);
+      total += w->cost[i];
     const double mean = total / s->n_ranks;
     /* Passes from less splitting to more; a later pass must beat the best by
      * 0.5% to win, so near-ties keep the fewer, smaller groups. */
@@ -796,8 +978,8 @@ int cpdl__schedule_build(cpdl__schedule_t *s, const cpdl__schedule_piece_t *piec
         memcpy(w->best_c, w->c_of, (size_t)s->n_pieces * sizeof *w->c_of);
         memcpy(w->best_group, w->group_of, (size_t)s->n_pieces * sizeof *w->group_of);
       }
-      if (best >= 0 && best <= mean * 1.001)
-        break; /* no pass can do better than the mean */
+      if (best >= 0 && best <= mean * 1.01)
+        break; /* within 1% of the mean, a lower bound: more splitting buys nothing */
     }
     if (best < 0) {
       s->fell_back = 1;
