@@ -184,6 +184,7 @@ int main(int argc, char **argv) {
   for (int k = 0; k < 3; k++)
     ratio[k] = malloc((size_t)steps * sizeof(double)), build_us[k] = malloc((size_t)steps * sizeof(double));
   double *cut_us = malloc((size_t)steps * sizeof(double)), pieces_sum = 0;
+  double *bound = malloc((size_t)steps * sizeof(double)), bound_sum = 0;
   int64_t pieces_min = INT64_MAX, pieces_max = 0, doc = 0, off = 0;
   int done = 0;
   for (int step = 0; step < steps; step++) {
@@ -214,6 +215,13 @@ int main(int argc, char **argv) {
       sum_max[k] += max, sum_mean[k] += mean;
       fallbacks[k] += sched[k]->fell_back;
     }
+    /* No layout of whole pieces onto replicas beats max(mean, largest piece):
+     * the bound of static and balanced (dynamic's is the mean, 1). */
+    double largest = 0;
+    for (int64_t i = 0; i < sched[0]->n_pieces; i++)
+      largest = fmax(largest, cpdl__schedule_cost(&p, sched[0]->pieces[i].len));
+    bound[done] = fmax(1.0, largest / (sched[0]->total_work / dp));
+    bound_sum += bound[done];
     pieces_sum += (double)sched[0]->n_pieces;
     if (sched[0]->n_pieces < pieces_min)
       pieces_min = sched[0]->n_pieces;
@@ -254,6 +262,11 @@ int main(int argc, char **argv) {
            quantile(ratio[k], done, 0.9), worst, sum_max[k] / sum_mean[k], fallbacks[k],
            quantile(build_us[k], done, 0.5), quantile(build_us[k], done, 0.99));
   }
+  printf("%-9s %8.3f %8.3f %8.3f %8.3f   (largest piece's work / mean replica work: what no\n"
+         "%-9s                                      replica layout of whole pieces can beat)\n",
+         "bound", bound_sum / done, quantile(bound, done, 0.5), quantile(bound, done, 0.9),
+         quantile(bound, done, 1.0), "");
+  free(bound);
   for (int k = 0; k < 3; k++)
     cpdl__schedule_destroy(sched[k]), free(ratio[k]), free(build_us[k]);
   free(cut_us), free(pieces), free(lens);

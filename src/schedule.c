@@ -154,7 +154,7 @@ static bool grow(void **p, int64_t n, size_t elem) {
 /* Per-piece arrays for n pieces. */
 static int ws_reserve(cpdl__schedule_t *s, int64_t n) {
   workspace_t *w = s->work;
-  if (n <= w->cap)
+  if (w->cap > 0 && n <= w->cap) /* the first call allocates even for 0: no NULL arrays */
     return 0;
   int64_t cap = n < 64 ? 64 : n + n / 2;
   bool ok = grow((void **)&w->order, cap, sizeof(int64_t)) && grow((void **)&w->tmp, cap, sizeof(int64_t)) &&
@@ -899,11 +899,12 @@ static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t 
   return 0;
 }
 
-/* The static layout as dynamic groups: each replica's pieces on its cp group. */
-static void static_as_groups(cpdl__schedule_t *s) {
+/* A row layout (static's or balanced's) as dynamic groups: each replica's
+ * pieces on its cp group. */
+static void rows_as_groups(cpdl__schedule_t *s, const int32_t *row_of) {
   workspace_t *w = s->work;
   for (int64_t i = 0; i < s->n_pieces; i++) {
-    int r = w->srow_of[i] / s->params.batch;
+    int r = row_of[i] / s->params.batch;
     w->best_c[i] = s->params.cp;
     w->best_group[i] = cpdl__schedule_group_id(s->n_ranks, s->params.cp, r * s->params.cp);
   }
@@ -981,9 +982,21 @@ int cpdl__schedule_build(cpdl__schedule_t *s, const cpdl__schedule_piece_t *piec
       if (best >= 0 && best <= mean * 1.01)
         break; /* within 1% of the mean, a lower bound: more splitting buys nothing */
     }
+    /* Balanced's layout is a dynamic layout too (every piece on its
+     * replica's group of cp): where capacity leaves the passes little room,
+     * it can be better; then it wins, so dynamic is never worse than it. */
+    if (!(best >= 0 && best <= mean * 1.01) && balanced_rows(s)) {
+      double max = 0;
+      for (int r = 0; r < p->dp; r++)
+        max = fmax(max, w->load[r] / p->cp);
+      if (best < 0 || max < best * 0.995) {
+        best = max;
+        rows_as_groups(s, w->row_of);
+      }
+    }
     if (best < 0) {
       s->fell_back = 1;
-      static_as_groups(s);
+      rows_as_groups(s, w->srow_of);
     }
     rc = emit_dynamic(s, w->best_c, w->best_group);
   }

@@ -67,9 +67,11 @@ typedef struct cpdl__schedule {
   cpdl__schedule_piece_t *pieces;
   int64_t n_pieces;
   /* Rank s's entries, in the order it runs them: subs[rank_begin[s] ..
-   * rank_begin[s+1]). Ordered by piece index, so the members of a group meet
-   * their common sub-samples in the same order (docs/schedule.md says why
-   * that cannot deadlock); block-covering: their local shares tile the block. */
+   * rank_begin[s+1]). Dynamic: ordered by piece index, one order for all
+   * ranks, so no two groups can wait on each other (docs/schedule.md says
+   * why); static/balanced: row by row, the same list on every rank of a
+   * replica. Their local shares tile the block: local_start is the sum of
+   * the shares before, the last entry ends at `block`. */
   int64_t *rank_begin;
   cpdl__schedule_sub_t *subs;
   double *rank_work;           /* modeled work per rank */

@@ -584,6 +584,48 @@ static void test_fallback(void **state) {
   }
 }
 
+static double max_work(const cpdl__schedule_t *s) {
+  double max = 0;
+  for (int r = 0; r < s->n_ranks; r++)
+    max = fmax(max, s->rank_work[r]);
+  return max;
+}
+
+/* Balanced's layout is one of dynamic's, so dynamic is never worse than it
+ * (within the 0.5% by which a layout with more splitting must win), nor does
+ * it fall back when balanced does not: tight blocks, odd sizes, L^2 costs. */
+static void test_dynamic_not_worse(void **state) {
+  (void)state;
+  rng_state = 99;
+  for (int trial = 0; trial < 60; trial++) {
+    int dp = 1 + (int)(rng() % 7), cp = 1 + (int)(rng() % 4), batch = 1 + (int)(rng() % 3);
+    int64_t S = 2 * cp * (int64_t)(64 + rng() % 512);
+    cpdl__schedule_params_t p = params_of(CPDL__SCHEDULE_BALANCED, dp, cp, batch, S);
+    if (trial % 2)
+      p.cost_a = 0;
+    enum { N = 400 };
+    int64_t lens[N];
+    for (int i = 0; i < N; i++)
+      lens[i] = rng_len((double)S / 6, 1.2, 2 * S);
+    int64_t cap = (int64_t)dp * batch * S / p.pad_multiple, n, nd, no;
+    cpdl__schedule_piece_t *pieces = malloc((size_t)cap * sizeof *pieces);
+    assert_int_equal(cpdl__schedule_cut(&p, lens, N, 0, 0, pieces, cap, &n, &nd, &no), (int64_t)dp * batch);
+    cpdl__schedule_t *bal, *dyn;
+    assert_int_equal(cpdl__schedule_create(&p, &bal), 0);
+    p.kind = CPDL__SCHEDULE_DYNAMIC;
+    assert_int_equal(cpdl__schedule_create(&p, &dyn), 0);
+    assert_int_equal(cpdl__schedule_build(bal, pieces, n), 0);
+    assert_int_equal(cpdl__schedule_build(dyn, pieces, n), 0);
+    check_schedule(dyn, pieces, n);
+    if (!bal->fell_back)
+      assert_int_equal(dyn->fell_back, 0);
+    assert_true(max_work(dyn) <= max_work(bal) / 0.995 * (1 + 1e-12));
+    cpdl__schedule_destroy(bal);
+    cpdl__schedule_destroy(dyn);
+    free(pieces);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse),
@@ -595,6 +637,7 @@ int main(void) {
       cmocka_unit_test(test_edges),
       cmocka_unit_test(test_balance),
       cmocka_unit_test(test_fallback),
+      cmocka_unit_test(test_dynamic_not_worse),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
