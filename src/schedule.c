@@ -35,6 +35,7 @@ typedef struct {
   int64_t *big, *scratch; /* dynamic: the spread pieces of a pass, merge-sort scratch */
   double *share;         /* dynamic: each piece's work per member in a pass */
   double *cost;          /* each piece's work, whole (computed once per build) */
+  int64_t *padded;       /* each piece padded to pad_multiple (static/balanced) */
   int64_t *next;         /* [W] */
   int64_t *row_room;     /* [dp*batch] */
   double *load;          /* [max(dp, W)] */
@@ -139,7 +140,7 @@ static void ws_free(workspace_t *w) {
   free(w->group_of), free(w->best_c), free(w->best_group), free(w->merged);
   free(w->row_room), free(w->load), free(w->used), free(w->heap), free(w->heap_pos), free(w->park_key);
   free(w->fill_ids), free(w->fill_scratch);
-  free(w->side), free(w->count), free(w->big), free(w->scratch), free(w->share), free(w->next), free(w->cost);
+  free(w->side), free(w->count), free(w->big), free(w->scratch), free(w->share), free(w->next), free(w->cost), free(w->padded);
   free(w);
 }
 
@@ -165,6 +166,7 @@ static int ws_reserve(cpdl__schedule_t *s, int64_t n) {
             grow((void **)&w->merged, cap, sizeof(int64_t)) && grow((void **)&w->big, cap, sizeof(int64_t)) &&
             grow((void **)&w->scratch, cap, sizeof(int64_t)) && grow((void **)&w->share, cap, sizeof(double)) &&
             grow((void **)&w->cost, cap, sizeof(double)) &&
+            grow((void **)&w->padded, cap, sizeof(int64_t)) &&
             grow((void **)&s->pieces, cap, sizeof(cpdl__schedule_piece_t));
   if (!ok)
     return cpdl__error(-ENOMEM, "schedule: no memory for a batch of %lld pieces", (long long)n);
@@ -296,27 +298,28 @@ int64_t cpdl__schedule_cut(const cpdl__schedule_params_t *p, const int64_t *lens
 
 /* ---- ordering ----------------------------------------------------------------- */
 
-/* w->order = piece indices by length, longest first, ties by index (LSD radix
- * on 33 bits of (2^31 - 1 - len): stable, O(n), ~10 us at 10K pieces). */
+/* w->order = piece indices by length, longest first, ties by index: an LSD
+ * radix sort (stable, O(n)) of words (2^31 - 1 - len) << 32 | index on the
+ * key's 33 bits, reading the words in sequence (~10 us at 10K pieces). */
 static void sort_longest_first(cpdl__schedule_t *s) {
   workspace_t *w = s->work;
   const int64_t n = s->n_pieces;
-  int64_t *src = w->order, *dst = w->tmp;
+  uint64_t *src = (uint64_t *)w->order, *dst = (uint64_t *)w->tmp;
   for (int64_t i = 0; i < n; i++)
-    src[i] = i;
-  for (int shift = 0; shift < 33; shift += 11) {
+    src[i] = (uint64_t)(INT32_MAX - s->pieces[i].len) << 32 | (uint64_t)i;
+  for (int shift = 32; shift < 65; shift += 11) {
     int64_t count[2049] = {0};
     for (int64_t i = 0; i < n; i++)
-      count[(((uint64_t)(INT32_MAX - s->pieces[src[i]].len)) >> shift & 2047) + 1]++;
+      count[(src[i] >> shift & 2047) + 1]++;
     for (int d = 0; d < 2048; d++)
       count[d + 1] += count[d];
     for (int64_t i = 0; i < n; i++)
-      dst[count[((uint64_t)(INT32_MAX - s->pieces[src[i]].len)) >> shift & 2047]++] = src[i];
-    int64_t *t = src;
+      dst[count[src[i] >> shift & 2047]++] = src[i];
+    uint64_t *t = src;
     src = dst, dst = t;
   }
-  if (src != w->order)
-    memcpy(w->order, src, (size_t)n * sizeof *src);
+  for (int64_t i = 0; i < n; i++)
+    w->order[i] = (int64_t)(src[i] & 0xffffffffu);
 }
 
 /* ---- a min-heap of ids keyed by (load, id) -------------------------------------- */
@@ -488,10 +491,10 @@ static double water_level(const int32_t *ids, int n, const double *load, double 
  * \return 0 or CPDL_EARG when they need more than dp*batch rows. */
 static int static_rows(cpdl__schedule_t *s) {
   workspace_t *w = s->work;
-  const int64_t S = s->params.seq_len, m = s->params.pad_multiple, R = (int64_t)s->params.dp * s->params.batch;
+  const int64_t S = s->params.seq_len, R = (int64_t)s->params.dp * s->params.batch;
   int64_t row = 0, at = 0;
   for (int64_t i = 0; i < s->n_pieces; i++) {
-    int64_t padded = pad_to(s->pieces[i].len, m);
+    int64_t padded = w->padded[i];
     if (at > 0 && padded > S - at)
       row++, at = 0;
     w->srow_of[i] = (int32_t)row;
@@ -556,7 +559,7 @@ static bool balanced_rows(cpdl__schedule_t *s) {
   park_t park = {w->side, w->park_key, 0};
   int64_t k = 0;
   for (; k < n; k++) { /* the large pieces */
-    int64_t i = w->order[k], padded = pad_to(s->pieces[i].len, m);
+    int64_t i = w->order[k], padded = w->padded[i];
     double work = w->cost[i];
     if (work < small)
       break;
@@ -574,7 +577,7 @@ static bool balanced_rows(cpdl__schedule_t *s) {
   sort_ids_by_load(w->fill_ids, w->fill_scratch, p->dp, w->load);
   const double level = water_level(w->fill_ids, p->dp, w->load, rest, &n_below);
   for (; k < n; k++) { /* the small ones, still longest first */
-    int64_t i = w->order[k], padded = pad_to(s->pieces[i].len, m);
+    int64_t i = w->order[k], padded = w->padded[i];
     double work = w->cost[i];
     while (cur < n_below && (w->load[w->fill_ids[cur]] + work / 2 > level ||
                              replica_room(&fit, w->fill_ids[cur]) < padded))
@@ -589,7 +592,7 @@ static bool balanced_rows(cpdl__schedule_t *s) {
     heap_init(&h, w->heap, w->heap_pos, w->load, p->dp);
     park.n = 0;
     for (int64_t j = 0; j < n_left; j++) {
-      int64_t i = w->big[j], padded = pad_to(s->pieces[i].len, m);
+      int64_t i = w->big[j], padded = w->padded[i];
       int32_t r = heap_find(&h, &park, replica_room, &fit, padded, m);
       if (r < 0)
         return false;
@@ -606,7 +609,7 @@ static bool balanced_rows(cpdl__schedule_t *s) {
 static int emit_rows(cpdl__schedule_t *s, const int32_t *row_of) {
   workspace_t *w = s->work;
   const cpdl__schedule_params_t *p = &s->params;
-  const int64_t S = p->seq_len, m = p->pad_multiple, R = (int64_t)p->dp * p->batch, n = s->n_pieces;
+  const int64_t S = p->seq_len, R = (int64_t)p->dp * p->batch, n = s->n_pieces;
   const int cp = p->cp;
   /* Pieces grouped by row, in piece order within each (counting sort). */
   int64_t *start = w->count, *by_row = w->tmp;
@@ -648,7 +651,7 @@ static int emit_rows(cpdl__schedule_t *s, const int32_t *row_of) {
         for (int64_t k = start[q]; k < start[q + 1]; k++) {
           int64_t i = by_row[k];
           const cpdl__schedule_piece_t *pc = &s->pieces[i];
-          int64_t padded = k + 1 == start[q + 1] ? S - off : pad_to(pc->len, m);
+          int64_t padded = k + 1 == start[q + 1] ? S - off : w->padded[i];
           s->subs[at_sub++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, padded,
                                                      ((int64_t)b * S + off) / cp, group, j, b, (int32_t)i};
           work += w->cost[i] / cp;
@@ -935,8 +938,10 @@ static int split_pieces(cpdl__schedule_t *s, const cpdl__schedule_piece_t *in, i
                                                 in[i].len - off < S ? in[i].len - off : S};
   s->n_pieces = k;
   workspace_t *w = s->work;
-  for (int64_t i = 0; i < k; i++)
+  for (int64_t i = 0; i < k; i++) {
     w->cost[i] = cpdl__schedule_cost(&s->params, s->pieces[i].len);
+    w->padded[i] = pad_to(s->pieces[i].len, s->params.pad_multiple);
+  }
   return 0;
 }
 
