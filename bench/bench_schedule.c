@@ -262,10 +262,10 @@ int main(int argc, char **argv) {
            quantile(ratio[k], done, 0.9), worst, sum_max[k] / sum_mean[k], fallbacks[k],
            quantile(build_us[k], done, 0.5), quantile(build_us[k], done, 0.99));
   }
-  printf("%-9s %8.3f %8.3f %8.3f %8.3f   (largest piece's work / mean replica work: what no\n"
-         "%-9s                                      replica layout of whole pieces can beat)\n",
+  printf("%-9s %8.3f %8.3f %8.3f %8.3f   max(1, largest piece / mean replica work): no layout of\n"
+         "          whole pieces onto replicas (static, balanced) beats it; dynamic's bound is 1\n",
          "bound", bound_sum / done, quantile(bound, done, 0.5), quantile(bound, done, 0.9),
-         quantile(bound, done, 1.0), "");
+         quantile(bound, done, 1.0));
   free(bound);
   for (int k = 0; k < 3; k++)
     cpdl__schedule_destroy(sched[k]), free(ratio[k]), free(build_us[k]);
