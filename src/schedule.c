@@ -129,6 +129,9 @@ int32_t cpdl__schedule_group_id(int n_ranks, int c, int s) {
   return group_base(n_ranks, c) + s / c;
 }
 
+/* The group id of size c holding rank r, from the per-size bases (O(1)). */
+static int32_t group_id_of(const cpdl__schedule_t *s, int c, int r) { return s->size_base[c] + r / c; }
+
 static int64_t pad_to(int64_t len, int64_t m) { return (len + m - 1) / m * m; }
 
 /* ---- the workspace ---------------------------------------------------------- */
@@ -204,14 +207,12 @@ int cpdl__schedule_create(const cpdl__schedule_params_t *params, cpdl__schedule_
   s->n_ranks = W;
   s->block = (int64_t)params->batch * params->seq_len / params->cp;
   s->n_groups = group_base(W, W + 1);
-  int64_t members = 0;
-  for (int c = 1; c <= W; c++)
-    members += (int64_t)(W / c) * c;
   const int64_t rows = (int64_t)params->dp * params->batch, many = W > params->dp ? W : params->dp;
   bool ok = grow((void **)&s->rank_begin, W + 1, sizeof(int64_t)) &&
             grow((void **)&s->rank_work, W, sizeof(double)) &&
-            grow((void **)&s->group_begin, s->n_groups + 1, sizeof(int32_t)) &&
-            grow((void **)&s->group_ranks, members, sizeof(int32_t)) &&
+            grow((void **)&s->group_first, s->n_groups, sizeof(int32_t)) &&
+            grow((void **)&s->size_base, W + 2, sizeof(int32_t)) &&
+            grow((void **)&s->group_size, s->n_groups, sizeof(int32_t)) &&
             grow((void **)&w->row_room, rows, sizeof(int64_t)) && grow((void **)&w->load, many, sizeof(double)) &&
             grow((void **)&w->used, W, sizeof(int64_t)) && grow((void **)&w->next, W, sizeof(int64_t)) &&
             grow((void **)&w->heap, many, sizeof(int32_t)) &&
@@ -225,14 +226,15 @@ int cpdl__schedule_create(const cpdl__schedule_params_t *params, cpdl__schedule_
     return cpdl__error(-ENOMEM, "schedule: no memory for dp %d x cp %d (%d groups)", params->dp,
                        params->cp, s->n_groups);
   }
-  int32_t g = 0, at = 0;
-  for (int c = 1; c <= W; c++)
+  int32_t g = 0;
+  for (int c = 1; c <= W; c++) {
+    s->size_base[c] = g;
     for (int k = 0; k < W / c; k++) {
-      s->group_begin[g++] = at;
-      for (int j = 0; j < c; j++)
-        s->group_ranks[at++] = k * c + j;
+      s->group_first[g] = k * c;
+      s->group_size[g++] = c;
     }
-  s->group_begin[g] = at;
+  }
+  s->size_base[0] = 0, s->size_base[W + 1] = g;
   *out = s;
   return 0;
 }
@@ -245,8 +247,9 @@ void cpdl__schedule_destroy(cpdl__schedule_t *s) {
   free(s->rank_begin);
   free(s->subs);
   free(s->rank_work);
-  free(s->group_begin);
-  free(s->group_ranks);
+  free(s->group_first);
+  free(s->group_size);
+  free(s->size_base);
   free(s);
 }
 
@@ -637,7 +640,7 @@ static int emit_rows(cpdl__schedule_t *s, const int32_t *row_of) {
     return rc;
   int64_t at_sub = 0;
   for (int r = 0; r < p->dp; r++) {
-    const int32_t group = cpdl__schedule_group_id(s->n_ranks, cp, r * cp);
+    const int32_t group = group_id_of(s, cp, r * cp);
     for (int j = 0; j < cp; j++) {
       const int rank = r * cp + j;
       s->rank_begin[rank] = at_sub;
@@ -727,7 +730,7 @@ static bool dynamic_place(cpdl__schedule_t *s, heap_t *h, park_t *park, int64_t 
       w->load[r] += work;
       heap_down(h, h->pos[r]);
       w->c_of[i] = 1;
-      w->group_of[i] = cpdl__schedule_group_id(W, 1, r);
+      w->group_of[i] = group_id_of(s, 1, r);
       return true;
     }
     double best = 0;
@@ -755,7 +758,7 @@ static bool dynamic_place(cpdl__schedule_t *s, heap_t *h, park_t *park, int64_t 
         heap_down(h, h->pos[r]);
     }
     w->c_of[i] = c;
-    w->group_of[i] = cpdl__schedule_group_id(W, c, best_k * c);
+    w->group_of[i] = group_id_of(s, c, best_k * c);
     return true;
   }
   return false;
@@ -833,7 +836,7 @@ static double dynamic_pass(cpdl__schedule_t *s, double theta, double mean) {
     const int32_t r = w->fill_ids[cur];
     w->used[r] += t;
     w->load[r] += share[i];
-    w->group_of[i] = cpdl__schedule_group_id(W, 1, r);
+    w->group_of[i] = group_id_of(s, 1, r);
   }
   if (n_left > 0) {
     heap_init(&h, w->heap, w->heap_pos, w->load, W);
@@ -858,9 +861,9 @@ static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t 
   int64_t *count = w->count;
   memset(count, 0, (size_t)(W + 1) * sizeof *count);
   for (int64_t i = 0; i < n; i++) {
-    const int32_t *m = s->group_ranks + s->group_begin[group_of[i]];
+    const int32_t first = s->group_first[group_of[i]];
     for (int j = 0; j < c_of[i]; j++)
-      count[m[j] + 1]++;
+      count[first + j + 1]++;
   }
   for (int r = 0; r < W; r++)
     count[r + 1] += count[r] + 1; /* + the padding entry (dropped when the block is full) */
@@ -874,13 +877,13 @@ static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t 
   for (int r = 0; r < W; r++)
     next[r] = count[r];
   for (int64_t i = 0; i < n; i++) {
-    const int32_t *m = s->group_ranks + s->group_begin[group_of[i]];
+    const int32_t first = s->group_first[group_of[i]];
     const cpdl__schedule_piece_t *pc = &s->pieces[i];
     const int c = c_of[i];
     const int64_t t = share_of(pc->len, c);
     const double work = w->cost[i] / c;
     for (int j = 0; j < c; j++) {
-      int r = m[j];
+      int r = first + j;
       s->subs[next[r]++] = (cpdl__schedule_sub_t){pc->doc_id, pc->offset, pc->len, t * c, w->used[r],
                                                   group_of[i], j, 0, (int32_t)i};
       w->used[r] += t;
@@ -896,7 +899,7 @@ static int emit_dynamic(cpdl__schedule_t *s, const int32_t *c_of, const int32_t 
     at += to - from;
     if (w->used[r] < C)
       s->subs[at++] = (cpdl__schedule_sub_t){-1, 0, 0, C - w->used[r], w->used[r],
-                                             cpdl__schedule_group_id(W, 1, r), 0, 0, -1};
+                                             group_id_of(s, 1, r), 0, 0, -1};
   }
   s->rank_begin[W] = at;
   return 0;
@@ -909,7 +912,7 @@ static void rows_as_groups(cpdl__schedule_t *s, const int32_t *row_of) {
   for (int64_t i = 0; i < s->n_pieces; i++) {
     int r = row_of[i] / s->params.batch;
     w->best_c[i] = s->params.cp;
-    w->best_group[i] = cpdl__schedule_group_id(s->n_ranks, s->params.cp, r * s->params.cp);
+    w->best_group[i] = group_id_of(s, s->params.cp, r * s->params.cp);
   }
 }
 
@@ -1027,7 +1030,7 @@ int64_t cpdl__schedule_rank_cu(const cpdl__schedule_t *s, int r, int32_t *cu_seq
     cu_local[0] = 0;
   for (int64_t k = 0; k < n; k++) {
     const cpdl__schedule_sub_t *e = &s->subs[begin + k];
-    const int32_t c = s->group_begin[e->group + 1] - s->group_begin[e->group];
+    const int32_t c = s->group_size[e->group];
     real += e->len;
     padded += e->padded;
     if (padded > INT32_MAX) /* dynamic: whole lengths of many spread pieces */

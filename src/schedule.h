@@ -76,12 +76,15 @@ typedef struct cpdl__schedule {
   cpdl__schedule_sub_t *subs;
   double *rank_work;           /* modeled work per rank */
   double total_work;           /* sum over ranks */
-  /* The group table: the same for every batch of a layout. Group g's members
-   * are group_ranks[group_begin[g] .. group_begin[g+1]). For every size
-   * c = 1 .. n_ranks, the aligned groups {k*c .. k*c+c-1}, k < n_ranks / c. */
+  /* The group table, the same for every batch of a layout: for every size
+   * c = 1 .. n_ranks, the aligned groups {k*c .. k*c+c-1}, k < n_ranks / c,
+   * by size then k (cpdl__schedule_group_id). Group g's members are the
+   * schedule ranks group_first[g] .. group_first[g] + group_size[g] - 1:
+   * about n_ranks * ln(n_ranks) groups, two ints each. */
   int n_groups;
-  int32_t *group_begin;
-  int32_t *group_ranks;
+  int32_t *group_first;
+  int32_t *group_size;
+  int32_t *size_base;          /* [n_ranks + 2]: id of size c's first group */
   /* 1 when the balancing heuristic could not place every piece within the
    * rows' (or blocks') capacity and this batch got the static layout. */
   int fell_back;

@@ -40,7 +40,8 @@ static cpdl__schedule_params_t params_of(cpdl__schedule_kind_t kind, int dp, int
   return p;
 }
 
-static int group_size(const cpdl__schedule_t *s, int32_t g) { return s->group_begin[g + 1] - s->group_begin[g]; }
+static int group_size(const cpdl__schedule_t *s, int32_t g) { return s->group_size[g]; }
+static int member(const cpdl__schedule_t *s, int32_t g, int j) { return s->group_first[g] + j; }
 
 /* ---- the checker ----------------------------------------------------------- */
 
@@ -86,9 +87,8 @@ static void check_schedule(const cpdl__schedule_t *s, const cpdl__schedule_piece
       const cpdl__schedule_sub_t *sub = &s->subs[e];
       assert_true(sub->group >= 0 && sub->group < s->n_groups);
       const int c = group_size(s, sub->group);
-      const int32_t *members = s->group_ranks + s->group_begin[sub->group];
       assert_true(sub->chunk >= 0 && sub->chunk < c);
-      assert_int_equal(members[sub->chunk], r); /* the rank is the member it says */
+      assert_int_equal(member(s, sub->group, sub->chunk), r); /* the rank is the member it says */
       assert_int_equal(sub->local_start, at);   /* shares tile the block */
       assert_int_equal(sub->padded % c, 0);
       at += sub->padded / c;
@@ -160,17 +160,16 @@ static void check_schedule(const cpdl__schedule_t *s, const cpdl__schedule_piece
         continue;
       const cpdl__schedule_sub_t *sub = &s->subs[head[r]];
       const int c = group_size(s, sub->group);
-      const int32_t *members = s->group_ranks + s->group_begin[sub->group];
       bool ready = true;
       for (int j = 0; j < c && ready; j++) {
-        int m = members[j];
+        int m = member(s, sub->group, j);
         ready = head[m] < s->rank_begin[m + 1] && s->subs[head[m]].group == sub->group &&
                 s->subs[head[m]].piece == sub->piece;
       }
       if (!ready)
         continue;
       for (int j = 0; j < c; j++)
-        head[members[j]]++;
+        head[member(s, sub->group, j)]++;
       progress = true;
     }
   }
@@ -285,14 +284,31 @@ static void test_group_table(void **state) {
         }
         assert_true(g >= 0 && g < s->n_groups);
         assert_int_equal(group_size(s, g), c);
-        const int32_t *m = s->group_ranks + s->group_begin[g];
         for (int j = 0; j < c; j++)
-          assert_int_equal(m[j], r / c * c + j); /* aligned, consecutive */
+          assert_int_equal(member(s, g, j), r / c * c + j); /* aligned, consecutive */
       }
     assert_int_equal(cpdl__schedule_group_id(W, 0, 0), -1);
     assert_int_equal(cpdl__schedule_group_id(W, W + 1, 0), -1);
     cpdl__schedule_destroy(s);
   }
+  /* The largest world: the table is two ints per group, ~W ln W groups. */
+  cpdl__schedule_params_t p = params_of(CPDL__SCHEDULE_DYNAMIC, 16384, 4, 1, 64);
+  cpdl__schedule_t *s;
+  assert_int_equal(cpdl__schedule_create(&p, &s), 0);
+  int64_t expect = 0;
+  for (int c = 1; c <= 65536; c++)
+    expect += 65536 / c;
+  assert_int_equal(s->n_groups, expect);
+  int32_t g = cpdl__schedule_group_id(65536, 3, 65532);
+  assert_int_equal(group_size(s, g), 3);
+  assert_int_equal(member(s, g, 0), 65532 / 3 * 3);
+  assert_int_equal(cpdl__schedule_group_id(65536, 3, 65535), -1);
+  g = cpdl__schedule_group_id(65536, 65536, 65535);
+  assert_int_equal(g, s->n_groups - 1);
+  assert_int_equal(member(s, g, 0), 0);
+  cpdl__schedule_destroy(s);
+  p.dp = 16385; /* dp*cp past 65536 */
+  assert_int_equal(cpdl__schedule_create(&p, &s), CPDL_EARG);
 }
 
 /* The cut is the thd collate's rule (docs/thd.md): literal cases. */
