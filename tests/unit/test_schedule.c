@@ -632,6 +632,7 @@ static void test_dynamic_not_worse(void **state) {
     assert_int_equal(cpdl__schedule_create(&p, &dyn), 0);
     assert_int_equal(cpdl__schedule_build(bal, pieces, n), 0);
     assert_int_equal(cpdl__schedule_build(dyn, pieces, n), 0);
+    check_schedule(bal, pieces, n);
     check_schedule(dyn, pieces, n);
     if (!bal->fell_back)
       assert_int_equal(dyn->fell_back, 0);
