@@ -1,6 +1,10 @@
 /* collate.c — documents in, [batch, seq_len] int64 tensors out.
  *
- * pack: documents (the sampler's order) form one token stream. Row windows
+ * Documents come in the order of a cpdl__doc_order_t: document `position`
+ * of epoch `epoch` of the global order (docs/design.md#the-global-order); an
+ * epoch ends after its last position (the read returns CPDL_EEOF), and the
+ * collate never reads past it.
+ * pack: documents (in that order) form one token stream. Row windows
  *   are seq_len + 1 tokens and consecutive windows overlap by ONE token (as
  *   llm.c): the next row — and the next step's first row — starts at the
  *   last token of the previous window, so every token of the stream is an
@@ -27,11 +31,14 @@
  *   (real lengths) and cu_seqlens_padded, each of capacity S/m + 1 entries
  *   whose tail repeats the last boundary, and max_seqlen [1].
  * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
- * Invariant: the cursor (document at sampler (epoch, position), token offset
- * in it) is where the next row's window starts; it is all the state. The
- * current document's token view is kept across steps: valid because the
- * collate is its source's only reader and reads one document at a time
- * (generated sources keep a view until the next read).
+ *   Which documents a thd row holds is decided by cpdl__thd_plan_row from
+ *   lengths alone, the code that also counts an epoch's thd rows.
+ * Invariant: the cursor (document at (epoch, position), token offset in it)
+ * is where the next row's window starts; it is all the state, and a seek to
+ * it is all a caller needs to produce any row. The current document's token
+ * view is kept across rows: valid because the collate is its source's only
+ * reader and reads one document at a time (generated sources keep a view
+ * until the next read).
  */
 #include "internal.h"
 
@@ -43,15 +50,17 @@
 
 struct cpdl__collate {
   cpdl__collate_params_t params;
-  cpdl__sampler_t *sampler;
-  cpdl__collate_read_fn read;
-  void *read_arg;
-  /* The current document, when have_doc: the one the next window starts in. */
+  cpdl__doc_order_t order;
+  /* The cursor: the next row starts at token `offset` of document
+   * `position` of `epoch` (pack, thd); pad: the next document to consider. */
+  uint64_t epoch;
+  int64_t position, offset;
+  /* The document last read, when have_doc. */
   bool have_doc;
   cpdl__sample_t doc;
   uint64_t doc_epoch;
   int64_t doc_position;
-  int64_t doc_offset;
+  int64_t doc_offset; /* thd_place's read offset */
   /* Output buffers [B, S] and a window of S + 1 tokens, allocated once.
    * The four pointers name the set being written; with double_buffer the
    * two sets of `sets` take turns, so the previous step's set stays intact. */
@@ -77,8 +86,8 @@ int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out) {
                      name ? name : "(null)");
 }
 
-int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
-                         cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out) {
+int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_order_t *order,
+                         cpdl__collate_t **out) {
   *out = NULL;
   if (params->kind != CPDL__COLLATE_PACK && params->kind != CPDL__COLLATE_PAD)
     return cpdl__error(CPDL_EARG, "collate: unknown kind %d", (int)params->kind);
@@ -88,8 +97,8 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
   if (params->position_ids != 0 && params->position_ids != 1)
     return cpdl__error(CPDL_EARG, "collate: position_ids is %d; expected 0 (restart) or 1 (continuous)",
                        params->position_ids);
-  if (!sampler || !read)
-    return cpdl__error(CPDL_EARG, "collate: a sampler and a read callback are required");
+  if (!order || !order->read || !order->length)
+    return cpdl__error(CPDL_EARG, "collate: a document order (read and length) is required");
   if (params->thd_multiple < 0 ||
       (params->thd_multiple > 0 &&
        (params->kind != CPDL__COLLATE_PACK || params->batch != 1 ||
@@ -110,9 +119,7 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *
   if (!c)
     return cpdl__error(-ENOMEM, "collate: out of memory");
   c->params = *params;
-  c->sampler = sampler;
-  c->read = read;
-  c->read_arg = read_arg;
+  c->order = *order;
   c->n_sets = params->double_buffer ? 2 : 1;
   bool ok = true;
   for (int set = 0; set < c->n_sets; set++) {
@@ -174,62 +181,43 @@ static void copy_tokens(int64_t *dst, const cpdl__sample_t *doc, int64_t from, i
       dst[i] = v;
     }
     break;
-  default: /* 8, checked in load_next_doc */
+  default: /* 8, checked in load_doc */
     memcpy(dst, p, (size_t)count * 8);
     break;
   }
 }
 
-/* Make the sampler's next document the current one, offset 0. */
-static int load_next_doc(cpdl__collate_t *c) {
-  uint64_t epoch;
-  int64_t position, index;
-  cpdl__sampler_tell(c->sampler, &epoch, &position);
-  int rc = cpdl__sampler_next(c->sampler, &index);
-  if (rc)
-    return rc;
+/* Make document `position` of `epoch` the loaded one (read unless it is
+ * already). \return 0, CPDL_EEOF (past the epoch's last document), a read error. */
+static int load_doc(cpdl__collate_t *c, uint64_t epoch, int64_t position) {
+  if (c->have_doc && c->doc_epoch == epoch && c->doc_position == position)
+    return 0;
+  c->have_doc = false;
   cpdl__sample_t doc;
-  rc = c->read(c->read_arg, index, &doc);
+  int rc = c->order.read(c->order.arg, epoch, position, &doc);
+  if (rc == CPDL_EEOF)
+    return rc;
   if (rc)
-    return cpdl__error_prefix(rc, "collate: reading sample %lld (epoch %llu, position %lld)",
-                              (long long)index, (unsigned long long)epoch, (long long)position);
+    return cpdl__error_prefix(rc, "collate: reading the document at epoch %llu position %lld",
+                              (unsigned long long)epoch, (long long)position);
   if (doc.n_tokens < 0 || (doc.n_tokens > 0 && !doc.tokens) ||
       (doc.token_bytes != 2 && doc.token_bytes != 4 && doc.token_bytes != 8))
     return cpdl__error(CPDL_ESOURCE,
-                       "collate: sample %lld came back with %lld tokens of %d bytes at %p; expected "
-                       ">= 0 tokens of 2, 4 or 8 bytes",
-                       (long long)index, (long long)doc.n_tokens, doc.token_bytes, doc.tokens);
+                       "collate: the document at position %lld came back with %lld tokens of %d "
+                       "bytes at %p; expected >= 0 tokens of 2, 4 or 8 bytes",
+                       (long long)position, (long long)doc.n_tokens, doc.token_bytes, doc.tokens);
   c->doc = doc;
   c->doc_epoch = epoch;
   c->doc_position = position;
-  c->doc_offset = 0;
   c->have_doc = true;
   return 0;
 }
 
-/* A source whose documents are all unusable would loop forever. Two epochs
- * of this replica in a row with nothing usable is taken as that verdict (a
- * replica's epoch is a random subset under drop_last, hence not just one). */
-static int check_skipped(const cpdl__collate_t *c, int64_t skipped, const char *what) {
-  if ((skipped - 64) / 2 <= cpdl__sampler_per_epoch(c->sampler)) /* no overflow for huge epochs */
-    return 0;
-  return cpdl__error(CPDL_ESOURCE,
-                     "collate: %lld consecutive samples (over two epochs of this replica) have %s; "
-                     "the source has no usable data",
-                     (long long)skipped, what);
-}
-
-/* Leave the current document for the sampler's next one. `unused` says the
- * document being left gave the row nothing: it counts in *skipped (the
- * caller's run of such documents) toward check_skipped's verdict, `what`
- * saying what such a document has. */
-static int next_doc(cpdl__collate_t *c, bool unused, int64_t *skipped, const char *what) {
-  if (unused) {
-    int rc = check_skipped(c, ++*skipped, what);
-    if (rc)
-      return rc;
-  }
-  return load_next_doc(c);
+/* A row that the feed's index says exists ran past the epoch's end: the
+ * source changed under the index (or the index is wrong). */
+static int ended_inside(const cpdl__collate_t *c, const char *what) {
+  return cpdl__error(CPDL_ESOURCE, "collate: epoch %llu ended inside a %s row (the source's "
+                     "documents changed while it was open?)", (unsigned long long)c->epoch, what);
 }
 
 static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
@@ -242,31 +230,32 @@ static int pack_row(cpdl__collate_t *c, int64_t row) {
   const int64_t S = c->params.seq_len;
   int64_t *win = c->window;
   int64_t *position_ids = c->aux0 + row * S, *seq_ids = c->aux1 + row * S;
-  int64_t t = 0, ordinal = 0, skipped = 0;
+  int64_t t = 0, ordinal = 0;
   while (t < S + 1) {
-    if (!c->have_doc || c->doc_offset >= c->doc.n_tokens) {
-      int rc = next_doc(c, c->have_doc, &skipped, "no tokens");
-      if (rc)
-        return rc;
+    int rc = load_doc(c, c->epoch, c->position);
+    if (rc)
+      return rc == CPDL_EEOF ? ended_inside(c, "pack") : rc;
+    if (c->offset >= c->doc.n_tokens) {
+      c->position++;
+      c->offset = 0;
       continue;
     }
-    int64_t take = c->doc.n_tokens - c->doc_offset;
+    int64_t take = c->doc.n_tokens - c->offset;
     if (take > S + 1 - t)
       take = S + 1 - t;
-    copy_tokens(win + t, &c->doc, c->doc_offset, take);
+    copy_tokens(win + t, &c->doc, c->offset, take);
     ordinal++;
-    skipped = 0;
     int64_t end = t + take < S ? t + take : S; /* input positions of this segment */
     for (int64_t u = t; u < end; u++) {
       seq_ids[u] = ordinal;
       position_ids[u] = c->params.position_ids ? u : u - t;
     }
     t += take;
-    c->doc_offset += take;
+    c->offset += take;
   }
   /* The window's last token starts the next window: step back onto it. It
    * lies in the current document (the last segment took >= 1 token). */
-  c->doc_offset -= 1;
+  c->offset -= 1;
 
   int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
   memcpy(input_ids, win, (size_t)S * sizeof *win);
@@ -277,17 +266,13 @@ static int pack_row(cpdl__collate_t *c, int64_t row) {
 
 static int pad_row(cpdl__collate_t *c, int64_t row) {
   const int64_t S = c->params.seq_len;
-  int64_t skipped = 0;
   for (;;) {
-    int rc = load_next_doc(c);
+    int rc = load_doc(c, c->epoch, c->position);
     if (rc)
-      return rc;
-    c->have_doc = false; /* consumed whole: the next row takes the next document */
+      return rc == CPDL_EEOF ? ended_inside(c, "pad") : rc;
+    c->position++; /* consumed whole: the next row takes the next document */
     if (c->doc.n_tokens >= 2)
       break;
-    rc = check_skipped(c, ++skipped, "fewer than 2 tokens");
-    if (rc)
-      return rc;
   }
   int64_t len = c->doc.n_tokens < S + 1 ? c->doc.n_tokens : S + 1;
   int64_t real = len - 1;
@@ -328,33 +313,101 @@ static void thd_place(cpdl__collate_t *c, int64_t at, int64_t len, int64_t padde
   c->doc_offset += len;
 }
 
-/* The one row of mode thd (see the file's top): documents padded to a multiple of m. */
-static int thd_row(cpdl__collate_t *c) {
-  const int64_t S = c->params.seq_len, m = c->params.thd_multiple;
-  int32_t *cu = c->cu_seqlens, *cu_padded = c->cu_seqlens_padded;
-  int64_t at = 0, n = 0, skipped = 0, max_len = 0;
-  cu[0] = cu_padded[0] = 0;
+int cpdl__thd_plan_row(int64_t seq_len, int64_t multiple, const cpdl__doc_order_t *order,
+                       uint64_t epoch, int64_t *position, int64_t *offset,
+                       cpdl__thd_place_fn place, void *place_arg) {
+  const int64_t S = seq_len, m = multiple;
+  int64_t at = 0, n = 0, pos = *position, off = *offset, len_doc = -1, len_pos = -1;
   while (at < S) {
-    if (!c->have_doc || c->doc_offset + 1 >= c->doc.n_tokens) { /* no pair left */
-      int rc = next_doc(c, c->have_doc && c->doc_offset == 0, &skipped, "fewer than 2 tokens");
+    if (len_pos != pos) {
+      int rc = order->length(order->arg, epoch, pos, &len_doc);
+      if (rc == CPDL_EEOF)
+        break; /* the epoch's last row may be short: its tail is padding */
       if (rc)
         return rc;
+      len_pos = pos;
+    }
+    if (off + 1 >= len_doc) { /* no input/label pair left in this document */
+      pos++;
+      off = 0;
       continue;
     }
-    int64_t len = c->doc.n_tokens - 1 - c->doc_offset;
+    int64_t len = len_doc - 1 - off;
     int64_t padded = len + (m - len % m) % m;
     if (padded > S - at) {
       if (n > 0)
         break; /* carried to the next row */
       len = padded = S; /* longer than a row: it fills this one and continues */
     }
-    thd_place(c, at, len, padded);
-    skipped = 0;
+    if (place) {
+      int rc = place(place_arg, pos, off, len, padded, at);
+      if (rc)
+        return rc;
+    }
     n++;
-    cu[n] = (int32_t)(cu[n - 1] + len);
-    cu_padded[n] = (int32_t)(at + padded);
+    off += len;
     at += padded;
   }
+  /* Normalize: the next row starts at a document with a pair left (or at the
+   * epoch's end), so that equal positions compare equal. */
+  for (;;) {
+    if (len_pos != pos) {
+      int rc = order->length(order->arg, epoch, pos, &len_doc);
+      if (rc == CPDL_EEOF)
+        break;
+      if (rc)
+        return rc;
+      len_pos = pos;
+    }
+    if (off + 1 < len_doc)
+      break;
+    pos++;
+    off = 0;
+  }
+  *position = pos;
+  *offset = off;
+  return n > 0;
+}
+
+typedef struct thd_fill {
+  cpdl__collate_t *c;
+  int64_t n;
+} thd_fill_t;
+
+static int thd_put(void *arg, int64_t position, int64_t offset, int64_t len, int64_t padded,
+                   int64_t at) {
+  thd_fill_t *f = arg;
+  cpdl__collate_t *c = f->c;
+  int rc = load_doc(c, c->epoch, position);
+  if (rc)
+    return rc == CPDL_EEOF ? ended_inside(c, "thd") : rc;
+  if (offset + len + 1 > c->doc.n_tokens)
+    return ended_inside(c, "thd");
+  c->doc_offset = offset;
+  thd_place(c, at, len, padded);
+  f->n++;
+  c->cu_seqlens[f->n] = (int32_t)(c->cu_seqlens[f->n - 1] + len);
+  c->cu_seqlens_padded[f->n] = (int32_t)(at + padded);
+  return 0;
+}
+
+/* The one row of mode thd (see the file's top): documents padded to a
+ * multiple of m. \return 0, CPDL_EEOF (the epoch holds no more pairs), an error. */
+static int thd_row(cpdl__collate_t *c) {
+  const int64_t S = c->params.seq_len;
+  int32_t *cu = c->cu_seqlens, *cu_padded = c->cu_seqlens_padded;
+  cu[0] = cu_padded[0] = 0;
+  thd_fill_t fill = {.c = c, .n = 0};
+  int64_t pos = c->position, off = c->offset;
+  int rc = cpdl__thd_plan_row(S, c->params.thd_multiple, &c->order, c->epoch, &pos, &off, thd_put,
+                              &fill);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return CPDL_EEOF;
+  c->position = pos;
+  c->offset = off;
+  int64_t n = fill.n, at = cu_padded[n], max_len = 0;
   for (int64_t u = at; u < S; u++) { /* the tail: padding of the last document */
     c->input_ids[u] = c->params.padding_token_id;
     c->labels[u] = IGNORE_INDEX;
@@ -394,17 +447,7 @@ static void set_thd_field(cpdl_tensor_t *f, const char *name, int64_t len, const
   f->data = data;
 }
 
-static void set_field(cpdl_tensor_t *f, const char *name, const cpdl__collate_t *c, const int64_t *data) {
-  f->name = name;
-  f->dtype = CPDL_DTYPE_INT64;
-  f->ndim = 2;
-  f->shape[0] = c->params.batch;
-  f->shape[1] = c->params.seq_len;
-  f->shape[2] = f->shape[3] = 0;
-  f->data = data;
-}
-
-int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields) {
+void cpdl__collate_begin(cpdl__collate_t *c) {
   c->current = (c->current + 1) % c->n_sets;
   c->input_ids = c->sets[c->current][0];
   c->labels = c->sets[c->current][1];
@@ -414,71 +457,78 @@ int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields)
     c->cu_seqlens = c->thd_sets[c->current][0];
     c->cu_seqlens_padded = c->thd_sets[c->current][1];
     c->max_seqlen = c->thd_sets[c->current][2];
-    int rc = thd_row(c);
-    if (rc)
-      return rc;
-    set_field(&fields[0], "input_ids", c, c->input_ids);
-    set_field(&fields[1], "labels", c, c->labels);
-    set_field(&fields[2], "position_ids", c, c->aux0);
-    set_field(&fields[3], "loss_mask", c, c->aux1);
-    set_thd_field(&fields[4], "cu_seqlens", c->thd_capacity, c->cu_seqlens);
-    set_thd_field(&fields[5], "cu_seqlens_padded", c->thd_capacity, c->cu_seqlens_padded);
-    set_thd_field(&fields[6], "max_seqlen", 1, c->max_seqlen);
+  }
+}
+
+int cpdl__collate_row(cpdl__collate_t *c, int64_t row) {
+  if (row < 0 || row >= c->params.batch)
+    return cpdl__error(CPDL_EARG, "collate: row %lld is not in [0, batch %d)", (long long)row,
+                       c->params.batch);
+  if (c->params.thd_multiple > 0)
+    return thd_row(c);
+  return c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
+}
+
+int cpdl__collate_spec(const cpdl__collate_params_t *p, cpdl_tensor_t *fields, int *n_fields) {
+  static const char *const pack[] = {"input_ids", "labels", "position_ids", "_packed_seq_ids"};
+  static const char *const pad[] = {"input_ids", "labels", "attention_mask"};
+  static const char *const thd[] = {"input_ids", "labels", "position_ids", "loss_mask"};
+  const char *const *names = p->thd_multiple > 0 ? thd : p->kind == CPDL__COLLATE_PACK ? pack : pad;
+  int n2 = p->thd_multiple > 0 || p->kind == CPDL__COLLATE_PACK ? 4 : 3;
+  for (int i = 0; i < n2; i++) {
+    memset(&fields[i], 0, sizeof fields[i]);
+    fields[i].name = names[i];
+    fields[i].dtype = CPDL_DTYPE_INT64;
+    fields[i].ndim = 2;
+    fields[i].shape[0] = p->batch;
+    fields[i].shape[1] = p->seq_len;
+  }
+  *n_fields = n2;
+  if (p->thd_multiple > 0) {
+    int64_t capacity = p->seq_len / p->thd_multiple + 1;
+    set_thd_field(&fields[4], "cu_seqlens", capacity, NULL);
+    set_thd_field(&fields[5], "cu_seqlens_padded", capacity, NULL);
+    set_thd_field(&fields[6], "max_seqlen", 1, NULL);
     *n_fields = 7;
-    return 0;
-  }
-  for (int64_t row = 0; row < c->params.batch; row++) {
-    int rc = c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
-    if (rc)
-      return rc;
-  }
-  set_field(&fields[0], "input_ids", c, c->input_ids);
-  set_field(&fields[1], "labels", c, c->labels);
-  if (c->params.kind == CPDL__COLLATE_PACK) {
-    set_field(&fields[2], "position_ids", c, c->aux0);
-    set_field(&fields[3], "_packed_seq_ids", c, c->aux1);
-    *n_fields = 4;
-  } else {
-    set_field(&fields[2], "attention_mask", c, c->aux0);
-    *n_fields = 3;
   }
   return 0;
 }
 
-void cpdl__collate_cursor(const cpdl__collate_t *c, uint64_t *epoch, int64_t *position, int64_t *offset) {
-  if (c->have_doc) {
-    *epoch = c->doc_epoch;
-    *position = c->doc_position;
-    *offset = c->doc_offset;
-  } else {
-    cpdl__sampler_tell(c->sampler, epoch, position);
-    *offset = 0;
+void cpdl__collate_fields(const cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields) {
+  cpdl__collate_spec(&c->params, fields, n_fields);
+  /* aux0: position_ids (pack, thd) or attention_mask (pad); aux1:
+   * _packed_seq_ids (pack) or loss_mask (thd) */
+  const void *data[7] = {c->input_ids, c->labels, c->aux0, c->aux1,
+                         c->cu_seqlens, c->cu_seqlens_padded, c->max_seqlen};
+  for (int i = 0; i < *n_fields; i++)
+    fields[i].data = data[i];
+}
+
+int cpdl__collate_next(cpdl__collate_t *c, cpdl_tensor_t *fields, int *n_fields) {
+  cpdl__collate_begin(c);
+  for (int64_t row = 0; row < c->params.batch; row++) {
+    int rc = cpdl__collate_row(c, row);
+    if (rc)
+      return rc;
   }
+  cpdl__collate_fields(c, fields, n_fields);
+  return 0;
+}
+
+void cpdl__collate_cursor(const cpdl__collate_t *c, uint64_t *epoch, int64_t *position, int64_t *offset) {
+  *epoch = c->epoch;
+  *position = c->position;
+  *offset = c->offset;
 }
 
 int cpdl__collate_seek(cpdl__collate_t *c, uint64_t epoch, int64_t position, int64_t offset) {
-  if (offset < 0 || (offset > 0 && c->params.kind == CPDL__COLLATE_PAD))
-    return cpdl__error(CPDL_EARG, "collate: cursor offset %lld is invalid for %s (expected %s)",
-                       (long long)offset, c->params.kind == CPDL__COLLATE_PAD ? "pad" : "pack",
+  if (position < 0 || offset < 0 || (offset > 0 && c->params.kind == CPDL__COLLATE_PAD))
+    return cpdl__error(CPDL_EARG, "collate: cursor position %lld offset %lld is invalid for %s "
+                       "(expected offset %s)", (long long)position, (long long)offset,
+                       c->params.kind == CPDL__COLLATE_PAD ? "pad" : "pack",
                        c->params.kind == CPDL__COLLATE_PAD ? "0" : ">= 0");
-  int rc = cpdl__sampler_seek(c->sampler, epoch, position);
-  if (rc)
-    return rc;
-  c->have_doc = false;
-  if (offset == 0)
-    return 0; /* the next row starts at the document's beginning: load it lazily */
-  rc = load_next_doc(c);
-  if (rc)
-    return rc;
-  if (offset >= c->doc.n_tokens) {
-    c->have_doc = false;
-    (void)cpdl__sampler_seek(c->sampler, epoch, position);
-    return cpdl__error(CPDL_EARG,
-                       "collate: cursor offset %lld is past the end of the document at epoch %llu "
-                       "position %lld (%lld tokens); was the state saved with another source?",
-                       (long long)offset, (unsigned long long)epoch, (long long)position,
-                       (long long)c->doc.n_tokens);
-  }
-  c->doc_offset = offset;
+  c->epoch = epoch;
+  c->position = position;
+  c->offset = offset;
   return 0;
 }

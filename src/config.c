@@ -44,17 +44,19 @@ typedef struct {
   int64_t min, max;
   bool suffix;     /* accepts K/M/G (1024-based) */
   bool stream;     /* decides the stream of batches: a resume state must match it
-                      (steps, slots, threads, pin, timeouts may change between a
-                      run and its resumption) */
+                      (the layout — cp, tp, order, and dp through the rank
+                      count — and steps, slots, threads, pin, timeouts may
+                      change between a run and its resumption) */
 } config_key_t;
 
 #define MEMBER(m) offsetof(cpdl_config_t, m), sizeof(((cpdl_config_t *)0)->m)
 
 /* Canonical order = struct order. */
 static const config_key_t keys[] = {
-    {"cp", KEY_INT, MEMBER(cp), 1, 1 << 20, false, true},
-    {"tp", KEY_INT, MEMBER(tp), 1, 1 << 20, false, true},
-    {"order", KEY_ORDER, MEMBER(order), 0, 0, false, true},
+    /* The layout is not a stream key: the global order does not depend on it. */
+    {"cp", KEY_INT, MEMBER(cp), 1, 1 << 20, false, false},
+    {"tp", KEY_INT, MEMBER(tp), 1, 1 << 20, false, false},
+    {"order", KEY_ORDER, MEMBER(order), 0, 0, false, false},
     {"seq_len", KEY_I64, MEMBER(seq_len), 1, INT64_C(1) << 40, true, true},
     {"batch", KEY_INT, MEMBER(batch), 1, 1 << 24, true, true},
     {"steps", KEY_I64, MEMBER(steps), 0, INT64_MAX, true, false},

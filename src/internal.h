@@ -239,11 +239,11 @@ typedef struct cpdl__ring cpdl__ring_t; /* process-local handle */
  * [hdr][field records][slot records][consumer records], each table 64-byte
  * aligned, the whole control part page-aligned. */
 #define CPDL__RING_MAGIC UINT64_C(0x474e49524c445043) /* "CPDLRING" little-endian */
-#define CPDL__RING_VERSION 2u /* 2: consumer records carry world_rank and left */
+#define CPDL__RING_VERSION 3u /* 2: consumer records carry world_rank and left; 3: 5 state words */
 #define CPDL__RING_MAX_SLOTS 1024u
 #define CPDL__RING_MAX_REGIONS 64u
 #define CPDL__RING_MAX_CONSUMERS 512u
-#define CPDL__RING_STATE_WORDS 4 /* == CPDL__CURSOR_WORDS (checked in ring.c) */
+#define CPDL__RING_STATE_WORDS 5 /* == CPDL__CURSOR_WORDS (checked in ring.c) */
 #define CPDL__RING_MSG_MAX 512
 typedef struct cpdl__ring_hdr {
   /* written once by the leader before the name is sent; read once by each
@@ -427,79 +427,82 @@ int cpdl__source_document(const cpdl__source_t *src, int64_t doc, int64_t *first
 eturn count. */
 int cpdl__source_list(char *buf, size_t size);
 
-/* ---- feed.c, sampler.c, collate.c --------------------------------
- * What the leader's loader threads pull batches from: sampler → source
- * plugin → collate. Deterministic from (config, dp_rank, dp_size): every node
- * of a replica produces the same collated batch for the same step without
- * communication. The cursor (a few integers) says where the next step
- * starts; setting it reproduces the stream exactly from there. */
-#define CPDL__CURSOR_WORDS 4
-#define CPDL__CURSOR_STEP 3     /* the word counting the steps produced (== the loader's step) */
-#define CPDL__CURSOR_CONSUMED 1 /* global order: the job's consumed-sample count */
+/* ---- feed.c (+ feed_tokens.c, feed_rows.c, feed_batches.c), perm.c, collate.c
+ * What the leader's loader threads pull batches from: one global order of
+ * training rows (docs/design.md#the-global-order), a function of the data and
+ * of seed, seq_len, batch, collate, mode and the padding multiple — never of
+ * dp, cp, tp or the node count: row b of replica r at the k-th step of an
+ * epoch is row consumed0 + (k*dp + r)*unit + b of that epoch. Every node of
+ * a replica produces the same collated batch for the same step without
+ * communication, and the cursor (a few integers, the same on every replica)
+ * says where the next step starts: setting it reproduces the stream from
+ * there, under any layout. */
+#define CPDL__CURSOR_WORDS 5
+#define CPDL__CURSOR_EPOCH 0    /* the epoch of the next step */
+#define CPDL__CURSOR_CONSUMED 1 /* rows of that epoch consumed (gpt: samples, npy: batches) */
+#define CPDL__CURSOR_POSITION 2 /* thd: the document position where row CONSUMED starts */
+#define CPDL__CURSOR_OFFSET 3   /* thd: the pair offset in that document */
+#define CPDL__CURSOR_STEP 4     /* the word counting the steps produced (== the loader's step) */
 typedef struct cpdl__feed cpdl__feed_t;
 /* \return 0, CPDL_EPLUGIN (unknown scheme, ABI mismatch, dlerror text),
- *         CPDL_ESOURCE, CPDL_ECORRUPT (file named with offset), CPDL_EARG. */
+ *         CPDL_ESOURCE, CPDL_ECORRUPT (file named with offset), CPDL_EARG.
+ * The first epoch's index is built here (one pass over the lengths). */
 int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__feed_t **out);
+/* The fields a step has — names, dtypes, shapes; data NULL — producing
+ * nothing (npy reads its first batch's headers). \return 0 or a source error. */
+int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* Collate the next step. On return fields[0..*n_fields) describe tensors of
  * shape [batch, seq_len] (or the npy plugin's arrays) owned by the feed, valid
  * until the next call. A field named "loss_mask", if present, is the loss
- * mask. Shapes and dtypes are the same for every step of a feed.
- * \return 0, CPDL_EEOF, or an error. */
+ * mask. Shapes and dtypes are the spec's for every step.
+ * \return 0, CPDL_EEOF (gpt: its last full global batch is behind), or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
-/* Steps this replica's first `epochs` passes over the data hold, at most cap
- * (counting stops there): lengths only, O(epochs * samples of a replica). */
+/* Steps from the cursor to the end of epoch `epochs` - 1, at most cap
+ * (counting stops there): pack, pad and npy in O(1), thd by running its
+ * packing over each epoch's lengths. The same on every replica. */
 int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out);
-void cpdl__feed_cursor(const cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
+/* The cursor after the last step (thd: may run the packing ahead to the
+ * next global batch's first row). \return 0 or a source error. */
+int cpdl__feed_cursor(cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
+/* Position the feed at a cursor of any replica of a job of any layout (the
+ * same data and stream keys). \return 0, CPDL_EARG (a cursor this data
+ * cannot hold), a source error. */
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
-/* Whether the feed's order is global: one sequence of samples for the whole
- * job, dealt to the replicas step by step (Megatron's order), so that its
- * whole position is one consumed-sample count — cursor word
- * CPDL__CURSOR_CONSUMED, the same on every replica — and a job may resume it
- * with another dp size. Such a feed must seek from the cursor
- * {0, consumed, 0, step} on any replica. False for per-replica orders, whose
- * cursor is one replica's own (epoch, position, offset, steps). */
-bool cpdl__feed_global_order(const cpdl__feed_t *feed);
 void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
+/* "tokens", "rows" or "batches" (feed_kind.h). */
+const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 
-/* ---- sampler.c ------------------------------------------------------------
- * Which sample a replica reads at (epoch, position): a pure function of
- * (n_samples, seed, epoch, dp_rank, dp_size, drop_last). The epoch's
- * permutation is Fisher–Yates (materialized, n <= table_max) or a keyed
- * Feistel permutation with cycle walking (no memory, larger n). Replica r
- * takes positions r, r+dp, r+2dp, … of it; per epoch floor(n/dp) samples
- * (drop_last) or ceil(n/dp), wrapping to the start of the same permutation.
- * Its state is (epoch, position of the next sample); epochs roll over. */
-typedef struct cpdl__sampler cpdl__sampler_t;
-typedef struct cpdl__sampler_params {
-  int64_t n_samples;       /* >= 1 */
-  uint64_t seed;
-  int dp_rank, dp_size;    /* 0 <= dp_rank < dp_size */
-  bool drop_last;
-  int64_t table_max;       /* largest n shuffled with a table; 0 = default (1 << 26) */
-} cpdl__sampler_params_t;
-/* \return 0, CPDL_EARG (no samples, bad dp, drop_last with n < dp_size), -ENOMEM. */
-int cpdl__sampler_create(const cpdl__sampler_params_t *params, cpdl__sampler_t **out);
-void cpdl__sampler_destroy(cpdl__sampler_t *sampler);
-int64_t cpdl__sampler_per_epoch(const cpdl__sampler_t *sampler); /* this replica's samples per epoch */
-/* Sample index at (epoch, position < per_epoch), without moving the state.
- * Not const: it may rebuild the cached permutation. \return 0, CPDL_EARG, -ENOMEM. */
-int cpdl__sampler_index(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position, int64_t *index);
-/* Index at the state, then advance it (rolling into the next epoch). */
-int cpdl__sampler_next(cpdl__sampler_t *sampler, int64_t *index);
-void cpdl__sampler_tell(const cpdl__sampler_t *sampler, uint64_t *epoch, int64_t *position);
-/* \return 0 or CPDL_EARG (position >= per_epoch). */
-int cpdl__sampler_seek(cpdl__sampler_t *sampler, uint64_t epoch, int64_t position);
+/* ---- perm.c ---------------------------------------------------------------
+ * The document at (epoch, position): a permutation of [0, n) per epoch, a
+ * pure function of (n, seed, epoch). Fisher–Yates (materialized, n <=
+ * table_max) or a keyed Feistel permutation with cycle walking (no memory,
+ * larger n). */
+typedef struct cpdl__perm cpdl__perm_t;
+/* table_max: largest n shuffled with a table; 0 = default (1 << 26).
+ * \return 0, CPDL_EARG (n < 1), -ENOMEM. */
+int cpdl__perm_create(int64_t n, uint64_t seed, int64_t table_max, cpdl__perm_t **out);
+void cpdl__perm_destroy(cpdl__perm_t *perm);
+int64_t cpdl__perm_size(const cpdl__perm_t *perm);
+/* perm_epoch[position], 0 <= position < n. Not const: it may rebuild the
+ * cached epoch's table. */
+int64_t cpdl__perm_at(cpdl__perm_t *perm, uint64_t epoch, int64_t position);
 
 /* ---- collate.c ------------------------------------------------------------
- * Turns the sampler's documents into [batch, seq_len] int64 tensors
- * (docs/design.md#the-data-path); see collate.c for the exact window and position rules. Samples
- * come through a read callback so tests need no plugin. The collate does not
- * own the sampler; it drives it (next/seek/tell). */
+ * Turns documents into [batch, seq_len] int64 tensors
+ * (docs/design.md#the-data-path); see collate.c for the exact window and
+ * position rules. Documents come through a cpdl__doc_order_t, so tests need
+ * no plugin; an epoch's last position is followed by CPDL_EEOF. */
 typedef enum { CPDL__COLLATE_PACK = 0, CPDL__COLLATE_PAD = 1 } cpdl__collate_kind_t;
-typedef int (*cpdl__collate_read_fn)(void *arg, int64_t index, cpdl__sample_t *out);
+typedef struct cpdl__doc_order {
+  /* Document `position` of `epoch`: its tokens, or only its length. Both
+   * return CPDL_EEOF past the epoch's last document. */
+  int (*read)(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out);
+  int (*length)(void *arg, uint64_t epoch, int64_t position, int64_t *n_tokens);
+  void *arg;
+} cpdl__doc_order_t;
 typedef struct cpdl__collate_params {
   cpdl__collate_kind_t kind;
   int64_t seq_len;          /* S >= 1 */
@@ -508,7 +511,7 @@ typedef struct cpdl__collate_params {
   int position_ids;         /* pack: 0 = restart per document, 1 = continuous */
   int loss_on_eot;          /* 0: labels equal to eot_token become -100 */
   int64_t eot_token;        /* -1: none */
-  bool double_buffer;       /* two output sets, used in turn (see collate_next) */
+  bool double_buffer;       /* two output sets, used in turn (see collate_begin) */
   int thd_multiple;         /* pack, batch 1: > 0 pads each document to a multiple of this
                              * (2*cp, mode thd) and adds loss_mask and the cu_seqlens fields */
 } cpdl__collate_params_t;
@@ -516,23 +519,46 @@ typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
 int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
 /* \return 0, CPDL_EARG (bad kind, sizes, position_ids), CPDL_EOVERFLOW, -ENOMEM. */
-int cpdl__collate_create(const cpdl__collate_params_t *params, cpdl__sampler_t *sampler,
-                         cpdl__collate_read_fn read, void *read_arg, cpdl__collate_t **out);
+int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_order_t *order,
+                         cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
-/* One step. fields[] (4 for pack, 7 for pack with thd_multiple, 3 for pad) point into buffers owned by the
- * collate, valid until the next call — or, with double_buffer, until the call
- * after it (so one thread may prepare step k while another collates k+1). \return 0, a read error, CPDL_ESOURCE
- * (a whole epoch of documents too short to use). */
+/* A step: begin() moves to the next output set (with double_buffer the
+ * previous step's set stays intact, so one thread may prepare step k while
+ * another collates k+1); row(b) fills row b from the cursor and moves the
+ * cursor past it; fields() describes the set (4 fields for pack, 7 for thd,
+ * 3 for pad), valid until the next begin() — or the one after it.
+ * row \return 0, a read error, CPDL_ESOURCE (the epoch ended inside a pack or
+ * pad row), CPDL_EEOF (thd: the epoch holds no more pairs). */
+void cpdl__collate_begin(cpdl__collate_t *collate);
+int cpdl__collate_row(cpdl__collate_t *collate, int64_t row);
+void cpdl__collate_fields(const cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* begin, rows 0..batch-1, fields. */
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
+/* The fields of a step of these parameters, data NULL. */
+int cpdl__collate_spec(const cpdl__collate_params_t *params, cpdl_tensor_t *fields, int *n_fields);
 /* Mode thd: entries n+1 of this step's cu_seqlens / cu_seqlens_padded, whose fields hold
  * `capacity` entries with the tail repeating S: one more than the index of the first entry of
  * cu_padded that reaches seq_len (a binary search reading each probe once; at most capacity). */
 int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len);
-/* Where the next step starts: the document at sampler (epoch, position) and
- * the token offset in it. */
+/* Mode thd: the documents of one row, from lengths alone — the one packing
+ * rule, used to make rows (collate) and to count and index them (feed).
+ * From (*position, *offset) of `epoch`: whole documents' input/label pairs,
+ * each padded to a multiple of `multiple`, while they fit seq_len; a document
+ * longer than a row fills it and continues. place (may be NULL) is called
+ * for each piece: pairs [offset, offset + len) of the document at position,
+ * at row index `at`, taking `padded` positions. On return the cursor is the
+ * next row's start (normalized: a document with a pair left, or the epoch's
+ * end). \return 1 (a row), 0 (the epoch holds no more pairs), an error. */
+typedef int (*cpdl__thd_place_fn)(void *arg, int64_t position, int64_t offset, int64_t len,
+                                  int64_t padded, int64_t at);
+int cpdl__thd_plan_row(int64_t seq_len, int64_t multiple, const cpdl__doc_order_t *order,
+                       uint64_t epoch, int64_t *position, int64_t *offset,
+                       cpdl__thd_place_fn place, void *place_arg);
+/* Where the next row starts: document `position` of `epoch`, token (thd:
+ * pair) offset in it. */
 void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,
                           int64_t *offset);
-/* \return 0, CPDL_EARG (position or offset out of range, offset in pad mode), a read error. */
+/* \return 0 or CPDL_EARG (negative position or offset, offset in pad mode). */
 int cpdl__collate_seek(cpdl__collate_t *collate, uint64_t epoch, int64_t position, int64_t offset);
 
 /* ---- pin.c, pin_plan.c ---------------------------------------------------
@@ -669,39 +695,30 @@ int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **o
 void cpdl__producer_stop(cpdl__producer_t *producer);
 
 /* ---- state.c --------------------------------------------------------------
- * The resume state's bytes (layout: include/cpdl.h, docs/state.md). Pure. */
+ * The resume state's bytes (layout: include/cpdl/loader.h, docs/state.md). Pure. */
 #define CPDL__STATE_MAGIC UINT64_C(0x544154534c445043) /* the bytes "CPDLSTAT" (little-endian) */
 #define CPDL__STATE_VERSION CPDL_STATE_VERSION /* include/cpdl/loader.h */
-typedef enum {
-  CPDL__ORDER_REPLICA = 0, /* one cursor per replica */
-  CPDL__ORDER_GLOBAL = 1,  /* one consumed-sample count for the job */
-} cpdl__order_kind_t;
 typedef struct cpdl__state {
   uint64_t step;            /* the step of the next batch */
-  uint32_t kind;            /* cpdl__order_kind_t */
-  uint64_t consumed;        /* GLOBAL: samples the job consumed; REPLICA: 0 */
-  uint64_t dp_size;
-  uint64_t n_replicas;      /* REPLICA: dp_size; GLOBAL: 0 */
-  const uint64_t *cursors;  /* n_replicas * CPDL__CURSOR_WORDS, replica-major */
+  uint64_t dp_size;         /* of the job that saved it (information: any layout resumes) */
+  const uint64_t *cursor;   /* CPDL__CURSOR_WORDS: the global order's cursor at step */
   const char *stream;       /* cpdl__config_stream_format() text */
 } cpdl__state_t;
-/* A decoded blob: the fields above, cursors read with cpdl__state_cursor. */
+/* A decoded blob. */
 typedef struct cpdl__state_view {
-  uint64_t step, consumed, dp_size, n_replicas;
-  uint32_t kind;
+  uint64_t step, dp_size;
+  uint64_t cursor[CPDL__CURSOR_WORDS];
   const char *stream;       /* inside the blob, NUL-terminated */
-  const void *blob;
 } cpdl__state_view_t;
-/* Bytes of the blob of n_replicas cursors and a stream text of stream_len. */
-size_t cpdl__state_bytes(uint64_t n_replicas, size_t stream_len);
+/* Bytes of the blob with a stream text of stream_len (the same for every layout). */
+size_t cpdl__state_bytes(size_t stream_len);
 /* \return 0 or CPDL_EOVERFLOW (buffer too small; *used says how much). */
 int cpdl__state_encode(const cpdl__state_t *st, void *buf, size_t size, size_t *used);
 /* Check and view a blob (any alignment). \return 0 or CPDL_ESTATE naming
- * what is wrong: magic, version, size, cursor width, checksum, kind and
- * replica count, or a cursor whose step word differs from the state's step. */
+ * what is wrong: magic, version (the old per-replica format named as such),
+ * size, cursor width, checksum, a cursor whose step word differs from the
+ * state's step. */
 int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
-void cpdl__state_cursor(const cpdl__state_view_t *st, uint64_t replica,
-                        uint64_t cursor[CPDL__CURSOR_WORDS]);
 
 /* ---- loader.c (internals for the CLI and tests) ---------------------------- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);

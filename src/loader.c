@@ -144,19 +144,17 @@ typedef struct segment_info {
   uint64_t config_hash;
 } segment_info_t;
 
-/* Leader: open the feed, peek at the first batch to plan the layout, create
- * the segment and write its header. */
+/* Leader: open the feed, plan the layout from its spec (no batch is
+ * produced), create the segment and write its header. */
 static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   int rc = cpdl__feed_open(&L->cfg, L->mesh.me.dp_rank, L->mesh.me.dp_size, &L->feed);
   if (rc)
     return rc;
-  cpdl__feed_cursor(L->feed, L->start_words);
+  if ((rc = cpdl__feed_cursor(L->feed, L->start_words)))
+    return rc;
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs = CPDL_MAX_FIELDS;
-  rc = cpdl__feed_next(L->feed, inputs, &n_inputs);
-  if (rc == CPDL_EEOF)
-    return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all", L->cfg.source);
-  if (rc)
+  if ((rc = cpdl__feed_spec(L->feed, inputs, &n_inputs)))
     return rc;
   for (int pass = 0; pass < 2 && !L->data_batch; pass++)
     for (int i = 0; i < n_inputs && !L->data_batch; i++)
@@ -169,10 +167,18 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
   if (rc)
     return cpdl__error_prefix(rc, "planning the batch layout");
-  rc = cpdl__feed_seek(L->feed, L->start_words);
-  if (rc)
+  /* The first epoch must hold a whole global batch. */
+  uint64_t any = 0;
+  if ((rc = cpdl__feed_steps(L->feed, 1, 1, &any)))
     return rc;
-  /* This replica's end: the steps its first `epochs` passes hold. */
+  if (any == 0)
+    return cpdl__error(CPDL_ESOURCE, "data source '%s' yields no batch at all: its first epoch "
+                       "holds no whole global batch of dp %d x batch %d rows of seq_len %lld; "
+                       "use more data, a smaller batch or seq_len, fewer replicas or "
+                       "drop_last=0", L->cfg.source, L->mesh.me.dp_size, L->cfg.batch,
+                       (long long)L->cfg.seq_len);
+  /* The run's end: the steps its first `epochs` passes hold (the same on
+   * every replica: the order is global). */
   uint64_t epochs = cpdl__config_epochs(&L->cfg);
   if (epochs && (rc = cpdl__feed_steps(L->feed, epochs, L->end_step, &L->end_step)))
     return rc;
@@ -373,9 +379,10 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   rc = cpdl__agree(&L->mesh.world, L->mesh.is_leader ? info.rc : 0);
   if (rc)
     return rc;
-  /* Every replica ends on the same step: the smallest leader's end (the
-   * others hold UINT64_MAX or their steps=). Without epochs that is steps=
-   * on every rank (the configuration is agreed): nothing to exchange. */
+  /* Every replica ends on the same step: the leaders' count (equal on every
+   * leader, the order being global; the others hold UINT64_MAX or steps=).
+   * Without epochs that is steps= on every rank (the configuration is
+   * agreed): nothing to exchange. */
   if (cpdl__config_epochs(&L->cfg)) {
     int64_t end = L->end_step > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)L->end_step;
     if ((rc = cpdl__coll_min_i64(&L->mesh.world, &end, 1, "open (the run's end step)")))
@@ -383,7 +390,7 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
     L->end_step = end == INT64_MAX ? UINT64_MAX : (uint64_t)end;
   }
   if (L->end_step == 0)
-    return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) of the smallest replica "
+    return cpdl__error(CPDL_ESOURCE, "data source '%s': %llu epoch(s) "
                        "hold no whole step of batch=%d rows of seq_len=%lld tokens; use more "
                        "data, more epochs, a smaller batch or seq_len, or fewer replicas",
                        L->cfg.source, (unsigned long long)cpdl__config_epochs(&L->cfg),
@@ -657,21 +664,18 @@ void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *se
 /* State (the blob's bytes: state.c; its layout: docs/state.md)               */
 /* ------------------------------------------------------------------------- */
 
-/* What each rank contributes to a save: its replica, whether it leads a
- * group (and so knows its feed's order kind), the step of its next batch (a
- * held step counts as consumed) and its replica's cursor at that step. Every
- * rank knows its replica's cursor: the leader stores it in each slot. */
-enum { REC_DP, REC_FLAGS, REC_STEP, REC_CURSOR, REC_WORDS = REC_CURSOR + CPDL__CURSOR_WORDS };
+/* What each rank contributes to a save: whether it leads a group (and so
+ * knows the feed's cursor first-hand), the step of its next batch (a held
+ * step counts as consumed) and the cursor at that step. The cursor is the
+ * global order's, the same on every replica: any leader's will do, and they
+ * are checked to agree. */
+enum { REC_FLAGS, REC_STEP, REC_CURSOR, REC_WORDS = REC_CURSOR + CPDL__CURSOR_WORDS };
 #define REC_LEADER 1u
-#define REC_GLOBAL 2u
 
 static void state_record(const cpdl_loader_t *L, uint64_t rec[REC_WORDS]) {
   uint64_t step = L->holding ? L->next_step + 1 : L->next_step;
   const uint64_t *cursor = step == L->first_step ? L->start_words : L->state_words;
-  rec[REC_DP] = (uint64_t)L->mesh.me.dp_rank;
   rec[REC_FLAGS] = L->mesh.is_leader ? REC_LEADER : 0;
-  if (L->mesh.is_leader && cpdl__feed_global_order(L->feed))
-    rec[REC_FLAGS] |= REC_GLOBAL;
   rec[REC_STEP] = step;
   memcpy(&rec[REC_CURSOR], cursor, CPDL__CURSOR_WORDS * sizeof *cursor);
 }
@@ -694,51 +698,46 @@ int cpdl_loader_state_size(const cpdl_loader_t *L, size_t *bytes) {
   int len = cpdl__config_stream_format(&L->cfg, NULL, 0);
   if (len < 0)
     return len;
-  *bytes = cpdl__state_bytes((uint64_t)L->mesh.me.dp_size, (size_t)len);
+  *bytes = cpdl__state_bytes((size_t)len);
   return 0;
 }
 
 /* From every rank's record, the job's state, encoded into buf. */
 static int state_build(cpdl_loader_t *L, const uint64_t *recs, void *buf, size_t size,
                        size_t *used) {
-  int n = L->mesh.me.world_size, dp = L->mesh.me.dp_size;
+  int n = L->mesh.me.world_size;
   uint64_t step = recs[REC_STEP];
-  bool global = false;
+  const uint64_t *cursor = NULL;
+  int from = -1;
   for (int r = 0; r < n; r++) {
     const uint64_t *rec = recs + (size_t)r * REC_WORDS;
     if (rec[REC_STEP] != step)
       return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: rank 0 is at step %llu but rank "
                          "%d at step %llu; save when every rank has taken the same steps",
                          (unsigned long long)step, r, (unsigned long long)rec[REC_STEP]);
-    global |= (rec[REC_FLAGS] & REC_GLOBAL) != 0;
+    if (!(rec[REC_FLAGS] & REC_LEADER))
+      continue;
+    if (!cursor) {
+      cursor = &rec[REC_CURSOR];
+      from = r;
+    } else if (memcmp(cursor, &rec[REC_CURSOR], CPDL__CURSOR_WORDS * sizeof *cursor) != 0) {
+      return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: the group leaders of ranks %d and "
+                         "%d hold different cursors of the global order at step %llu (a bug: "
+                         "every replica computes the same)", from, r, (unsigned long long)step);
+    }
   }
-  uint64_t *cursors = calloc((size_t)dp * CPDL__CURSOR_WORDS, sizeof *cursors);
+  if (!cursor)
+    return cpdl__error(CPDL_ESTATE, "cpdl_loader_state_save: no group leader among the ranks");
   char *text = stream_text(L);
-  int rc = 0;
-  if (!cursors || !text) {
-    rc = cpdl__error(-ENOMEM, "out of memory building the resume state");
-    goto out;
-  }
-  /* Each replica's cursor from one of its group leaders (every group of a
-   * replica computes the same stream; the leader's is the feed's own). */
-  for (int r = 0; r < n; r++) {
-    const uint64_t *rec = recs + (size_t)r * REC_WORDS;
-    if ((rec[REC_FLAGS] & REC_LEADER) && rec[REC_DP] < (uint64_t)dp)
-      memcpy(cursors + rec[REC_DP] * CPDL__CURSOR_WORDS, &rec[REC_CURSOR],
-             CPDL__CURSOR_WORDS * sizeof *cursors);
-  }
+  if (!text)
+    return -ENOMEM;
   cpdl__state_t st = {
       .step = step,
-      .kind = global ? CPDL__ORDER_GLOBAL : CPDL__ORDER_REPLICA,
-      .consumed = global ? cursors[CPDL__CURSOR_CONSUMED] : 0,
-      .dp_size = (uint64_t)dp,
-      .n_replicas = global ? 0 : (uint64_t)dp,
-      .cursors = cursors,
+      .dp_size = (uint64_t)L->mesh.me.dp_size,
+      .cursor = cursor,
       .stream = text,
   };
-  rc = cpdl__state_encode(&st, buf, size, used);
-out:
-  free(cursors);
+  int rc = cpdl__state_encode(&st, buf, size, used);
   free(text);
   return rc;
 }
@@ -784,7 +783,8 @@ int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *use
 }
 
 /* Local checks of a state against this job: the blob itself (CPDL_ESTATE),
- * then its layout (CPDL_ECONFIG naming the key and both values). */
+ * then its stream keys (CPDL_ECONFIG naming the key and both values). The
+ * layout is not among them: the order is global. */
 static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
                        cpdl__state_view_t *view) {
   int rc = cpdl__state_decode(buf, size, view);
@@ -797,22 +797,17 @@ static int state_check(const cpdl_loader_t *L, const void *buf, size_t size,
                               "reads");
   if ((rc = cpdl__config_stream_compare(&saved, &L->cfg)))
     return rc;
-  if (view->kind == CPDL__ORDER_REPLICA && view->dp_size != (uint64_t)L->mesh.me.dp_size)
-    return cpdl__error(CPDL_ECONFIG, "resume state was saved with dp size %llu, this job has dp "
-                       "size %d; resume with the same number of ranks, cp and tp",
-                       (unsigned long long)view->dp_size, L->mesh.me.dp_size);
-  if (view->step > L->end_step)
-    return cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond the run's end at step "
-                       "%llu (steps=%lld epochs=%lld)", (unsigned long long)view->step,
-                       (unsigned long long)L->end_step, (long long)L->cfg.steps,
-                       (long long)L->cfg.epochs);
+  if (L->cfg.steps > 0 && view->step > (uint64_t)L->cfg.steps)
+    return cpdl__error(CPDL_EARG, "resume state is at step %llu, beyond the run's end at "
+                       "steps=%lld", (unsigned long long)view->step, (long long)L->cfg.steps);
   return 0;
 }
 
 /* The collective part of restore (a watch installed): agree on the local
  * checks and that every rank was given the same state, then the leader
- * rewinds the ring and seeks its feed to its replica's cursor between two
- * group barriers, so no consumer waits on the ring while it changes. */
+ * rewinds the ring and seeks its feed to the state's cursor between two
+ * group barriers, so no consumer waits on the ring while it changes; the
+ * run's end is counted again from there, for this layout. */
 static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uint64_t checksum,
                            int local) {
   int rc = cpdl__agree(&L->mesh.world, local);
@@ -828,24 +823,19 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
     return cpdl__error(CPDL_ECONFIG, "ranks were given different resume states: give every rank "
                        "the same one (any rank's save holds the whole job)");
   uint64_t step = view->step;
-  uint64_t cursor[CPDL__CURSOR_WORDS] = {0};
-  if (view->kind == CPDL__ORDER_GLOBAL) {
-    cursor[CPDL__CURSOR_CONSUMED] = view->consumed;
-    cursor[CPDL__CURSOR_STEP] = step;
-  } else {
-    cpdl__state_cursor(view, (uint64_t)L->mesh.me.dp_rank, cursor);
-  }
+  uint64_t cursor[CPDL__CURSOR_WORDS];
+  memcpy(cursor, view->cursor, sizeof cursor);
   rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
   if (rc == CPDL_EPEER)
     return rc;
   local = rc;
+  uint64_t end = L->cfg.steps > 0 ? (uint64_t)L->cfg.steps : UINT64_MAX;
+  uint64_t epochs = cpdl__config_epochs(&L->cfg);
   if (!local && L->mesh.is_leader) {
-    if ((view->kind == CPDL__ORDER_GLOBAL) != cpdl__feed_global_order(L->feed))
-      local = cpdl__error(CPDL_ECONFIG, "resume state keeps a %s order, this job's source has a "
-                          "%s order", view->kind == CPDL__ORDER_GLOBAL ? "global" : "per-replica",
-                          view->kind == CPDL__ORDER_GLOBAL ? "per-replica" : "global");
-    else
-      local = cpdl__feed_seek(L->feed, cursor);
+    local = cpdl__feed_seek(L->feed, cursor);
+    uint64_t left = 0;
+    if (!local && epochs && !(local = cpdl__feed_steps(L->feed, epochs, UINT64_MAX, &left)))
+      end = left > end - step ? end : step + left;
     if (!local)
       cpdl__ring_reset(L->ring, step);
   }
@@ -854,14 +844,21 @@ static int restore_watched(cpdl_loader_t *L, const cpdl__state_view_t *view, uin
   rc = cpdl__agree(&L->mesh.world, local);
   if (rc)
     return rc;
+  if (epochs) { /* the leaders' end, equal on all of them; the others learn it */
+    int64_t e = !L->mesh.is_leader || end > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)end;
+    if ((rc = cpdl__coll_min_i64(&L->mesh.world, &e, 1, "restore (the run's end step)")))
+      return rc;
+    end = e == INT64_MAX ? UINT64_MAX : (uint64_t)e;
+  }
   /* The reset is complete before any consumer waits on the ring. */
   rc = cpdl__coll_barrier(&L->mesh.group, "restore (the group's barrier)");
   if (rc)
     return rc;
   L->first_step = step;
   L->next_step = step;
-  memcpy(L->start_words, cursor, sizeof cursor);
-  memcpy(L->state_words, cursor, sizeof cursor);
+  L->end_step = end;
+  memcpy(L->start_words, view->cursor, sizeof cursor);
+  memcpy(L->state_words, view->cursor, sizeof cursor);
   return 0;
 }
 

@@ -174,7 +174,8 @@ static void *publisher_main(void *arg) {
     }
     /* The cursor after this step, read before the next one is collated. */
     uint64_t words[CPDL__CURSOR_WORDS];
-    cpdl__feed_cursor(P->args.feed, words);
+    if ((rc = cpdl__feed_cursor(P->args.feed, words)))
+      break;
     rc = cpdl__ring_wait_free(P->args.ring, step, producer_alive, P);
     if (rc)
       break;

@@ -202,27 +202,29 @@ CPDL_API int cpdl_loader_mesh(const cpdl_loader_t *loader, cpdl_mesh_coords_t *o
 CPDL_API size_t cpdl_loader_segment_bytes(const cpdl_loader_t *loader);
 
 /* Resume state: one versioned, self-describing byte blob for the whole job.
- * Saving is collective and gathers every replica's feed cursor, so the state
- * that ANY rank returns restores EVERY replica exactly (a trainer's rank 0
- * may write it and every rank load it). Layout (docs/state.md), 64-bit
- * little-endian words:
+ * Every source has one global order of training rows, the same for every
+ * layout (row b of replica r at step k of an epoch is global row
+ * (k*dp + r)*batch + b; docs/design.md#the-global-order), so the state is
+ * the position in that order — the same on every rank — and the bytes that
+ * ANY rank returns restore a job of ANY dp, cp, tp and node count (a
+ * trainer's rank 0 may write it and every rank load it). Layout
+ * (docs/state.md), 64-bit little-endian words:
  *   [0] magic "CPDLSTAT"   [1] version (CPDL_STATE_VERSION)   [2] total bytes
- *   [3] step of the next batch                [4] order kind: 0 per-replica
- *   cursors, 1 global (one consumed-sample count for the job)
- *   [5] consumed samples (global order; else 0)   [6] dp size
- *   [7] n = replica cursors (dp size; 0 for global order)   [8] w = words per
- *   cursor   [9] t = bytes of the configuration text (NUL-padded to 8)
- *   then n*w cursor words (replica 0 first), then the text: the canonical
- *   "key=value ..." of the keys that decide the stream (cp, tp, order,
- *   seq_len, batch, mode, seed, source, collate, padding_token_id,
- *   position_ids, loss_on_eot, drop_last), then an FNV-1a 64 checksum of
- *   every byte before it.
- * Not in the state (they may change on resume): steps, slots, threads, pin,
- * timeout_ms. */
-#define CPDL_STATE_VERSION 2
+ *   [3] step of the next batch   [4] dp size of the saving job (information)
+ *   [5] w = cursor words (5)   [6] t = bytes of the configuration text
+ *   (NUL-padded to 8), then the cursor: epoch, rows of that epoch consumed,
+ *   (thd) the document position and pair offset where the next row starts,
+ *   steps (= word 3); then the text: the canonical "key=value ..." of the
+ *   keys that decide the stream (seq_len, batch, mode, seed, source, collate,
+ *   padding_token_id, position_ids, loss_on_eot, drop_last), then an FNV-1a
+ *   64 checksum of every byte before it.
+ * Not in the state (they may change on resume): the layout (cp, tp, order,
+ * the rank count), steps, slots, threads, pin, timeout_ms. Version 2 (one
+ * cursor per replica) is refused as the old format. */
+#define CPDL_STATE_VERSION 3
 
-/** Bytes cpdl_loader_state_save needs at most for this job (it grows with
- *  the dp size). Local. \return 0 or CPDL_EARG (NULL argument). */
+/** Bytes cpdl_loader_state_save needs for this job (the same for every
+ *  layout). Local. \return 0 or CPDL_EARG (NULL argument). */
 CPDL_API int cpdl_loader_state_size(const cpdl_loader_t *loader, size_t *bytes);
 
 /** Collective over the loader's ranks: every rank calls it at the same
@@ -238,15 +240,17 @@ CPDL_API int cpdl_loader_state_size(const cpdl_loader_t *loader, size_t *bytes);
 CPDL_API int cpdl_loader_state_save(cpdl_loader_t *loader, void *buf, size_t size, size_t *used);
 
 /** Collective. Set the start state of every rank from a saved state; every
- *  rank must pass the same bytes (any rank's save). Valid only right after
- *  open, before the first next(). The buffer may be freed after the call.
+ *  rank must pass the same bytes (any rank's save, from a job of any
+ *  layout). Valid only right after open, before the first next(). The
+ *  buffer may be freed after the call.
  *  \return the same on every rank: 0; CPDL_ESTATE (after next(); not a
- *          state: wrong magic, version, size or checksum, or words that
- *          disagree — the message says which); CPDL_ECONFIG (a state of
- *          another layout — the message names the key and both values, e.g.
- *          "saved with seq_len=4096, this job has seq_len=8192", or the dp
- *          sizes —, or ranks given different states); CPDL_EARG (a step
- *          beyond steps=); CPDL_EPEER; CPDL_EMPI. CPDL_EARG (NULL) is local. */
+ *          state: wrong magic, the old version, size or checksum, or words
+ *          that disagree — the message says which); CPDL_ECONFIG (a state of
+ *          another stream — the message names the key and both values, e.g.
+ *          "saved with seq_len=4096, this job has seq_len=8192" —, or ranks
+ *          given different states); CPDL_EARG (a step beyond steps=, or a
+ *          position this data cannot hold); CPDL_EPEER; CPDL_EMPI.
+ *          CPDL_EARG (NULL) is local. */
 CPDL_API int cpdl_loader_state_restore(cpdl_loader_t *loader, const void *buf, size_t size);
 
 /** Collective. Stops the loader threads, unmaps and frees. If a rank of the

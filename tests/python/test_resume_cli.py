@@ -6,7 +6,8 @@ at STOP with --save-state; run C resumes from B's file and dumps. Every rank's
 every field of steps STOP..STEPS-1 of C must equal A's byte for byte (the
 resume file is written by rank 0 and restores every replica).
 Also: --save-state into an unwritable path fails the run (non-zero exit);
-a state file of another layout (dp size, seq_len) is refused naming the key.
+a state file of another dp size resumes; one of another seq_len, seed or
+source is refused naming the key; a truncated one is refused.
 Prints "N passed, M failed" and exits non-zero on any failure.
 """
 import os
@@ -82,10 +83,26 @@ def test_refusals():
         state = os.path.join(tmp, "st")
         p = run(4, common + ["--steps", "2", "--save-state", state])
         check(p.returncode == 0, "save exited %d" % p.returncode, p.stderr)
-        # another dp size: the same file on 2 ranks (dp 1)
+        # another dp size: the same file on 2 ranks (dp 1) continues the global order
+        # (tests/python/test_global_order.py checks the rows)
         p = run(2, common + ["--steps", "4", "--resume", state])
-        check(p.returncode != 0 and "dp" in p.stderr and "CPDL_ECONFIG" in p.stderr,
-              "a state of dp 2 on dp 1 is refused naming dp", p.stderr)
+        check(p.returncode == 0, "a state of dp 2 resumes on dp 1", p.stderr)
+        # truncated: refused naming it
+        with open(state, "rb") as f:
+            blob = f.read()
+        cut = os.path.join(tmp, "cut")
+        with open(cut, "wb") as f:
+            f.write(blob[:-16])
+        p = run(4, common + ["--steps", "4", "--resume", cut])
+        check(p.returncode != 0 and "CPDL_ESTATE" in p.stderr and "truncated" in p.stderr,
+              "a truncated state is refused naming it", p.stderr)
+        # another seed / source: CPDL_ECONFIG naming the key
+        p = run(4, common + ["--seed", "77", "--steps", "4", "--resume", state])
+        check(p.returncode != 0 and "CPDL_ECONFIG" in p.stderr and "seed=77" in p.stderr,
+              "a state of another seed is refused naming seed", p.stderr)
+        p = run(4, common + ["--source", "synthetic:?mean=41", "--steps", "4", "--resume", state])
+        check(p.returncode != 0 and "CPDL_ECONFIG" in p.stderr and "source=" in p.stderr,
+              "a state of another source is refused naming source", p.stderr)
         p = run(4, ["--cp", "2", "--seq-len", "128", "--steps", "4", "--resume", state])
         check(p.returncode != 0 and "seq_len=64" in p.stderr and "seq_len=128" in p.stderr,
               "a state of seq_len 64 with seq_len 128 is refused naming both", p.stderr)

@@ -101,8 +101,40 @@ static void fake_free(fake_t *f) {
 }
 
 /* ---- helpers --------------------------------------------------------------- */
+/* The document order the collate reads: the global order's permutation,
+ * rolling into the next epoch at each epoch's end (position p of the
+ * collate's epoch 0 is position p mod n of epoch p / n), so that a test may
+ * take any number of steps. */
+typedef struct order {
+  fake_t *f;
+  cpdl__perm_t *perm;
+  bool bounded; /* one epoch only: CPDL_EEOF after its last position */
+} order_t;
+
+static int64_t order_doc(order_t *o, int64_t position) {
+  int64_t n = o->f->n_docs;
+  return cpdl__perm_at(o->perm, (uint64_t)(position / n), position % n);
+}
+
+static int order_read(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out) {
+  (void)epoch;
+  order_t *o = arg;
+  if (o->bounded && position >= o->f->n_docs)
+    return CPDL_EEOF;
+  return fake_read(o->f, order_doc(o, position), out);
+}
+
+static int order_length(void *arg, uint64_t epoch, int64_t position, int64_t *n) {
+  (void)epoch;
+  order_t *o = arg;
+  if (o->bounded && position >= o->f->n_docs)
+    return CPDL_EEOF;
+  *n = o->f->lens[order_doc(o, position)];
+  return 0;
+}
+
 typedef struct rig {
-  cpdl__sampler_t *sampler;
+  order_t *order;
   cpdl__collate_t *collate;
 } rig_t;
 
@@ -112,18 +144,20 @@ static cpdl__collate_params_t params(cpdl__collate_kind_t kind, int64_t S, int B
   return p;
 }
 
-static rig_t rig_open(fake_t *f, const cpdl__collate_params_t *p, uint64_t seed, int dp_rank, int dp_size) {
+static rig_t rig_open(fake_t *f, const cpdl__collate_params_t *p, uint64_t seed) {
   rig_t r = {0};
-  cpdl__sampler_params_t sp = {.n_samples = f->n_docs, .seed = seed, .dp_rank = dp_rank,
-                               .dp_size = dp_size, .drop_last = true};
-  assert_int_equal(cpdl__sampler_create(&sp, &r.sampler), 0);
-  assert_int_equal(cpdl__collate_create(p, r.sampler, fake_read, f, &r.collate), 0);
+  r.order = calloc(1, sizeof *r.order);
+  r.order->f = f;
+  assert_int_equal(cpdl__perm_create(f->n_docs, seed, 0, &r.order->perm), 0);
+  cpdl__doc_order_t order = {.read = order_read, .length = order_length, .arg = r.order};
+  assert_int_equal(cpdl__collate_create(p, &order, &r.collate), 0);
   return r;
 }
 
 static void rig_close(rig_t *r) {
   cpdl__collate_destroy(r->collate);
-  cpdl__sampler_destroy(r->sampler);
+  cpdl__perm_destroy(r->order->perm);
+  free(r->order);
 }
 
 static const int64_t *field(const cpdl_tensor_t *fields, int n, const char *name, int64_t B, int64_t S) {
@@ -159,7 +193,7 @@ static void test_pack_literal(void **state) {
     fake_t *f = fake_one(doc, 5);
     cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 4, 2);
     p.position_ids = mode;
-    rig_t r = rig_open(f, &p, 1, 0, 1);
+    rig_t r = rig_open(f, &p, 1);
     cpdl_tensor_t fl[8];
     int nf = 0;
     assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
@@ -180,7 +214,8 @@ static void test_pack_literal(void **state) {
     uint64_t epoch;
     int64_t position, offset;
     cpdl__collate_cursor(r.collate, &epoch, &position, &offset);
-    assert_int_equal(epoch, 1); /* the next document is in epoch 1 … */
+    assert_int_equal(epoch, 0);
+    assert_int_equal(position, 1); /* the one document's second pass (the test order rolls) */
     assert_int_equal(offset, 3);
     /* step 1 row 0: window 13 99 10 11 12 (continues across the step) */
     assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
@@ -199,7 +234,7 @@ static void test_pack_eot_masking(void **state) {
   fake_t *f = fake_one(doc, 5);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 4, 2);
   p.loss_on_eot = 0;
-  rig_t r = rig_open(f, &p, 1, 0, 1);
+  rig_t r = rig_open(f, &p, 1);
   cpdl_tensor_t fl[8];
   int nf = 0;
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
@@ -223,7 +258,7 @@ static void test_thd_literal(void **state) {
   fake_t *f = fake_one(doc, 20);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 8, 1);
   p.thd_multiple = 4;
-  rig_t r = rig_open(f, &p, 1, 0, 1);
+  rig_t r = rig_open(f, &p, 1);
   cpdl_tensor_t fl[8];
   int nf = 0;
   for (int row = 0; row < 4; row++) {
@@ -273,7 +308,7 @@ static void test_thd_documents(void **state) {
   fake_t *f = fake_literal(3, docs, lens);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 16, 1);
   p.thd_multiple = 4;
-  rig_t r = rig_open(f, &p, 9, 0, 1);
+  rig_t r = rig_open(f, &p, 9);
   cpdl_tensor_t fl[8];
   int nf = 0;
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
@@ -305,7 +340,7 @@ static void test_pad_literal(void **state) {
   /* S = 6: padded */
   cpdl__collate_params_t p = params(CPDL__COLLATE_PAD, 6, 2);
   p.loss_on_eot = 0;
-  rig_t r = rig_open(f, &p, 1, 0, 1);
+  rig_t r = rig_open(f, &p, 1);
   cpdl_tensor_t fl[8];
   int nf = 0;
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
@@ -320,7 +355,7 @@ static void test_pad_literal(void **state) {
   rig_close(&r);
   /* S = 3: truncated to S + 1 tokens */
   p = params(CPDL__COLLATE_PAD, 3, 1);
-  r = rig_open(f, &p, 1, 0, 1);
+  r = rig_open(f, &p, 1);
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
   assert_row(field(fl, nf, "input_ids", 1, 3), (int64_t[]){10, 11, 12}, 3);
   assert_row(field(fl, nf, "labels", 1, 3), (int64_t[]){11, 12, 13}, 3);
@@ -335,21 +370,18 @@ typedef struct stream {
   int64_t *token, *doc_ord, *doc_off; /* per stream token: value, non-empty doc ordinal, offset */
 } stream_t;
 
-/* Concatenate documents in the order a fresh sampler gives until `need`
+/* Concatenate documents in the global order (epochs rolling) until `need`
  * tokens. Independent of collate.c: no windows, no cursors. */
-static stream_t stream_build(fake_t *f, uint64_t seed, int dp_rank, int dp_size, int64_t need) {
+static stream_t stream_build(fake_t *f, uint64_t seed, int64_t need) {
   stream_t s = {0};
   s.token = malloc(need * sizeof(int64_t));
   s.doc_ord = malloc(need * sizeof(int64_t));
   s.doc_off = malloc(need * sizeof(int64_t));
-  cpdl__sampler_params_t sp = {.n_samples = f->n_docs, .seed = seed, .dp_rank = dp_rank,
-                               .dp_size = dp_size, .drop_last = true};
-  cpdl__sampler_t *sam;
-  assert_int_equal(cpdl__sampler_create(&sp, &sam), 0);
+  order_t o = {.f = f};
+  assert_int_equal(cpdl__perm_create(f->n_docs, seed, 0, &o.perm), 0);
   int64_t ord = 0;
-  while (s.n < need) {
-    int64_t d;
-    assert_int_equal(cpdl__sampler_next(sam, &d), 0);
+  for (int64_t position = 0; s.n < need; position++) {
+    int64_t d = order_doc(&o, position);
     if (f->lens[d])
       ord++;
     for (int64_t j = 0; j < f->lens[d] && s.n < need; j++, s.n++) {
@@ -358,7 +390,7 @@ static stream_t stream_build(fake_t *f, uint64_t seed, int dp_rank, int dp_size,
       s.doc_off[s.n] = j;
     }
   }
-  cpdl__sampler_destroy(sam);
+  cpdl__perm_destroy(o.perm);
   return s;
 }
 
@@ -374,8 +406,8 @@ static void check_pack(int token_bytes, int mode, int loss_on_eot, int64_t S, in
   p.position_ids = mode;
   p.loss_on_eot = loss_on_eot;
   const int steps = 12;
-  rig_t r = rig_open(f, &p, 77, 1, 2);
-  stream_t s = stream_build(f, 77, 1, 2, (int64_t)steps * B * S + 1);
+  rig_t r = rig_open(f, &p, 77);
+  stream_t s = stream_build(f, 77, (int64_t)steps * B * S + 1);
   int64_t *want = malloc(S * sizeof *want);
   int spanning_rows = 0;
   for (int k = 0; k < steps; k++) {
@@ -424,10 +456,10 @@ static void check_pad(int token_bytes, int loss_on_eot, int64_t S, int B, int ma
   fake_t *f = fake_make(29, max_len, token_bytes, (unsigned)(S + 5));
   cpdl__collate_params_t p = params(CPDL__COLLATE_PAD, S, B);
   p.loss_on_eot = loss_on_eot;
-  rig_t r = rig_open(f, &p, 5, 0, 1);
-  cpdl__sampler_params_t sp = {.n_samples = f->n_docs, .seed = 5, .dp_size = 1, .drop_last = true};
-  cpdl__sampler_t *order;
-  assert_int_equal(cpdl__sampler_create(&sp, &order), 0);
+  rig_t r = rig_open(f, &p, 5);
+  order_t order = {.f = f};
+  assert_int_equal(cpdl__perm_create(f->n_docs, 5, 0, &order.perm), 0);
+  int64_t position = 0;
   int truncated = 0, padded = 0;
   for (int k = 0; k < 10; k++) {
     cpdl_tensor_t fl[8];
@@ -438,7 +470,7 @@ static void check_pad(int token_bytes, int loss_on_eot, int64_t S, int B, int ma
     for (int b = 0; b < B; b++) {
       int64_t d;
       do /* documents without an input/label pair are skipped */
-        assert_int_equal(cpdl__sampler_next(order, &d), 0);
+        d = order_doc(&order, position++);
       while (f->lens[d] < 2);
       int64_t real = f->lens[d] - 1 < S ? f->lens[d] - 1 : S;
       truncated += f->lens[d] - 1 > S;
@@ -455,7 +487,7 @@ static void check_pad(int token_bytes, int loss_on_eot, int64_t S, int B, int ma
     }
   }
   assert_true(truncated > 0 && padded > 0);
-  cpdl__sampler_destroy(order);
+  cpdl__perm_destroy(order.perm);
   rig_close(&r);
   fake_free(f);
 }
@@ -473,7 +505,7 @@ static void check_resume(cpdl__collate_kind_t kind) {
   cpdl__collate_params_t p = params(kind, 9, 3);
   const int64_t step_elems = 3 * 9;
   int64_t (*steps)[4][27] = malloc(14 * sizeof *steps);
-  rig_t a = rig_open(f, &p, 9, 0, 1);
+  rig_t a = rig_open(f, &p, 9);
   uint64_t epoch = 0;
   int64_t position = 0, offset = 0;
   int nf = 0;
@@ -487,7 +519,7 @@ static void check_resume(cpdl__collate_kind_t kind) {
   }
   if (kind == CPDL__COLLATE_PAD)
     assert_int_equal(offset, 0);
-  rig_t b = rig_open(f, &p, 9, 0, 1);
+  rig_t b = rig_open(f, &p, 9);
   assert_int_equal(cpdl__collate_seek(b.collate, epoch, position, offset), 0);
   for (int k = 6; k < 14; k++) {
     cpdl_tensor_t fl[8];
@@ -509,19 +541,29 @@ static void test_resume(void **state) {
 
 static void test_errors(void **state) {
   (void)state;
-  /* every document empty: an error, not a hang */
+  /* an epoch ending inside a row (every document empty): an error naming
+   * it, not a hang; thd: no row (CPDL_EEOF) */
   const int64_t empty[1] = {0};
   const int64_t *docs[] = {empty, empty, empty};
   const int64_t zero[] = {0, 0, 0};
   fake_t *f = fake_literal(3, docs, zero);
   cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 4, 1);
-  rig_t r = rig_open(f, &p, 1, 0, 1);
+  rig_t r = rig_open(f, &p, 1);
+  r.order->bounded = true;
   cpdl_tensor_t fl[8];
   int nf;
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), CPDL_ESOURCE);
+  assert_non_null(strstr(cpdl_last_error(), "ended inside a pack row"));
   rig_close(&r);
+  p.thd_multiple = 2;
+  r = rig_open(f, &p, 1);
+  r.order->bounded = true;
+  assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), CPDL_EEOF);
+  rig_close(&r);
+  p.thd_multiple = 0;
   p.kind = CPDL__COLLATE_PAD;
-  r = rig_open(f, &p, 1, 0, 1);
+  r = rig_open(f, &p, 1);
+  r.order->bounded = true;
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), CPDL_ESOURCE);
   /* pad cursors carry no offset */
   assert_int_equal(cpdl__collate_seek(r.collate, 0, 0, 1), CPDL_EARG);
@@ -531,9 +573,8 @@ static void test_errors(void **state) {
   const int64_t doc[] = {10, 11, EOT};
   f = fake_one(doc, 3);
   p = params(CPDL__COLLATE_PACK, 4, 1);
-  r = rig_open(f, &p, 1, 0, 1);
-  assert_int_equal(cpdl__collate_seek(r.collate, 0, 0, 3), CPDL_EARG); /* past the document */
-  assert_int_equal(cpdl__collate_seek(r.collate, 0, 1, 0), CPDL_EARG); /* past the epoch */
+  r = rig_open(f, &p, 1);
+  assert_int_equal(cpdl__collate_seek(r.collate, 0, -1, 0), CPDL_EARG);
   assert_int_equal(cpdl__collate_seek(r.collate, 4, 0, 2), 0);
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
   assert_row(fl[0].data, (int64_t[]){EOT, 10, 11, EOT}, 4);
@@ -544,18 +585,20 @@ static void test_errors(void **state) {
   assert_int_equal(kind, CPDL__COLLATE_PAD);
   assert_int_equal(cpdl__collate_parse("packed", &kind), CPDL_EARG);
   cpdl__collate_t *c = NULL;
-  cpdl__sampler_params_t sp = {.n_samples = 1, .dp_size = 1};
-  cpdl__sampler_t *sam;
-  assert_int_equal(cpdl__sampler_create(&sp, &sam), 0);
+  order_t o = {.f = f};
+  assert_int_equal(cpdl__perm_create(1, 0, 0, &o.perm), 0);
+  cpdl__doc_order_t order = {.read = order_read, .length = order_length, .arg = &o};
   p = params(CPDL__COLLATE_PACK, 0, 1);
-  assert_int_equal(cpdl__collate_create(&p, sam, fake_read, f, &c), CPDL_EARG);
+  assert_int_equal(cpdl__collate_create(&p, &order, &c), CPDL_EARG);
   p = params(CPDL__COLLATE_PACK, 4, 1);
   p.position_ids = 2;
-  assert_int_equal(cpdl__collate_create(&p, sam, fake_read, f, &c), CPDL_EARG);
+  assert_int_equal(cpdl__collate_create(&p, &order, &c), CPDL_EARG);
   p = params(CPDL__COLLATE_PACK, INT64_MAX / 4, 1 << 20);
-  assert_int_equal(cpdl__collate_create(&p, sam, fake_read, f, &c), CPDL_EOVERFLOW);
+  assert_int_equal(cpdl__collate_create(&p, &order, &c), CPDL_EOVERFLOW);
+  p = params(CPDL__COLLATE_PACK, 4, 1);
+  assert_int_equal(cpdl__collate_create(&p, NULL, &c), CPDL_EARG);
   assert_null(c);
-  cpdl__sampler_destroy(sam);
+  cpdl__perm_destroy(o.perm);
   fake_free(f);
 }
 

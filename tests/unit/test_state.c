@@ -1,6 +1,7 @@
 /* test_state.c — the resume state's bytes (state.c) without MPI: encode and
- * decode round trips for both order kinds; every refusal of decode (magic,
- * version, size, cursor width, checksum, kind, a cursor's step word); and the
+ * decode round trip of the global cursor; every refusal of decode (magic,
+ * the old version, size, cursor width, checksum, a cursor's step word, dp
+ * size); and the
  * one key table behind the known-keys text, the canonical text and the
  * stream text; the one FNV-1a against its published test vectors. */
 #include <stdarg.h>
@@ -22,20 +23,19 @@ static void assert_contains(const char *haystack, const char *needle) {
 
 static const char stream[] = "cp=2 tp=1 seq_len=64 source=synthetic:";
 
-/* A REPLICA state of 3 replicas at step 7, into buf; returns its size. */
+/* A state of the global cursor (epoch 2, 100 rows, thd position 31 offset
+ * 5) at step 7, saved by a job of dp 3, into buf; returns its size. */
 static size_t make_state(unsigned char *buf, size_t size) {
-  uint64_t cursors[3 * CPDL__CURSOR_WORDS];
-  for (int r = 0; r < 3; r++) {
-    cursors[r * CPDL__CURSOR_WORDS + 0] = (uint64_t)r;
-    cursors[r * CPDL__CURSOR_WORDS + 1] = 100 + (uint64_t)r;
-    cursors[r * CPDL__CURSOR_WORDS + 2] = 5 * (uint64_t)r;
-    cursors[r * CPDL__CURSOR_WORDS + CPDL__CURSOR_STEP] = 7;
-  }
-  cpdl__state_t st = {.step = 7, .kind = CPDL__ORDER_REPLICA, .dp_size = 3, .n_replicas = 3,
-                      .cursors = cursors, .stream = stream};
+  uint64_t cursor[CPDL__CURSOR_WORDS] = {0};
+  cursor[CPDL__CURSOR_EPOCH] = 2;
+  cursor[CPDL__CURSOR_CONSUMED] = 100;
+  cursor[CPDL__CURSOR_POSITION] = 31;
+  cursor[CPDL__CURSOR_OFFSET] = 5;
+  cursor[CPDL__CURSOR_STEP] = 7;
+  cpdl__state_t st = {.step = 7, .dp_size = 3, .cursor = cursor, .stream = stream};
   size_t used = 0;
   assert_int_equal(cpdl__state_encode(&st, buf, size, &used), 0);
-  assert_int_equal(used, cpdl__state_bytes(3, strlen(stream)));
+  assert_int_equal(used, cpdl__state_bytes(strlen(stream)));
   return used;
 }
 
@@ -55,49 +55,25 @@ static void test_round_trip(void **state) {
   cpdl__state_view_t v;
   assert_int_equal(cpdl__state_decode(buf, n, &v), 0);
   assert_int_equal(v.step, 7);
-  assert_int_equal(v.kind, CPDL__ORDER_REPLICA);
   assert_int_equal(v.dp_size, 3);
-  assert_int_equal(v.n_replicas, 3);
   assert_string_equal(v.stream, stream);
-  for (uint64_t r = 0; r < 3; r++) {
-    uint64_t c[CPDL__CURSOR_WORDS];
-    cpdl__state_cursor(&v, r, c);
-    assert_int_equal(c[0], r);
-    assert_int_equal(c[1], 100 + r);
-    assert_int_equal(c[2], 5 * r);
-    assert_int_equal(c[CPDL__CURSOR_STEP], 7);
-  }
+  assert_int_equal(v.cursor[CPDL__CURSOR_EPOCH], 2);
+  assert_int_equal(v.cursor[CPDL__CURSOR_CONSUMED], 100);
+  assert_int_equal(v.cursor[CPDL__CURSOR_POSITION], 31);
+  assert_int_equal(v.cursor[CPDL__CURSOR_OFFSET], 5);
+  assert_int_equal(v.cursor[CPDL__CURSOR_STEP], 7);
   /* Unaligned buffers decode the same. */
   unsigned char *odd = malloc(n + 1);
   memcpy(odd + 1, buf, n);
   assert_int_equal(cpdl__state_decode(odd + 1, n, &v), 0);
   assert_string_equal(v.stream, stream);
   free(odd);
-  /* Too small a buffer: CPDL_EOVERFLOW and the size needed. */
-  cpdl__state_t st = {.step = 0, .kind = CPDL__ORDER_REPLICA, .dp_size = 1, .n_replicas = 1,
-                      .cursors = (uint64_t[CPDL__CURSOR_WORDS]){0}, .stream = stream};
+  /* Too small a buffer: CPDL_EOVERFLOW and the size needed (no dp in it). */
+  cpdl__state_t st = {.step = 0, .dp_size = 1, .cursor = (uint64_t[CPDL__CURSOR_WORDS]){0},
+                      .stream = stream};
   size_t used = 0;
   assert_int_equal(cpdl__state_encode(&st, buf, 16, &used), CPDL_EOVERFLOW);
-  assert_int_equal(used, cpdl__state_bytes(1, strlen(stream)));
-}
-
-static void test_global_kind(void **state) {
-  (void)state;
-  unsigned char buf[512];
-  cpdl__state_t st = {.step = 9, .kind = CPDL__ORDER_GLOBAL, .consumed = 12345, .dp_size = 4,
-                      .n_replicas = 0, .cursors = NULL, .stream = stream};
-  size_t used = 0;
-  assert_int_equal(cpdl__state_encode(&st, buf, sizeof buf, &used), 0);
-  cpdl__state_view_t v;
-  assert_int_equal(cpdl__state_decode(buf, used, &v), 0);
-  assert_int_equal(v.kind, CPDL__ORDER_GLOBAL);
-  assert_int_equal(v.consumed, 12345);
-  assert_int_equal(v.dp_size, 4);
-  assert_int_equal(v.n_replicas, 0);
-  /* A global state with replica cursors is inconsistent. */
-  put(buf, 7, 4);
-  fix_sum(buf, used);
-  assert_int_equal(cpdl__state_decode(buf, used, &v), CPDL_ESTATE);
+  assert_int_equal(used, n);
 }
 
 static void expect_refused(const unsigned char *buf, size_t n, const char *needle) {
@@ -115,31 +91,31 @@ static void test_refusals(void **state) {
   put(buf, 0, 42);
   expect_refused(buf, n, "not a cpdl resume state");
   memcpy(buf, good, n);
-  put(buf, 1, 1);
-  expect_refused(buf, n, "version 1");
+  put(buf, 1, 2); /* the per-replica format */
+  expect_refused(buf, n, "old format version 2");
+  memcpy(buf, good, n);
+  put(buf, 1, 9);
+  expect_refused(buf, n, "version 9");
   expect_refused(good, n - 8, "bytes");
+  expect_refused(good, 40, "shorter than its header");
   memcpy(buf, good, n);
   memset(buf + n, 0, 8);
   expect_refused(buf, n + 8, "bytes");
   memcpy(buf, good, n);
-  put(buf, 8, 3);
+  put(buf, 5, 4);
   fix_sum(buf, n);
-  expect_refused(buf, n, "words per cursor");
+  expect_refused(buf, n, "4 cursor words");
   memcpy(buf, good, n);
-  buf[8 * 10 + 3] ^= 1; /* a cursor word: the checksum catches it */
+  buf[8 * 8 + 3] ^= 1; /* a cursor word: the checksum catches it */
   expect_refused(buf, n, "checksum");
   memcpy(buf, good, n);
-  put(buf, 3, 8); /* the step without the cursors, checksum valid */
+  put(buf, 3, 8); /* the step without the cursor, checksum valid */
   fix_sum(buf, n);
   expect_refused(buf, n, "cursor is at step 7");
   memcpy(buf, good, n);
-  put(buf, 4, 5); /* unknown kind */
+  put(buf, 4, 0); /* dp size 0 */
   fix_sum(buf, n);
-  expect_refused(buf, n, "order kind 5");
-  memcpy(buf, good, n);
-  put(buf, 6, 2); /* dp 2 but 3 cursors */
-  fix_sum(buf, n);
-  expect_refused(buf, n, "dp size 2");
+  expect_refused(buf, n, "dp size 0");
   memcpy(buf, good, n);
   memset(buf + n - 8 - 8, 'x', 8); /* text without its NUL */
   fix_sum(buf, n);
@@ -186,7 +162,7 @@ static void test_key_table(void **state) {
       fail_msg("key %s: stream flag %d but in the stream text %d", key, is_stream, in_stream);
     n_stream += is_stream;
   }
-  assert_int_equal(n_stream, 13);
+  assert_int_equal(n_stream, 10); /* the layout (cp, tp, order) is not among them */
   /* The stream text parses back and compares equal; a change is named. */
   cpdl_config_t back;
   cpdl_config_init(&back);
@@ -201,7 +177,7 @@ static void test_key_table(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_round_trip), cmocka_unit_test(test_global_kind),
+      cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_refusals),   cmocka_unit_test(test_fnv1a),
       cmocka_unit_test(test_key_table),
   };

@@ -1,0 +1,169 @@
+/* feed_rows.c — the feed kind of sources whose samples are training rows in
+ * one global order (gpt:, Megatron-LM's GPTDataset; CPDL_SOURCE_GLOBAL_ORDER):
+ * row i is sample i, read through read_row(). One epoch, the source's own:
+ * the stream ends at the last full global batch (CPDL_EEOF), as Megatron
+ * drops its last partial one; epochs= does not bound it. The URI's
+ * consumed_samples= starts it where a Megatron run left off (a resume state
+ * replaces it).
+ */
+#include "feed_kind.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct rows {
+  int batch;
+  int64_t seq_len, n;
+  int n_sets, set;
+  int64_t *ids[2][3];       /* input_ids, labels, position_ids [batch, seq_len] */
+  float *loss_mask[2];
+} rows_t;
+
+/* The value of `key` in the query of uri as an unsigned integer; 0 if absent. */
+static int uri_u64(const char *uri, const char *key, uint64_t *out) {
+  *out = 0;
+  const char *q = strchr(uri, '?');
+  size_t klen = strlen(key);
+  while (q) {
+    q++;
+    if (strncmp(q, key, klen) == 0 && q[klen] == '=') {
+      char *end;
+      errno = 0;
+      unsigned long long v = strtoull(q + klen + 1, &end, 10);
+      if (errno || end == q + klen + 1 || (*end && *end != '&') || q[klen + 1] == '-')
+        return cpdl__error(CPDL_EARG, "feed: %s= in \"%.200s\" is not a non-negative integer",
+                           key, uri);
+      *out = v;
+      return 0;
+    }
+    q = strchr(q, '&');
+  }
+  return 0;
+}
+
+static int rows_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words, int64_t *consumed,
+                      int64_t *rows) {
+  rows_t *r = feed->impl;
+  (void)words;
+  if (epoch != 0 || *consumed > r->n)
+    return cpdl__error(CPDL_EARG, "feed: cursor (epoch %llu, %lld samples consumed) is not one of "
+                       "a gpt: source of %lld samples", (unsigned long long)epoch,
+                       (long long)*consumed, (long long)r->n);
+  *rows = r->n;
+  return 0;
+}
+
+static int rows_count(cpdl__feed_t *feed, uint64_t epoch, int64_t *rows, bool *constant) {
+  (void)epoch;
+  *rows = ((rows_t *)feed->impl)->n;
+  *constant = true;
+  return 0;
+}
+
+static void rows_begin(cpdl__feed_t *feed) {
+  rows_t *r = feed->impl;
+  r->set = (r->set + 1) % r->n_sets;
+}
+
+static int rows_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
+  rows_t *r = feed->impl;
+  (void)wrapped; /* never: the stream ends instead */
+  int s = r->set;
+  int64_t S = r->seq_len;
+  return cpdl__source_read_row(feed->source, index, S, r->ids[s][0] + b * S, r->ids[s][1] + b * S,
+                               r->loss_mask[s] + b * S, r->ids[s][2] + b * S);
+}
+
+static void set_field(cpdl_tensor_t *t, const char *name, cpdl_dtype_t dtype, const rows_t *r,
+                      const void *data) {
+  memset(t, 0, sizeof *t);
+  t->name = name;
+  t->dtype = dtype;
+  t->ndim = 2;
+  t->shape[0] = r->batch;
+  t->shape[1] = r->seq_len;
+  t->data = data;
+}
+
+static void fields_of(const rows_t *r, int s, cpdl_tensor_t *fields, int *n_fields) {
+  set_field(&fields[0], "input_ids", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][0]);
+  set_field(&fields[1], "labels", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][1]);
+  set_field(&fields[2], "loss_mask", CPDL_DTYPE_FLOAT32, r, s < 0 ? NULL : r->loss_mask[s]);
+  set_field(&fields[3], "position_ids", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][2]);
+  *n_fields = 4;
+}
+
+static void rows_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  rows_t *r = feed->impl;
+  fields_of(r, r->set, fields, n_fields);
+}
+
+static int rows_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  fields_of(feed->impl, -1, fields, n_fields);
+  return 0;
+}
+
+static void rows_close(cpdl__feed_t *feed) {
+  rows_t *r = feed->impl;
+  if (!r)
+    return;
+  for (int s = 0; s < 2; s++) {
+    for (int f = 0; f < 3; f++)
+      free(r->ids[s][f]);
+    free(r->loss_mask[s]);
+  }
+  free(r);
+  feed->impl = NULL;
+}
+
+static const cpdl__feed_ops_t rows_ops = {
+    .name = "rows",
+    .enter = rows_enter,
+    .count = rows_count,
+    .begin = rows_begin,
+    .row = rows_row,
+    .finish = rows_finish,
+    .spec = rows_spec,
+    .close = rows_close,
+};
+
+int cpdl__feed_rows_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
+  rows_t *r = calloc(1, sizeof *r);
+  if (!r)
+    return cpdl__error(-ENOMEM, "feed: out of memory");
+  feed->ops = &rows_ops;
+  feed->impl = r;
+  feed->unit = cfg->batch;
+  feed->rolls = false;
+  feed->double_buffer = cfg->threads > 1;
+  /* consumed_samples=C: start where a Megatron run left off. */
+  uint64_t base;
+  int rc = uri_u64(cfg->source, "consumed_samples", &base);
+  if (rc)
+    return rc;
+  r->n = cpdl__source_count(feed->source);
+  if (base > (uint64_t)r->n)
+    return cpdl__error(CPDL_EARG, "feed: consumed_samples=%llu is past the source's %lld samples",
+                       (unsigned long long)base, (long long)r->n);
+  feed->consumed = (int64_t)base;
+  r->batch = cfg->batch;
+  r->seq_len = cfg->seq_len;
+  r->n_sets = feed->double_buffer ? 2 : 1;
+  r->set = r->n_sets - 1;
+  size_t elems;
+  if (cfg->batch < 1 || cfg->seq_len < 1 ||
+      !cpdl__mul_size((size_t)cfg->batch, (size_t)cfg->seq_len, &elems) || elems > SIZE_MAX / 8)
+    return cpdl__error(CPDL_EOVERFLOW, "feed: batch %d x seq_len %lld does not fit in memory",
+                       cfg->batch, (long long)cfg->seq_len);
+  for (int s = 0; s < r->n_sets; s++) {
+    for (int f = 0; f < 3; f++)
+      if (!(r->ids[s][f] = malloc(elems * sizeof(int64_t))))
+        return cpdl__error(-ENOMEM, "feed: out of memory for [%d, %lld] rows", cfg->batch,
+                           (long long)cfg->seq_len);
+    if (!(r->loss_mask[s] = malloc(elems * sizeof(float))))
+      return cpdl__error(-ENOMEM, "feed: out of memory for [%d, %lld] rows", cfg->batch,
+                         (long long)cfg->seq_len);
+  }
+  return 0;
+}

@@ -1,0 +1,416 @@
+/* feed_tokens.c — the feed kind of token sources (synthetic, llmc,
+ * megatron): epoch e's documents in the global order (perm.c), cut into rows
+ * by collate.c.
+ *   pack: the epoch's documents concatenated; row g is the window of seq_len
+ *         + 1 tokens starting at token g*seq_len (consecutive windows share
+ *         one token); rows = (T - 1) / seq_len of T tokens.
+ *   pad:  row g is the g-th document of >= 2 tokens in the epoch's order.
+ *   thd:  whole documents in order, each padded to a multiple of 2*cp, as
+ *         many as fit a row (cpdl__thd_plan_row); the last row of the epoch
+ *         may be short (padding).
+ * Finding row g without reading what comes before it: pack and pad keep the
+ * cumulative weight (tokens; usable documents) of every 64th position of the
+ * epoch's order, built by one pass over the lengths when the epoch is
+ * entered (8 bytes per 64 documents: 1.25 MiB for 10M documents), then a
+ * binary search and at most 64 lengths; thd keeps the start (position,
+ * offset) of every 64th row, found by running the packing on lengths alone,
+ * then at most 63 rows of it. T and the pad count do not depend on the
+ * order, so every epoch of pack or pad has the same rows; thd counts each
+ * epoch with the packing code that makes its rows.
+ */
+#include "feed_kind.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 64 /* positions per index entry (pack, pad); rows per mark (thd) */
+
+/* thd: row starts from a base (position, offset) of one epoch. */
+typedef struct thd_index {
+  bool built;
+  uint64_t epoch;
+  int64_t base_pos, base_off;
+  int64_t rows;
+  int64_t n_marks, cap_marks;
+  int64_t (*marks)[2];       /* start of row BLOCK*k */
+  int64_t sim_row, sim_pos, sim_off; /* a known row start, for forward moves */
+} thd_index_t;
+
+typedef struct tokens {
+  cpdl__source_t *source;
+  cpdl__perm_t *perm;
+  cpdl__collate_t *collate;
+  cpdl__collate_params_t params;
+  cpdl__doc_order_t order;
+  int64_t n;                 /* documents */
+  bool thd;
+  /* pack, pad: the entered epoch's index */
+  bool have_index;
+  uint64_t index_epoch;
+  int64_t n_blocks;
+  uint64_t *cum;             /* [n_blocks + 1]: weight of positions [0, BLOCK*j) */
+  uint64_t total;            /* the epoch's whole weight (the same every epoch) */
+  thd_index_t main, wrap;    /* thd: from the entered base; from the epoch's start */
+} tokens_t;
+
+static int order_read(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out) {
+  tokens_t *t = arg;
+  if (position < 0 || position >= t->n)
+    return CPDL_EEOF;
+  return cpdl__source_read(t->source, cpdl__perm_at(t->perm, epoch, position), out);
+}
+
+static int order_length(void *arg, uint64_t epoch, int64_t position, int64_t *n_tokens) {
+  tokens_t *t = arg;
+  if (position < 0 || position >= t->n)
+    return CPDL_EEOF;
+  int64_t index = cpdl__perm_at(t->perm, epoch, position);
+  int rc = cpdl__source_length(t->source, index, n_tokens);
+  if (!rc && *n_tokens < 0)
+    rc = cpdl__error(CPDL_ESOURCE, "feed: sample %lld has %lld tokens", (long long)index,
+                     (long long)*n_tokens);
+  return rc;
+}
+
+/* pack: tokens; pad: 1 for a document of >= 2 tokens (one row). */
+static uint64_t weight(const tokens_t *t, int64_t n_tokens) {
+  return t->params.kind == CPDL__COLLATE_PACK ? (uint64_t)n_tokens : (uint64_t)(n_tokens >= 2);
+}
+
+/* ---- pack, pad: the cumulative index ------------------------------------ */
+
+static int build_index(tokens_t *t, uint64_t epoch) {
+  if (t->have_index && t->index_epoch == epoch)
+    return 0;
+  t->have_index = false;
+  uint64_t acc = 0;
+  for (int64_t p = 0; p < t->n; p++) {
+    if (p % BLOCK == 0)
+      t->cum[p / BLOCK] = acc;
+    int64_t len;
+    int rc = order_length(t, epoch, p, &len);
+    if (rc)
+      return cpdl__error_prefix(rc, "feed: indexing epoch %llu", (unsigned long long)epoch);
+    acc += weight(t, len);
+  }
+  t->cum[t->n_blocks] = acc;
+  if (t->total != UINT64_MAX && acc != t->total)
+    return cpdl__error(CPDL_ESOURCE, "feed: epoch %llu weighs %llu, epoch 0 weighed %llu: the "
+                       "source's lengths changed while it was open", (unsigned long long)epoch,
+                       (unsigned long long)acc, (unsigned long long)t->total);
+  t->total = acc;
+  t->index_epoch = epoch;
+  t->have_index = true;
+  return 0;
+}
+
+static int64_t flat_rows(const tokens_t *t) {
+  if (t->params.kind == CPDL__COLLATE_PAD)
+    return (int64_t)t->total;
+  return t->total >= 1 ? (int64_t)((t->total - 1) / (uint64_t)t->params.seq_len) : 0;
+}
+
+/* The document position where cumulative weight `target` lies: pack, the
+ * document holding token `target` (and the offset in it); pad, the
+ * target-th usable document. */
+static int locate(tokens_t *t, uint64_t epoch, uint64_t target, int64_t *position, int64_t *offset) {
+  int64_t lo = 0, hi = t->n_blocks - 1; /* the last block j with cum[j] <= target */
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo + 1) / 2;
+    if (t->cum[mid] <= target)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  uint64_t acc = t->cum[lo];
+  for (int64_t p = lo * BLOCK; p < t->n; p++) {
+    int64_t len;
+    int rc = order_length(t, epoch, p, &len);
+    if (rc)
+      return rc;
+    uint64_t w = weight(t, len);
+    if (w > 0 && target < acc + w) {
+      *position = p;
+      *offset = t->params.kind == CPDL__COLLATE_PACK ? (int64_t)(target - acc) : 0;
+      return 0;
+    }
+    acc += w;
+  }
+  return cpdl__error(CPDL_ESOURCE, "feed: weight %llu is past the end of epoch %llu",
+                     (unsigned long long)target, (unsigned long long)epoch);
+}
+
+/* ---- thd: row marks ------------------------------------------------------ */
+
+static void thd_free(thd_index_t *x) {
+  free(x->marks);
+  memset(x, 0, sizeof *x);
+}
+
+static int thd_mark(thd_index_t *x, int64_t pos, int64_t off) {
+  if (x->n_marks == x->cap_marks) {
+    int64_t cap = x->cap_marks ? 2 * x->cap_marks : 64;
+    void *m = realloc(x->marks, (size_t)cap * sizeof *x->marks);
+    if (!m)
+      return cpdl__error(-ENOMEM, "feed: out of memory for the thd row index");
+    x->marks = m;
+    x->cap_marks = cap;
+  }
+  x->marks[x->n_marks][0] = pos;
+  x->marks[x->n_marks][1] = off;
+  x->n_marks++;
+  return 0;
+}
+
+/* Rows of `epoch` from (pos, off); with x, their marks too. */
+static int thd_scan(tokens_t *t, uint64_t epoch, int64_t pos, int64_t off, thd_index_t *x,
+                    int64_t *rows) {
+  int64_t r = 0;
+  for (;;) {
+    int rc;
+    if (x && r % BLOCK == 0 && (rc = thd_mark(x, pos, off)))
+      return rc;
+    rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, epoch, &pos,
+                                &off, NULL, NULL);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      break;
+    r++;
+  }
+  *rows = r;
+  return 0;
+}
+
+static int thd_build(tokens_t *t, thd_index_t *x, uint64_t epoch, int64_t pos, int64_t off) {
+  if (x->built && x->epoch == epoch && x->base_pos == pos && x->base_off == off)
+    return 0;
+  x->built = false;
+  x->n_marks = 0;
+  int rc = thd_scan(t, epoch, pos, off, x, &x->rows);
+  if (rc)
+    return rc;
+  x->epoch = epoch;
+  x->base_pos = x->sim_pos = pos;
+  x->base_off = x->sim_off = off;
+  x->sim_row = 0;
+  x->built = true;
+  return 0;
+}
+
+/* The start of row `row` (< x->rows + 1) of an index. */
+static int thd_find(tokens_t *t, thd_index_t *x, int64_t row, int64_t *pos, int64_t *off) {
+  if (!(x->sim_row <= row && row - x->sim_row < BLOCK)) {
+    int64_t k = row / BLOCK;
+    if (k >= x->n_marks)
+      k = x->n_marks - 1;
+    x->sim_row = k * BLOCK;
+    x->sim_pos = x->marks[k][0];
+    x->sim_off = x->marks[k][1];
+  }
+  while (x->sim_row < row) {
+    int rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, x->epoch,
+                                &x->sim_pos, &x->sim_off, NULL, NULL);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return cpdl__error(CPDL_ESOURCE, "feed: thd row %lld is past the end of epoch %llu",
+                         (long long)row, (unsigned long long)x->epoch);
+    x->sim_row++;
+  }
+  *pos = x->sim_pos;
+  *off = x->sim_off;
+  return 0;
+}
+
+/* ---- the ops --------------------------------------------------------------- */
+
+static int tokens_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words,
+                        int64_t *consumed, int64_t *rows) {
+  tokens_t *t = feed->impl;
+  if (!t->thd) {
+    int rc = build_index(t, epoch);
+    if (rc)
+      return rc;
+    *rows = flat_rows(t);
+    return 0;
+  }
+  /* thd: rows from the epoch's start; a cursor whose row there does not
+   * start at its document position was cut with another padding multiple
+   * (another cp): rows are counted from that position instead. */
+  int rc = thd_build(t, &t->main, epoch, 0, 0);
+  if (rc)
+    return rc;
+  *rows = t->main.rows;
+  if (!words)
+    return 0;
+  int64_t want_pos = (int64_t)words[CPDL__CURSOR_POSITION];
+  int64_t want_off = (int64_t)words[CPDL__CURSOR_OFFSET];
+  if (*consumed == 0 && want_pos == 0 && want_off == 0)
+    return 0;
+  if (want_pos >= t->n) { /* the cursor's epoch has no row left */
+    if (*consumed < *rows)
+      *consumed = *rows;
+    return 0;
+  }
+  if (*consumed < t->main.rows) {
+    int64_t pos = 0, off = 0;
+    if ((rc = thd_find(t, &t->main, *consumed, &pos, &off)))
+      return rc;
+    if (pos == want_pos && off == want_off)
+      return 0;
+  }
+  if ((rc = thd_build(t, &t->main, epoch, want_pos, want_off)))
+    return rc;
+  *consumed = 0;
+  *rows = t->main.rows;
+  return 0;
+}
+
+static int tokens_count(cpdl__feed_t *feed, uint64_t epoch, int64_t *rows, bool *constant) {
+  tokens_t *t = feed->impl;
+  if (!t->thd) {
+    *constant = true;
+    *rows = flat_rows(t);
+    return 0;
+  }
+  *constant = false;
+  return thd_scan(t, epoch, 0, 0, NULL, rows);
+}
+
+static void tokens_begin(cpdl__feed_t *feed) {
+  cpdl__collate_begin(((tokens_t *)feed->impl)->collate);
+}
+
+static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
+  tokens_t *t = feed->impl;
+  int64_t pos = 0, off = 0;
+  int rc;
+  if (!t->thd) {
+    int64_t rows = flat_rows(t);
+    if (wrapped)
+      index %= rows;
+    uint64_t target = t->params.kind == CPDL__COLLATE_PACK
+                          ? (uint64_t)index * (uint64_t)t->params.seq_len : (uint64_t)index;
+    if ((rc = locate(t, feed->epoch, target, &pos, &off)))
+      return rc;
+  } else {
+    thd_index_t *x = &t->main;
+    if (wrapped && (t->main.base_pos || t->main.base_off)) {
+      if ((rc = thd_build(t, &t->wrap, feed->epoch, 0, 0)))
+        return rc;
+      x = &t->wrap;
+    }
+    if (wrapped)
+      index %= x->rows;
+    if ((rc = thd_find(t, x, index, &pos, &off)))
+      return rc;
+  }
+  if ((rc = cpdl__collate_seek(t->collate, feed->epoch, pos, off)))
+    return rc;
+  if ((rc = cpdl__collate_row(t->collate, b)))
+    return rc == CPDL_EEOF ? cpdl__error(CPDL_ESOURCE, "feed: thd row %lld of epoch %llu is empty",
+                                         (long long)index, (unsigned long long)feed->epoch)
+                           : rc;
+  if (t->thd && !wrapped) { /* the next row starts where the collate stopped */
+    uint64_t e;
+    t->main.sim_row = index + 1;
+    cpdl__collate_cursor(t->collate, &e, &t->main.sim_pos, &t->main.sim_off);
+  }
+  return 0;
+}
+
+static void tokens_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  cpdl__collate_fields(((tokens_t *)feed->impl)->collate, fields, n_fields);
+}
+
+static int tokens_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  return cpdl__collate_spec(&((tokens_t *)feed->impl)->params, fields, n_fields);
+}
+
+static int tokens_position(cpdl__feed_t *feed, int64_t index, uint64_t *words) {
+  tokens_t *t = feed->impl;
+  if (!t->thd)
+    return 0;
+  if (index >= t->main.rows) { /* past the epoch's rows: its end */
+    words[CPDL__CURSOR_POSITION] = (uint64_t)t->n;
+    words[CPDL__CURSOR_OFFSET] = 0;
+    return 0;
+  }
+  int64_t pos = 0, off = 0;
+  int rc = thd_find(t, &t->main, index, &pos, &off);
+  if (rc)
+    return rc;
+  words[CPDL__CURSOR_POSITION] = (uint64_t)pos;
+  words[CPDL__CURSOR_OFFSET] = (uint64_t)off;
+  return 0;
+}
+
+static void tokens_close(cpdl__feed_t *feed) {
+  tokens_t *t = feed->impl;
+  if (!t)
+    return;
+  cpdl__collate_destroy(t->collate);
+  cpdl__perm_destroy(t->perm);
+  free(t->cum);
+  thd_free(&t->main);
+  thd_free(&t->wrap);
+  free(t);
+  feed->impl = NULL;
+}
+
+static const cpdl__feed_ops_t tokens_ops = {
+    .name = "tokens",
+    .enter = tokens_enter,
+    .count = tokens_count,
+    .begin = tokens_begin,
+    .row = tokens_row,
+    .finish = tokens_finish,
+    .spec = tokens_spec,
+    .position = tokens_position,
+    .close = tokens_close,
+};
+
+int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
+  tokens_t *t = calloc(1, sizeof *t);
+  if (!t)
+    return cpdl__error(-ENOMEM, "feed: out of memory");
+  feed->ops = &tokens_ops;
+  feed->impl = t;
+  t->source = feed->source;
+  t->total = UINT64_MAX;
+  t->params = (cpdl__collate_params_t){
+      .seq_len = cfg->seq_len,
+      .batch = cfg->batch,
+      .padding_token_id = cfg->padding_token_id,
+      .position_ids = cfg->position_ids,
+      .loss_on_eot = cfg->loss_on_eot,
+      .eot_token = cpdl__source_eot(feed->source),
+      /* Several loader threads pipeline collation with preparation. */
+      .double_buffer = cfg->threads > 1,
+      .thd_multiple = cfg->mode == CPDL_MODE_THD ? 2 * cfg->cp : 0,
+  };
+  int rc = cpdl__collate_parse(cfg->collate, &t->params.kind);
+  if (rc)
+    return cpdl__error_prefix(rc, "config key collate");
+  t->thd = t->params.thd_multiple > 0;
+  feed->unit = cfg->batch;
+  feed->double_buffer = t->params.double_buffer;
+  t->n = cpdl__source_count(feed->source);
+  if (t->n < 1)
+    return cpdl__error(CPDL_ESOURCE, "feed: source \"%s\" has %lld samples; it needs at least one",
+                       cfg->source, (long long)t->n);
+  if ((rc = cpdl__perm_create(t->n, cfg->seed, 0, &t->perm)))
+    return rc;
+  t->order = (cpdl__doc_order_t){.read = order_read, .length = order_length, .arg = t};
+  if ((rc = cpdl__collate_create(&t->params, &t->order, &t->collate)))
+    return rc;
+  if (!t->thd) {
+    t->n_blocks = (t->n + BLOCK - 1) / BLOCK;
+    if (!(t->cum = malloc((size_t)(t->n_blocks + 1) * sizeof *t->cum)))
+      return cpdl__error(-ENOMEM, "feed: out of memory for the index of %lld documents",
+                         (long long)t->n);
+  }
+  return 0;
+}
