@@ -426,6 +426,53 @@ static int thd_row(cpdl__collate_t *c) {
   return 0;
 }
 
+int cpdl__collate_thd_pieces(cpdl__collate_t *c, const cpdl__thd_piece_t *pieces, int64_t n) {
+  const int64_t S = c->params.seq_len;
+  int32_t *cu = c->cu_seqlens, *cu_padded = c->cu_seqlens_padded;
+  if (c->params.thd_multiple <= 0 || n < 1 || n >= c->thd_capacity)
+    return cpdl__error(CPDL_EARG, "collate: a thd row of %lld pieces (capacity %lld) in mode %s",
+                       (long long)n, (long long)c->thd_capacity,
+                       c->params.thd_multiple > 0 ? "thd" : "other than thd");
+  cu[0] = cu_padded[0] = 0;
+  thd_fill_t fill = {.c = c, .n = 0};
+  int64_t at = 0, max_len = 0;
+  for (int64_t k = 0; k < n; k++) {
+    const cpdl__thd_piece_t *pc = &pieces[k];
+    if (pc->padded < pc->len || pc->padded % c->params.thd_multiple || at + pc->padded > S)
+      return cpdl__error(CPDL_EARG, "collate: thd piece %lld (%lld pairs padded to %lld at %lld) "
+                         "does not fit a row of %lld in multiples of %d", (long long)k,
+                         (long long)pc->len, (long long)pc->padded, (long long)at, (long long)S,
+                         c->params.thd_multiple);
+    if (pc->position < 0) { /* padding: a row with no document, or a block's rest */
+      for (int64_t u = 0; u < pc->padded; u++) {
+        c->input_ids[at + u] = c->params.padding_token_id;
+        c->labels[at + u] = IGNORE_INDEX;
+        c->aux1[at + u] = 0;
+        c->aux0[at + u] = u;
+      }
+      fill.n++;
+      cu[fill.n] = cu[fill.n - 1];
+      cu_padded[fill.n] = (int32_t)(at + pc->padded);
+    } else {
+      int rc = thd_put(&fill, pc->position, pc->offset, pc->len, pc->padded, at);
+      if (rc)
+        return rc;
+    }
+    at += pc->padded;
+    if (pc->padded > max_len)
+      max_len = pc->padded;
+  }
+  if (at != S)
+    return cpdl__error(CPDL_EARG, "collate: thd pieces cover %lld of the row's %lld positions",
+                       (long long)at, (long long)S);
+  for (int64_t k = n + 1; k < c->thd_capacity; k++) {
+    cu[k] = cu[n];
+    cu_padded[k] = (int32_t)S;
+  }
+  c->max_seqlen[0] = (int32_t)max_len;
+  return 0;
+}
+
 int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len) {
   int64_t lo = 0, hi = capacity - 1; /* the first k in [lo, hi] with cu_padded[k] >= S */
   while (lo < hi) {

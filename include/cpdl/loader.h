@@ -54,6 +54,12 @@ typedef struct cpdl_config {
                                            replica n/dp of n batches (drop_last=1; the last
                                            n % dp are not read) or ceil(n/dp) (drop_last=0: the
                                            last row wraps to batch 0, 1, ...) */
+  char schedule[16];         /* schedule   static | balanced (mode thd, a token source): who gets
+                                           which documents of a global batch, balancing the
+                                           modeled work across replicas (docs/schedule.md);
+                                           dynamic is designed, not yet fed ("static") */
+  char cost[48];             /* cost       a,b: a document of L tokens costs a*L + b*L^2, the
+                                           work model of schedule= ("57257,1": Llama-3-8B) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). */
