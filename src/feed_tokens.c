@@ -351,7 +351,8 @@ static int balanced_row(tokens_t *t, cpdl__feed_t *feed) {
   const int64_t begin = s->rank_begin[r0], n = s->rank_begin[r0 + 1] - begin;
   for (int64_t k = 0; k < n; k++) {
     const cpdl__schedule_sub_t *e = &s->subs[begin + k];
-    t->row_pieces[k] = (cpdl__thd_piece_t){e->doc_id, e->offset, e->len, e->padded};
+    t->row_pieces[k] = (cpdl__thd_piece_t){e->doc_id, e->offset, e->len, e->padded,
+                                           e->doc_id < 0 ? -1 : cpdl__perm_at(t->perm, feed->epoch, e->doc_id)};
   }
   if ((rc = cpdl__collate_seek(t->collate, feed->epoch, 0, 0)))
     return rc;
@@ -500,6 +501,7 @@ int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
       /* Several loader threads pipeline collation with preparation. */
       .double_buffer = cfg->threads > 1,
       .thd_multiple = cfg->mode == CPDL_MODE_THD ? 2 * cfg->cp : 0,
+      .thd_doc_ids = cfg->mode == CPDL_MODE_THD && strcmp(cfg->schedule, "balanced") == 0,
   };
   int rc = cpdl__collate_parse(cfg->collate, &t->params.kind);
   if (rc)

@@ -514,6 +514,9 @@ typedef struct cpdl__collate_params {
   bool double_buffer;       /* two output sets, used in turn (see collate_begin) */
   int thd_multiple;         /* pack, batch 1: > 0 pads each document to a multiple of this
                              * (2*cp, mode thd) and adds loss_mask and the cu_seqlens fields */
+  bool thd_doc_ids;         /* thd: also doc_ids, int64 [S/thd_multiple]: each row entry's
+                             * document (its source sample), -1 past them or for padding
+                             * (schedule=balanced: cpdl__collate_thd_pieces fills it) */
 } cpdl__collate_params_t;
 typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
@@ -562,6 +565,7 @@ int cpdl__thd_plan_row(int64_t seq_len, int64_t multiple, const cpdl__doc_order_
  * \return 0, CPDL_EARG (pieces that do not tile the row), a read error. */
 typedef struct {
   int64_t position, offset, len, padded;
+  int64_t doc_id; /* written to doc_ids (thd_doc_ids): the source's sample, -1 padding */
 } cpdl__thd_piece_t;
 int cpdl__collate_thd_pieces(cpdl__collate_t *collate, const cpdl__thd_piece_t *pieces, int64_t n);
 /* Where the next row starts: document `position` of `epoch`, token (thd:

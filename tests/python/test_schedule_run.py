@@ -9,6 +9,7 @@ Megatron files of long-tailed documents (many short, some longer than a row):
    (thd_reference's indices), and with nodes faked (CPDL_RANKS_PER_NODE=1: a replica's CP
    ranks on different nodes, each node's leader scheduling on its own) the groups of one
    replica collate the same row — the same schedule on every node.
+   doc_ids (every view, --dump) names each entry's document (Megatron: its sample).
 3. Balance: over the run, the sum of each step's busiest replica work (a*L + b*L^2) is no
    larger than static's, and smaller where static is uneven.
 4. Resume: balanced, stopped under dp 2 and resumed under dp 4 (and cp 2), continues the
@@ -87,6 +88,25 @@ def row_pieces(c):
     return out, work
 
 
+def check_doc_ids(root, docs, label):
+    """balanced: doc_ids[k] names the document whose pairs entry k holds (megatron: one
+    sample per document), -1 past the row's entries."""
+    groups, _ = meta(root)
+    bad = n = 0
+    for step in step_dirs(root):
+        for g in groups:
+            c = load_dir(os.path.join(root, "step%d" % step, "group%d" % g, "collated"))
+            cu, cup, ids, doc_ids = c["cu_seqlens"], c["cu_seqlens_padded"], c["input_ids"][0], c["doc_ids"]
+            entries = int(np.searchsorted(cup, S))
+            bad += int(np.any(doc_ids[entries:] != -1))
+            for k in range(entries):
+                L = int(cu[k + 1] - cu[k])
+                piece = ids[cup[k]:cup[k] + L].astype(np.uint16).tobytes()
+                n += 1
+                bad += not (0 <= doc_ids[k] < len(docs) and piece in docs[doc_ids[k]].tobytes())
+    check(n > 0 and bad == 0, "%s: %d of %d doc_ids do not name their entry's document" % (label, bad, n))
+
+
 def steps_of(root, steps):
     """Per step: (Counter of pieces over the global batch, [work per replica], {dp_rank: row})."""
     groups, _ = meta(root)
@@ -145,6 +165,8 @@ def test_coverage_and_balance():
                 got[sch] = steps_of(d, steps)
                 if sch == "balanced":
                     check_views(d, steps, cp, label + " balanced")
+                    if source == "megatron":
+                        check_doc_ids(d, docs, label)
             if len(got) < 2:
                 continue
             for k in range(steps):
