@@ -6,6 +6,8 @@
  *   cpdl/source.h  data sources (cpdl_source_*): no MPI
  *   cpdl/loader.h  configuration and the loader (cpdl_config_*, cpdl_loader_*):
  *                  collective over MPI or a caller's out-of-band allgather
+ *   cpdl/device.h  a loader's steps copied to a CUDA device by a thread of
+ *                  cpdl's own (cpdl_device_feed_*; CUDA loaded at run time)
  *   cpdl/plugin.h  the data-source plugin ABI (plugins include only this)
  * Programs link libcpdl.so (all layers) or, for prep.h alone, libcpdl_prep.so
  * — one of the two, never both into one link.
@@ -30,5 +32,6 @@
 #include "cpdl/prep.h"
 #include "cpdl/source.h"
 #include "cpdl/loader.h"
+#include "cpdl/device.h"
 
 #endif /* CPDL_H */

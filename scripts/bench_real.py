@@ -12,6 +12,9 @@ scripts/profile-gpu on GPU nodes). Two ways, on the same Megatron .idx/.bin:
         tensors, as NeMo does (cpdl.torch.make_contiguous_shard_cp_batch_and_ctx).
   cpdl  cpdl.Loader over the same file (pin=True where CUDA exists): next(),
         this rank's prepared slice to the device.
+  cpdl-prefetch  cpdl.Loader(device="cuda", prefetch=1) (CUDA only): next()
+        gives the slice already on the device, copied by cpdl's C thread
+        while the previous step computed.
 Per step: data (the critical path: wall clock, after a device synchronize on
 GPU, plus the CUDA-event time of the same span; get_p50 is its first part,
 next() of the DataLoader or the Loader), then a compute stand-in
@@ -258,7 +261,10 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             cp, seq_len, args.batch, total + ahead, args.slots, args.data)
         if args.threads:
             cfg += " threads=%d" % args.threads
-        loader = cpdl.Loader(cfg, pin=dev.cuda)
+        if way == "cpdl-prefetch":
+            loader = cpdl.Loader(cfg, device=dev.dev, prefetch=1)
+        else:
+            loader = cpdl.Loader(cfg, pin=dev.cuda)
         itemsize = read_megatron_index(args.data)[0].itemsize
         touched_per_step = args.batch * (seq_len + 1) * itemsize  # once per node
     data_t, event_t, get_t = [], [], []
@@ -277,6 +283,10 @@ def run_case(args, mpi, dev, way, seq_len, workers):
                 tg = time.perf_counter()
                 batch = {k: v.to(dev.dev, non_blocking=True) for k, v in batch.items()}
                 _, mine = make_contiguous_shard_cp_batch_and_ctx(mesh, None, batch)
+            elif way == "cpdl-prefetch":
+                b = next(loader)
+                tg = time.perf_counter()
+                mine = b.torch()  # already on the device
             else:
                 b = next(loader)
                 tg = time.perf_counter()
@@ -297,7 +307,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
         case_read = s1[2] - base_read  # workers start at 0 when forked
         if way == "real":
             pinned = dev.pinned_bytes()
-        elif loader.pinned:
+        elif way == "cpdl" and loader.pinned:
             pinned = b.region_bytes
     finally:
         if loader is not None:
@@ -337,7 +347,7 @@ def table(rows):
         pinned = r.get("node_pinned_bytes")
         lines.append("| %s | %d | %s | %s | %.1f (%.1f) | %.1f | %.2f | %.1f | %.1f | %s | %.1f | %.1f |" % (
             "%dK" % (s >> 10) if s < 1 << 20 else "%dM" % (s >> 20), r["cp"],
-            "**cpdl**" if r["way"] == "cpdl" else r["way"],
+            "**%s**" % r["way"] if r["way"].startswith("cpdl") else r["way"],
             r["workers"] if r["way"] == "real" else "–", r["data_p50_us"],
             r.get("get_p50_us", float("nan")), r["data_p99_us"],
             r["group_steps_per_s"], r["node_cpu_s_per_step"] * 1e3,
@@ -351,7 +361,7 @@ def main():
     ap.add_argument("--data", help="Megatron dataset prefix (<prefix>.idx/.bin)")
     ap.add_argument("--seq-lens", default="128K,1M")
     ap.add_argument("--workers", default="1,2,4", help="num_workers of the real way")
-    ap.add_argument("--ways", default="real,cpdl")
+    ap.add_argument("--ways", default="", help="default: real,cpdl (+ cpdl-prefetch with CUDA)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
@@ -382,6 +392,10 @@ def main():
     if mpi.rank == 0:
         print("bench_real: host %s, np=cp=%d, device %s, load %s" % (
             host, mpi.size, dev.name, open("/proc/loadavg").read().split()[:3]), flush=True)
+    if not args.ways:
+        args.ways = "real,cpdl,cpdl-prefetch" if dev.cuda else "real,cpdl"
+    if "cpdl-prefetch" in args.ways.split(",") and not dev.cuda:
+        ap.error("--ways cpdl-prefetch needs CUDA (device=\"cuda\", prefetch=1)")
     rows = []
     for s in [parse_len(x) for x in args.seq_lens.split(",") if x.strip()]:
         for way in [w for w in args.ways.split(",") if w]:

@@ -442,7 +442,8 @@ int cpdl_config_parse(cpdl_config_t *cfg, const char *text) {
 
 /* CPDL_* variables that are not configuration keys. */
 static const char *const other_vars[] = {"PLUGIN_PATH", "DEBUG", "FAULT", "GPU", "RANKS_PER_NODE",
-                                         "LIBRARY", "BIN", NULL};
+                                         "LIBRARY", "BIN", "CUDA_LIBRARY", "PREFETCH_ENGINE",
+                                         NULL};
 
 /* Levenshtein distance of two short names (case-insensitive), capped at 9. */
 static int distance(const char *a, const char *b) {

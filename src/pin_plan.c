@@ -172,11 +172,16 @@ static hwloc_obj_t resolve_gpu(hwloc_topology_t topo, const char *request, int w
                                cpdl__pin_plan_t *plan) {
   if (!request || !*request)
     return NULL;
-  if (request[0] == '#') {
+  if (request[0] == '#' || request[0] == '@') {
     char *end;
     long index = strtol(request + 1, &end, 10);
     int n_gpus = 0;
-    hwloc_obj_t gpu = (*end || end == request + 1) ? NULL : gpu_by_index(topo, index, &n_gpus);
+    bool valid = !*end && end != request + 1 && index >= 0;
+    hwloc_obj_t gpu = valid ? gpu_by_index(topo, index, &n_gpus) : NULL;
+    if (!gpu && valid && request[0] == '@' && n_gpus > 0)
+      /* The local rank, with more ranks than GPUs: they share, as trainers
+       * do with local_rank % device_count(). */
+      gpu = gpu_by_index(topo, index % n_gpus, &n_gpus);
     if (!gpu && n_gpus > 0)
       add_note(plan, "rank %d: GPU index %s not among the %d GPUs hwloc found", world_rank,
                request + 1, n_gpus);
@@ -597,5 +602,5 @@ void cpdl__pin_gpu_request(const char *cpdl_gpu, const char *cuda_visible, int l
       snprintf(out, size, "#%.*s", (int)len, p);
     return;
   }
-  snprintf(out, size, "#%d", local_rank);
+  snprintf(out, size, "@%d", local_rank); /* the local rank: wraps over the GPUs */
 }

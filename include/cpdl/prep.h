@@ -50,7 +50,8 @@ extern "C" {
   X(EFAULT,    -4015, "injected fault (CPDL_FAULT)")                             \
   X(EMPI,      -4016, "an MPI call or the control plane's allgather failed")        \
   X(EPIN,      -4017, "thread or memory placement failed")                       \
-  X(ESOURCE,   -4018, "data source error")
+  X(ESOURCE,   -4018, "data source error")                                       \
+  X(EDEVICE,   -4019, "CUDA driver or device error")
 
 typedef enum {
   CPDL_OK = 0,

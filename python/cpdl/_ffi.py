@@ -166,6 +166,24 @@ class CBatch(ctypes.Structure):
     ]
 
 
+class DeviceParams(ctypes.Structure):
+    """cpdl_device_params_t"""
+    _fields_ = [("struct_size", ctypes.c_size_t), ("prefetch", ctypes.c_int),
+                ("device", ctypes.c_int), ("dl_device_type", ctypes.c_int)]
+
+
+class DeviceStep(ctypes.Structure):
+    """cpdl_device_step_t"""
+    _fields_ = [
+        ("step", ctypes.c_uint64),
+        ("n_fields", ctypes.c_int),
+        ("names", ctypes.c_void_p * CPDL_MAX_FIELDS),
+        ("tensors", ctypes.c_void_p * CPDL_MAX_FIELDS),
+        ("dtypes", ctypes.c_int * CPDL_MAX_FIELDS),
+        ("mesh", MeshCoords),
+    ]
+
+
 # cpdl_oob_t's callbacks
 OOB_ALLGATHER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                  ctypes.c_void_p, _P(ctypes.c_void_p))
@@ -254,6 +272,10 @@ FULL_SIGNATURES = dict(PREP_SIGNATURES, **{
     "cpdl_source_batch_count": (ctypes.c_int64, [ctypes.c_void_p]),
     "cpdl_source_close": (None, [ctypes.c_void_p]),
     "cpdl_loader_open_mpi": (ctypes.c_int, None),  # argtypes per MPI: open_mpi()
+    "cpdl_device_feed_open": (ctypes.c_int, [ctypes.c_void_p, _P(DeviceParams),
+                                             _P(ctypes.c_void_p)]),
+    "cpdl_device_feed_next": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, _P(DeviceStep)]),
+    "cpdl_device_feed_close": (ctypes.c_int, [ctypes.c_void_p]),
 })
 
 # The MPI calls the binding makes itself (starting MPI when nobody did).

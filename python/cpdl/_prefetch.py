@@ -21,12 +21,25 @@ Resume: with prefetch >= 1 the worker has taken steps beyond the one in use,
 and ranks may differ in how many, so state_dict() is refused (CPDL_ESTATE);
 with prefetch=0 the step in use is the loader's held batch and the state is
 exact (it starts at the next step).
+Two engines. With prefetch >= 1 the copying is done by cpdl's own C thread
+(NativeFeed over cpdl_device_feed_*, include/cpdl/device.h), which loads the
+CUDA driver at run time and never takes the interpreter lock, so next() is a
+dequeue plus one DLPack import per field; the steps' tensors live in the
+feed's device buffers, each reused only after every tensor of its step died
+and the consumer stream passed that point. The Python worker (DeviceFeed) is
+the prefetch=0 path, and the prefetch >= 1 fallback where the C feed cannot
+start (no driver library it can load; a warning says so) or where
+CPDL_PREFETCH_ENGINE=python asks for it.
 Why one copy per step: a rank's shard of a slot is one dense block, so the
 fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
 """
+import ctypes
+import os
 import queue
 import threading
+import warnings
+from time import perf_counter as _perf
 from collections.abc import Mapping
 
 from . import _dlpack, _ffi
@@ -266,3 +279,128 @@ class DeviceFeed:
             self._queue = None
         self._finish_held()
         self._done = True
+
+
+_capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p,
+                                 ctypes.c_void_p)(("PyCapsule_New", ctypes.pythonapi))
+
+
+class NativeFeed:
+    """The loader's next() for device=cuda, prefetch >= 1, on cpdl's C copy
+    thread (cpdl_device_feed_*). `handle` is the open C loader, which the feed
+    owns for next/release until close(). dl_cpu=True labels the tensors as
+    host memory: only for a stand-in driver whose "device memory" is host
+    memory (the tests without a GPU)."""
+
+    def __init__(self, handle, device, prefetch, mesh, dl_cpu=False):
+        import torch
+        self._torch = torch
+        self.device = device
+        self.prefetch = prefetch
+        self._mesh = mesh
+        self._lib = _ffi.full()
+        self._h = ctypes.c_void_p()
+        params = _ffi.DeviceParams(ctypes.sizeof(_ffi.DeviceParams), prefetch,
+                                   device.index if device is not None and device.index else 0,
+                                   1 if dl_cpu else 2)
+        rc = self._lib.cpdl_device_feed_open(handle, ctypes.byref(params), ctypes.byref(self._h))
+        if rc:
+            raise Error(rc, self._lib.last_error())
+        self._step = _ffi.DeviceStep()
+        self._step_ref = ctypes.byref(self._step)
+        self._next_c = self._lib.cpdl_device_feed_next
+        self._from_dlpack = getattr(torch._C, "_from_dlpack", None) or \
+            torch.utils.dlpack.from_dlpack
+        self._names = {}
+        self._done = False
+        self.profile = None  # a list: next() appends (stream, C call, import) seconds
+        if dl_cpu:
+            self._stream = lambda: 0
+        else:
+            raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+            index = device.index or 0
+            if raw is not None:  # the stream's handle, without a Stream object
+                self._stream = lambda: raw(index)
+            else:
+                current = torch.cuda.current_stream
+                self._stream = lambda: current(device).cuda_stream
+
+    def _name(self, address):
+        name = self._names.get(address)
+        if name is None:
+            name = self._names[address] = ctypes.string_at(address).decode()
+        return name
+
+    def next(self):
+        if self._done:
+            raise StopIteration
+        prof = self.profile
+        if prof is not None:
+            t0 = _perf()
+        stream = self._stream()
+        if prof is not None:
+            t1 = _perf()
+        rc = self._next_c(self._h, stream, self._step_ref)
+        if prof is not None:
+            t2 = _perf()
+        if rc:
+            self._done = True
+            if rc == _ffi.EEOF:
+                raise StopIteration
+            raise Error(rc, self._lib.last_error())
+        s = self._step
+        tensors = {}
+        n = s.n_fields
+        pending = list(s.tensors[:n])
+        try:
+            for i in range(n):
+                t = self._from_dlpack(_capsule_new(pending[i], b"dltensor", None))
+                pending[i] = None
+                if s.dtypes[i] == _ffi.DTYPE_BOOL:
+                    t = t.view(self._torch.bool)
+                tensors[self._name(s.names[i])] = t
+        finally:
+            for address in pending:  # not imported (an exception): give them back
+                if address:
+                    managed = _dlpack.DLManagedTensor.from_address(address)
+                    managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
+        batch = DeviceBatch(s.step, self._mesh, tensors)
+        if prof is not None:
+            prof.append((t1 - t0, t2 - t1, _perf() - t2))
+        return batch
+
+    def check_state_save(self):
+        raise Error(_ffi.ESTATE, "state_dict() with prefetch=%d: the prefetch copy thread has "
+                    "already taken steps beyond the one in use (ranks may differ in how many), "
+                    "so the state would skip them; open the loader with prefetch=0 for the "
+                    "runs that save state (copies still go on a side stream), or save before "
+                    "the first step" % self.prefetch)
+
+    def close(self):
+        """Stop the copy thread and give the loader back; tensors handed out stay valid."""
+        if self._h:
+            h, self._h = self._h, None
+            self._done = True
+            rc = self._lib.cpdl_device_feed_close(h)
+            if rc:
+                raise Error(rc, self._lib.last_error())
+
+
+def open_feed(handle, take, device, prefetch, mesh):
+    """The device feed a Loader(device=..., prefetch=...) uses: the C copy
+    thread for prefetch >= 1 unless it cannot start (then the Python worker,
+    with a warning) or CPDL_PREFETCH_ENGINE=python; the Python path for 0."""
+    engine = os.environ.get("CPDL_PREFETCH_ENGINE", "native")
+    if engine not in ("native", "python"):
+        raise Error(_ffi.EARG, "CPDL_PREFETCH_ENGINE=%r: expected native or python" % engine)
+    if prefetch >= 1 and engine == "native":
+        try:
+            # A "cpu" device comes only from a stand-in (resolve() maps real
+            # CPU use to host views): its driver's memory is host memory.
+            return NativeFeed(handle, device, prefetch, mesh, dl_cpu=device.type == "cpu")
+        except Error as exc:
+            if exc.code != _ffi.EARG:
+                raise
+            warnings.warn("cpdl: prefetch on the Python worker: the C copy thread could not "
+                          "start (%s)" % exc, RuntimeWarning, stacklevel=3)
+    return DeviceFeed(take, device, prefetch)

@@ -475,7 +475,7 @@ class Loader:
                        for name, _ in Config._fields_ if name != "struct_size"}
         _open_loaders.add(self)
         if device is not None:
-            self._feed = _prefetch.DeviceFeed(self._next_host, device, prefetch)
+            self._feed = _prefetch.open_feed(handle, self._next_host, device, prefetch, self.mesh)
 
     def _live(self):
         if self._handle is None:

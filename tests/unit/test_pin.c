@@ -360,6 +360,18 @@ static void test_gpu_locality(void **state) {
   assert_non_null(strstr(plan->note, "GPU index 3"));
   assert_non_null(strstr(plan->note, "ff:00.0"));
   cpdl__pin_plan_free(plan);
+
+  /* A local rank past the GPU count ("@<local rank>", no CPDL_GPU or
+   * CUDA_VISIBLE_DEVICES) shares a GPU, as trainers do, and leaves no note:
+   * of the 3 GPUs, @3 is #0 and @5 is #2 (c1). */
+  const char *gpus3[] = {"@3", "#0", "@5"};
+  one_group(m, 3, bind2, gpus3);
+  plan = plan_for(topo, "auto", 3, m, 3, 0);
+  assert_string_equal(plan->member_gpu[0], plan->member_gpu[1]);
+  assert_string_not_equal(plan->member_gpu[0], "");
+  assert_string_equal(plan->member_gpu[2], "0000:c1:00.0");
+  assert_string_equal(plan->note, "");
+  cpdl__pin_plan_free(plan);
   hwloc_topology_destroy(topo);
 }
 
@@ -382,8 +394,8 @@ static void test_gpu_request(void **state) {
   assert_string_equal(out, "");
   cpdl__pin_gpu_request(NULL, "", 0, out, sizeof out);
   assert_string_equal(out, "");
-  cpdl__pin_gpu_request(NULL, NULL, 2, out, sizeof out);
-  assert_string_equal(out, "#2");
+  cpdl__pin_gpu_request(NULL, NULL, 2, out, sizeof out); /* the local rank: wraps */
+  assert_string_equal(out, "@2");
 }
 
 int main(void) {
