@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
   int64_t seq_len = 128 * 1024, median = 2048, max_len = 128 * 1024;
   double sigma = 1.5, cost_a = CPDL__SCHEDULE_COST_A, cost_b = CPDL__SCHEDULE_COST_B;
   const char *idx = NULL, *batches_path = NULL, *cost_text = NULL;
-  for (int i = 1; i < argc; i++) {
+  for (int i = 1; i < argc; i += 2) { /* --option value */
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v) {
       fprintf(stderr, "bench_schedule: %s needs a value (see the usage at the top of bench_schedule.c)\n", a);
@@ -128,7 +128,6 @@ int main(int argc, char **argv) {
       fprintf(stderr, "bench_schedule: unknown option %s\n", a);
       return 2;
     }
-    i++;
   }
   if (cost_text && cpdl__schedule_cost_parse(cost_text, &cost_a, &cost_b)) {
     fprintf(stderr, "bench_schedule: %s\n", cpdl_last_error());
