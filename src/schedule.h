@@ -24,10 +24,10 @@ typedef enum {
 /* Work of a document of L pairs, whole: a*L + b*L^2; a rank that holds it
  * with c-1 others does 1/c of it. Defaults from Llama-3-8B's dimensions
  * (d_model 4096, 32 layers, vocabulary 128256, GQA k/v width 1024, MLP
- * 14336): a = (2*layers*params_per_layer + 2*d*V) / (2*layers*d) = 57257
+ * 14336): a = (2*layers*params_per_layer + 2*d*V) / (2*layers*d) = 57256
  * when b = 1 (causal attention: 2*layers*d*L^2 FLOPs forward; the backward
  * scales both terms alike). docs/schedule.md derives it. */
-#define CPDL__SCHEDULE_COST_A 57257.0
+#define CPDL__SCHEDULE_COST_A 57256.0
 #define CPDL__SCHEDULE_COST_B 1.0
 
 typedef struct {

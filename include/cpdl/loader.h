@@ -59,7 +59,7 @@ typedef struct cpdl_config {
                                            modeled work across replicas (docs/schedule.md);
                                            dynamic is designed, not yet fed ("static") */
   char cost[48];             /* cost       a,b: a document of L tokens costs a*L + b*L^2, the
-                                           work model of schedule= ("57257,1": Llama-3-8B) */
+                                           work model of schedule= ("57256,1": Llama-3-8B) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). */
