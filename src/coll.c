@@ -3,18 +3,25 @@
  * test that it (and the loader's ring waits) share.
  *
  * Invariants:
- *  - Every operation is one or two allgathers over the WHOLE world; a team
- *    (node, group, host) operation is a world allgather followed by a local
- *    selection of the team's entries. So every rank runs the same sequence
+ *  - Every operation is a header allgather and one payload allgather over
+ *    the WHOLE world; a team (node, group, host) operation is a world
+ *    operation followed by a local selection of the team's entries. So every rank runs the same sequence
  *    of allgathers with the same lengths, whatever team it is in: callers
  *    call each team operation on every rank, each with its own team.
+ *  - Every operation starts with the same fixed-size header allgather (the
+ *    public call it belongs to, a hash of its step, the control plane's
+ *    operation count and this rank's payload length); only when every
+ *    header agrees does the payload follow. A header can only ever match
+ *    another header, so two ranks in different operations (one closing
+ *    while the others save) find out together, in the same allgather, and
+ *    all return CPDL_EPEER naming the odd one: collectives of different
+ *    kinds never match each other's payloads.
  *  - A request is polled with req_test. With a watch installed (this host's
- *    other ranks: world rank, pid, pidfd), a dead watched rank while the
- *    request is still pending after a short grace is CPDL_EPEER naming it.
- *    The request is abandoned, never freed: its heap buffers are leaked on
- *    purpose, so late progress can only write there. Ranks on other hosts
- *    are not watched (their pids mean nothing here): a death there is the
- *    launcher's (mpirun's, torchrun's) business.
+ *    other ranks: world rank, pid, pidfd; and the remote liveness of live.c),
+ *    a dead watched rank while the request is still pending after a short
+ *    grace is CPDL_EPEER naming it. The request is abandoned, never freed:
+ *    its heap buffers are leaked on purpose, so late progress can only write
+ *    there.
  *  - Payloads are small (configuration, names, pids, bindings): the cost of
  *    gathering them over the world is paid at open/restore/close only.
  */
@@ -249,9 +256,11 @@ static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, s
     if (dead) {
       if (t - dead_at >= GRACE_NS)
         return peer_died(dead, what); /* req is abandoned (see the header) */
-    } else if (w && w->n > 0 && t - last_check >= CHECK_NS) {
+    } else if (w && (w->n > 0 || w->live) && t - last_check >= CHECK_NS) {
       last_check = t;
       int rc = w->check ? w->check(w->check_arg) : 0;
+      if (!rc)
+        rc = cpdl__live_check(w->live, UINT64_MAX); /* a death or failure on another host */
       if (rc)
         return rc; /* *req is abandoned, as after a death */
       if ((dead = find_dead(w)) != NULL)
@@ -264,13 +273,160 @@ static int run_allgather(const cpdl__ctl_t *ctl, const void *send, void *recv, s
   }
 }
 
-/* Gather `len` bytes of every world rank into a malloc'd buffer (*all, world
- * order). On CPDL_EPEER the buffers are leaked (abandoned request). A rank
- * short of memory still joins, with a stack buffer it gathers nothing into,
- * if len fits: a rank that skipped the allgather would leave the others
- * waiting. */
-static int gather_world(const cpdl__ctl_t *ctl, const void *send, size_t len, char **all,
-                        const char *what) {
+/* ---- agreeing on the operation ------------------------------------------------- */
+
+#define HEADER_MAGIC 0x6c647063u /* "cpdl", little-endian */
+
+/* 32 bytes on every rank for every operation (so any two header gathers match). */
+typedef struct op_header {
+  uint32_t magic;
+  uint32_t op;   /* cpdl__op_t: the public call this step belongs to */
+  uint32_t what; /* hash of the step's text ("state save (the cursors' gather)") */
+  uint32_t rank; /* the sender's world rank */
+  uint64_t seq;  /* the control plane's operation count */
+  uint64_t len;  /* the sender's payload bytes */
+} op_header_t;
+
+static _Thread_local cpdl__op_t current_op;
+
+cpdl__op_t cpdl__coll_op(cpdl__op_t op) {
+  cpdl__op_t previous = current_op;
+  current_op = op;
+  return previous;
+}
+
+static const char *op_name(uint32_t op) {
+  switch (op) {
+  case CPDL__OP_OPEN: return "open";
+  case CPDL__OP_SAVE: return "state save";
+  case CPDL__OP_RESTORE: return "state restore";
+  case CPDL__OP_CLOSE: return "close";
+  case CPDL__OP_NONE: return "a control-plane collective";
+  default: return "an unknown operation";
+  }
+}
+
+static uint32_t text_hash(const char *text) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; text && *text; text++)
+    h = (h ^ (uint8_t)*text) * 16777619u;
+  return h;
+}
+
+static bool same_step(const op_header_t *a, const op_header_t *b) {
+  return a->magic == b->magic && a->op == b->op && a->what == b->what && a->seq == b->seq;
+}
+
+/* " (host NAME)" when the control plane knows its ranks' hosts. */
+static const char *host_of(const cpdl__ctl_t *ctl, int rank, char *buf, size_t size) {
+  buf[0] = '\0';
+  if (ctl->hosts && rank >= 0 && rank < ctl->size)
+    snprintf(buf, size, " on host %.*s", CPDL__HOST_NAME_MAX,
+             ctl->hosts + (size_t)rank * CPDL__HOST_NAME_MAX);
+  return buf;
+}
+
+/* The headers differ: the same verdict on every rank (it is computed from the
+ * same table). The step most ranks are in is "the operation" (a close loses
+ * ties: the rank closing is the one leaving); the lowest rank elsewhere is
+ * named. */
+static int steps_differ(const cpdl__ctl_t *ctl, const op_header_t *h) {
+  int main_rank = -1, main_votes = 0;
+  bool main_close = true;
+  for (int i = 0; i < ctl->size; i++) {
+    int votes = 0;
+    for (int j = 0; j < ctl->size; j++)
+      votes += same_step(&h[i], &h[j]);
+    bool is_close = h[i].magic != HEADER_MAGIC || h[i].op == CPDL__OP_CLOSE;
+    if (main_rank < 0 || (main_close && !is_close) ||
+        (main_close == is_close && votes > main_votes)) {
+      main_rank = i;
+      main_votes = votes;
+      main_close = is_close;
+    }
+  }
+  const op_header_t *m = &h[main_rank];
+  int odd = 0;
+  while (odd < ctl->size && same_step(&h[odd], m))
+    odd++;
+  int n_odd = ctl->size - main_votes;
+  char where[CPDL__HOST_NAME_MAX + 16], others[48] = "";
+  host_of(ctl, odd, where, sizeof where);
+  if (n_odd > 1)
+    snprintf(others, sizeof others, " (and %d other rank%s)", n_odd - 1, n_odd > 2 ? "s" : "");
+  if (h[odd].magic != HEADER_MAGIC)
+    return cpdl__error(CPDL_EPEER, "rank %d%s%s sent bytes that are not a cpdl control-plane "
+                       "operation while rank %d is in %s (operation %llu); the control plane "
+                       "is shared with something else, or corrupt: cpdl cannot continue this job",
+                       odd, where, others, main_rank, op_name(m->op),
+                       (unsigned long long)m->seq);
+  if (h[odd].op == CPDL__OP_CLOSE && m->op != CPDL__OP_CLOSE)
+    return cpdl__error(CPDL_EPEER, "rank %d%s%s left (it is closing its loader: an exception or "
+                       "an early exit?) while %d rank%s, rank %d among them, %s in %s; cpdl "
+                       "cannot continue this job (check rank %d's log for why it left)", odd,
+                       where, others, main_votes, main_votes > 1 ? "s" : "",
+                       main_rank, main_votes > 1 ? "are" : "is", op_name(m->op), odd);
+  return cpdl__error(CPDL_EPEER, "rank %d%s%s is in %s (operation %llu) while rank %d is in %s "
+                     "(operation %llu): the ranks called cpdl's collectives in different orders; "
+                     "cpdl cannot continue this job (every rank must open, save, restore and "
+                     "close together)", odd, where, others, op_name(h[odd].op),
+                     (unsigned long long)h[odd].seq, main_rank, op_name(m->op),
+                     (unsigned long long)m->seq);
+}
+
+/* The header allgather of one operation: every rank's header (world order,
+ * malloc'd into *out) after checking they all name the same step. Lengths
+ * must match unless any_len. On CPDL_EPEER from a death the buffer is leaked
+ * (abandoned request); on a mismatch it is freed. */
+static int agree_step(const cpdl__ctl_t *ctl, size_t len, bool any_len, const char *what,
+                      op_header_t **out) {
+  *out = NULL;
+  size_t total;
+  if (__builtin_mul_overflow(sizeof(op_header_t), (size_t)ctl->size + 1, &total))
+    return cpdl__error(CPDL_EOVERFLOW, "control plane: %d ranks' headers do not fit during %s",
+                       ctl->size, what);
+  op_header_t *buf = malloc(total);
+  if (!buf)
+    return cpdl__error(-ENOMEM, "control plane: out of memory for %d headers during %s",
+                       ctl->size, what);
+  /* The count lives in the (caller-owned, never const) ctl: every rank
+   * counts the same operations. */
+  uint64_t seq = ((cpdl__ctl_t *)ctl)->seq++;
+  buf[0] = (op_header_t){.magic = HEADER_MAGIC, .op = (uint32_t)current_op,
+                         .what = text_hash(what), .rank = (uint32_t)ctl->rank, .seq = seq,
+                         .len = len};
+  int rc = run_allgather(ctl, buf, buf + 1, sizeof *buf, what);
+  if (rc == CPDL_EPEER)
+    return rc; /* buf is abandoned with the request */
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  memmove(buf, buf + 1, total - sizeof *buf);
+  for (int r = 0; r < ctl->size; r++) {
+    if (!same_step(&buf[r], &buf[ctl->rank])) {
+      rc = steps_differ(ctl, buf);
+      free(buf);
+      return rc;
+    }
+  }
+  for (int r = 0; !any_len && r < ctl->size; r++)
+    if (buf[r].len != len) {
+      rc = cpdl__error(CPDL_EPEER, "control plane: rank %d sends %llu bytes and rank %d %zu "
+                       "during %s (a cpdl bug or mixed cpdl versions); cpdl cannot continue",
+                       r, (unsigned long long)buf[r].len, ctl->rank, len, what);
+      free(buf);
+      return rc;
+    }
+  *out = buf;
+  return 0;
+}
+
+/* Gather `len` bytes of every world rank (the same len everywhere) into
+ * *all (malloc'd, world order), after the operation's header agreement. On
+ * CPDL_EPEER the buffers may be leaked (abandoned request). */
+static int gather_payload(const cpdl__ctl_t *ctl, const void *send, size_t len, char **all,
+                          const char *what) {
   *all = NULL;
   size_t total;
   if (__builtin_mul_overflow(len, (size_t)ctl->size, &total) ||
@@ -293,6 +449,19 @@ static int gather_world(const cpdl__ctl_t *ctl, const void *send, size_t len, ch
   memmove(buf, buf + len, total - len);
   *all = buf;
   return 0;
+}
+
+/* One operation of `len` bytes from every rank: the header agreement, then
+ * the payload. */
+static int gather_world(const cpdl__ctl_t *ctl, const void *send, size_t len, char **all,
+                        const char *what) {
+  *all = NULL;
+  op_header_t *headers;
+  int rc = agree_step(ctl, len, false, what, &headers);
+  if (rc)
+    return rc;
+  free(headers);
+  return gather_payload(ctl, send, len, all, what);
 }
 
 /* ---- the operations ------------------------------------------------------------- */
@@ -370,38 +539,32 @@ int cpdl__coll_minloc(const cpdl__team_t *team, int value, int *min_value, int *
 int cpdl__coll_allgatherv(const cpdl__team_t *team, const void *send, size_t len, char **out,
                           size_t *offsets, const char *what) {
   *out = NULL;
-  /* 1. Every world rank's length (the padded length must be the same
-   *    everywhere, whatever team a rank is in). */
-  uint64_t mine = len;
-  char *lens;
-  int rc = gather_world(team->ctl, &mine, sizeof mine, &lens, what);
+  /* 1. Every world rank's length, in its header (the padded length must be
+   *    the same everywhere, whatever team a rank is in). */
+  op_header_t *headers;
+  int rc = agree_step(team->ctl, len, true, what, &headers);
   if (rc)
     return rc;
   uint64_t longest = 0;
-  for (int r = 0; r < team->ctl->size; r++) {
-    uint64_t l;
-    memcpy(&l, lens + (size_t)r * sizeof l, sizeof l);
-    if (l > longest)
-      longest = l;
-  }
+  for (int r = 0; r < team->ctl->size; r++)
+    if (headers[r].len > longest)
+      longest = headers[r].len;
   /* 2. Everyone's bytes, padded to the longest. */
   char *padded = calloc(1, longest ? (size_t)longest : 1);
   char *all = NULL;
   if (padded && len)
     memcpy(padded, send, len);
   char spare[1] = {0};
-  rc = gather_world(team->ctl, padded ? padded : spare, padded ? (size_t)longest : 0, &all,
-                    what);
+  rc = gather_payload(team->ctl, padded ? padded : spare, padded ? (size_t)longest : 0, &all,
+                      what);
   free(padded);
   if (rc == 0 && !padded)
     rc = cpdl__error(-ENOMEM, "control plane: out of memory for %llu bytes during %s",
                      (unsigned long long)longest, what);
   size_t total = 0;
   for (int i = 0; rc == 0 && i < team->size; i++) {
-    uint64_t l;
-    memcpy(&l, lens + (size_t)cpdl__team_world_rank(team, i) * sizeof l, sizeof l);
     offsets[i] = total;
-    total += (size_t)l;
+    total += (size_t)headers[cpdl__team_world_rank(team, i)].len;
   }
   offsets[team->size] = total;
   char *packed = rc == 0 ? malloc(total ? total : 1) : NULL;
@@ -411,7 +574,7 @@ int cpdl__coll_allgatherv(const cpdl__team_t *team, const void *send, size_t len
   for (int i = 0; rc == 0 && i < team->size; i++)
     memcpy(packed + offsets[i], all + (size_t)cpdl__team_world_rank(team, i) * longest,
            offsets[i + 1] - offsets[i]);
-  free(lens);
+  free(headers); /* its request completed */
   free(all);
   if (rc)
     return rc;

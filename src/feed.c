@@ -109,36 +109,40 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
 }
 
 static int enter(cpdl__feed_t *feed, const uint64_t *words) {
-  int64_t consumed = feed->consumed, rows = 0;
-  int rc = feed->ops->enter(feed, feed->epoch, words, &consumed, &rows);
+  int64_t consumed = feed->consumed, have = 0;
+  int rc = feed->ops->enter(feed, feed->epoch, words, &consumed);
+  if (!rc && consumed > 0)
+    rc = feed->ops->rows(feed, consumed, &have);
   if (rc)
     return rc;
-  if (consumed > rows)
-    consumed = rows; /* past the end after a wrapped global batch: the epoch is done */
+  if (consumed > have)
+    consumed = have; /* past the end after a wrapped global batch: the epoch is done */
   feed->consumed = consumed;
-  feed->rows = rows;
   feed->entered = true;
   return 0;
 }
 
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   const int64_t G = (int64_t)feed->dp_size * feed->unit;
+  int64_t have = 0; /* rows of the epoch, as far as this step needs to know */
   for (;;) {
     int rc;
     if (!feed->entered && (rc = enter(feed, NULL)))
       return rc;
-    int64_t remaining = feed->rows - feed->consumed;
+    if ((rc = feed->ops->rows(feed, feed->consumed + G, &have)))
+      return rc;
+    int64_t remaining = have - feed->consumed; /* < G: have is the epoch's rows, exactly */
     if (remaining >= G || (!feed->drop_last && feed->rolls && remaining > 0))
       break;
     if (!feed->rolls)
       return cpdl__error(CPDL_EEOF, "feed: the source's %lld samples are consumed (%lld before "
-                         "this step, %lld per global batch)", (long long)feed->rows,
+                         "this step, %lld per global batch)", (long long)have,
                          (long long)feed->consumed, (long long)G);
     if (feed->consumed == 0)
       return cpdl__error(CPDL_ESOURCE, "feed: epoch %llu holds %lld rows, fewer than one global "
                          "batch of %lld (dp %d x %d) with drop_last=1; set drop_last=0 (wrap), "
                          "use more data or fewer replicas", (unsigned long long)feed->epoch,
-                         (long long)feed->rows, (long long)G, feed->dp_size, feed->unit);
+                         (long long)have, (long long)G, feed->dp_size, feed->unit);
     feed->epoch++;
     feed->consumed = 0;
     feed->entered = false;
@@ -147,8 +151,8 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   int64_t first = feed->consumed + (int64_t)feed->dp_rank * feed->unit;
   for (int b = 0; b < feed->unit; b++) {
     int64_t i = first + b;
-    bool wrapped = i >= feed->rows;
-    int rc = feed->ops->row(feed, b, wrapped ? i - feed->rows : i, wrapped);
+    bool wrapped = i >= have;
+    int rc = feed->ops->row(feed, b, wrapped ? i - have : i, wrapped);
     if (rc)
       return rc;
   }
@@ -172,16 +176,28 @@ static uint64_t steps_in(const cpdl__feed_t *feed, int64_t r) {
 
 int cpdl__feed_steps(cpdl__feed_t *feed, uint64_t epochs, uint64_t cap, uint64_t *out) {
   *out = 0;
-  if (!feed->rolls) { /* ends by itself at its last full global batch */
-    *out = cap;
+  if (!feed->rolls) { /* gpt: ends by itself at its last full global batch */
+    int64_t have;
+    int rc = feed->ops->rows(feed, INT64_MAX, &have);
+    if (rc)
+      return rc;
+    int64_t G = (int64_t)feed->dp_size * feed->unit;
+    uint64_t n = have > feed->consumed ? (uint64_t)((have - feed->consumed) / G) : 0;
+    *out = n < cap ? n : cap;
     return 0;
   }
   int rc;
   if (!feed->entered && (rc = enter(feed, NULL)))
     return rc;
   unsigned __int128 steps = 0;
-  if (feed->epoch < epochs)
-    steps = steps_in(feed, feed->rows - feed->consumed);
+  if (feed->epoch < epochs) {
+    /* cap = 1 (is there a step at all?) needs the first global batch only */
+    const int64_t G = (int64_t)feed->dp_size * feed->unit;
+    int64_t want = cap == 1 ? feed->consumed + G : INT64_MAX, have;
+    if ((rc = feed->ops->rows(feed, want, &have)))
+      return rc;
+    steps = steps_in(feed, have - feed->consumed);
+  }
   for (uint64_t e = feed->epoch + 1; e < epochs && steps < cap; e++) {
     int64_t rows;
     bool constant = false;

@@ -18,11 +18,17 @@ typedef struct batches {
 } batches_t;
 
 static int batches_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words,
-                         int64_t *consumed, int64_t *rows) {
+                         int64_t *consumed) {
+  (void)feed;
   (void)epoch;
   (void)words;
   (void)consumed;
-  *rows = ((batches_t *)feed->impl)->n;
+  return 0;
+}
+
+static int batches_rows(cpdl__feed_t *feed, int64_t want, int64_t *have) {
+  int64_t n = ((batches_t *)feed->impl)->n;
+  *have = want < n ? want : n;
   return 0;
 }
 
@@ -70,6 +76,7 @@ static void batches_close(cpdl__feed_t *feed) {
 static const cpdl__feed_ops_t batches_ops = {
     .name = "batches",
     .enter = batches_enter,
+    .rows = batches_rows,
     .count = batches_count,
     .begin = batches_begin,
     .row = batches_row,

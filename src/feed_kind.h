@@ -29,18 +29,20 @@ struct cpdl__feed {
    * counted from the epoch's base (its start, or a thd document position). */
   uint64_t epoch, steps;
   int64_t consumed;
-  int64_t rows;             /* rows of the entered epoch from its base */
   bool entered;
 };
 
 struct cpdl__feed_ops {
   const char *name;
-  /* Enter `epoch` where `words` (a cursor) say: *consumed comes in as the
-   * cursor's row count and may be rebased to 0 (thd: the cursor's document
-   * position under another padding multiple); *rows: the epoch's rows from
-   * that base. \return 0, CPDL_EARG (a cursor this data cannot hold), an error. */
-  int (*enter)(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words, int64_t *consumed,
-               int64_t *rows);
+  /* Enter `epoch` where `words` (a cursor; NULL: the epoch's start) say:
+   * *consumed comes in as the cursor's row count and may be rebased to 0
+   * (thd: the cursor's document position under another padding multiple).
+   * \return 0, CPDL_EARG (a cursor this data cannot hold), an error. */
+  int (*enter)(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words, int64_t *consumed);
+  /* *have = min(rows of the entered epoch from its base, want): the index
+   * grows only as far as `want` needs (the first batch does not wait for a
+   * pass over the whole epoch). */
+  int (*rows)(cpdl__feed_t *feed, int64_t want, int64_t *have);
   /* Rows of epoch `epoch` from its start, without entering it; *constant:
    * every epoch has as many (pack, pad, npy). */
   int (*count)(cpdl__feed_t *feed, uint64_t epoch, int64_t *rows, bool *constant);

@@ -42,15 +42,20 @@ static int uri_u64(const char *uri, const char *key, uint64_t *out) {
   return 0;
 }
 
-static int rows_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words, int64_t *consumed,
-                      int64_t *rows) {
+static int rows_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words,
+                      int64_t *consumed) {
   rows_t *r = feed->impl;
   (void)words;
   if (epoch != 0 || *consumed > r->n)
     return cpdl__error(CPDL_EARG, "feed: cursor (epoch %llu, %lld samples consumed) is not one of "
                        "a gpt: source of %lld samples", (unsigned long long)epoch,
                        (long long)*consumed, (long long)r->n);
-  *rows = r->n;
+  return 0;
+}
+
+static int rows_rows(cpdl__feed_t *feed, int64_t want, int64_t *have) {
+  int64_t n = ((rows_t *)feed->impl)->n;
+  *have = want < n ? want : n;
   return 0;
 }
 
@@ -120,6 +125,7 @@ static void rows_close(cpdl__feed_t *feed) {
 static const cpdl__feed_ops_t rows_ops = {
     .name = "rows",
     .enter = rows_enter,
+    .rows = rows_rows,
     .count = rows_count,
     .begin = rows_begin,
     .row = rows_row,

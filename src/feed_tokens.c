@@ -10,13 +10,15 @@
  *         may be short (padding).
  * Finding row g without reading what comes before it: pack and pad keep the
  * cumulative weight (tokens; usable documents) of every 64th position of the
- * epoch's order, built by one pass over the lengths when the epoch is
- * entered (8 bytes per 64 documents: 1.25 MiB for 10M documents), then a
- * binary search and at most 64 lengths; thd keeps the start (position,
+ * epoch's order (8 bytes per 64 documents: 1.25 MiB for 10M documents), then
+ * a binary search and at most 64 lengths; thd keeps the start (position,
  * offset) of every 64th row, found by running the packing on lengths alone,
- * then at most 63 rows of it. T and the pad count do not depend on the
- * order, so every epoch of pack or pad has the same rows; thd counts each
- * epoch with the packing code that makes its rows.
+ * then at most 63 rows of it. Both indexes grow from the epoch's start only
+ * as far as the rows asked for (lengths, never tokens), so the first batch
+ * does not wait for a pass over 10M documents; counting an epoch (epochs=)
+ * completes them. T and the pad count do not depend on the order, so every
+ * epoch of pack or pad has the same rows; thd counts each epoch with the
+ * packing code that makes its rows.
  */
 #include "feed_kind.h"
 #include "schedule.h"
@@ -32,9 +34,12 @@ typedef struct thd_index {
   bool built;
   uint64_t epoch;
   int64_t base_pos, base_off;
-  int64_t rows;
   int64_t n_marks, cap_marks;
   int64_t (*marks)[2];       /* start of row BLOCK*k */
+  /* the scan so far: row f_row starts at (f_pos, f_off); complete: the
+   * epoch has exactly f_row rows from the base */
+  int64_t f_row, f_pos, f_off;
+  bool complete;
   int64_t sim_row, sim_pos, sim_off; /* a known row start, for forward moves */
 } thd_index_t;
 
@@ -46,12 +51,14 @@ typedef struct tokens {
   cpdl__doc_order_t order;
   int64_t n;                 /* documents */
   bool thd;
-  /* pack, pad: the entered epoch's index */
+  /* pack, pad: the entered epoch's index, grown as far as rows are asked for */
   bool have_index;
   uint64_t index_epoch;
   int64_t n_blocks;
   uint64_t *cum;             /* [n_blocks + 1]: weight of positions [0, BLOCK*j) */
-  uint64_t total;            /* the epoch's whole weight (the same every epoch) */
+  int64_t indexed;           /* positions summed into cum (a multiple of BLOCK, or n) */
+  uint64_t total;            /* the epoch's whole weight once known (the same every epoch);
+                                UINT64_MAX before */
   thd_index_t main, wrap;    /* thd: from the entered base; from the epoch's start */
   /* thd, schedule=balanced (docs/schedule.md): the global batch's pieces, its
    * schedule (the same on every leader), this replica's row */
@@ -87,28 +94,42 @@ static uint64_t weight(const tokens_t *t, int64_t n_tokens) {
 
 /* ---- pack, pad: the cumulative index ------------------------------------ */
 
-static int build_index(tokens_t *t, uint64_t epoch) {
+/* Start indexing `epoch` (nothing summed yet) unless it is the one indexed. */
+static void start_index(tokens_t *t, uint64_t epoch) {
   if (t->have_index && t->index_epoch == epoch)
-    return 0;
-  t->have_index = false;
-  uint64_t acc = 0;
-  for (int64_t p = 0; p < t->n; p++) {
-    if (p % BLOCK == 0)
-      t->cum[p / BLOCK] = acc;
-    int64_t len;
-    int rc = order_length(t, epoch, p, &len);
-    if (rc)
-      return cpdl__error_prefix(rc, "feed: indexing epoch %llu", (unsigned long long)epoch);
-    acc += weight(t, len);
-  }
-  t->cum[t->n_blocks] = acc;
-  if (t->total != UINT64_MAX && acc != t->total)
-    return cpdl__error(CPDL_ESOURCE, "feed: epoch %llu weighs %llu, epoch 0 weighed %llu: the "
-                       "source's lengths changed while it was open", (unsigned long long)epoch,
-                       (unsigned long long)acc, (unsigned long long)t->total);
-  t->total = acc;
+    return;
+  t->cum[0] = 0;
+  t->indexed = 0;
   t->index_epoch = epoch;
   t->have_index = true;
+}
+
+/* Sum blocks of lengths until the index reaches past weight `target` (its
+ * frontier's cumulative weight > target) or the epoch's end. */
+static int extend_index(tokens_t *t, uint64_t target) {
+  while (t->indexed < t->n && t->cum[t->indexed / BLOCK] <= target) {
+    int64_t j = t->indexed / BLOCK, end = t->indexed + BLOCK < t->n ? t->indexed + BLOCK : t->n;
+    uint64_t acc = t->cum[j];
+    for (int64_t p = t->indexed; p < end; p++) {
+      int64_t len;
+      int rc = order_length(t, t->index_epoch, p, &len);
+      if (rc)
+        return cpdl__error_prefix(rc, "feed: indexing epoch %llu",
+                                  (unsigned long long)t->index_epoch);
+      acc += weight(t, len);
+    }
+    t->cum[j + 1] = acc;
+    t->indexed = end;
+  }
+  if (t->indexed == t->n) {
+    uint64_t acc = t->cum[t->n_blocks];
+    if (t->total != UINT64_MAX && acc != t->total)
+      return cpdl__error(CPDL_ESOURCE, "feed: epoch %llu weighs %llu, an earlier epoch %llu: the "
+                         "source's lengths changed while it was open",
+                         (unsigned long long)t->index_epoch, (unsigned long long)acc,
+                         (unsigned long long)t->total);
+    t->total = acc;
+  }
   return 0;
 }
 
@@ -118,11 +139,57 @@ static int64_t flat_rows(const tokens_t *t) {
   return t->total >= 1 ? (int64_t)((t->total - 1) / (uint64_t)t->params.seq_len) : 0;
 }
 
+/* The epoch's whole weight without the index: T and the pad count do not
+ * depend on the order, so the lengths are summed in the source's order
+ * (sequential, no permutation lookups). */
+static int compute_total(tokens_t *t) {
+  uint64_t acc = 0;
+  for (int64_t i = 0; i < t->n; i++) {
+    int64_t len;
+    int rc = cpdl__source_length(t->source, i, &len);
+    if (rc)
+      return cpdl__error_prefix(rc, "feed: counting the epoch's rows");
+    acc += weight(t, len < 0 ? 0 : len);
+  }
+  t->total = acc;
+  return 0;
+}
+
+/* pack, pad: min(rows of the indexed epoch, want), indexing no further than
+ * needed; want = INT64_MAX (counting the epoch) sums the lengths instead. */
+static int flat_have(tokens_t *t, int64_t want, int64_t *have) {
+  int rc;
+  if (t->total == UINT64_MAX && want == INT64_MAX && (rc = compute_total(t)))
+    return rc;
+  if (t->total != UINT64_MAX) {
+    int64_t rows = flat_rows(t);
+    *have = want < rows ? want : rows;
+    return 0;
+  }
+  /* pack: rows >= want iff T >= want*S + 1; pad: iff U >= want */
+  uint64_t S = (uint64_t)t->params.seq_len, w = want > 0 ? (uint64_t)want : 0;
+  uint64_t target = t->params.kind == CPDL__COLLATE_PAD ? (w ? w - 1 : 0)
+                    : w > (UINT64_MAX - 1) / S ? UINT64_MAX - 1 : w * S;
+  if ((rc = extend_index(t, target)))
+    return rc;
+  if (t->indexed < t->n) {
+    *have = want;
+    return 0;
+  }
+  int64_t rows = flat_rows(t);
+  *have = want < rows ? want : rows;
+  return 0;
+}
+
 /* The document position where cumulative weight `target` lies: pack, the
  * document holding token `target` (and the offset in it); pad, the
  * target-th usable document. */
-static int locate(tokens_t *t, uint64_t epoch, uint64_t target, int64_t *position, int64_t *offset) {
-  int64_t lo = 0, hi = t->n_blocks - 1; /* the last block j with cum[j] <= target */
+static int locate(tokens_t *t, uint64_t target, int64_t *position, int64_t *offset) {
+  int rc = extend_index(t, target);
+  if (rc)
+    return rc;
+  int64_t known = t->indexed == t->n ? t->n_blocks : t->indexed / BLOCK; /* cum[0..known] */
+  int64_t lo = 0, hi = known - 1; /* the last block j with cum[j] <= target */
   while (lo < hi) {
     int64_t mid = lo + (hi - lo + 1) / 2;
     if (t->cum[mid] <= target)
@@ -133,8 +200,7 @@ static int locate(tokens_t *t, uint64_t epoch, uint64_t target, int64_t *positio
   uint64_t acc = t->cum[lo];
   for (int64_t p = lo * BLOCK; p < t->n; p++) {
     int64_t len;
-    int rc = order_length(t, epoch, p, &len);
-    if (rc)
+    if ((rc = order_length(t, t->index_epoch, p, &len)))
       return rc;
     uint64_t w = weight(t, len);
     if (w > 0 && target < acc + w) {
@@ -145,7 +211,7 @@ static int locate(tokens_t *t, uint64_t epoch, uint64_t target, int64_t *positio
     acc += w;
   }
   return cpdl__error(CPDL_ESOURCE, "feed: weight %llu is past the end of epoch %llu",
-                     (unsigned long long)target, (unsigned long long)epoch);
+                     (unsigned long long)target, (unsigned long long)t->index_epoch);
 }
 
 /* ---- thd: row marks ------------------------------------------------------ */
@@ -170,15 +236,11 @@ static int thd_mark(thd_index_t *x, int64_t pos, int64_t off) {
   return 0;
 }
 
-/* Rows of `epoch` from (pos, off); with x, their marks too. */
-static int thd_scan(tokens_t *t, uint64_t epoch, int64_t pos, int64_t off, thd_index_t *x,
-                    int64_t *rows) {
+/* Rows of `epoch` from (pos, off), counted with the packing alone. */
+static int thd_scan(tokens_t *t, uint64_t epoch, int64_t pos, int64_t off, int64_t *rows) {
   int64_t r = 0;
   for (;;) {
-    int rc;
-    if (x && r % BLOCK == 0 && (rc = thd_mark(x, pos, off)))
-      return rc;
-    rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, epoch, &pos,
+    int rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, epoch, &pos,
                                 &off, NULL, NULL);
     if (rc < 0)
       return rc;
@@ -190,35 +252,69 @@ static int thd_scan(tokens_t *t, uint64_t epoch, int64_t pos, int64_t off, thd_i
   return 0;
 }
 
-static int thd_build(tokens_t *t, thd_index_t *x, uint64_t epoch, int64_t pos, int64_t off) {
+/* Index `epoch`'s rows from (pos, off), nothing scanned yet, unless it is the one indexed. */
+static int thd_start(thd_index_t *x, uint64_t epoch, int64_t pos, int64_t off) {
   if (x->built && x->epoch == epoch && x->base_pos == pos && x->base_off == off)
     return 0;
   x->built = false;
   x->n_marks = 0;
-  int rc = thd_scan(t, epoch, pos, off, x, &x->rows);
+  int rc = thd_mark(x, pos, off);
   if (rc)
     return rc;
   x->epoch = epoch;
-  x->base_pos = x->sim_pos = pos;
-  x->base_off = x->sim_off = off;
-  x->sim_row = 0;
+  x->base_pos = x->sim_pos = x->f_pos = pos;
+  x->base_off = x->sim_off = x->f_off = off;
+  x->sim_row = x->f_row = 0;
+  x->complete = false;
   x->built = true;
   return 0;
 }
 
-/* The start of row `row` (< x->rows + 1) of an index. */
+/* Scan on until row `want` is known to start (or the epoch ends): marks
+ * every BLOCK rows. */
+static int thd_extend(tokens_t *t, thd_index_t *x, int64_t want) {
+  while (!x->complete && x->f_row < want) {
+    int rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, x->epoch,
+                                &x->f_pos, &x->f_off, NULL, NULL);
+    if (rc < 0)
+      return rc;
+    if (rc == 0) {
+      x->complete = true;
+      break;
+    }
+    x->f_row++;
+    if (x->f_row % BLOCK == 0 && (rc = thd_mark(x, x->f_pos, x->f_off)))
+      return rc;
+  }
+  return 0;
+}
+
+/* min(rows from the index's base, want). */
+static int thd_have(tokens_t *t, thd_index_t *x, int64_t want, int64_t *have) {
+  int rc = thd_extend(t, x, want);
+  if (rc)
+    return rc;
+  *have = x->f_row < want ? x->f_row : want;
+  return 0;
+}
+
+/* The start of row `row` (at most the epoch's rows: its end) of an index. */
 static int thd_find(tokens_t *t, thd_index_t *x, int64_t row, int64_t *pos, int64_t *off) {
+  int rc = thd_extend(t, x, row);
+  if (rc)
+    return rc;
+  if (row > x->f_row)
+    return cpdl__error(CPDL_ESOURCE, "feed: thd row %lld is past the end of epoch %llu (%lld rows)",
+                       (long long)row, (unsigned long long)x->epoch, (long long)x->f_row);
   if (!(x->sim_row <= row && row - x->sim_row < BLOCK)) {
     int64_t k = row / BLOCK;
-    if (k >= x->n_marks)
-      k = x->n_marks - 1;
     x->sim_row = k * BLOCK;
     x->sim_pos = x->marks[k][0];
     x->sim_off = x->marks[k][1];
   }
   while (x->sim_row < row) {
-    int rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, x->epoch,
-                                &x->sim_pos, &x->sim_off, NULL, NULL);
+    rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, x->epoch,
+                            &x->sim_pos, &x->sim_off, NULL, NULL);
     if (rc < 0)
       return rc;
     if (rc == 0)
@@ -234,56 +330,55 @@ static int thd_find(tokens_t *t, thd_index_t *x, int64_t row, int64_t *pos, int6
 /* ---- the ops --------------------------------------------------------------- */
 
 static int tokens_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words,
-                        int64_t *consumed, int64_t *rows) {
+                        int64_t *consumed) {
   tokens_t *t = feed->impl;
   if (!t->thd) {
-    int rc = build_index(t, epoch);
-    if (rc)
-      return rc;
-    *rows = flat_rows(t);
+    start_index(t, epoch);
     return 0;
   }
   /* thd: rows from the epoch's start; a cursor whose row there does not
    * start at its document position was cut with another padding multiple
    * (another cp): rows are counted from that position instead. */
-  int rc = thd_build(t, &t->main, epoch, 0, 0);
-  if (rc)
+  int rc = thd_start(&t->main, epoch, 0, 0);
+  if (rc || !words)
     return rc;
-  *rows = t->main.rows;
-  if (!words)
-    return 0;
   int64_t want_pos = (int64_t)words[CPDL__CURSOR_POSITION];
   int64_t want_off = (int64_t)words[CPDL__CURSOR_OFFSET];
   if (*consumed == 0 && want_pos == 0 && want_off == 0)
     return 0;
   if (want_pos >= t->n) { /* the cursor's epoch has no row left */
-    if (*consumed < *rows)
-      *consumed = *rows;
+    *consumed = INT64_MAX;
     return 0;
   }
-  if (*consumed < t->main.rows) {
+  int64_t have = 0;
+  if ((rc = thd_have(t, &t->main, *consumed, &have)))
+    return rc;
+  if (have == *consumed) {
     int64_t pos = 0, off = 0;
     if ((rc = thd_find(t, &t->main, *consumed, &pos, &off)))
       return rc;
     if (pos == want_pos && off == want_off)
       return 0;
   }
-  if ((rc = thd_build(t, &t->main, epoch, want_pos, want_off)))
+  if ((rc = thd_start(&t->main, epoch, want_pos, want_off)))
     return rc;
   *consumed = 0;
-  *rows = t->main.rows;
   return 0;
+}
+
+static int tokens_rows(cpdl__feed_t *feed, int64_t want, int64_t *have) {
+  tokens_t *t = feed->impl;
+  return t->thd ? thd_have(t, &t->main, want, have) : flat_have(t, want, have);
 }
 
 static int tokens_count(cpdl__feed_t *feed, uint64_t epoch, int64_t *rows, bool *constant) {
   tokens_t *t = feed->impl;
-  if (!t->thd) {
+  if (!t->thd) { /* T and the pad count do not depend on the order: the entered epoch's */
     *constant = true;
-    *rows = flat_rows(t);
-    return 0;
+    return flat_have(t, INT64_MAX, rows);
   }
   *constant = false;
-  return thd_scan(t, epoch, 0, 0, NULL, rows);
+  return thd_scan(t, epoch, 0, 0, rows);
 }
 
 static void tokens_begin(cpdl__feed_t *feed) {
@@ -366,22 +461,25 @@ static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
   if (t->schedule) /* thd, batch 1: the row of this replica in the global batch */
     return balanced_row(t, feed);
   if (!t->thd) {
-    int64_t rows = flat_rows(t);
-    if (wrapped)
-      index %= rows;
+    if (wrapped) /* the rows are known: the epoch ended inside this step */
+      index %= flat_rows(t);
     uint64_t target = t->params.kind == CPDL__COLLATE_PACK
                           ? (uint64_t)index * (uint64_t)t->params.seq_len : (uint64_t)index;
-    if ((rc = locate(t, feed->epoch, target, &pos, &off)))
+    if ((rc = locate(t, target, &pos, &off)))
       return rc;
   } else {
     thd_index_t *x = &t->main;
     if (wrapped && (t->main.base_pos || t->main.base_off)) {
-      if ((rc = thd_build(t, &t->wrap, feed->epoch, 0, 0)))
+      if ((rc = thd_start(&t->wrap, feed->epoch, 0, 0)))
         return rc;
       x = &t->wrap;
     }
-    if (wrapped)
-      index %= x->rows;
+    if (wrapped) {
+      int64_t rows;
+      if ((rc = thd_have(t, x, INT64_MAX, &rows)))
+        return rc;
+      index %= rows;
+    }
     if ((rc = thd_find(t, x, index, &pos, &off)))
       return rc;
   }
@@ -411,13 +509,17 @@ static int tokens_position(cpdl__feed_t *feed, int64_t index, uint64_t *words) {
   tokens_t *t = feed->impl;
   if (!t->thd)
     return 0;
-  if (index >= t->main.rows) { /* past the epoch's rows: its end */
+  int64_t have = 0;
+  int rc = thd_have(t, &t->main, index + 1, &have);
+  if (rc)
+    return rc;
+  if (have <= index) { /* past the epoch's rows: its end */
     words[CPDL__CURSOR_POSITION] = (uint64_t)t->n;
     words[CPDL__CURSOR_OFFSET] = 0;
     return 0;
   }
   int64_t pos = 0, off = 0;
-  int rc = thd_find(t, &t->main, index, &pos, &off);
+  rc = thd_find(t, &t->main, index, &pos, &off);
   if (rc)
     return rc;
   words[CPDL__CURSOR_POSITION] = (uint64_t)pos;
@@ -474,6 +576,7 @@ static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *c
 static const cpdl__feed_ops_t tokens_ops = {
     .name = "tokens",
     .enter = tokens_enter,
+    .rows = tokens_rows,
     .count = tokens_count,
     .begin = tokens_begin,
     .row = tokens_row,

@@ -65,13 +65,32 @@ void cpdl__config_prep_params(const cpdl_config_t *cfg, cpdl_prep_params_t *para
  * its own team (it is one world allgather plus a local selection). With a
  * watch installed the wait polls this host's other ranks and returns
  * CPDL_EPEER "rank N (pid P) died during <what>" when one is dead (the
- * request is abandoned, its buffers leaked). Each operation returns 0,
- * CPDL_EPEER, CPDL_EMPI (the allgather failed; message naming <what>),
- * -ENOMEM. Ranks on other hosts are never watched. */
+ * request is abandoned, its buffers leaked). Every operation first agrees
+ * on a fixed-size header (call, step, count, length): ranks in different
+ * calls or steps all get CPDL_EPEER naming the odd rank. Each operation
+ * returns 0, CPDL_EPEER, CPDL_EMPI (the allgather failed; message naming
+ * <what>), -ENOMEM. Ranks on other hosts are watched only through the
+ * watch's remote liveness (live.c). */
+#define CPDL__HOST_NAME_MAX 64
 typedef struct cpdl__ctl {
   cpdl_oob_t oob;       /* the caller's, copied at open */
   int rank, size;       /* oob_ep, n_oob_eps */
+  uint64_t seq;         /* operations so far (the same count on every rank) */
+  /* size × CPDL__HOST_NAME_MAX bytes, each rank's hostname (not terminated
+   * when it fills its entry), for messages; NULL until known. Not owned. */
+  const char *hosts;
 } cpdl__ctl_t;
+/* The public call a collective belongs to, carried in every operation's
+ * header so that ranks in different calls find out instead of matching. */
+typedef enum {
+  CPDL__OP_NONE = 0,
+  CPDL__OP_OPEN,
+  CPDL__OP_SAVE,
+  CPDL__OP_RESTORE,
+  CPDL__OP_CLOSE,
+} cpdl__op_t;
+/* Set this thread's current call; returns the previous one (restore it). */
+cpdl__op_t cpdl__coll_op(cpdl__op_t op);
 struct cpdl__team {
   const cpdl__ctl_t *ctl;
   int rank, size;       /* in the team; team rank order = world rank order */
@@ -110,9 +129,13 @@ typedef struct cpdl__peer {
   int32_t pid;
   int pidfd;      /* -1: no pidfds here, kill(pid, 0) decides */
 } cpdl__peer_t;
+typedef struct cpdl__live cpdl__live_t; /* live.c */
 typedef struct cpdl__watch {
   int n;
   cpdl__peer_t *peers;  /* this rank excluded */
+  /* The remote liveness (ranks on other hosts), or NULL: a verdict there ends
+   * the wait as a local death does. */
+  const cpdl__live_t *live;
   /* Optional, polled with the peers: nonzero ends the wait with that error
    * (the request is abandoned as after a death). NULL: none. */
   int (*check)(void *arg);
@@ -130,6 +153,28 @@ const cpdl__peer_t *cpdl__watch_find(const cpdl__watch_t *watch, int rank); /* N
 void cpdl__watch_free(cpdl__watch_t *watch);
 /* Install (NULL: remove) this thread's watch; returns the previous one. */
 const cpdl__watch_t *cpdl__watch_install(const cpdl__watch_t *watch);
+
+/* ---- live.c: remote liveness (a thread on its own dup of comm) -------------
+ * Started only for a job that spans hosts, on the MPI control plane, with
+ * MPI_THREAD_MULTIPLE on every rank (the caller agrees on that first).
+ * cpdl__live_start is collective (MPI_Comm_dup); hosts (size ×
+ * CPDL__HOST_NAME_MAX) and watch must outlive the liveness. \return 0,
+ * CPDL_EMPI, -ENOMEM, -errno. */
+int cpdl__live_start(MPI_Comm comm, int rank, int size, const cpdl__watch_t *watch,
+                     const char *hosts, cpdl__live_t **out);
+/* Local, any thread: CPDL_EPEER (with the message naming the rank and its
+ * host) once a rank died or failed anywhere, or — when waiting for `step`
+ * (UINT64_MAX: in a collective, departures do not count) — a rank left
+ * before taking that step; else 0. NULL: 0. */
+int cpdl__live_check(const cpdl__live_t *live, uint64_t step);
+/* Tell every rank this one closes and takes no step from `step` on. */
+void cpdl__live_announce_leave(cpdl__live_t *live, uint64_t step);
+/* Tell every rank this one failed (why: its message), unless the failure
+ * came from them. */
+void cpdl__live_announce_failure(cpdl__live_t *live, const char *why);
+/* Local: stop the thread (saying BYE to the rank that watches this one) and
+ * free. NULL: no-op. */
+void cpdl__live_stop(cpdl__live_t *live);
 
 /* ---- oob_mpi.c --------------------------------------------------------------
  * The default control plane: MPI_Iallgather on a dup of comm (collective:

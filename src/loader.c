@@ -53,6 +53,10 @@ struct cpdl_loader {
    * or not found on this host) for the ring waits' liveness checks. */
   cpdl__watch_t watch;
   const cpdl__peer_t *group_peer[MAX_GROUP];
+  /* A job across hosts: every rank's hostname (world order, for messages)
+   * and the remote liveness (live.c; NULL on one host or without it). */
+  char *hosts;
+  cpdl__live_t *live;
 
   /* Consumer side (every rank, the leader included). */
   uint64_t next_step;      /* step the next next() returns */
@@ -110,12 +114,17 @@ void cpdl_mapping_release(cpdl_mapping_t *map) {
 /* Liveness                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static int check_peers(cpdl_loader_t *L) {
+/* step: the step being waited for (a rank on another host that left before
+ * it fails the wait), or UINT64_MAX (the loader threads: deaths only). */
+static int check_peers(cpdl_loader_t *L, uint64_t step) {
   /* A rank that saw a death first posts it and may then exit: its own
    * exit must not be mistaken for the cause, so the posted verdict wins. */
   int posted = cpdl__ring_posted_error(L->cring);
   if (posted)
     return posted;
+  int remote = cpdl__live_check(L->live, step);
+  if (remote)
+    return remote;
   for (int g = 0; g < L->mesh.me.group_size; g++) {
     const cpdl__peer_t *p = L->group_peer[g];
     if (!p || !cpdl__pid_dead(p->pid, p->pidfd))
@@ -128,7 +137,13 @@ static int check_peers(cpdl_loader_t *L) {
   return 0;
 }
 
-static int consumer_alive(void *arg) { return check_peers(arg); }
+/* The consumer's waits run on the caller's thread, which owns next_step. */
+static int consumer_alive(void *arg) {
+  cpdl_loader_t *L = arg;
+  return check_peers(L, L->next_step);
+}
+
+static int producer_alive(void *arg) { return check_peers(arg, UINT64_MAX); }
 
 /* ------------------------------------------------------------------------- */
 /* Open                                                                       */
@@ -296,6 +311,10 @@ static void loader_free(cpdl_loader_t *L) {
   char msg[1024];
   snprintf(msg, sizeof msg, "%s", cpdl_last_error());
   loader_release(L);
+  cpdl__live_stop(L->live); /* before the watch and the hosts it reads */
+  L->live = NULL;
+  L->ctl.hosts = NULL;
+  free(L->hosts);
   cpdl__watch_free(&L->watch);
   cpdl__mesh_free(&L->mesh);
   cpdl__oob_mpi_free(&L->mpi_oob);
@@ -425,6 +444,48 @@ static int open_watched(cpdl_loader_t *L, const cpdl_config_t *cfg) {
   return cpdl__agree(&L->mesh.world, local);
 }
 
+/* A job across hosts (collective): every rank's hostname for messages, and
+ * — on the MPI control plane with MPI_THREAD_MULTIPLE everywhere — the
+ * remote liveness thread, so a death on another host ends every wait
+ * (R27). On one host the pid watch sees everything: nothing to start. */
+static int start_liveness(cpdl_loader_t *L) {
+  if (L->mesh.host.size == L->mesh.me.world_size)
+    return 0;
+  char mine[CPDL__HOST_NAME_MAX] = {0};
+  gethostname(mine, sizeof mine);
+  L->hosts = calloc((size_t)L->mesh.me.world_size, CPDL__HOST_NAME_MAX);
+  int local = L->hosts ? 0 : cpdl__error(-ENOMEM, "out of memory for %d hostnames",
+                                         L->mesh.me.world_size);
+  char *all = L->hosts ? L->hosts : NULL;
+  char *spare = all ? NULL : calloc((size_t)L->mesh.me.world_size, CPDL__HOST_NAME_MAX);
+  int rc = cpdl__coll_allgather(&L->mesh.world, mine, sizeof mine, all ? all : spare,
+                                "open (the hostnames)");
+  free(spare);
+  if (rc)
+    return rc;
+  rc = cpdl__agree(&L->mesh.world, local);
+  if (rc)
+    return rc;
+  L->ctl.hosts = L->hosts;
+  /* Everyone, or no one: a rank without the thread sends no heartbeat, and
+   * its successor would take the silence for a death. */
+  MPI_Comm comm = cpdl__oob_mpi_comm(&L->ctl.oob);
+  int provided = 0;
+  if (comm != MPI_COMM_NULL)
+    MPI_Query_thread(&provided);
+  const char *off = getenv("CPDL_LIVENESS");
+  int64_t able = comm != MPI_COMM_NULL && provided == MPI_THREAD_MULTIPLE &&
+                 !(off && strcmp(off, "0") == 0);
+  if ((rc = cpdl__coll_min_i64(&L->mesh.world, &able, 1, "open (the liveness agreement)")))
+    return rc;
+  if (!able)
+    return 0;
+  local = cpdl__live_start(comm, L->mesh.me.world_rank, L->mesh.me.world_size, &L->watch,
+                           L->hosts, &L->live);
+  L->watch.live = L->live;
+  return cpdl__agree(&L->mesh.world, local);
+}
+
 /* Takes over *mpi_oob (may be NULL): freed with the loader, or here on failure. */
 static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout_t *layout,
                    const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -470,6 +531,8 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
   rc = cpdl__agree(&L->mesh.world, local);
   if (!rc)
+    rc = start_liveness(L);
+  if (!rc)
     rc = open_watched(L, cfg);
   cpdl__watch_install(previous);
   if (rc) {
@@ -489,12 +552,21 @@ static int open_on(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout
   return 0;
 }
 
+/* Every collective of open carries CPDL__OP_OPEN in its header. */
+static int open_as_op(const cpdl_oob_t *oob, cpdl_oob_t *mpi_oob, const cpdl_layout_t *layout,
+                      const cpdl_config_t *cfg, cpdl_loader_t **out) {
+  cpdl__op_t previous = cpdl__coll_op(CPDL__OP_OPEN);
+  int rc = open_on(oob, mpi_oob, layout, cfg, out);
+  cpdl__coll_op(previous);
+  return rc;
+}
+
 int cpdl_loader_open_oob(const cpdl_oob_t *oob, const cpdl_layout_t *layout,
                          const cpdl_config_t *cfg, cpdl_loader_t **out) {
   if (!out)
     return cpdl__error(CPDL_EARG, "cpdl_loader_open_oob: out is NULL");
   *out = NULL;
-  return open_on(oob, NULL, layout, cfg, out);
+  return open_as_op(oob, NULL, layout, cfg, out);
 }
 
 int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout, const cpdl_config_t *cfg,
@@ -506,7 +578,7 @@ int cpdl_loader_open_mpi(MPI_Comm comm, const cpdl_layout_t *layout, const cpdl_
   int rc = cpdl__oob_mpi_create(comm, &oob);
   if (rc)
     return rc;
-  return open_on(&oob, &oob, layout, cfg, out);
+  return open_as_op(&oob, &oob, layout, cfg, out);
 }
 
 int cpdl_loader_open(MPI_Comm comm, const cpdl_config_t *cfg, cpdl_loader_t **out) {
@@ -542,7 +614,7 @@ static int ensure_started(cpdl_loader_t *L) {
       .end_step = L->end_step,
       .n_threads = L->cfg.threads,
       .dump_collated = L->dump_collated,
-      .alive = consumer_alive,
+      .alive = producer_alive,
       .alive_arg = L,
   };
   int rc = cpdl__producer_start(&args, &L->producer);
@@ -573,7 +645,11 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
     cpdl__ring_post_error(L->cring, rc, msg);
     return rc;
   }
-  rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
+  /* A verdict from another host counts even when the step is ready (the
+   * ring's wait returns a ready step without looking at anyone). */
+  rc = cpdl__live_check(L->live, L->next_step);
+  if (!rc)
+    rc = cpdl__ring_wait_step(L->cring, L->next_step, L->cfg.timeout_ms, consumer_alive, L);
   if (rc) {
     if (rc == CPDL_EPEER) {
       /* Tell the group what this rank saw (first poster wins), so every
@@ -581,6 +657,7 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
       char msg[1024];
       snprintf(msg, sizeof msg, "%s", cpdl_last_error());
       cpdl__ring_post_error(L->cring, rc, msg);
+      cpdl__live_announce_failure(L->live, msg); /* the other hosts' ranks */
       cpdl__error(rc, "%s", msg);
       L->failed = true;
     }
@@ -663,6 +740,16 @@ void cpdl__loader_data_shape(const cpdl_loader_t *L, int64_t *batch, int64_t *se
 /* ------------------------------------------------------------------------- */
 /* State (the blob's bytes: state.c; its layout: docs/state.md)               */
 /* ------------------------------------------------------------------------- */
+
+/* After a CPDL_EPEER from a collective: failed for good, and the other hosts'
+ * ranks are told (they would wait for this rank in the next collective). */
+static void fail(cpdl_loader_t *L) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", cpdl_last_error());
+  cpdl__live_announce_failure(L->live, msg);
+  cpdl__error(CPDL_EPEER, "%s", msg);
+  L->failed = true;
+}
 
 /* What each rank contributes to a save: whether it leads a group (and so
  * knows the feed's cursor first-hand), the step of its next batch (a held
@@ -775,10 +862,12 @@ int cpdl_loader_state_save(cpdl_loader_t *L, void *buf, size_t size, size_t *use
     local = cpdl__error(CPDL_EOVERFLOW, "cpdl_loader_state_save: the buffer has %zu bytes, the "
                         "state needs %zu (cpdl_loader_state_size)", buf ? size : 0, need);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_SAVE);
   int rc = save_watched(L, buf, size, used, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }
 
@@ -881,10 +970,12 @@ int cpdl_loader_state_restore(cpdl_loader_t *L, const void *buf, size_t size) {
   if (!local)
     local = cpdl__fault("restoring", L->mesh.me.world_rank);
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_RESTORE);
   int rc = restore_watched(L, &view, checksum, local);
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   if (rc == CPDL_EPEER)
-    L->failed = true; /* close must not try a collective */
+    fail(L); /* close must not try a collective */
   return rc;
 }
 
@@ -910,6 +1001,9 @@ int cpdl_loader_close(cpdl_loader_t *L) {
    * such step, so nothing is posted and the barrier completes. */
   if (L->cring)
     cpdl__ring_leave(L->cring, (uint32_t)L->mesh.me.group_rank);
+  /* And the ranks of other hosts: a wait for a step this rank will not
+   * take fails there; a normal close (all at the same step) waits for none. */
+  cpdl__live_announce_leave(L->live, L->holding ? L->next_step + 1 : L->next_step);
   if (L->failed) {
     /* A rank is dead: a collective would hang. Clean up locally. */
     loader_free(L);
@@ -918,6 +1012,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
   L->watch.check = close_check;
   L->watch.check_arg = L;
   const cpdl__watch_t *previous = cpdl__watch_install(&L->watch);
+  cpdl__op_t previous_op = cpdl__coll_op(CPDL__OP_CLOSE);
   int local = cpdl__fault("closing", L->mesh.me.world_rank);
   /* Everyone stops using its views before the leader stops producing. */
   int rc = cpdl__coll_barrier(&L->mesh.group, "close (the group's barrier)");
@@ -928,6 +1023,7 @@ int cpdl_loader_close(cpdl_loader_t *L) {
     loader_release(L); /* the mesh stays for the agreement */
     rc = cpdl__agree(&L->mesh.world, local);
   }
+  cpdl__coll_op(previous_op);
   cpdl__watch_install(previous);
   loader_free(L); /* after an EPEER: local only, like a failed open */
   return rc;

@@ -32,13 +32,13 @@ typedef struct cpdl_config {
   int64_t steps;             /* steps      steps to deliver, 0 = until `epochs` passes end (100) */
   int slots;                 /* slots      ring depth (4) */
   cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only | thd (docs/thd.md) */
-  uint64_t seed;             /* seed       sampler and synthetic seed (1234) */
+  uint64_t seed;             /* seed       the global order's and synthetic's seed (1234) */
   char source[CPDL_SOURCE_MAX]; /* source  data-source URI ("synthetic:") */
   char collate[16];          /* collate    pack | pad ("pack") */
   int64_t padding_token_id;  /* padding_token_id (0) */
   int position_ids;          /* position_ids 0 = restart per document, 1 = continuous */
   int loss_on_eot;           /* loss_on_eot 1 = EOT tokens count in the loss (1) */
-  int drop_last;             /* drop_last  1 = drop the last partial epoch piece, 0 = wrap (1) */
+  int drop_last;             /* drop_last  1 = an epoch ends at its last full global batch, 0 = wrap (1) */
   int threads;               /* threads    loader threads in the leader: with 2 or more, one collates
                                            step k+1 while the others prepare step k; steps under
                                            4 MiB are done by one thread (2) */
@@ -46,14 +46,15 @@ typedef struct cpdl_config {
   int timeout_ms;            /* timeout_ms how long next() waits before CPDL_ETIMEDOUT (60000) */
   int64_t epochs;            /* epochs     end the run after this many passes over the data;
                                            0 = 1 when steps=0, else no bound (0). Every
-                                           replica ends on the same step: the fewest steps any
-                                           replica's passes hold (whole steps only; pack counts
-                                           its documents' tokens, pad its rows), counted at open
-                                           from lengths. With steps > 0 too, the earlier end
-                                           wins. Pre-collated (npy) sources: a pass gives each
-                                           replica n/dp of n batches (drop_last=1; the last
-                                           n % dp are not read) or ceil(n/dp) (drop_last=0: the
-                                           last row wraps to batch 0, 1, ...) */
+                                           replica ends on the same step: an epoch of the
+                                           global order (docs/design.md#the-global-order) of R
+                                           rows gives R / (dp*batch) steps (drop_last=1) or
+                                           the ceiling (drop_last=0: the last global batch
+                                           wraps to the epoch's first rows), counted at open
+                                           from lengths (and again after a restore). With
+                                           steps > 0 too, the earlier end wins. Pre-collated
+                                           (npy) sources: a row is a whole batch, so an epoch
+                                           of n batches gives n / dp steps (or the ceiling) */
   char schedule[16];         /* schedule   static | balanced (mode thd, a token source): who gets
                                            which documents of a global batch, balancing the
                                            modeled work across replicas (docs/schedule.md);

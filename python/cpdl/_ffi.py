@@ -37,7 +37,7 @@ CPDL_MAX_DIMS = 4
 CPDL_MAX_FIELDS = 32
 CPDL_NAME_MAX = 48
 CPDL_SOURCE_MAX = 512
-CPDL_STATE_VERSION = 2
+CPDL_STATE_VERSION = 3
 OOB_OK, OOB_INPROGRESS = 0, 1  # CPDL_OOB_OK, CPDL_OOB_INPROGRESS
 
 # cpdl_dtype_t
@@ -283,6 +283,8 @@ MPI_SIGNATURES = {
     "MPI_Initialized": (ctypes.c_int, [_P(ctypes.c_int)]),
     "MPI_Finalized": (ctypes.c_int, [_P(ctypes.c_int)]),
     "MPI_Init": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+    "MPI_Init_thread": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                       _P(ctypes.c_int)]),
     "MPI_Finalize": (ctypes.c_int, []),
     "MPI_Comm_size": (ctypes.c_int, [ctypes.c_void_p, _P(ctypes.c_int)]),
 }

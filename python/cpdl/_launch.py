@@ -100,6 +100,14 @@ def launcher_world():
     return None, 1
 
 
+def srun_without_pmi():
+    """True in a task of srun that has no PMI/PMIx server (srun without
+    --mpi=pmix): MPI cannot see the other tasks there."""
+    env = os.environ
+    return "SLURM_STEP_ID" in env and not any(
+        v in env for v in ("PMIX_RANK", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE"))
+
+
 def torchrun_env():
     """True when the environment is torchrun's (or torchrun-style)."""
     env = os.environ

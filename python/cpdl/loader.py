@@ -53,6 +53,7 @@ def _mesh_of(coords):
 
 _mpi = None
 _we_initialized_mpi = False
+_peer_failed = False  # a loader closed with CPDL_EPEER: a rank is gone
 # Strong references: an open loader owns threads and a mapping, and closing
 # is collective, so it cannot happen in __del__ at a random GC time; loaders
 # not closed by the program are closed at exit.
@@ -64,8 +65,14 @@ def _mpi_lib():
     return _ffi.mpi()
 
 
+def _mpi_initialized():
+    flag = ctypes.c_int(0)
+    _mpi_lib().MPI_Initialized(ctypes.byref(flag))
+    return bool(flag.value)
+
+
 def _ensure_mpi():
-    """MPI_Init(NULL, NULL) unless someone (mpi4py, the host program) already
+    """MPI_Init_thread(NULL, NULL, MULTIPLE) unless someone (mpi4py, the host program) already
     did; then, and only then, MPI_Finalize runs at exit, after our loaders
     are closed."""
     global _we_initialized_mpi
@@ -78,9 +85,12 @@ def _ensure_mpi():
     mpi.MPI_Finalized(ctypes.byref(finalized))
     if finalized.value:
         raise Error(_ffi.EMPI, "MPI was already finalized in this process; a Loader needs MPI")
-    rc = mpi.MPI_Init(None, None)
+    # MPI_THREAD_MULTIPLE (3 in Open MPI and MPICH), as mpi4py asks: a job
+    # across hosts runs cpdl's liveness thread on its own communicator.
+    provided = ctypes.c_int(0)
+    rc = mpi.MPI_Init_thread(None, None, 3, ctypes.byref(provided))
     if rc != 0:
-        raise Error(_ffi.EMPI, "MPI_Init failed with MPI error %d" % rc)
+        raise Error(_ffi.EMPI, "MPI_Init_thread failed with MPI error %d" % rc)
     _we_initialized_mpi = True
 
 
@@ -95,7 +105,10 @@ def _at_exit():
             loader.close()
         except Error:
             pass
-    if _we_initialized_mpi:
+    # After a peer died MPI_Finalize would wait for it for ever (Open MPI
+    # fences every process, the dead one too, e.g. under mpirun
+    # --enable-recovery): exit without it, as `cpdl run` does.
+    if _we_initialized_mpi and not _peer_failed:
         mpi = _mpi_lib()
         finalized = ctypes.c_int(0)
         mpi.MPI_Finalized(ctypes.byref(finalized))
@@ -433,8 +446,17 @@ class Loader:
             raise ValueError("cpdl: pass comm= (MPI) or process_group= (torch), not both")
         if comm is None and process_group is None and not _launch.torchrun_env():
             var, size = _launch.launcher_world()
-            _ensure_mpi()
-            if size > 1 and _mpi_world_size() == 1:
+            if size > 1 and _launch.srun_without_pmi() and not _mpi_initialized():
+                # Open MPI's MPI_Init aborts in a task srun started without
+                # PMIx: never get there. torch.distributed if it can rendezvous.
+                if _launch.torch_ready() is None:
+                    _launch.refuse_world_of_one(var, size, "srun started it without PMIx (no "
+                                                "PMIX_RANK), so MPI cannot see the other tasks, "
+                                                "and torch.distributed cannot rendezvous")
+                process_group = "torch"
+            else:
+                _ensure_mpi()
+            if process_group is None and size > 1 and _mpi_world_size() == 1:
                 # mpirun did not start us: srun without PMIx, or a launcher
                 # of its own. torch.distributed if it can reach the others.
                 if _launch.torch_ready() is None:
@@ -525,9 +547,11 @@ class Loader:
     def state_dict(self):
         """Collective: every rank must call it at the same step (as a
         trainer's checkpoint code does). Returns the WHOLE job's resume state
-        — every replica's cursor — as {"version": 2, "step": k, "state":
-        "<hex>"} (JSON and torch.save friendly); the dict any rank returns
-        restores every rank, so rank 0 alone may write the checkpoint. A held
+        — the position in the global order of rows, the same on every rank —
+        as {"version": 3, "step": k, "state": "<hex>"} (JSON and torch.save
+        friendly); the dict any rank returns restores every rank of a job of
+        any layout (dp, cp, tp, nodes), so rank 0 alone may write the
+        checkpoint. A held
         batch counts as consumed: the state starts at the step after it."""
         if self._feed is not None:
             self._feed.check_state_save()
@@ -546,10 +570,10 @@ class Loader:
     def load_state_dict(self, state):
         """Collective; only before the first iteration (else cpdl.Error
         CPDL_ESTATE). Every rank loads the same dict (e.g. rank 0's
-        state_dict(), read from its checkpoint): each replica resumes at its
-        own cursor. A state of another layout (dp size, cp, seq_len, source,
-        ...) is cpdl.Error CPDL_ECONFIG naming the key; a damaged state or one
-        of another version CPDL_ESTATE (the C library judges the version
+        state_dict(), read from its checkpoint), under this job's layout, which
+        may differ from the saving job's. A state of another stream (seq_len,
+        source, seed, ...) is cpdl.Error CPDL_ECONFIG naming the key; a damaged
+        state or one of another version CPDL_ESTATE (the C library judges the version
         given here, so a dict of another version is refused as such)."""
         try:
             version = operator.index(state["version"])
@@ -584,7 +608,11 @@ class Loader:
         if self._pinned:
             _cuda.unregister(self._pinned)  # before the region is unmapped
         self._pinned = None
-        _check(_ffi.full().cpdl_loader_close(handle))
+        rc = _ffi.full().cpdl_loader_close(handle)
+        if rc == _ffi.EPEER:
+            global _peer_failed
+            _peer_failed = True
+        _check(rc)
 
     def __enter__(self):
         return self

@@ -228,7 +228,8 @@ static void report_error(int rank, const char *what, int rc) {
 }
 
 int cpdl_cli_run(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
+  int thread_level = 0; /* MULTIPLE: the liveness thread of a job across hosts (live.c) */
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   cpdl_config_t cfg;

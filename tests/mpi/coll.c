@@ -8,8 +8,10 @@
  *     pidfd; a reaped pid is dead through kill(pid, 0); this process is not.
  *  3. A watched peer that "died" (rank 1 stands for a zombie child of rank 0)
  *     ends rank 0's barrier with CPDL_EPEER naming rank 1 and the pid within
- *     a second, while rank 1 is held back; afterwards rank 1 enters the same
- *     barrier, which rank 0's abandoned request completes (np >= 2).
+ *     a second, while rank 1 is held back; no one else joins that barrier
+ *     (np >= 2).
+ *  4. Ranks in different operations or steps all get CPDL_EPEER naming the
+ *     odd rank (np >= 2), and the next operation in step works.
  */
 #include "internal.h"
 #include "mpi_test.h"
@@ -157,18 +159,42 @@ static void check_dead_peer(void) {
       close(peer.pidfd);
     waitpid(child, NULL, 0);
   }
-  /* Rank 1 waits (point to point) for rank 0's verdict, then the others
-   * enter the barrier that rank 0 abandoned; it completes in the
-   * background of rank 0's next collective (the collectives keep one order
-   * on every rank: barrier, then cpdl_test_finish's). */
+  /* Rank 1 waits (point to point) for rank 0's verdict. Nobody joins the
+   * barrier rank 0 abandoned (it was one of two allgathers: header, then
+   * payload, and rank 0 is past it); its request stays pending on the
+   * control plane's dup and harms nothing on MPI_COMM_WORLD. */
   int go = 1;
   if (rank == 0)
     MPI_Send(&go, 1, MPI_INT, 1, 77, MPI_COMM_WORLD);
   else if (rank == 1)
     MPI_Recv(&go, 1, MPI_INT, 0, 77, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  if (rank != 0) /* the same world allgather of one byte, on the same dup */
-    CHECK(cpdl__coll_barrier(cpdl_test_world(), "the test barrier") == 0, "barrier: %s",
-          cpdl_last_error());
+}
+
+/* 4. Ranks in different operations (rank 0 in a barrier, the others in an
+ *    allgather of 64 bytes; then all in a step of another name) never match
+ *    each other's payloads: every rank gets CPDL_EPEER naming the odd one. */
+static void check_mismatch(void) {
+  if (size < 2)
+    return;
+  cpdl__op_t previous = cpdl__coll_op(rank == 0 ? CPDL__OP_CLOSE : CPDL__OP_SAVE);
+  char bytes[64] = {0}, *all = calloc((size_t)size, sizeof bytes);
+  int rc = rank == 0 ? cpdl__coll_barrier(cpdl_test_world(), "test close")
+                     : cpdl__coll_allgather(cpdl_test_world(), bytes, sizeof bytes, all,
+                                            "test save");
+  cpdl__coll_op(previous);
+  CHECK(rc == CPDL_EPEER && strstr(cpdl_last_error(), "rank 0 left") &&
+        strstr(cpdl_last_error(), "state save"), "close against save: %s: %s",
+        cpdl_err_name(rc), cpdl_last_error());
+  /* The same call, different steps: "different orders", naming rank 0. */
+  rc = cpdl__coll_allgather(cpdl_test_world(), bytes, sizeof bytes, all,
+                            rank == 0 ? "step a" : "step b");
+  CHECK(rc == CPDL_EPEER && strstr(cpdl_last_error(), "rank 0 ") &&
+        strstr(cpdl_last_error(), "different orders"), "different steps: %s: %s",
+        cpdl_err_name(rc), cpdl_last_error());
+  /* Still in step: the next operation works. */
+  rc = cpdl__coll_allgather(cpdl_test_world(), bytes, sizeof bytes, all, "step c");
+  CHECK(rc == 0, "after the mismatches: %s", cpdl_last_error());
+  free(all);
 }
 
 int main(int argc, char **argv) {
@@ -178,6 +204,7 @@ int main(int argc, char **argv) {
   cpdl_test_world(); /* the dup, collectively, before rank 0 runs alone */
   check_results();
   check_liveness();
+  check_mismatch();
   check_dead_peer();
   int code = cpdl_test_finish();
   MPI_Finalize();

@@ -154,7 +154,9 @@ def cells():
         collates = ("pack",) if source in ("npy", "gpt") else ("pack", "pad")
         for collate in collates:
             for mode in ("contiguous", "round_robin"):
-                if not FULL and (collate, mode) == ("pad", "contiguous") and source != "synthetic":
+                # CI: every source once, each collate and mode somewhere
+                if not FULL and (collate, mode) != ("pack", "contiguous") and source not in (
+                        "synthetic", "megatron"):
                     continue
                 out.append((source, collate, mode))
     return out
@@ -191,10 +193,12 @@ def test_invariance():
 
 def test_thd():
     with tempfile.TemporaryDirectory() as tmp:
-        for source in ("synthetic", "llmc", "megatron"):
+        for source in ("synthetic", "llmc", "megatron") if FULL else ("synthetic", "megatron"):
             uri = source_uri(source, tmp) if source != "synthetic" else "synthetic:?samples=3000&mean=20"
             by_cp = {}
-            for dp, cp, tp in [(1, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (3, 2, 1)]:
+            layouts = [(1, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (3, 2, 1)] if FULL else \
+                [(1, 1, 1), (2, 1, 2), (1, 2, 1), (3, 2, 1)]
+            for dp, cp, tp in layouts:
                 label = "%s thd dp%d cp%d tp%d" % (source, dp, cp, tp)
                 d = os.path.join(tmp, "%s-thd-%d-%d-%d" % (source, dp, cp, tp))
                 rows_n = 12
@@ -234,11 +238,15 @@ RESUMES = [
 
 def test_resume():
     with tempfile.TemporaryDirectory() as tmp:
-        for source in ("synthetic", "megatron", "npy", "gpt"):
+        cell = -1
+        for source in ("synthetic", "llmc", "megatron", "npy", "gpt"):
             uri = source_uri(source, tmp)
             for collate, mode in (("pack", "contiguous"), ("pad", "round_robin")):
                 if source in ("npy", "gpt") and collate == "pad":
                     continue
+                if not FULL and source == "llmc":
+                    continue
+                cell += 1
                 base = os.path.join(tmp, "%s-%s-ref" % (source, collate))
                 p = run(1, ["--collate", collate, "--mode", mode, "--source", uri, "--steps",
                             str(ROWS // B), "--dump", base])
@@ -248,6 +256,8 @@ def test_resume():
                     continue
                 ref = rows_from_views(base, mode)
                 for i, (na, ca, ta, nb, cb, tb, env) in enumerate(RESUMES):
+                    if not FULL and (i + cell) % 3:
+                        continue  # CI: two layout changes per cell, each of them somewhere
                     if mode == "round_robin" and (ca == 1 or cb == 1):
                         ca, cb = 2 * ca, 2 * cb  # keep the zigzag meaningful where it fits
                         na, nb = na * 2, nb * 2
@@ -258,9 +268,8 @@ def test_resume():
                         source, collate, na, ca, ta, nb, cb, tb, env or "")
                     k = 2  # steps under A
                     consumed = k * dpa * B
-                    if (ROWS - consumed) % (dpb * B):
-                        continue
                     more = (ROWS - consumed) // (dpb * B)
+                    upto = consumed + more * dpb * B  # B takes whole global batches of its own
                     st = os.path.join(tmp, "st-%s-%s-%d" % (source, collate, i))
                     da = os.path.join(tmp, "a-%s-%s-%d" % (source, collate, i))
                     db = os.path.join(tmp, "b-%s-%s-%d" % (source, collate, i))
@@ -279,8 +288,9 @@ def test_resume():
                     dup = set(rows) & set(rows_b)
                     check(not dup, "%s: rows %s delivered twice" % (label, sorted(dup)[:5]))
                     rows.update(rows_b)
-                    check(len(rows) == ROWS, "%s: %d rows, expected %d" % (label, len(rows), ROWS))
-                    diff = same_rows(ref, rows, ROWS)
+                    check(sorted(rows) == list(range(upto)), "%s: rows %s, expected 0..%d"
+                          % (label, sorted(rows)[:30], upto - 1))
+                    diff = same_rows(ref, rows, upto)
                     check(diff is None, "%s: the resumed job leaves the global order: %s"
                           % (label, diff))
 

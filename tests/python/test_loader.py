@@ -287,13 +287,14 @@ def test_resume():
                 state = a.state_dict()
             if batch.step == 5:
                 break
-    report(isinstance(state, dict) and state.get("version") == 2 and state.get("step") == 3,
-           "state_dict of a held step 2: version 2, step 3", state)
+    report(isinstance(state, dict) and state.get("version") == 3 and state.get("step") == 3,
+           "state_dict of a held step 2: version 3, step 3", state)
     # rank 0's dict, through JSON, on every rank (what a trainer's checkpoint does)
     state = json.loads(comm.bcast(json.dumps(state), root=0))
     for bad, what in (({**state, "version": 1}, "a dict of version 1"),
                       ({"version": 1, "words": [3, 0, 0, 0, 3, 0, 0, 0]}, "an old words dict"),
-                      ({**state, "version": 3}, "a dict of version 3")):
+                      ({**state, "version": 2}, "a dict of the old per-replica version 2"),
+                      ({**state, "version": 4}, "a dict of version 4")):
         with cpdl.Loader(**CONFIG) as b:
             try:
                 b.load_state_dict(bad)
