@@ -385,20 +385,27 @@ static void tokens_begin(cpdl__feed_t *feed) {
   cpdl__collate_begin(((tokens_t *)feed->impl)->collate);
 }
 
-/* The index and row number of global-batch row `i` (from the base): the
- * wrapped rows of drop_last=0 count from the epoch's start. */
+/* The index and row number of the step's row `i` (from the base), as feed.c
+ * numbers them: rows past the epoch's end (drop_last=0 refilling the last
+ * global batch) count from the epoch's start. */
 static int thd_row_at(tokens_t *t, cpdl__feed_t *feed, int64_t i, thd_index_t **x, int64_t *row) {
+  const int64_t G = (int64_t)feed->dp_size * feed->unit;
+  int64_t have, rows;
+  int rc = thd_have(t, &t->main, feed->consumed + G, &have);
+  if (rc)
+    return rc;
   *x = &t->main;
   *row = i;
-  if (i < feed->rows)
+  if (i < have)
     return 0;
   if (t->main.base_pos || t->main.base_off) {
-    int rc = thd_build(t, &t->wrap, feed->epoch, 0, 0);
-    if (rc)
+    if ((rc = thd_start(&t->wrap, feed->epoch, 0, 0)))
       return rc;
     *x = &t->wrap;
   }
-  *row = (i - feed->rows) % (*x)->rows;
+  if ((rc = thd_have(t, *x, INT64_MAX, &rows)))
+    return rc;
+  *row = (i - have) % rows;
   return 0;
 }
 
@@ -420,8 +427,8 @@ static int capture_piece(void *arg, int64_t position, int64_t offset, int64_t le
 static int balanced_row(tokens_t *t, cpdl__feed_t *feed) {
   t->n_pieces = 0;
   for (int q = 0; q < feed->dp_size; q++) {
-    thd_index_t *x;
-    int64_t row, pos = 0, off = 0;
+    thd_index_t *x = &t->main;
+    int64_t row = 0, pos = 0, off = 0;
     int rc = thd_row_at(t, feed, feed->consumed + q, &x, &row);
     if (!rc)
       rc = thd_find(t, x, row, &pos, &off);
