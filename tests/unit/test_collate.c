@@ -1,7 +1,7 @@
 /* test_collate.c — pack and pad on an in-test source of known documents.
  * Hand-written expectations for small cases; for larger ones a reference
  * model built independently from the definition (one token stream in
- * sampler order, row g's window = stream[g*S, g*S + S]) checked token by
+ * global order, row g's window = stream[g*S, g*S + S]) checked token by
  * token, in every token width, both position modes, with EOT masking,
  * documents spanning rows and steps, empty documents, and resume. */
 #include <setjmp.h>
@@ -314,7 +314,7 @@ static void test_thd_documents(void **state) {
   assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
   const int64_t *in = field(fl, nf, "input_ids", 1, 16), *pos = field(fl, nf, "position_ids", 1, 16);
   const int32_t *cu = fl[4].data, *cup = fl[5].data;
-  /* pairs: a 2, b 1, c 5 -> padded 4, 4, 8 = 16 in whatever order the sampler chose */
+  /* pairs: a 2, b 1, c 5 -> padded 4, 4, 8 = 16 in whatever order the permutation chose */
   int64_t n = cpdl__collate_thd_len(cup, fl[5].shape[0], 16) - 1;
   assert_int_equal(n, 3);
   assert_int_equal(cu[3], 8);

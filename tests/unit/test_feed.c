@@ -148,7 +148,7 @@ static void test_uri_seed(void **state) {
   (void)state;
   cpdl_config_t x = config("pad", "synthetic:?seed=5&samples=50&mean=40&min=2");
   cpdl_config_t y = x;
-  y.seed = x.seed + 1; /* sampler differs, documents do not: compare document content */
+  y.seed = x.seed + 1; /* the order differs, documents do not: compare document content */
   cpdl_config_t z = config("pad", "synthetic:?samples=50&mean=40&min=2");
   cpdl_config_t w = z;
   w.seed = z.seed + 1;
