@@ -5,12 +5,16 @@
     mpirun -np 4 python3 examples/train_cp.py --cp 2 --mode round_robin          # dp 2 x cp 2
     mpirun -np 2 python3 examples/train_cp.py --cp 2 --device cuda --dtype bf16 \\
         --seq-len 128K --attn torch-ring --prefetch --json
+    mpirun -np 4 python3 examples/train_cp.py --cp 2 --mode thd --schedule balanced \\
+        --source megatron:/data/prefix                                # documents, balanced
 
-Each rank holds only its CP shard of every batch (cpdl.Loader; --mode contiguous or
-round_robin). Attention sees the whole sequence of the CP group either by
+Each rank holds only its CP shard of every batch (cpdl.Loader; --mode contiguous,
+round_robin, or thd: whole documents, each split into 2*cp zigzag chunks, docs/thd.md, with
+--schedule static or balanced choosing which replica gets which documents, docs/schedule.md). Attention sees the whole sequence of the CP group either by
   --attn allgather-kv  every rank all-gathers K and V of its CP group (autograd-aware:
                        the backward sums each rank's K/V gradients back to their owner) and
-                       attends its local queries causally at their global positions;
+                       attends its local queries causally at their global positions (thd:
+                       within each query's document, from cu_seqlens_padded);
   --attn torch-ring    PyTorch's ring attention (torch.distributed.tensor.experimental.
                        context_parallel, torch >= 2.7, CUDA), load balancing on for
                        round_robin (its head-tail layout is cpdl's: checked at start) and off
@@ -221,6 +225,39 @@ class Model(torch.nn.Module):
         return self.head(self.norm(x))
 
 
+def thd_global_index(bounds, cp, j, local_len):
+    """Global row positions of CP rank j's local tokens in mode thd: for each document
+    [a, b) of cu_seqlens_padded, chunks j and 2cp-1-j of (b - a) / 2cp (docs/thd.md)."""
+    local = bounds // cp
+    t = torch.arange(local_len, dtype=bounds.dtype)
+    seq = torch.searchsorted(local[1:-1].contiguous(), t, right=True)
+    half = (local[seq + 1] - local[seq]) // 2
+    i = t - local[seq]
+    return bounds[seq] + torch.where(i < half, j * half + i, (2 * cp - 1 - j) * half + (i - half))
+
+
+def make_thd_attend(args, group, cp_rank, local_len, cu_padded):
+    """attend(q, k, v) for one thd step: keys of the CP group all-gathered; a query sees
+    the keys of its own document at global positions up to its own."""
+    bounds = cu_padded.to(torch.int64).cpu()
+    where = torch.stack([thd_global_index(bounds, args.cp, j, local_len) for j in range(args.cp)])
+    doc = torch.searchsorted(bounds[1:].contiguous(), where, right=True)
+    q_pos, q_doc = where[cp_rank].to(_DEVICE), doc[cp_rank].to(_DEVICE)
+    k_pos, k_doc = where.reshape(-1).to(_DEVICE), doc.reshape(-1).to(_DEVICE)
+    visible = (q_doc.unsqueeze(1) == k_doc.unsqueeze(0)) & (k_pos.unsqueeze(0) <= q_pos.unsqueeze(1))
+
+    def attend(q, k, v):
+        if args.cp > 1:  # [cp, B, H, L, D] -> [B, H, cp*L, D], rank-major like `where`
+            k = _GatherSeq.apply(k, group, _GROUP_POS[cp_rank])
+            v = _GatherSeq.apply(v, group, _GROUP_POS[cp_rank])
+            k = torch.cat([k[_GROUP_POS[j]] for j in range(args.cp)], dim=2)
+            v = torch.cat([v[_GROUP_POS[j]] for j in range(args.cp)], dim=2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~visible, float("-inf"))
+        return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+    return attend
+
+
 def make_attend(args, group, cp_rank, local_len):
     """attend(q, k, v) on local shards for the chosen backend."""
     if args.attn == "torch-ring":
@@ -305,6 +342,8 @@ class Feed:
         self.args, self.device = args, device
         kw = dict(cp=args.cp, seq_len=args.seq_len, batch=args.batch, steps=args.steps,
                   mode=args.mode)
+        if args.schedule != "static":
+            kw["schedule"] = args.schedule
         if args.source:
             kw["source"] = args.source
         self.full = None
@@ -376,7 +415,9 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seq-len", type=parse_size, default=256, help="tokens; 128K and 1M work")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--mode", default="contiguous", choices=["contiguous", "round_robin"])
+    p.add_argument("--mode", default="contiguous", choices=["contiguous", "round_robin", "thd"])
+    p.add_argument("--schedule", default="static", choices=["static", "balanced"],
+                   help="mode thd: which replica gets which documents (docs/schedule.md)")
     p.add_argument("--attn", default="allgather-kv", choices=["allgather-kv", "torch-ring"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -400,6 +441,10 @@ def main():
         raise SystemExit("train_cp: --prefetch copies to the GPU: it needs --device cuda")
     if args.prefetch and args.baseline:
         raise SystemExit("train_cp: --prefetch and --baseline are two different feeds")
+    if args.mode == "thd" and (args.attn != "allgather-kv" or args.baseline):
+        raise SystemExit("train_cp: --mode thd runs with --attn allgather-kv and cpdl's feed")
+    if args.schedule != "static" and args.mode != "thd":
+        raise SystemExit("train_cp: --schedule %s needs --mode thd" % args.schedule)
 
     rank, world, local = init_process_group("nccl" if args.device == "cuda" else "gloo")
     if args.device == "cuda":
@@ -430,13 +475,15 @@ def main():
         positions = shard["position_ids"]
         if local_len is None:
             local_len = ids.shape[1]
-            attend = make_attend(args, group, mesh.cp_rank, local_len)
+            attend = None if args.mode == "thd" else make_attend(args, group, mesh.cp_rank, local_len)
             if args.attn == "torch-ring":
                 ring, text = torch_ring_context(args, grid, mesh.cp_rank, local_len)
                 if rank == 0 and not args.json:
                     print("train_cp: " + text, flush=True)
                 if rank == 0:
                     print(json.dumps({"layout_check": text}), file=sys.stderr, flush=True)
+        if args.mode == "thd":  # the documents change every step
+            attend = make_thd_attend(args, group, mesh.cp_rank, local_len, shard["cu_seqlens_padded"])
         valid = (labels != -100).sum().to(torch.float64)
         dist.all_reduce(valid)  # labelled tokens of the global batch
         ctx = ring() if ring is not None else None

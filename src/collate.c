@@ -68,6 +68,7 @@ struct cpdl__collate {
   int64_t *sets[2][4];
   int32_t *cu_seqlens, *cu_seqlens_padded, *max_seqlen; /* thd: the set being written */
   int32_t *thd_sets[2][3];
+  int64_t *doc_ids, *doc_id_sets[2];                     /* thd_doc_ids */
   int64_t thd_capacity;                                  /* entries of each cu_seqlens */
   int n_sets, current;
   int64_t *window;
@@ -137,6 +138,11 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_o
         c->thd_sets[set][b] = malloc((size_t)(b == 2 ? 1 : c->thd_capacity) * sizeof(int32_t));
         ok = ok && c->thd_sets[set][b];
       }
+    if (params->thd_doc_ids)
+      for (int set = 0; set < c->n_sets; set++) {
+        c->doc_id_sets[set] = malloc((size_t)(c->thd_capacity - 1) * sizeof(int64_t));
+        ok = ok && c->doc_id_sets[set];
+      }
   }
   c->current = c->n_sets - 1; /* the first call moves to set 0 */
   c->window = malloc(window_bytes);
@@ -158,6 +164,8 @@ void cpdl__collate_destroy(cpdl__collate_t *c) {
   for (int set = 0; set < 2; set++)
     for (int b = 0; b < 3; b++)
       free(c->thd_sets[set][b]);
+  for (int set = 0; set < 2; set++)
+    free(c->doc_id_sets[set]);
   free(c->window);
   free(c);
 }
@@ -408,6 +416,9 @@ static int thd_row(cpdl__collate_t *c) {
   c->position = pos;
   c->offset = off;
   int64_t n = fill.n, at = cu_padded[n], max_len = 0;
+  if (c->doc_ids) /* filled by cpdl__collate_thd_pieces; rows planned here name none */
+    for (int64_t k = 0; k < c->thd_capacity - 1; k++)
+      c->doc_ids[k] = -1;
   for (int64_t u = at; u < S; u++) { /* the tail: padding of the last document */
     c->input_ids[u] = c->params.padding_token_id;
     c->labels[u] = IGNORE_INDEX;
@@ -423,6 +434,59 @@ static int thd_row(cpdl__collate_t *c) {
     cu_padded[k] = (int32_t)S;
   }
   c->max_seqlen[0] = (int32_t)max_len;
+  return 0;
+}
+
+int cpdl__collate_thd_pieces(cpdl__collate_t *c, const cpdl__thd_piece_t *pieces, int64_t n) {
+  const int64_t S = c->params.seq_len;
+  int32_t *cu = c->cu_seqlens, *cu_padded = c->cu_seqlens_padded;
+  if (c->params.thd_multiple <= 0 || n < 1 || n >= c->thd_capacity)
+    return cpdl__error(CPDL_EARG, "collate: a thd row of %lld pieces (capacity %lld) in mode %s",
+                       (long long)n, (long long)c->thd_capacity,
+                       c->params.thd_multiple > 0 ? "thd" : "other than thd");
+  cu[0] = cu_padded[0] = 0;
+  thd_fill_t fill = {.c = c, .n = 0};
+  int64_t at = 0, max_len = 0;
+  for (int64_t k = 0; k < n; k++) {
+    const cpdl__thd_piece_t *pc = &pieces[k];
+    if (pc->padded < pc->len || pc->padded % c->params.thd_multiple || at + pc->padded > S)
+      return cpdl__error(CPDL_EARG, "collate: thd piece %lld (%lld pairs padded to %lld at %lld) "
+                         "does not fit a row of %lld in multiples of %d", (long long)k,
+                         (long long)pc->len, (long long)pc->padded, (long long)at, (long long)S,
+                         c->params.thd_multiple);
+    if (pc->position < 0) { /* padding: a row with no document, or a block's rest */
+      for (int64_t u = 0; u < pc->padded; u++) {
+        c->input_ids[at + u] = c->params.padding_token_id;
+        c->labels[at + u] = IGNORE_INDEX;
+        c->aux1[at + u] = 0;
+        c->aux0[at + u] = u;
+      }
+      fill.n++;
+      cu[fill.n] = cu[fill.n - 1];
+      cu_padded[fill.n] = (int32_t)(at + pc->padded);
+    } else {
+      int rc = thd_put(&fill, pc->position, pc->offset, pc->len, pc->padded, at);
+      if (rc)
+        return rc;
+    }
+    at += pc->padded;
+    if (pc->padded > max_len)
+      max_len = pc->padded;
+  }
+  if (at != S)
+    return cpdl__error(CPDL_EARG, "collate: thd pieces cover %lld of the row's %lld positions",
+                       (long long)at, (long long)S);
+  for (int64_t k = n + 1; k < c->thd_capacity; k++) {
+    cu[k] = cu[n];
+    cu_padded[k] = (int32_t)S;
+  }
+  c->max_seqlen[0] = (int32_t)max_len;
+  if (c->doc_ids) {
+    for (int64_t k = 0; k < n; k++)
+      c->doc_ids[k] = pieces[k].position < 0 ? -1 : pieces[k].doc_id;
+    for (int64_t k = n; k < c->thd_capacity - 1; k++)
+      c->doc_ids[k] = -1;
+  }
   return 0;
 }
 
@@ -457,6 +521,7 @@ void cpdl__collate_begin(cpdl__collate_t *c) {
     c->cu_seqlens = c->thd_sets[c->current][0];
     c->cu_seqlens_padded = c->thd_sets[c->current][1];
     c->max_seqlen = c->thd_sets[c->current][2];
+    c->doc_ids = c->doc_id_sets[c->current];
   }
 }
 
@@ -490,6 +555,11 @@ int cpdl__collate_spec(const cpdl__collate_params_t *p, cpdl_tensor_t *fields, i
     set_thd_field(&fields[5], "cu_seqlens_padded", capacity, NULL);
     set_thd_field(&fields[6], "max_seqlen", 1, NULL);
     *n_fields = 7;
+    if (p->thd_doc_ids) {
+      set_thd_field(&fields[7], "doc_ids", capacity - 1, NULL);
+      fields[7].dtype = CPDL_DTYPE_INT64;
+      *n_fields = 8;
+    }
   }
   return 0;
 }
@@ -498,8 +568,8 @@ void cpdl__collate_fields(const cpdl__collate_t *c, cpdl_tensor_t *fields, int *
   cpdl__collate_spec(&c->params, fields, n_fields);
   /* aux0: position_ids (pack, thd) or attention_mask (pad); aux1:
    * _packed_seq_ids (pack) or loss_mask (thd) */
-  const void *data[7] = {c->input_ids, c->labels, c->aux0, c->aux1,
-                         c->cu_seqlens, c->cu_seqlens_padded, c->max_seqlen};
+  const void *data[8] = {c->input_ids, c->labels, c->aux0, c->aux1,
+                         c->cu_seqlens, c->cu_seqlens_padded, c->max_seqlen, c->doc_ids};
   for (int i = 0; i < *n_fields; i++)
     fields[i].data = data[i];
 }

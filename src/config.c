@@ -8,6 +8,7 @@
  * into a copy and commit only on success: a failed call leaves cfg unchanged.
  */
 #include "internal.h"
+#include "schedule.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -34,6 +35,8 @@ typedef enum {
   KEY_POSITION, /* restart | continuous | 0 | 1 */
   KEY_SOURCE,   /* non-empty string */
   KEY_PIN,      /* auto | numa | none | cores:<list> */
+  KEY_SCHEDULE, /* static | balanced | dynamic */
+  KEY_COST,     /* a,b */
 } key_kind_t;
 
 typedef struct {
@@ -73,6 +76,11 @@ static const config_key_t keys[] = {
     {"pin", KEY_PIN, MEMBER(pin), 0, 0, false, false},
     {"timeout_ms", KEY_INT, MEMBER(timeout_ms), 1, INT_MAX, false, false},
     {"epochs", KEY_I64, MEMBER(epochs), 0, INT64_MAX, false, false},
+    /* Which replica computes which document of a global batch: the same global
+     * rows, other views. Not stream keys: a run resumes under another schedule
+     * (and layout) without losing or repeating a row. */
+    {"schedule", KEY_SCHEDULE, MEMBER(schedule), 0, 0, false, false},
+    {"cost", KEY_COST, MEMBER(cost), 0, 0, false, false},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -114,6 +122,8 @@ void cpdl_config_init(cpdl_config_t *cfg) {
   snprintf(cfg->pin, sizeof cfg->pin, "auto");
   cfg->timeout_ms = 60000;
   cfg->epochs = 0; /* 1 when steps=0 (cpdl__config_epochs) */
+  snprintf(cfg->schedule, sizeof cfg->schedule, "static");
+  snprintf(cfg->cost, sizeof cfg->cost, "%.0f,%.0f", CPDL__SCHEDULE_COST_A, CPDL__SCHEDULE_COST_B);
 }
 
 uint64_t cpdl__config_epochs(const cpdl_config_t *cfg) {
@@ -290,6 +300,19 @@ static int apply(cpdl_config_t *cfg, const config_key_t *key, const char *value)
       return cpdl__error(CPDL_EARG, "config key 'mode': '%s' is not valid (expected contiguous, "
                          "round_robin, aux_only or thd)", value);
     return 0;
+  case KEY_SCHEDULE: {
+    cpdl__schedule_kind_t kind;
+    if (cpdl__schedule_parse(value, &kind))
+      return cpdl__error(CPDL_EARG, "config key 'schedule': '%s' is not valid (expected static, "
+                         "balanced or dynamic)", value);
+    return store_string(key, cfg, value);
+  }
+  case KEY_COST: {
+    double a, b;
+    if (cpdl__schedule_cost_parse(value, &a, &b))
+      return cpdl__error_prefix(CPDL_EARG, "config key 'cost'");
+    return store_string(key, cfg, value);
+  }
   case KEY_COLLATE:
     if (strcmp(value, "pack") != 0 && strcmp(value, "pad") != 0)
       return cpdl__error(CPDL_EARG, "config key 'collate': '%s' is not valid (expected pack or pad)",
@@ -541,6 +564,8 @@ static void format_value(const cpdl_config_t *cfg, const config_key_t *key, char
   case KEY_COLLATE:
   case KEY_SOURCE:
   case KEY_PIN:
+  case KEY_SCHEDULE:
+  case KEY_COST:
     /* The buffer may lack a NUL if a caller wrote it directly. */
     snprintf(out, size, "%.*s", (int)strnlen(field, key->size), field);
     return;

@@ -82,7 +82,13 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
     free(feed);
     return rc;
   }
-  if (cpdl__source_has_batches(feed->source))
+  if (strcmp(cfg->schedule, "static") != 0 &&
+      (cpdl__source_has_batches(feed->source) || cpdl__source_global_order(feed->source)))
+    rc = cpdl__error(CPDL_EARG, "config key schedule: %s moves documents between rows, so it needs a "
+                     "source of documents (synthetic:, llmc:, megatron:) in mode=thd; \"%s\" gives "
+                     "ready-made %s", cfg->schedule, cfg->source,
+                     cpdl__source_has_batches(feed->source) ? "batches" : "rows");
+  else if (cpdl__source_has_batches(feed->source))
     rc = cpdl__feed_batches_open(feed, cfg);
   else if (cpdl__source_global_order(feed->source))
     rc = cpdl__feed_rows_open(feed, cfg);

@@ -149,6 +149,9 @@ typedef struct cpdl__collate_params {
   bool double_buffer;       /* two output sets, used in turn (see collate_begin) */
   int thd_multiple;         /* pack, batch 1: > 0 pads each document to a multiple of this
                              * (2*cp, mode thd) and adds loss_mask and the cu_seqlens fields */
+  bool thd_doc_ids;         /* thd: also doc_ids, int64 [S/thd_multiple]: each row entry's
+                             * document (its source sample), -1 past them or for padding
+                             * (schedule=balanced: cpdl__collate_thd_pieces fills it) */
 } cpdl__collate_params_t;
 typedef struct cpdl__collate cpdl__collate_t;
 /* "pack" | "pad". \return 0 or CPDL_EARG. */
@@ -189,6 +192,17 @@ typedef int (*cpdl__thd_place_fn)(void *arg, int64_t position, int64_t offset, i
 int cpdl__thd_plan_row(int64_t seq_len, int64_t multiple, const cpdl__doc_order_t *order,
                        uint64_t epoch, int64_t *position, int64_t *offset,
                        cpdl__thd_place_fn place, void *place_arg);
+/* Mode thd, a scheduled row (schedule=balanced, docs/schedule.md): the
+ * current set's row made of pieces[0..n) in that order, pairs [offset, offset
+ * + len) of the document at `position` of the cursor's epoch, each taking
+ * `padded` positions (a multiple of thd_multiple; together exactly seq_len);
+ * position -1 is padding (len 0). The cursor does not move.
+ * \return 0, CPDL_EARG (pieces that do not tile the row), a read error. */
+typedef struct {
+  int64_t position, offset, len, padded;
+  int64_t doc_id; /* written to doc_ids (thd_doc_ids): the source's sample, -1 padding */
+} cpdl__thd_piece_t;
+int cpdl__collate_thd_pieces(cpdl__collate_t *collate, const cpdl__thd_piece_t *pieces, int64_t n);
 /* Where the next row starts: document `position` of `epoch`, token (thd:
  * pair) offset in it. */
 void cpdl__collate_cursor(const cpdl__collate_t *collate, uint64_t *epoch, int64_t *position,

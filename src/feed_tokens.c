@@ -21,6 +21,7 @@
  * packing code that makes its rows.
  */
 #include "feed_kind.h"
+#include "schedule.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -59,6 +60,12 @@ typedef struct tokens {
   uint64_t total;            /* the epoch's whole weight once known (the same every epoch);
                                 UINT64_MAX before */
   thd_index_t main, wrap;    /* thd: from the entered base; from the epoch's start */
+  /* thd, schedule=balanced (docs/schedule.md): the global batch's pieces, its
+   * schedule (the same on every leader), this replica's row */
+  cpdl__schedule_t *schedule;
+  cpdl__schedule_piece_t *batch_pieces;
+  int64_t cap_pieces, n_pieces;
+  cpdl__thd_piece_t *row_pieces;
 } tokens_t;
 
 static int order_read(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out) {
@@ -378,10 +385,88 @@ static void tokens_begin(cpdl__feed_t *feed) {
   cpdl__collate_begin(((tokens_t *)feed->impl)->collate);
 }
 
+/* The index and row number of the step's row `i` (from the base), as feed.c
+ * numbers them: rows past the epoch's end (drop_last=0 refilling the last
+ * global batch) count from the epoch's start. */
+static int thd_row_at(tokens_t *t, cpdl__feed_t *feed, int64_t i, thd_index_t **x, int64_t *row) {
+  const int64_t G = (int64_t)feed->dp_size * feed->unit;
+  int64_t have, rows;
+  int rc = thd_have(t, &t->main, feed->consumed + G, &have);
+  if (rc)
+    return rc;
+  *x = &t->main;
+  *row = i;
+  if (i < have)
+    return 0;
+  if (t->main.base_pos || t->main.base_off) {
+    if ((rc = thd_start(&t->wrap, feed->epoch, 0, 0)))
+      return rc;
+    *x = &t->wrap;
+  }
+  if ((rc = thd_have(t, *x, INT64_MAX, &rows)))
+    return rc;
+  *row = (i - have) % rows;
+  return 0;
+}
+
+static int capture_piece(void *arg, int64_t position, int64_t offset, int64_t len, int64_t padded,
+                         int64_t at) {
+  tokens_t *t = arg;
+  (void)padded, (void)at;
+  if (t->n_pieces == t->cap_pieces)
+    return cpdl__error(CPDL_ESOURCE, "feed: a global batch of more than %lld thd pieces",
+                       (long long)t->cap_pieces);
+  /* doc_id: the document's position in the epoch's order (what the collate reads by) */
+  t->batch_pieces[t->n_pieces++] = (cpdl__schedule_piece_t){position, offset, len};
+  return 0;
+}
+
+/* schedule=balanced: the global batch's dp rows planned from lengths (the
+ * static thd rows every layout shares), scheduled, and this replica's share
+ * made into its row. Every leader computes the same schedule. */
+static int balanced_row(tokens_t *t, cpdl__feed_t *feed) {
+  t->n_pieces = 0;
+  for (int q = 0; q < feed->dp_size; q++) {
+    thd_index_t *x = &t->main;
+    int64_t row = 0, pos = 0, off = 0;
+    int rc = thd_row_at(t, feed, feed->consumed + q, &x, &row);
+    if (!rc)
+      rc = thd_find(t, x, row, &pos, &off);
+    if (!rc)
+      rc = cpdl__thd_plan_row(t->params.seq_len, t->params.thd_multiple, &t->order, x->epoch, &pos,
+                              &off, capture_piece, t);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return cpdl__error(CPDL_ESOURCE, "feed: thd row %lld of epoch %llu is empty", (long long)row,
+                         (unsigned long long)feed->epoch);
+    x->sim_row = row + 1; /* the next row starts where this one's plan stopped */
+    x->sim_pos = pos;
+    x->sim_off = off;
+  }
+  int rc = cpdl__schedule_build(t->schedule, t->batch_pieces, t->n_pieces);
+  if (rc)
+    return cpdl__error_prefix(rc, "feed: scheduling the global batch at row %lld of epoch %llu",
+                              (long long)feed->consumed, (unsigned long long)feed->epoch);
+  const cpdl__schedule_t *s = t->schedule;
+  const int r0 = feed->dp_rank * s->params.cp; /* the replica's CP ranks share one list */
+  const int64_t begin = s->rank_begin[r0], n = s->rank_begin[r0 + 1] - begin;
+  for (int64_t k = 0; k < n; k++) {
+    const cpdl__schedule_sub_t *e = &s->subs[begin + k];
+    t->row_pieces[k] = (cpdl__thd_piece_t){e->doc_id, e->offset, e->len, e->padded,
+                                           e->doc_id < 0 ? -1 : cpdl__perm_at(t->perm, feed->epoch, e->doc_id)};
+  }
+  if ((rc = cpdl__collate_seek(t->collate, feed->epoch, 0, 0)))
+    return rc;
+  return cpdl__collate_thd_pieces(t->collate, t->row_pieces, n);
+}
+
 static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
   tokens_t *t = feed->impl;
   int64_t pos = 0, off = 0;
   int rc;
+  if (t->schedule) /* thd, batch 1: the row of this replica in the global batch */
+    return balanced_row(t, feed);
   if (!t->thd) {
     if (wrapped) /* the rows are known: the epoch ended inside this step */
       index %= flat_rows(t);
@@ -455,11 +540,44 @@ static void tokens_close(cpdl__feed_t *feed) {
     return;
   cpdl__collate_destroy(t->collate);
   cpdl__perm_destroy(t->perm);
+  cpdl__schedule_destroy(t->schedule);
+  free(t->batch_pieces);
+  free(t->row_pieces);
   free(t->cum);
   thd_free(&t->main);
   thd_free(&t->wrap);
   free(t);
   feed->impl = NULL;
+}
+
+/* schedule= (docs/schedule.md): static needs nothing; balanced needs thd. */
+static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *cfg) {
+  cpdl__schedule_kind_t kind;
+  int rc = cpdl__schedule_parse(cfg->schedule, &kind);
+  if (rc)
+    return cpdl__error_prefix(rc, "config key schedule");
+  if (kind == CPDL__SCHEDULE_STATIC)
+    return 0;
+  if (kind == CPDL__SCHEDULE_DYNAMIC)
+    return cpdl__error(CPDL_EARG, "config key schedule: dynamic (a CP size per document) is "
+                       "designed and its scheduler built (docs/schedule.md), but the loader does "
+                       "not feed it yet; use schedule=balanced or static");
+  if (!t->thd)
+    return cpdl__error(CPDL_EARG, "config key schedule: %s needs mode=thd (documents whole in "
+                       "rows); this job has mode=%s", cfg->schedule, cpdl_mode_name(cfg->mode));
+  cpdl__schedule_params_t p = {CPDL__SCHEDULE_BALANCED, feed->dp_size, cfg->cp, 1, cfg->seq_len,
+                               t->params.thd_multiple, 0, 0};
+  if ((rc = cpdl__schedule_cost_parse(cfg->cost, &p.cost_a, &p.cost_b)))
+    return cpdl__error_prefix(rc, "config key cost");
+  if ((rc = cpdl__schedule_create(&p, &t->schedule)))
+    return rc;
+  t->cap_pieces = (int64_t)feed->dp_size * (cfg->seq_len / t->params.thd_multiple);
+  t->batch_pieces = malloc((size_t)t->cap_pieces * sizeof *t->batch_pieces);
+  t->row_pieces = malloc((size_t)(cfg->seq_len / t->params.thd_multiple + 1) * sizeof *t->row_pieces);
+  if (!t->batch_pieces || !t->row_pieces)
+    return cpdl__error(-ENOMEM, "feed: out of memory for the schedule of %lld pieces",
+                       (long long)t->cap_pieces);
+  return 0;
 }
 
 static const cpdl__feed_ops_t tokens_ops = {
@@ -493,6 +611,7 @@ int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
       /* Several loader threads pipeline collation with preparation. */
       .double_buffer = cfg->threads > 1,
       .thd_multiple = cfg->mode == CPDL_MODE_THD ? 2 * cfg->cp : 0,
+      .thd_doc_ids = cfg->mode == CPDL_MODE_THD && strcmp(cfg->schedule, "balanced") == 0,
   };
   int rc = cpdl__collate_parse(cfg->collate, &t->params.kind);
   if (rc)
@@ -508,6 +627,8 @@ int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
     return rc;
   t->order = (cpdl__doc_order_t){.read = order_read, .length = order_length, .arg = t};
   if ((rc = cpdl__collate_create(&t->params, &t->order, &t->collate)))
+    return rc;
+  if ((rc = schedule_open(t, feed, cfg)))
     return rc;
   if (!t->thd) {
     t->n_blocks = (t->n + BLOCK - 1) / BLOCK;

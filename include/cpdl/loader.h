@@ -58,6 +58,12 @@ typedef struct cpdl_config {
                                            steps > 0 too, the earlier end wins. Pre-collated
                                            (npy) sources: a row is a whole batch, so an epoch
                                            of n batches gives n / dp steps (or the ceiling) */
+  char schedule[16];         /* schedule   static | balanced (mode thd, a token source): who gets
+                                           which documents of a global batch, balancing the
+                                           modeled work across replicas (docs/schedule.md);
+                                           dynamic is designed, not yet fed ("static") */
+  char cost[48];             /* cost       a,b: a document of L tokens costs a*L + b*L^2, the
+                                           work model of schedule= ("57256,1": Llama-3-8B) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). A NULL cfg does nothing but leave a message. */

@@ -129,6 +129,8 @@ class Config(ctypes.Structure):
         ("pin", ctypes.c_char * 64),
         ("timeout_ms", ctypes.c_int),
         ("epochs", ctypes.c_int64),
+        ("schedule", ctypes.c_char * 16),
+        ("cost", ctypes.c_char * 48),
     ]
 
 

@@ -34,6 +34,8 @@ static const char usage[] =
     "                           earlier end wins\n"
     "  --mode M                 contiguous | round_robin | aux_only | thd\n"
     "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
+    "  --schedule S --cost A,B  static | balanced (mode thd): who gets which documents of a\n"
+    "                           global batch, balancing a*L + b*L^2 over replicas (docs/schedule.md)\n"
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
     "  --json                   print only the JSON summary line on stdout\n"
     "  --dump DIR               write each rank's view as DIR/step<k>/rank<r>/<field>.npy\n"

@@ -47,6 +47,11 @@ static const struct {
     {"threads", "1", false},
     {"pin", "auto", false},
     {"timeout_ms", "5000", false},
+    /* Who computes which rows, not which rows: a change resumes. The base's mode
+     * (contiguous) takes only schedule=static, its default; python.schedule_run resumes
+     * a balanced thd run under another layout. */
+    {"schedule", "static", false},
+    {"cost", "1000,1", false},
 };
 #define N_ALTERNATIVES ((int)(sizeof alternatives / sizeof alternatives[0]))
 

@@ -11,7 +11,10 @@ earlier positions, also across shard boundaries: attending in the wrong
 global order moved the loss by 3e-4 .. 2e-3 relative. The sequence length is not a multiple of 2 x cp, so the
 padding (labels -100) is exercised. The references themselves must differ
 (dp 1 vs dp 2 see other global batches) and change over steps, so an
-equality here is not trivial. Also: device="cuda" without CUDA is a clear
+equality here is not trivial. Mode thd (documents whole, attention within each): dp 2 x
+cp 1 and dp 2 x cp 2, schedule static and balanced, vs dp 2 x cp 1 static, on Megatron
+documents of a copy task whose pair counts are multiples of 4 (the same thd rows at cp 1
+and 2). Also: device="cuda" without CUDA is a clear
 cpdl.Error, and Loader(prefetch=...) without a device is refused.
 """
 import json
@@ -23,7 +26,7 @@ import tempfile
 import numpy as np
 
 import testutil
-from datafiles import write_llmc_tokens
+from datafiles import write_llmc_tokens, write_megatron
 from testutil import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,9 +48,10 @@ def write_copy_shard(path, tokens=40000, seed=7):
 RTOL = 1e-5
 
 
-def train(np_, cp, mode):
+def train(np_, cp, mode, source=None, extra=(), steps=10):
     cmd = [MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np", str(np_), sys.executable,
-           SCRIPT, "--cp", str(cp), "--mode", mode, "--source", "llmc:" + SHARD] + COMMON
+           SCRIPT, "--cp", str(cp), "--mode", mode, "--source", source or "llmc:" + SHARD] + \
+        COMMON + list(extra) + ["--steps", str(steps)]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                          timeout=240, universal_newlines=True)
@@ -55,9 +59,8 @@ def train(np_, cp, mode):
         raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), run.returncode,
                                                          run.stdout, run.stderr))
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    steps = [r["step"] for r in rows]
-    if steps != list(range(10)):
-        raise AssertionError("%s printed steps %s" % (" ".join(cmd), steps))
+    if [r["step"] for r in rows] != list(range(steps)):
+        raise AssertionError("%s printed steps %s" % (" ".join(cmd), [r["step"] for r in rows]))
     for r in rows:
         if not (r["data_ms"] >= 0 and r["loss"] > 0):
             raise AssertionError("bad row %s" % r)
@@ -81,6 +84,36 @@ def test_losses():
     for mode in ("contiguous", "round_robin"):
         same("cp2 np2 %s" % mode, train(2, 2, mode), ref_dp1)
         same("dp2 x cp2 np4 %s" % mode, train(4, 2, mode), ref_dp2)
+
+
+def write_thd_docs(prefix, seed=3):
+    """Megatron documents r, r, t (a copy task within the document, r of 2m random tokens,
+    m long-tailed: some documents are longer than a row): 4m input/label pairs, so padded to
+    2 (cp 1) or 4 (cp 2) they take the same room, and thd's global rows — the reference's
+    batches — are the same at cp 1 and cp 2."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(1500):
+        m = int(min(150, max(1, rng.lognormal(np.log(6), 1.1))))
+        r = rng.integers(1, 256, 2 * m)
+        docs.append(np.concatenate([r, r, rng.integers(1, 256, 1)]).astype(np.uint16))
+    write_megatron(prefix, docs)
+
+
+def test_thd_schedule_losses():
+    """mode thd: attention within each document over the CP group's all-gathered K/V;
+    schedule=balanced moves documents between replicas. Every step's loss (the global
+    batch's) equals the cp = 1 static reference at the same dp."""
+    prefix = os.path.join(os.path.dirname(SHARD), "thd")
+    write_thd_docs(prefix)
+    src = "megatron:" + prefix
+    thd = ["--seq-len", "256"]  # a multiple of 2 x cp
+    ref = train(2, 1, "thd", src, thd, steps=6)
+    report(len(set(round(x, 6) for x in ref)) > 4, "thd reference loss changes over steps", str(ref))
+    same("thd dp2 cp1 balanced", train(2, 1, "thd", src, thd + ["--schedule", "balanced"], 6), ref)
+    same("thd dp2 x cp2 np4 static", train(4, 2, "thd", src, thd, 6), ref)
+    same("thd dp2 x cp2 np4 balanced", train(4, 2, "thd", src, thd + ["--schedule", "balanced"], 6),
+         ref)
 
 
 def test_device_errors():
@@ -110,4 +143,4 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="cpdl-train-cp-") as tmp:
         SHARD = os.path.join(tmp, "copy.bin")
         write_copy_shard(SHARD)
-        sys.exit(testutil.run([test_device_errors, test_losses]))
+        sys.exit(testutil.run([test_device_errors, test_losses, test_thd_schedule_losses]))

@@ -366,6 +366,70 @@ static void test_thd_exact_padding(void **state) {
   fake_free(f);
 }
 
+/* thd, schedule=balanced: a row made of given pieces (cpdl__collate_thd_pieces) in the
+ * given order — part of a document, a padding entry, whole ones — with doc_ids. */
+static void test_thd_pieces(void **state) {
+  (void)state;
+  const int64_t a[] = {10, 11, 12}, b[] = {20, 21}, c[] = {30, 31, 32, 33, 34, 35};
+  const int64_t *docs[] = {a, b, c};
+  const int64_t lens[] = {3, 2, 6};
+  fake_t *f = fake_literal(3, docs, lens);
+  cpdl__collate_params_t p = params(CPDL__COLLATE_PACK, 16, 1);
+  p.thd_multiple = 4;
+  p.thd_doc_ids = true;
+  rig_t r = rig_open(f, &p, 9);
+  int64_t at[3]; /* the position of each document in the order */
+  for (int64_t q = 0; q < 3; q++)
+    at[order_doc(r.order, q)] = q;
+  cpdl__thd_piece_t pieces[] = {
+      {at[2], 1, 4, 4, 102}, /* c's pairs 1..4: inputs 31..34, labels 32..35 */
+      {at[0], 0, 2, 4, 100},
+      {-1, 0, 0, 4, 555},    /* padding: doc_ids -1 whatever the piece says */
+      {at[1], 0, 1, 4, 101},
+  };
+  cpdl__collate_begin(r.collate);
+  assert_int_equal(cpdl__collate_thd_pieces(r.collate, pieces, 4), 0);
+  cpdl_tensor_t fl[8];
+  int nf = 0;
+  cpdl__collate_fields(r.collate, fl, &nf);
+  assert_int_equal(nf, 8);
+  assert_string_equal(fl[7].name, "doc_ids");
+  assert_int_equal(fl[7].dtype, CPDL_DTYPE_INT64);
+  assert_int_equal(fl[7].shape[0], 4); /* S / m */
+  const int64_t *in = field(fl, nf, "input_ids", 1, 16), *lab = field(fl, nf, "labels", 1, 16);
+  const int64_t *pos = field(fl, nf, "position_ids", 1, 16), *loss = field(fl, nf, "loss_mask", 1, 16);
+  const int64_t want_in[16] = {31, 32, 33, 34, 10, 11, 7, 7, 7, 7, 7, 7, 20, 7, 7, 7};
+  const int64_t want_lab[16] = {32, 33, 34, 35, 11, 12, -100, -100, -100, -100, -100, -100, 21,
+                                -100, -100, -100};
+  for (int u = 0; u < 16; u++) {
+    assert_int_equal(in[u], want_in[u]);
+    assert_int_equal(lab[u], want_lab[u]);
+    assert_int_equal(loss[u], want_lab[u] != -100);
+    assert_int_equal(pos[u], u % 4);
+  }
+  const int32_t *cu = fl[4].data, *cup = fl[5].data;
+  const int32_t want_cu[] = {0, 4, 6, 6, 7}, want_cup[] = {0, 4, 8, 12, 16};
+  for (int k = 0; k < 5; k++) {
+    assert_int_equal(cu[k], want_cu[k]);
+    assert_int_equal(cup[k], want_cup[k]);
+  }
+  assert_int_equal(((const int32_t *)fl[6].data)[0], 4);
+  const int64_t *ids = fl[7].data;
+  assert_int_equal(ids[0], 102);
+  assert_int_equal(ids[1], 100);
+  assert_int_equal(ids[2], -1);
+  assert_int_equal(ids[3], 101);
+  /* Pieces that do not tile the row, or break the multiple, are refused. */
+  assert_int_equal(cpdl__collate_thd_pieces(r.collate, pieces, 3), CPDL_EARG);
+  assert_non_null(strstr(cpdl_last_error(), "cover 12 of the row's 16"));
+  cpdl__thd_piece_t odd[] = {{at[2], 0, 5, 6, 2}, {-1, 0, 0, 10, -1}};
+  assert_int_equal(cpdl__collate_thd_pieces(r.collate, odd, 2), CPDL_EARG);
+  cpdl__thd_piece_t past[] = {{at[2], 3, 4, 16, 2}}; /* pairs 3..6 of a 6-token document */
+  assert_true(cpdl__collate_thd_pieces(r.collate, past, 1) < 0);
+  rig_close(&r);
+  fake_free(f);
+}
+
 static void test_pad_literal(void **state) {
   (void)state;
   const int64_t doc[] = {10, 11, 12, 13, EOT};
@@ -643,6 +707,7 @@ int main(void) {
       cmocka_unit_test(test_thd_literal),
       cmocka_unit_test(test_thd_documents),
       cmocka_unit_test(test_thd_exact_padding),
+      cmocka_unit_test(test_thd_pieces),
       cmocka_unit_test(test_pack_reference),
       cmocka_unit_test(test_pad_reference),
       cmocka_unit_test(test_resume),
