@@ -9,6 +9,7 @@
  *   mpi_device_feed "<config>"
  */
 #include "mpi_test.h"
+#include "internal.h" /* cpdl__fnv1a: the library's one byte hash */
 
 #include <dlfcn.h>
 
@@ -29,11 +30,7 @@ typedef struct dl_managed {
 } dl_managed_t;
 
 static uint64_t sum_bytes(const void *p, size_t n) {
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ull;
-  return h;
+  return cpdl__fnv1a(CPDL__FNV1A_BASIS, p, n);
 }
 
 typedef struct {
