@@ -5,12 +5,16 @@
  * seed, index and position), so any sample can be read in any order, on any
  * node, and is always the same. The last token of a document is the EOT
  * token and no other token equals it. Tokens are uint32, generated into a
- * per-source buffer valid until the next read (the host serializes reads).
+ * buffer of the calling thread's (one per thread and source, found through a
+ * pthread key): a view stays valid until the same thread's next read, so
+ * threads read concurrently (CPDL_SOURCE_CONCURRENT_READS) — the loader's
+ * threads fill rows side by side. The buffers are freed at close.
  */
 #include "cpdl/plugin.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +28,18 @@ typedef struct synthetic {
   uint64_t seed;
   int64_t vocab, samples, eot, mean, min, max;
   enum dist dist;
-  uint32_t *buf;
-  int64_t buf_cap;
+  /* Per-thread token buffers: the key finds the caller's; the list (under
+   * lock) holds every one made, for close. */
+  pthread_key_t key;
+  pthread_mutex_t lock;
+  struct token_buf *bufs;
 } synthetic_t;
+
+typedef struct token_buf {
+  uint32_t *data;
+  int64_t cap;
+  struct token_buf *next;
+} token_buf_t;
 
 /* splitmix64's finalizer: a bijective 64-bit mixer with full avalanche. */
 static uint64_t mix64(uint64_t z) {
@@ -94,6 +107,12 @@ static int syn_open(const cpdl_source_host_t *host, const char *path, const char
     snprintf(err, errlen, "synthetic: out of memory");
     return -ENOMEM;
   }
+  if ((rc = pthread_key_create(&s->key, NULL)) != 0) {
+    snprintf(err, errlen, "synthetic: cannot create a thread key: %s", strerror(rc));
+    free(s);
+    return -rc;
+  }
+  pthread_mutex_init(&s->lock, NULL);
   int64_t seed;
   char dist[16] = "exp";
   if ((rc = host->query_int(query, "seed", 1234, INT64_MIN, INT64_MAX, &seed, err, errlen)) ||
@@ -150,34 +169,59 @@ static int syn_open(const cpdl_source_host_t *host, const char *path, const char
   *state = s;
   return 0;
 fail:
+  pthread_key_delete(s->key);
+  pthread_mutex_destroy(&s->lock);
   free(s);
   return rc;
 }
 
 static int64_t syn_count(void *state) { return ((synthetic_t *)state)->samples; }
 
+/* The calling thread's buffer, made on its first read. NULL: out of memory. */
+static token_buf_t *thread_buf(synthetic_t *s) {
+  token_buf_t *b = pthread_getspecific(s->key);
+  if (b)
+    return b;
+  if (!(b = calloc(1, sizeof *b)))
+    return NULL;
+  if (pthread_setspecific(s->key, b) != 0) {
+    free(b);
+    return NULL;
+  }
+  pthread_mutex_lock(&s->lock);
+  b->next = s->bufs;
+  s->bufs = b;
+  pthread_mutex_unlock(&s->lock);
+  return b;
+}
+
 static int syn_read(void *state, int64_t i, const void **tokens, int64_t *n, int *token_bytes,
                     char *err, size_t errlen) {
   synthetic_t *s = state;
   uint64_t key = doc_key(s, i);
   int64_t len = doc_length(s, key);
-  if (len > s->buf_cap) {
-    int64_t cap = s->buf_cap ? s->buf_cap : 1024;
+  token_buf_t *b = thread_buf(s);
+  if (!b) {
+    snprintf(err, errlen, "synthetic: out of memory for this thread's token buffer");
+    return -ENOMEM;
+  }
+  if (len > b->cap) {
+    int64_t cap = b->cap ? b->cap : 1024;
     while (cap < len)
       cap *= 2;
-    uint32_t *grown = realloc(s->buf, (size_t)cap * sizeof *grown);
+    uint32_t *grown = realloc(b->data, (size_t)cap * sizeof *grown);
     if (!grown) {
       snprintf(err, errlen, "synthetic: out of memory for a %lld-token document", (long long)len);
       return -ENOMEM;
     }
-    s->buf = grown;
-    s->buf_cap = cap;
+    b->data = grown;
+    b->cap = cap;
   }
   uint64_t content_range = s->eot < s->vocab ? (uint64_t)s->vocab - 1 : (uint64_t)s->vocab;
   for (int64_t j = 0; j + 1 < len; j++)
-    s->buf[j] = doc_token(s, key, j, content_range);
-  s->buf[len - 1] = (uint32_t)s->eot;
-  *tokens = s->buf;
+    b->data[j] = doc_token(s, key, j, content_range);
+  b->data[len - 1] = (uint32_t)s->eot;
+  *tokens = b->data;
   *n = len;
   *token_bytes = 4;
   return 0;
@@ -185,10 +229,18 @@ static int syn_read(void *state, int64_t i, const void **tokens, int64_t *n, int
 
 static void syn_close(void *state) {
   synthetic_t *s = state;
-  if (s) {
-    free(s->buf);
-    free(s);
+  if (!s)
+    return;
+  /* Every thread's buffer, exited or not; the key goes first, so no thread
+   * (none may read during close) finds a freed one. */
+  pthread_key_delete(s->key);
+  for (token_buf_t *b = s->bufs, *next; b; b = next) {
+    next = b->next;
+    free(b->data);
+    free(b);
   }
+  pthread_mutex_destroy(&s->lock);
+  free(s);
 }
 
 static int64_t syn_eot(void *state) { return ((synthetic_t *)state)->eot; }
@@ -204,7 +256,7 @@ static const cpdl_source_plugin_t descriptor = {
   .name = "synthetic",
   .description = "deterministic documents from a seed (seed, vocab, samples, dist, mean, min, "
                  "max, eot)",
-  .flags = 0,
+  .flags = CPDL_SOURCE_CONCURRENT_READS,
   .open = syn_open,
   .count = syn_count,
   .read = syn_read,

@@ -35,10 +35,12 @@
  *   lengths alone, the code that also counts an epoch's thd rows.
  * Invariant: the cursor (document at (epoch, position), token offset in it)
  * is where the next row's window starts; it is all the state, and a seek to
- * it is all a caller needs to produce any row. The current document's token
- * view is kept across rows: valid because the collate is its source's only
- * reader and reads one document at a time (generated sources keep a view
- * until the next read).
+ * it is all a caller needs to produce any row. Each reader (readers[k]) keeps
+ * the token view of the document it read last across rows: valid because a
+ * reader is used by one thread at a time, and a generated source keeps a view
+ * until that thread's next read. Pack and pad rows are filled from a given
+ * start by any reader (cpdl__collate_row_at): rows of one step are written by
+ * several threads at once, each with its own reader, into disjoint rows.
  */
 #include "internal.h"
 
@@ -48,6 +50,14 @@
 
 #define IGNORE_INDEX (-100)
 
+/* A reader: the document it read last, when have_doc. */
+typedef struct reader {
+  bool have_doc;
+  cpdl__sample_t doc;
+  uint64_t doc_epoch;
+  int64_t doc_position;
+} reader_t;
+
 struct cpdl__collate {
   cpdl__collate_params_t params;
   cpdl__doc_order_t order;
@@ -55,11 +65,8 @@ struct cpdl__collate {
    * `position` of `epoch` (pack, thd); pad: the next document to consider. */
   uint64_t epoch;
   int64_t position, offset;
-  /* The document last read, when have_doc. */
-  bool have_doc;
-  cpdl__sample_t doc;
-  uint64_t doc_epoch;
-  int64_t doc_position;
+  /* The readers; [0] serves the cursor (collate_row, thd). */
+  reader_t readers[CPDL__COLLATE_READERS];
   int64_t doc_offset; /* thd_place's read offset */
   /* Output buffers [B, S] and a window of S + 1 tokens, allocated once.
    * The four pointers name the set being written; with double_buffer the
@@ -71,7 +78,7 @@ struct cpdl__collate {
   int64_t *doc_ids, *doc_id_sets[2];                     /* thd_doc_ids */
   int64_t thd_capacity;                                  /* entries of each cu_seqlens */
   int n_sets, current;
-  int64_t *window;
+  int64_t *window; /* thd: a piece's S + 1 tokens, widened */
 };
 
 int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out) {
@@ -145,8 +152,9 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_o
       }
   }
   c->current = c->n_sets - 1; /* the first call moves to set 0 */
-  c->window = malloc(window_bytes);
-  if (!ok || !c->window) {
+  if (params->thd_multiple > 0)
+    ok = ok && (c->window = malloc(window_bytes));
+  if (!ok) {
     cpdl__collate_destroy(c);
     return cpdl__error(-ENOMEM, "collate: no memory for 4 buffers of %zu bytes (batch %d x seq_len %lld)",
                        bytes, params->batch, (long long)params->seq_len);
@@ -197,10 +205,10 @@ static void copy_tokens(int64_t *dst, const cpdl__sample_t *doc, int64_t from, i
 
 /* Make document `position` of `epoch` the loaded one (read unless it is
  * already). \return 0, CPDL_EEOF (past the epoch's last document), a read error. */
-static int load_doc(cpdl__collate_t *c, uint64_t epoch, int64_t position) {
-  if (c->have_doc && c->doc_epoch == epoch && c->doc_position == position)
+static int load_doc(cpdl__collate_t *c, reader_t *rd, uint64_t epoch, int64_t position) {
+  if (rd->have_doc && rd->doc_epoch == epoch && rd->doc_position == position)
     return 0;
-  c->have_doc = false;
+  rd->have_doc = false;
   cpdl__sample_t doc;
   int rc = c->order.read(c->order.arg, epoch, position, &doc);
   if (rc == CPDL_EEOF)
@@ -214,18 +222,25 @@ static int load_doc(cpdl__collate_t *c, uint64_t epoch, int64_t position) {
                        "collate: the document at position %lld came back with %lld tokens of %d "
                        "bytes at %p; expected >= 0 tokens of 2, 4 or 8 bytes",
                        (long long)position, (long long)doc.n_tokens, doc.token_bytes, doc.tokens);
-  c->doc = doc;
-  c->doc_epoch = epoch;
-  c->doc_position = position;
-  c->have_doc = true;
+  rd->doc = doc;
+  rd->doc_epoch = epoch;
+  rd->doc_position = position;
+  rd->have_doc = true;
   return 0;
+}
+
+/* Token i of doc, widened. */
+static int64_t token_at(const cpdl__sample_t *doc, int64_t i) {
+  int64_t v;
+  copy_tokens(&v, doc, i, 1);
+  return v;
 }
 
 /* A row that the feed's index says exists ran past the epoch's end: the
  * source changed under the index (or the index is wrong). */
-static int ended_inside(const cpdl__collate_t *c, const char *what) {
+static int ended_inside(uint64_t epoch, const char *what) {
   return cpdl__error(CPDL_ESOURCE, "collate: epoch %llu ended inside a %s row (the source's "
-                     "documents changed while it was open?)", (unsigned long long)c->epoch, what);
+                     "documents changed while it was open?)", (unsigned long long)epoch, what);
 }
 
 static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
@@ -234,64 +249,72 @@ static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
   return token;
 }
 
-static int pack_row(cpdl__collate_t *c, int64_t row) {
+/* Row `row` from the cursor (epoch, *position, *offset), which moves past it.
+ * The window of S + 1 tokens goes straight into input_ids (its first S) and
+ * labels (its last S, shifted by one): labels[u] is the label of input_ids[u
+ * + 1], and labels[S-1] that of the window's last token. */
+static int pack_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoch,
+                    int64_t *position, int64_t *offset) {
   const int64_t S = c->params.seq_len;
-  int64_t *win = c->window;
+  int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
   int64_t *position_ids = c->aux0 + row * S, *seq_ids = c->aux1 + row * S;
-  int64_t t = 0, ordinal = 0;
+  int64_t t = 0, ordinal = 0, pos = *position, off = *offset, last = 0;
   while (t < S + 1) {
-    int rc = load_doc(c, c->epoch, c->position);
+    int rc = load_doc(c, rd, epoch, pos);
     if (rc)
-      return rc == CPDL_EEOF ? ended_inside(c, "pack") : rc;
-    if (c->offset >= c->doc.n_tokens) {
-      c->position++;
-      c->offset = 0;
+      return rc == CPDL_EEOF ? ended_inside(epoch, "pack") : rc;
+    if (off >= rd->doc.n_tokens) {
+      pos++;
+      off = 0;
       continue;
     }
-    int64_t take = c->doc.n_tokens - c->offset;
+    int64_t take = rd->doc.n_tokens - off;
     if (take > S + 1 - t)
       take = S + 1 - t;
-    copy_tokens(win + t, &c->doc, c->offset, take);
-    ordinal++;
     int64_t end = t + take < S ? t + take : S; /* input positions of this segment */
+    copy_tokens(input_ids + t, &rd->doc, off, end - t);
+    last = token_at(&rd->doc, off + take - 1);
+    ordinal++;
     for (int64_t u = t; u < end; u++) {
       seq_ids[u] = ordinal;
       position_ids[u] = c->params.position_ids ? u : u - t;
     }
     t += take;
-    c->offset += take;
+    off += take;
   }
   /* The window's last token starts the next window: step back onto it. It
    * lies in the current document (the last segment took >= 1 token). */
-  c->offset -= 1;
-
-  int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
-  memcpy(input_ids, win, (size_t)S * sizeof *win);
-  for (int64_t u = 0; u < S; u++)
-    labels[u] = label_of(c, win[u + 1]);
+  *position = pos;
+  *offset = off - 1;
+  for (int64_t u = 0; u + 1 < S; u++)
+    labels[u] = label_of(c, input_ids[u + 1]);
+  labels[S - 1] = label_of(c, last);
   return 0;
 }
 
-static int pad_row(cpdl__collate_t *c, int64_t row) {
+/* Row `row` from document *position on (the first of >= 2 tokens), which
+ * moves past it. */
+static int pad_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoch,
+                   int64_t *position) {
   const int64_t S = c->params.seq_len;
   for (;;) {
-    int rc = load_doc(c, c->epoch, c->position);
+    int rc = load_doc(c, rd, epoch, *position);
     if (rc)
-      return rc == CPDL_EEOF ? ended_inside(c, "pad") : rc;
-    c->position++; /* consumed whole: the next row takes the next document */
-    if (c->doc.n_tokens >= 2)
+      return rc == CPDL_EEOF ? ended_inside(epoch, "pad") : rc;
+    ++*position; /* consumed whole: the next row takes the next document */
+    if (rd->doc.n_tokens >= 2)
       break;
   }
-  int64_t len = c->doc.n_tokens < S + 1 ? c->doc.n_tokens : S + 1;
+  int64_t len = rd->doc.n_tokens < S + 1 ? rd->doc.n_tokens : S + 1;
   int64_t real = len - 1;
-  copy_tokens(c->window, &c->doc, 0, len);
   int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
   int64_t *attention_mask = c->aux0 + row * S;
-  for (int64_t u = 0; u < real; u++) {
-    input_ids[u] = c->window[u];
-    labels[u] = label_of(c, c->window[u + 1]);
+  copy_tokens(input_ids, &rd->doc, 0, real);
+  for (int64_t u = 0; u + 1 < real; u++)
+    labels[u] = label_of(c, input_ids[u + 1]);
+  labels[real - 1] = label_of(c, token_at(&rd->doc, real));
+  for (int64_t u = 0; u < real; u++)
     attention_mask[u] = 1;
-  }
   for (int64_t u = real; u < S; u++) {
     input_ids[u] = c->params.padding_token_id;
     labels[u] = IGNORE_INDEX;
@@ -305,7 +328,7 @@ static int pad_row(cpdl__collate_t *c, int64_t row) {
 static void thd_place(cpdl__collate_t *c, int64_t at, int64_t len, int64_t padded) {
   int64_t *input_ids = c->input_ids + at, *labels = c->labels + at;
   int64_t *position_ids = c->aux0 + at, *loss_mask = c->aux1 + at;
-  copy_tokens(c->window, &c->doc, c->doc_offset, len + 1);
+  copy_tokens(c->window, &c->readers[0].doc, c->doc_offset, len + 1);
   for (int64_t u = 0; u < len; u++) {
     input_ids[u] = c->window[u];
     labels[u] = label_of(c, c->window[u + 1]);
@@ -386,11 +409,11 @@ static int thd_put(void *arg, int64_t position, int64_t offset, int64_t len, int
                    int64_t at) {
   thd_fill_t *f = arg;
   cpdl__collate_t *c = f->c;
-  int rc = load_doc(c, c->epoch, position);
+  int rc = load_doc(c, &c->readers[0], c->epoch, position);
   if (rc)
-    return rc == CPDL_EEOF ? ended_inside(c, "thd") : rc;
-  if (offset + len + 1 > c->doc.n_tokens)
-    return ended_inside(c, "thd");
+    return rc == CPDL_EEOF ? ended_inside(c->epoch, "thd") : rc;
+  if (offset + len + 1 > c->readers[0].doc.n_tokens)
+    return ended_inside(c->epoch, "thd");
   c->doc_offset = offset;
   thd_place(c, at, len, padded);
   f->n++;
@@ -531,7 +554,29 @@ int cpdl__collate_row(cpdl__collate_t *c, int64_t row) {
                        c->params.batch);
   if (c->params.thd_multiple > 0)
     return thd_row(c);
-  return c->params.kind == CPDL__COLLATE_PACK ? pack_row(c, row) : pad_row(c, row);
+  if (c->params.kind == CPDL__COLLATE_PACK)
+    return pack_row(c, &c->readers[0], row, c->epoch, &c->position, &c->offset);
+  return pad_row(c, &c->readers[0], row, c->epoch, &c->position);
+}
+
+int cpdl__collate_row_at(cpdl__collate_t *c, int reader, int64_t row, uint64_t epoch,
+                         int64_t position, int64_t offset) {
+  if (row < 0 || row >= c->params.batch || reader < 0 || reader >= CPDL__COLLATE_READERS ||
+      c->params.thd_multiple > 0 || position < 0 || offset < 0 ||
+      (offset > 0 && c->params.kind == CPDL__COLLATE_PAD))
+    return cpdl__error(CPDL_EARG, "collate: row %lld (batch %d) by reader %d from position %lld "
+                       "offset %lld%s", (long long)row, c->params.batch, reader,
+                       (long long)position, (long long)offset,
+                       c->params.thd_multiple > 0 ? " in mode thd (rows are planned in order)" : "");
+  reader_t *rd = &c->readers[reader];
+  if (c->params.kind == CPDL__COLLATE_PACK)
+    return pack_row(c, rd, row, epoch, &position, &offset);
+  return pad_row(c, rd, row, epoch, &position);
+}
+
+void cpdl__collate_forget(cpdl__collate_t *c, int reader) {
+  if (reader >= 0 && reader < CPDL__COLLATE_READERS)
+    c->readers[reader].have_doc = false;
 }
 
 int cpdl__collate_spec(const cpdl__collate_params_t *p, cpdl_tensor_t *fields, int *n_fields) {

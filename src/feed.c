@@ -123,6 +123,21 @@ static int enter(cpdl__feed_t *feed, const uint64_t *words) {
 }
 
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
+  int rc = cpdl__feed_plan(feed, fields, n_fields);
+  return rc ? rc : cpdl__feed_fill(feed, 0, 1);
+}
+
+bool cpdl__feed_splits(const cpdl__feed_t *feed) {
+  return feed->ops->splits && feed->ops->splits(feed);
+}
+
+int cpdl__feed_fill(cpdl__feed_t *feed, int part, int n_parts) {
+  if (n_parts < 1 || part < 0 || part >= n_parts || part >= CPDL__COLLATE_READERS)
+    return cpdl__error(CPDL_EARG, "feed: fill part %d of %d", part, n_parts);
+  return feed->ops->fill ? feed->ops->fill(feed, part, n_parts) : 0;
+}
+
+int cpdl__feed_plan(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   const int64_t G = (int64_t)feed->dp_size * feed->unit;
   int64_t have = 0; /* rows of the epoch, as far as this step needs to know */
   for (;;) {

@@ -49,6 +49,9 @@ void cpdl__source_close(cpdl__source_t *src);
 const char *cpdl__source_description(const cpdl__source_t *src);
 const char *cpdl__source_plugin_path(const cpdl__source_t *src); /* the .so loaded */
 bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close */
+/* Reads may run on several threads at once (CPDL_SOURCE_CONCURRENT_READS); a
+ * source that is not stable keeps each thread's view until its next read. */
+bool cpdl__source_concurrent(const cpdl__source_t *src);
 /* Sources with one global sample order (CPDL_SOURCE_GLOBAL_ORDER: gpt): sample
  * `index` as one training row of `width` positions (plugin.h, read_row). */
 bool cpdl__source_global_order(const cpdl__source_t *src);
@@ -92,6 +95,20 @@ int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
  * mask. Shapes and dtypes are the spec's for every step.
  * \return 0, CPDL_EEOF (gpt: its last full global batch is behind), or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
+/* The next step in two stages, so several threads can fill its rows: plan
+ * (one thread) does what feed_next does but fills only the rows that cannot
+ * be split (every row of a feed that cpdl__feed_splits() says does not) and
+ * describes the fields; then fill(part, n_parts) on each of n_parts threads at
+ * once fills the rows b with b % n_parts == part. The fields' data is complete
+ * once every part has returned 0; plan never runs while a fill does.
+ * feed_next = plan + fill(0, 1). \return as feed_next; fill: a read error or
+ * CPDL_ESOURCE (message in the failing thread's cpdl_last_error()). */
+int cpdl__feed_plan(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
+int cpdl__feed_fill(cpdl__feed_t *feed, int part, int n_parts);
+/* True when fill does the rows' work and may run on several threads (pack and
+ * pad rows of token sources that are stable or read concurrently); false:
+ * plan does it all and fill does nothing. */
+bool cpdl__feed_splits(const cpdl__feed_t *feed);
 /* Steps from the cursor to the end of epoch `epochs` - 1, at most cap
  * (counting stops there): pack, pad and npy in O(1), thd by running its
  * packing over each epoch's lengths. The same on every replica. */
@@ -169,6 +186,21 @@ void cpdl__collate_destroy(cpdl__collate_t *collate);
  * pad row), CPDL_EEOF (thd: the epoch holds no more pairs). */
 void cpdl__collate_begin(cpdl__collate_t *collate);
 int cpdl__collate_row(cpdl__collate_t *collate, int64_t row);
+/* Pack and pad: row `row` of the current set from the cursor (epoch,
+ * position, offset), read with reader `reader` (0 .. CPDL__COLLATE_READERS -
+ * 1; reader 0 is also the cursor's), leaving the cursor where it is — the
+ * same bytes as seek + row. Calls with different readers and rows may run at
+ * once on different threads when the document order's read may (the source
+ * is stable or reads concurrently), and a reader is never used by two
+ * threads at once. \return as row, or CPDL_EARG (mode thd, a bad row,
+ * reader or cursor). */
+#define CPDL__COLLATE_READERS 16
+int cpdl__collate_row_at(cpdl__collate_t *collate, int reader, int64_t row, uint64_t epoch,
+                         int64_t position, int64_t offset);
+/* The reader drops its document view: the next row reads it again (a
+ * generated source's view ends at its thread's next read, which may have
+ * come from elsewhere in between). */
+void cpdl__collate_forget(cpdl__collate_t *collate, int reader);
 void cpdl__collate_fields(const cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
 /* begin, rows 0..batch-1, fields. */
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);

@@ -51,6 +51,11 @@ struct cpdl__feed_ops {
    * step; wrapped: `index` counts from the epoch's start instead (drop_last=0
    * refills the last global batch from there). */
   int (*row)(cpdl__feed_t *feed, int b, int64_t index, bool wrapped);
+  /* Optional, with splits (feed.h: cpdl__feed_plan): row() only finds where
+   * row b starts; fill() writes rows b = part, part + n_parts, ... of the
+   * step on the calling thread, and may run on n_parts threads at once. */
+  int (*fill)(cpdl__feed_t *feed, int part, int n_parts);
+  bool (*splits)(const cpdl__feed_t *feed);
   void (*finish)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
   /* Names, dtypes and shapes of a step's fields, data NULL, producing nothing. */
   int (*spec)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);

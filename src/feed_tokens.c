@@ -66,6 +66,12 @@ typedef struct tokens {
   cpdl__schedule_piece_t *batch_pieces;
   int64_t cap_pieces, n_pieces;
   cpdl__thd_piece_t *row_pieces;
+  /* pack, pad: where each row of the step starts (row() finds it, fill()
+   * writes the row from there, on several threads at once: feed.h) */
+  struct row_start {
+    int64_t position, offset, index;
+  } *starts;
+  uint64_t starts_epoch;
 } tokens_t;
 
 static int order_read(void *arg, uint64_t epoch, int64_t position, cpdl__sample_t *out) {
@@ -490,6 +496,11 @@ static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
     if ((rc = thd_find(t, x, index, &pos, &off)))
       return rc;
   }
+  if (!t->thd) { /* fill() writes it */
+    t->starts[b] = (struct row_start){pos, off, index};
+    t->starts_epoch = feed->epoch;
+    return 0;
+  }
   if ((rc = cpdl__collate_seek(t->collate, feed->epoch, pos, off)))
     return rc;
   if ((rc = cpdl__collate_row(t->collate, b)))
@@ -502,6 +513,29 @@ static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
     cpdl__collate_cursor(t->collate, &e, &t->main.sim_pos, &t->main.sim_off);
   }
   return 0;
+}
+
+/* pack, pad: rows part, part + n_parts, ... from the starts row() found,
+ * with this part's reader. The starts, the permutation's cached epoch (row()
+ * looked every start up in it) and the index are only read here. */
+static int tokens_fill(cpdl__feed_t *feed, int part, int n_parts) {
+  tokens_t *t = feed->impl;
+  if (t->thd)
+    return 0; /* row() made the row */
+  cpdl__collate_forget(t->collate, part); /* this thread may have read since */
+  for (int b = part; b < feed->unit; b += n_parts) {
+    const struct row_start *r = &t->starts[b];
+    int rc = cpdl__collate_row_at(t->collate, part, b, t->starts_epoch, r->position, r->offset);
+    if (rc)
+      return cpdl__error_prefix(rc, "feed: row %lld of epoch %llu", (long long)r->index,
+                                (unsigned long long)t->starts_epoch);
+  }
+  return 0;
+}
+
+static bool tokens_splits(const cpdl__feed_t *feed) {
+  const tokens_t *t = feed->impl;
+  return !t->thd && (cpdl__source_stable(t->source) || cpdl__source_concurrent(t->source));
 }
 
 static void tokens_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
@@ -543,6 +577,7 @@ static void tokens_close(cpdl__feed_t *feed) {
   cpdl__schedule_destroy(t->schedule);
   free(t->batch_pieces);
   free(t->row_pieces);
+  free(t->starts);
   free(t->cum);
   thd_free(&t->main);
   thd_free(&t->wrap);
@@ -587,6 +622,8 @@ static const cpdl__feed_ops_t tokens_ops = {
     .count = tokens_count,
     .begin = tokens_begin,
     .row = tokens_row,
+    .fill = tokens_fill,
+    .splits = tokens_splits,
     .finish = tokens_finish,
     .spec = tokens_spec,
     .position = tokens_position,
@@ -632,6 +669,8 @@ int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
     return rc;
   if (!t->thd) {
     t->n_blocks = (t->n + BLOCK - 1) / BLOCK;
+    if (!(t->starts = calloc((size_t)cfg->batch, sizeof *t->starts)))
+      return cpdl__error(-ENOMEM, "feed: out of memory for %d row starts", cfg->batch);
     if (!(t->cum = malloc((size_t)(t->n_blocks + 1) * sizeof *t->cum)))
       return cpdl__error(-ENOMEM, "feed: out of memory for the index of %lld documents",
                          (long long)t->n);

@@ -1,12 +1,18 @@
 /* producer.c — the group leader's loader threads: collate, prepare into the ring's
- * slots, publish. Thread 0 waits for a free slot and publishes; workers 1..n-1
- * prepare their share of each step, and with a double-buffered feed the last
- * worker collates step k+1 while the others prepare step k.
+ * slots, publish. Thread 0 waits for a free slot and publishes. With a feed
+ * whose rows split (cpdl__feed_splits: pack and pad rows of token sources),
+ * thread 0 plans step k+1 (where each row starts: cheap, from the index) and
+ * then every thread, itself included, prepares its share of step k and fills
+ * its rows of step k+1 — both halves of the work spread over all n threads.
+ * Otherwise (thd, gpt rows, npy batches) workers 1..n-1 prepare step k and,
+ * with a double-buffered feed, the last worker collates step k+1 whole.
  *
  * Invariants: two barriers per step order every worker's writes before
- * publish()'s release store; the feed cursor stored with step k is read
- * before step k+1 is collated; no thread calls MPI; a failure is posted to
- * the ring so every consumer returns it.
+ * publish()'s release store, and the plan (thread 0, alone) before any fill;
+ * the feed cursor stored with step k is read before step k+1 is planned; no
+ * thread calls MPI; a failure is posted to the ring so every consumer
+ * returns it, with the failing thread's message. Idle threads sleep in the
+ * barrier (a futex), never spin.
  */
 #include "internal.h"
 
@@ -18,12 +24,29 @@
 #include <string.h>
 #include <time.h>
 
+_Static_assert(CPDL__MAX_THREADS <= CPDL__COLLATE_READERS,
+               "each loader thread fills rows with a collate reader of its own");
+
 /* One collated step waiting to be prepared. */
 typedef struct pending {
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs;
   int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
 } pending_t;
+
+/* The first failure of a phase's threads, with its thread's message: the
+ * winner of the compare-exchange writes msg before the barrier that thread 0
+ * passes before reading it. */
+typedef struct failure {
+  atomic_int rc;
+  char msg[512];
+} failure_t;
+
+static void failure_post(failure_t *f, int rc) {
+  int zero = 0;
+  if (atomic_compare_exchange_strong(&f->rc, &zero, rc))
+    snprintf(f->msg, sizeof f->msg, "%s", cpdl_last_error());
+}
 
 struct cpdl__producer {
   cpdl__producer_args_t args; /* what it was started with (ring, feed, plan, ...) */
@@ -41,10 +64,14 @@ struct cpdl__producer {
   int work_set;
   char collate_msg[512];
   bool pipelined;           /* a worker collates step k+1 during step k */
+  bool split;               /* every thread prepares step k and fills rows of k+1 */
   int n_prep;               /* threads that prepare (n_threads, minus the collator) */
   uint32_t work_slot;
+  /* What this phase does (split), set by thread 0 before the first barrier. */
+  bool phase_prep;          /* prepare work[work_set] into work_slot */
+  bool phase_fill;          /* fill the rows of the planned work[work_set ^ 1] */
   atomic_bool work_done;    /* thread 0 tells workers to exit */
-  atomic_int worker_rc;
+  failure_t prep_fail, fill_fail;
 };
 
 /* Thread 0's liveness check while it waits for a free slot: closing, or
@@ -84,6 +111,47 @@ static void collate_ahead(cpdl__producer_t *P) {
     snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
 }
 
+/* Thread t's share of a split phase: its part of step k's preparation, then
+ * its rows of step k+1 (disjoint rows, its own reader: feed.h). */
+static void run_phase(cpdl__producer_t *P, int t) {
+  int rc;
+  if (P->phase_prep && (rc = prepare_share(P, t)))
+    failure_post(&P->prep_fail, rc);
+  if (P->phase_fill && (rc = cpdl__feed_fill(P->args.feed, t, P->n_threads)))
+    failure_post(&P->fill_fail, rc);
+}
+
+/* Split: plan the step after the one in flight into the other input set
+ * (thread 0, every other thread in the barrier). Its rows are filled in the
+ * next phase. \return true if there are rows to fill. */
+static bool plan_ahead(cpdl__producer_t *P) {
+  pending_t *next = &P->work[P->work_set ^ 1];
+  next->n_inputs = CPDL_MAX_FIELDS;
+  next->rc = cpdl__feed_plan(P->args.feed, next->inputs, &next->n_inputs);
+  if (next->rc && next->rc != CPDL_EEOF)
+    snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
+  return next->rc == 0;
+}
+
+/* Split: one phase on every thread (thread 0 included), between two
+ * barriers; a fill failure becomes the planned step's error, reported when
+ * that step comes up (as a collate error is). \return prepare's error. */
+static int phase(cpdl__producer_t *P, bool prep, bool fill) {
+  P->phase_prep = prep;
+  P->phase_fill = fill;
+  pthread_barrier_wait(&P->barrier);
+  run_phase(P, 0);
+  pthread_barrier_wait(&P->barrier);
+  int rc = atomic_load(&P->fill_fail.rc);
+  if (fill && rc) {
+    P->work[P->work_set ^ 1].rc = rc;
+    snprintf(P->collate_msg, sizeof P->collate_msg, "%s", P->fill_fail.msg);
+    atomic_store(&P->fill_fail.rc, 0);
+  }
+  rc = atomic_load(&P->prep_fail.rc);
+  return rc ? cpdl__error(rc, "%s", P->prep_fail.msg) : 0;
+}
+
 /* Workers are created first and wait at a gate: only when every thread of
  * the barrier exists (gate 1) do they enter it; if one could not be created
  * (gate -1) the others leave without touching the barrier, so a partial
@@ -109,19 +177,17 @@ static void *worker_main(void *arg) {
   if (!pass_gate(P))
     return NULL;
   cpdl__pin_thread(P->args.pin, t);
+  int rc;
   for (;;) {
     pthread_barrier_wait(&P->barrier); /* step ready (or done) */
     if (atomic_load_explicit(&P->work_done, memory_order_acquire))
       break;
-    if (P->pipelined && t == P->n_threads - 1) {
+    if (P->split)
+      run_phase(P, t);
+    else if (P->pipelined && t == P->n_threads - 1)
       collate_ahead(P);
-    } else {
-      int rc = prepare_share(P, t);
-      if (rc) {
-        int zero = 0;
-        atomic_compare_exchange_strong(&P->worker_rc, &zero, rc);
-      }
-    }
+    else if ((rc = prepare_share(P, t)))
+      failure_post(&P->prep_fail, rc);
     pthread_barrier_wait(&P->barrier); /* share written, next step collated */
   }
   return NULL;
@@ -160,8 +226,13 @@ static void *publisher_main(void *arg) {
   pthread_setname_np(pthread_self(), "cpdl-loader0");
   cpdl__pin_thread(P->args.pin, 0);
   P->work_set = 0;
-  collate_ahead(P); /* step first_step into set 1 ... */
-  P->work_set = 1;  /* ... which is now the current set */
+  if (P->split) { /* step first_step into set 1 ... */
+    if (plan_ahead(P))
+      phase(P, false, true);
+  } else {
+    collate_ahead(P);
+  }
+  P->work_set = 1; /* ... which is now the current set */
   for (uint64_t step = P->args.first_step; step != P->args.end_step; step++) {
     pending_t *cur = &P->work[P->work_set];
     if (cur->rc == CPDL_EEOF) {
@@ -187,19 +258,23 @@ static void *publisher_main(void *arg) {
       break;
     P->work_slot = cpdl__ring_slot_of(P->args.ring, step);
     bool more = step + 1 != P->args.end_step;
-    if (P->n_threads > 1) {
+    if (P->split) {
+      rc = phase(P, true, more && plan_ahead(P));
+    } else if (P->n_threads > 1) {
       pthread_barrier_wait(&P->barrier);
       rc = prepare_share(P, 0);
       pthread_barrier_wait(&P->barrier);
-      int wrc = atomic_load(&P->worker_rc);
+      int wrc = atomic_load(&P->prep_fail.rc);
       if (!rc && wrc)
-        rc = cpdl__error(wrc, "preparation thread failed for step %llu", (unsigned long long)step);
+        rc = cpdl__error(wrc, "%s", P->prep_fail.msg);
     } else {
       rc = prepare_share(P, 0);
     }
-    if (rc)
+    if (rc) {
+      rc = cpdl__error_prefix(rc, "preparing step %llu", (unsigned long long)step);
       break;
-    if (more && !P->pipelined)
+    }
+    if (more && !P->pipelined && !P->split)
       collate_ahead(P);
     else if (!more)
       P->work[P->work_set ^ 1].rc = CPDL_EEOF;
@@ -232,11 +307,14 @@ static int start_threads(cpdl__producer_t *P) {
                       cpdl_prep_plan_shared_bytes(P->args.plan);
   if (step_bytes < SPLIT_MIN_STEP_BYTES)
     P->n_threads = 1;
-  P->pipelined = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
+  bool ahead = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
+  P->split = ahead && cpdl__feed_splits(P->args.feed);
+  P->pipelined = ahead && !P->split;
   P->n_prep = P->pipelined ? P->n_threads - 1 : P->n_threads;
   atomic_store(&P->stopping, false);
   atomic_store(&P->work_done, false);
-  atomic_store(&P->worker_rc, 0);
+  atomic_store(&P->prep_fail.rc, 0);
+  atomic_store(&P->fill_fail.rc, 0);
   atomic_store(&P->gate, 0);
   if (P->n_threads > 1) {
     if (pthread_barrier_init(&P->barrier, NULL, (unsigned)P->n_threads))

@@ -517,6 +517,8 @@ bool cpdl__source_stable(const cpdl__source_t *src) {
 
 int64_t cpdl__source_count(const cpdl__source_t *src) { return src->plugin->count(src->state); }
 
+bool cpdl__source_concurrent(const cpdl__source_t *src) { return !src->serialize; }
+
 
 int64_t cpdl__source_eot(const cpdl__source_t *src) {
   return HAS_MEMBER(src, eot) ? src->plugin->eot(src->state) : -1;

@@ -17,7 +17,10 @@
  *    descriptor has CPDL_SOURCE_STABLE_TOKENS (mmap-backed sources), else only
  *    until the next read() on the same state (generated sources).
  *  - Calls on one state may run concurrently only when the descriptor has
- *    CPDL_SOURCE_CONCURRENT_READS; the host serializes otherwise.
+ *    CPDL_SOURCE_CONCURRENT_READS; the host serializes otherwise. A plugin
+ *    with that flag but without CPDL_SOURCE_STABLE_TOKENS keeps each thread's
+ *    token pointer valid until that thread's next read() (a buffer per
+ *    thread): the loader's threads then fill rows side by side.
  * The ABI grows by appending members; struct_size tells the reader how much
  * of a struct the other side knows.
  */

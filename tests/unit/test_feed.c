@@ -1,14 +1,17 @@
 /* test_feed.c — the feed over the real `synthetic:` plugin: exact resume
  * from a saved cursor, agreement between two nodes of a replica, replicas
  * and seeds that differ, the seed travelling into synthetic URIs, EOT label
- * masking, field names and shapes, and configuration errors. Tests that need
- * the plugin skip with a message when it is not built. */
+ * masking, field names and shapes, configuration errors, and the split
+ * fill (plan on one thread, rows filled by four threads at once) giving the
+ * bytes of feed_next on one. Tests that need the plugin skip with a message
+ * when it is not built. CI runs this program under ThreadSanitizer. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +103,84 @@ static void check_resume(const char *collate, int dp_rank, int dp_size) {
   cpdl__feed_close(b);
   free(got);
   free(run);
+}
+
+/* The split fill: plan, then n threads fill their rows at once. */
+typedef struct fill_arg {
+  cpdl__feed_t *feed;
+  int part, n_parts, rc;
+  char msg[256];
+} fill_arg_t;
+
+static void *fill_main(void *arg) {
+  fill_arg_t *a = arg;
+  a->rc = cpdl__feed_fill(a->feed, a->part, a->n_parts);
+  if (a->rc)
+    snprintf(a->msg, sizeof a->msg, "%s", cpdl_last_error());
+  return NULL;
+}
+
+static size_t split_step(cpdl__feed_t *feed, int n_parts, unsigned char *out) {
+  cpdl_tensor_t fields[CPDL_MAX_FIELDS];
+  int nf = 0;
+  int rc = cpdl__feed_plan(feed, fields, &nf);
+  if (rc)
+    fail_msg("cpdl__feed_plan: %s: %s", cpdl_err_name(rc), cpdl_last_error());
+  pthread_t th[8];
+  fill_arg_t args[8];
+  for (int p = 0; p < n_parts; p++) {
+    args[p] = (fill_arg_t){.feed = feed, .part = p, .n_parts = n_parts};
+    assert_int_equal(pthread_create(&th[p], NULL, fill_main, &args[p]), 0);
+  }
+  for (int p = 0; p < n_parts; p++) {
+    pthread_join(th[p], NULL);
+    if (args[p].rc)
+      fail_msg("cpdl__feed_fill part %d: %s: %s", p, cpdl_err_name(args[p].rc), args[p].msg);
+  }
+  size_t at = 0;
+  for (int i = 0; i < nf; i++) {
+    size_t n = cpdl_dtype_size(fields[i].dtype);
+    for (int d = 0; d < fields[i].ndim; d++)
+      n *= (size_t)fields[i].shape[d];
+    assert_true(at + n <= MAX_STEP_BYTES);
+    memcpy(out + at, fields[i].data, n);
+    at += n;
+  }
+  return at;
+}
+
+/* threads=1 feed_next against threads=4 plan + 4 (and 3) parallel fills:
+ * the same bytes, step after step, across an epoch's end (wrap). */
+static void check_split(const char *collate, int position_ids, int dp_rank, int dp_size) {
+  cpdl_config_t cfg = config(collate, "synthetic:?samples=120&mean=40&min=1&max=150");
+  cfg.position_ids = position_ids;
+  cfg.drop_last = 0;
+  cpdl__feed_t *one = open_or_skip(&cfg, dp_rank, dp_size);
+  cfg.threads = 4;
+  cpdl__feed_t *many = open_or_skip(&cfg, dp_rank, dp_size);
+  assert_true(cpdl__feed_splits(many));
+  unsigned char *want = malloc(MAX_STEP_BYTES), *got = malloc(MAX_STEP_BYTES);
+  for (int k = 0; k < STEPS; k++) {
+    size_t n = step_bytes(one, want, NULL, NULL);
+    assert_int_equal(split_step(many, k % 2 ? 3 : 4, got), n);
+    assert_memory_equal(got, want, n);
+  }
+  free(want);
+  free(got);
+  cpdl__feed_close(one);
+  cpdl__feed_close(many);
+}
+
+static void test_split_fill(void **state) {
+  (void)state;
+  check_split("pack", 0, 0, 1);
+  check_split("pack", 1, 1, 2);
+  check_split("pad", 0, 1, 3);
+  /* a fill part outside [0, n) is refused */
+  cpdl_config_t cfg = config("pack", SOURCE);
+  cpdl__feed_t *f = open_or_skip(&cfg, 0, 1);
+  assert_int_equal(cpdl__feed_fill(f, 2, 2), CPDL_EARG);
+  cpdl__feed_close(f);
 }
 
 static void test_resume_pack(void **state) {
@@ -430,6 +511,7 @@ static void test_npy_divisible(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_pack),
+      cmocka_unit_test(test_split_fill),
       cmocka_unit_test(test_resume_pad),
       cmocka_unit_test(test_agreement),
       cmocka_unit_test(test_uri_seed),
