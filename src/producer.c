@@ -305,7 +305,13 @@ static int start_threads(cpdl__producer_t *P) {
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
   size_t step_bytes = cpdl_prep_plan_rank_bytes(P->args.plan) * geo->n_regions +
                       cpdl_prep_plan_shared_bytes(P->args.plan);
-  if (step_bytes < SPLIT_MIN_STEP_BYTES)
+  /* CPDL_SPLIT_MIN_BYTES (tests: 0) moves the threshold, so that small steps
+   * exercise every thread's share. */
+  size_t split_min = SPLIT_MIN_STEP_BYTES;
+  const char *env = getenv("CPDL_SPLIT_MIN_BYTES");
+  if (env && *env)
+    split_min = (size_t)strtoull(env, NULL, 10);
+  if (step_bytes < split_min)
     P->n_threads = 1;
   bool ahead = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
   P->split = ahead && cpdl__feed_splits(P->args.feed);

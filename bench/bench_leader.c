@@ -1,0 +1,290 @@
+/* bench_leader.c — the group leader's throughput against the machine's memory bandwidth, in
+ * one run: for each S and each thread count t, the t-thread memcpy of one step's prepared
+ * bytes, and the loader threads (src/producer.c, threads=t: collate + prepare into the ring)
+ * running flat out for a consumer that takes each step at once. No MPI: the ring lies in an
+ * anonymous mapping of this process and the main thread is every CP rank's consumer, so
+ * what is timed is the producer alone. Both rates count the same bytes (every CP rank's
+ * block plus the shared one); prep/memcpy is the ratio to the same t's memcpy and x1 the
+ * speed-up over t = 1.
+ * Usage: bench_leader [--threads 1,2,4,8] [--seq-lens 128K,1M] [--steps N] [--reps N]
+ *                     [--config "batch=8 cp=2 mode=contiguous collate=pack slots=2 ..."]
+ * (defaults: threads 1,2 and up to 8 as the cores allow, S 128K,1M, batch 8, cp 2, slots 2,
+ * steps 8 after 2 warm-up steps, 5 memcpy reps). Prints a table, then one JSON line per row.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WARMUP 4
+#define MAX_T CPDL__MAX_THREADS
+#define MAX_ROWS 64
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* ---- t-thread memcpy: each thread copies its 1/t of the bytes, between two barriers ---- */
+
+typedef struct copier {
+  pthread_barrier_t *start, *done;
+  unsigned char *dst;
+  const unsigned char *src;
+  size_t bytes;
+  int reps;
+} copier_t;
+
+static void *copier_main(void *arg) {
+  copier_t *c = arg;
+  for (int k = 0; k < c->reps; k++) {
+    pthread_barrier_wait(c->start);
+    memcpy(c->dst, c->src, c->bytes);
+    pthread_barrier_wait(c->done);
+  }
+  return NULL;
+}
+
+/* Median GB/s of `reps` t-thread copies of `bytes` (buffers touched first). */
+static double memcpy_gbps(size_t bytes, int t, int reps) {
+  unsigned char *src = malloc(bytes), *dst = malloc(bytes);
+  double *secs = calloc((size_t)reps, sizeof *secs);
+  if (!src || !dst || !secs) {
+    fprintf(stderr, "bench_leader: out of memory for two buffers of %zu bytes\n", bytes);
+    exit(1);
+  }
+  memset(src, 1, bytes);
+  memset(dst, 2, bytes);
+  pthread_barrier_t start, done;
+  pthread_barrier_init(&start, NULL, (unsigned)t + 1);
+  pthread_barrier_init(&done, NULL, (unsigned)t + 1);
+  pthread_t th[MAX_T];
+  copier_t cs[MAX_T];
+  size_t chunk = (bytes / (size_t)t + 63) & ~(size_t)63;
+  for (int i = 0; i < t; i++) {
+    size_t at = chunk * (size_t)i < bytes ? chunk * (size_t)i : bytes;
+    size_t n = at + chunk <= bytes ? chunk : bytes - at;
+    cs[i] = (copier_t){&start, &done, dst + at, src + at, n, reps};
+    pthread_create(&th[i], NULL, copier_main, &cs[i]);
+  }
+  for (int k = 0; k < reps; k++) {
+    pthread_barrier_wait(&start);
+    double t0 = now_s();
+    pthread_barrier_wait(&done);
+    secs[k] = now_s() - t0;
+  }
+  for (int i = 0; i < t; i++)
+    pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&start);
+  pthread_barrier_destroy(&done);
+  qsort(secs, (size_t)reps, sizeof *secs, cmp_double);
+  double gbps = (double)bytes / secs[reps / 2] * 1e-9;
+  free(src);
+  free(dst);
+  free(secs);
+  return gbps;
+}
+
+/* ---- the loader threads, in process ------------------------------------------------ */
+
+static int always_alive(void *arg) {
+  (void)arg;
+  return 0;
+}
+
+/* Runs the producer with cfg (threads = t) for WARMUP + steps steps; *gbps: the prepared
+ * bytes of the measured steps over their time; *step_bytes: one step's. \return 0 or rc. */
+static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size_t *step_bytes) {
+  cpdl__feed_t *feed = NULL;
+  cpdl_prep_plan_t *plan = NULL;
+  cpdl__ring_t *ring = NULL;
+  cpdl__producer_t *producer = NULL;
+  void *base = MAP_FAILED;
+  size_t ctrl = 0, total = 0;
+  int rc = cpdl__feed_open(cfg, 0, 1, &feed);
+  cpdl_tensor_t in[CPDL_MAX_FIELDS];
+  int n_in = CPDL_MAX_FIELDS;
+  if (!rc)
+    rc = cpdl__feed_spec(feed, in, &n_in);
+  cpdl_prep_params_t params;
+  cpdl__config_prep_params(cfg, &params);
+  if (!rc)
+    rc = cpdl_prep_plan_create(in, n_in, &params, &plan);
+  if (rc)
+    goto out;
+  int n_fields = cpdl_prep_plan_nfields(plan);
+  cpdl_prep_field_t fields[CPDL_MAX_FIELDS];
+  size_t bytes = 0;
+  for (int i = 0; i < n_fields; i++) {
+    fields[i] = *cpdl_prep_plan_field(plan, i);
+    bytes += fields[i].nbytes * (fields[i].shared ? 1 : (size_t)cfg->cp);
+  }
+  *step_bytes = bytes;
+  long page = sysconf(_SC_PAGESIZE);
+  cpdl__ring_geometry_t geo = {
+      .n_slots = (uint32_t)cfg->slots,
+      .n_regions = (uint32_t)cfg->cp,
+      .n_consumers = 1,
+      .n_fields = (uint32_t)n_fields,
+      .slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(plan), (size_t)page),
+      .shared_slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(plan), (size_t)page),
+  };
+  if ((rc = cpdl__ring_sizes(&geo, &ctrl, &total)))
+    goto out;
+  base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) {
+    rc = cpdl__error(-ENOMEM, "cannot map a ring of %zu bytes", total);
+    goto out;
+  }
+  if ((rc = cpdl__ring_init(base, total, &geo, fields, 1, 1, (int32_t)getpid(), 0, &ring)))
+    goto out;
+  cpdl__ring_register(ring, 0, (int32_t)getpid(), 0);
+  int local_cp[CPDL__RING_MAX_REGIONS];
+  for (int r = 0; r < cfg->cp; r++)
+    local_cp[r] = r;
+  cpdl__producer_args_t args = {
+      .ring = ring, .feed = feed, .plan = plan, .local_cp = local_cp,
+      .first_step = 0, .end_step = (uint64_t)(WARMUP + steps), .n_threads = cfg->threads,
+      .alive = always_alive,
+  };
+  if ((rc = cpdl__producer_start(&args, &producer)))
+    goto out;
+  double t0 = 0;
+  volatile uint64_t sink = 0;
+  for (uint64_t s = 0; !rc && s < (uint64_t)(WARMUP + steps); s++) {
+    if (s == WARMUP)
+      t0 = now_s();
+    if ((rc = cpdl__ring_wait_step(ring, s, -1, always_alive, NULL)))
+      break;
+    sink += *(const uint64_t *)cpdl__ring_rank_block(ring, 0, cpdl__ring_slot_of(ring, s));
+    cpdl__ring_release(ring, 0, s);
+  }
+  (void)sink;
+  *gbps = (double)bytes * steps / (now_s() - t0) * 1e-9;
+out:
+  cpdl__producer_stop(producer);
+  cpdl__ring_free(ring);
+  if (base != MAP_FAILED)
+    munmap(base, total);
+  if (plan)
+    cpdl_prep_plan_destroy(plan);
+  cpdl__feed_close(feed);
+  return rc;
+}
+
+static int64_t parse_len(const char *s, char **end) {
+  int64_t v = strtoll(s, end, 10);
+  if (**end == 'K' || **end == 'k')
+    v *= 1024, (*end)++;
+  else if (**end == 'M' || **end == 'm')
+    v *= 1024 * 1024, (*end)++;
+  return v;
+}
+
+int main(int argc, char **argv) {
+  char threads_default[64];
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  snprintf(threads_default, sizeof threads_default, "1,2%s%s", cores >= 4 ? ",4" : "",
+           cores >= 8 ? ",8" : "");
+  const char *threads = threads_default, *lens = "128K,1M", *extra = NULL;
+  int steps = 8, reps = 5;
+  for (int i = 1; i < argc; i++) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(argv[i], "--threads") && v)
+      threads = argv[++i];
+    else if (!strcmp(argv[i], "--seq-lens") && v)
+      lens = argv[++i];
+    else if (!strcmp(argv[i], "--steps") && v)
+      steps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--reps") && v)
+      reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--config") && v)
+      extra = argv[++i];
+    else {
+      fprintf(stderr, "usage: bench_leader [--threads 1,2,4,8] [--seq-lens 128K,1M] [--steps N] "
+                      "[--reps N] [--config \"batch=8 cp=2 mode=contiguous collate=pack ...\"]\n");
+      return 2;
+    }
+  }
+  if (steps < 1 || reps < 1) {
+    fprintf(stderr, "bench_leader: --steps and --reps must be >= 1\n");
+    return 2;
+  }
+  cpdl_config_t base;
+  cpdl_config_init(&base);
+  base.batch = 8;
+  base.cp = 2;
+  base.slots = 2;
+  if (cpdl_config_parse(&base, extra)) {
+    fprintf(stderr, "bench_leader: --config: %s\n", cpdl_last_error());
+    return 2;
+  }
+  double load[3] = {0};
+  if (getloadavg(load, 3) < 0)
+    load[0] = -1;
+  printf("# bench_leader: %ld cores online, load average %.2f; batch %d, cp %d, mode %s, "
+         "collate %s, slots %d, source %s\n", cores, load[0], base.batch, base.cp,
+         cpdl_mode_name(base.mode), base.collate, base.slots,
+         base.source[0] ? base.source : "synthetic:");
+  printf("%9s %3s %10s %12s %12s %13s %6s\n", "seq_len", "t", "step_MiB", "memcpy_GB/s",
+         "prep_GB/s", "prep/memcpy", "x1");
+  int status = 0;
+  static char json[MAX_ROWS][320]; /* printed after the table */
+  int n_json = 0;
+  for (const char *l = lens; *l;) {
+    char *end;
+    int64_t S = parse_len(l, &end);
+    l = *end == ',' ? end + 1 : end;
+    if (S <= 0)
+      continue;
+    double prep1 = 0;
+    for (const char *t = threads; *t;) {
+      char *tend;
+      long nt = strtol(t, &tend, 10);
+      if (tend == t)
+        break;
+      t = *tend == ',' ? tend + 1 : tend;
+      if (nt < 1 || nt > MAX_T)
+        continue;
+      cpdl_config_t cfg = base;
+      cfg.seq_len = S;
+      cfg.threads = (int)nt;
+      double prep = 0;
+      size_t bytes = 0;
+      int rc = producer_gbps(&cfg, steps, &prep, &bytes);
+      if (rc) {
+        fprintf(stderr, "bench_leader: S=%lld threads=%ld: %s: %s\n", (long long)S, nt,
+                cpdl_err_name(rc), cpdl_last_error());
+        status = 1;
+        continue;
+      }
+      double copy = memcpy_gbps(bytes, (int)nt, reps);
+      if (nt == 1)
+        prep1 = prep;
+      printf("%9lld %3ld %10.1f %12.2f %12.2f %13.2f %6.2f\n", (long long)S, nt,
+             (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0);
+      if (n_json < MAX_ROWS)
+        snprintf(json[n_json++], sizeof json[0], "{\"bench\": \"leader\", \"seq_len\": %lld, \"threads\": %ld, \"batch\": %d, "
+             "\"cp\": %d, \"mode\": \"%s\", \"step_bytes\": %zu, \"memcpy_gbps\": %.3f, "
+             "\"prep_gbps\": %.3f, \"load\": %.2f}",
+             (long long)S, nt, cfg.batch, cfg.cp, cpdl_mode_name(cfg.mode), bytes, copy, prep,
+             load[0]);
+      fflush(stdout);
+    }
+  }
+  for (int i = 0; i < n_json; i++)
+    printf("%s\n", json[i]);
+  return status;
+}
