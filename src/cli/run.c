@@ -3,8 +3,8 @@
  * releases it; rank 0 shows progress and prints a one-line JSON summary:
  * steps (every rank's count; the run fails if they differ, naming each count
  * and its ranks), the data's seq_len and batch, tokens_per_s_per_rank (the
- * mean of the ranks' rates of
- * the tokens in their views), tokens_per_s_slowest_rank (the lowest),
+ * mean of the ranks' rates of the tokens in their views),
+ * tokens_per_s_slowest_rank (the lowest),
  * tokens_per_s_per_node (the ranks' rates summed, divided by the nodes, so
  * at most np x per_rank).
  * Errors are printed once per rank that sees them, prefixed with the rank.
