@@ -125,7 +125,8 @@ int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]
  * variable length (mode thd's cu_seqlens and cu_seqlens_padded: n+1 of
  * their capacity). The publisher stores them with the step (segment.h, the
  * slot lengths table), so no consumer re-derives them from the data. Call it
- * right after next(), on the same thread. */
+ * right after next() or plan(), on the same thread (rows that plan leaves to
+ * fill have fixed lengths). */
 void cpdl__feed_lengths(const cpdl__feed_t *feed, const cpdl_tensor_t *fields, int n_fields,
                         int64_t *rows);
 void cpdl__feed_close(cpdl__feed_t *feed);

@@ -153,6 +153,8 @@ static bool plan_ahead(cpdl__producer_t *P) {
   next->rc = cpdl__feed_plan(P->args.feed, next->inputs, &next->n_inputs);
   if (next->rc && next->rc != CPDL_EEOF)
     snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
+  if (!next->rc) /* known at plan time: only unsplit (thd) rows vary, and plan made them */
+    cpdl__feed_lengths(P->args.feed, next->inputs, next->n_inputs, next->rows);
   return next->rc == 0;
 }
 
