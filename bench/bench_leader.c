@@ -5,7 +5,8 @@
  * anonymous mapping of this process and the main thread is every CP rank's consumer, so
  * what is timed is the producer alone. Both rates count the same bytes (every CP rank's
  * block plus the shared one); prep/memcpy is the ratio to the same t's memcpy and x1 the
- * speed-up over t = 1.
+ * speed-up over t = 1; cpu_ms/step is the loader threads' CPU time per step (on a loaded
+ * machine it shows whether the split costs work, when the wall clock cannot).
  * Usage: bench_leader [--threads 1,2,4,8] [--seq-lens 128K,1M] [--steps N] [--reps N]
  *                     [--config "batch=8 cp=2 mode=contiguous collate=pack slots=2 ..."]
  * (defaults: threads 1,2 and up to 8 as the cores allow, S 128K,1M, batch 8, cp 2, slots 2,
@@ -26,10 +27,17 @@
 #define MAX_T CPDL__MAX_THREADS
 #define MAX_ROWS 64
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
+
+/* CPU seconds of every thread but the calling one (the loader threads, here). */
+static double others_cpu_s(void) {
+  return clock_s(CLOCK_PROCESS_CPUTIME_ID) - clock_s(CLOCK_THREAD_CPUTIME_ID);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -106,7 +114,8 @@ static int always_alive(void *arg) {
 
 /* Runs the producer with cfg (threads = t) for WARMUP + steps steps; *gbps: the prepared
  * bytes of the measured steps over their time; *step_bytes: one step's. \return 0 or rc. */
-static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size_t *step_bytes) {
+static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size_t *step_bytes,
+                         double *cpu_ms) {
   cpdl__feed_t *feed = NULL;
   cpdl_prep_plan_t *plan = NULL;
   cpdl__ring_t *ring = NULL;
@@ -161,11 +170,13 @@ static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size
   };
   if ((rc = cpdl__producer_start(&args, &producer)))
     goto out;
-  double t0 = 0;
+  double t0 = 0, c0 = 0;
   volatile uint64_t sink = 0;
   for (uint64_t s = 0; !rc && s < (uint64_t)(WARMUP + steps); s++) {
-    if (s == WARMUP)
+    if (s == WARMUP) {
       t0 = now_s();
+      c0 = others_cpu_s();
+    }
     if ((rc = cpdl__ring_wait_step(ring, s, -1, always_alive, NULL)))
       break;
     sink += *(const uint64_t *)cpdl__ring_rank_block(ring, 0, cpdl__ring_slot_of(ring, s));
@@ -173,6 +184,7 @@ static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size
   }
   (void)sink;
   *gbps = (double)bytes * steps / (now_s() - t0) * 1e-9;
+  *cpu_ms = (others_cpu_s() - c0) / steps * 1e3;
 out:
   cpdl__producer_stop(producer);
   cpdl__ring_free(ring);
@@ -238,8 +250,8 @@ int main(int argc, char **argv) {
          "collate %s, slots %d, source %s\n", cores, load[0], base.batch, base.cp,
          cpdl_mode_name(base.mode), base.collate, base.slots,
          base.source[0] ? base.source : "synthetic:");
-  printf("%9s %3s %10s %12s %12s %13s %6s\n", "seq_len", "t", "step_MiB", "memcpy_GB/s",
-         "prep_GB/s", "prep/memcpy", "x1");
+  printf("%9s %3s %10s %12s %12s %13s %6s %13s\n", "seq_len", "t", "step_MiB", "memcpy_GB/s",
+         "prep_GB/s", "prep/memcpy", "x1", "cpu_ms/step");
   int status = 0;
   static char json[MAX_ROWS][320]; /* printed after the table */
   int n_json = 0;
@@ -261,9 +273,9 @@ int main(int argc, char **argv) {
       cpdl_config_t cfg = base;
       cfg.seq_len = S;
       cfg.threads = (int)nt;
-      double prep = 0;
+      double prep = 0, cpu_ms = 0;
       size_t bytes = 0;
-      int rc = producer_gbps(&cfg, steps, &prep, &bytes);
+      int rc = producer_gbps(&cfg, steps, &prep, &bytes, &cpu_ms);
       if (rc) {
         fprintf(stderr, "bench_leader: S=%lld threads=%ld: %s: %s\n", (long long)S, nt,
                 cpdl_err_name(rc), cpdl_last_error());
@@ -273,14 +285,15 @@ int main(int argc, char **argv) {
       double copy = memcpy_gbps(bytes, (int)nt, reps);
       if (nt == 1)
         prep1 = prep;
-      printf("%9lld %3ld %10.1f %12.2f %12.2f %13.2f %6.2f\n", (long long)S, nt,
-             (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0);
+      printf("%9lld %3ld %10.1f %12.2f %12.2f %13.2f %6.2f %13.1f\n", (long long)S, nt,
+             (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0,
+             cpu_ms);
       if (n_json < MAX_ROWS)
         snprintf(json[n_json++], sizeof json[0], "{\"bench\": \"leader\", \"seq_len\": %lld, \"threads\": %ld, \"batch\": %d, "
              "\"cp\": %d, \"mode\": \"%s\", \"step_bytes\": %zu, \"memcpy_gbps\": %.3f, "
-             "\"prep_gbps\": %.3f, \"load\": %.2f}",
+             "\"prep_gbps\": %.3f, \"loader_cpu_ms_per_step\": %.2f, \"load\": %.2f}",
              (long long)S, nt, cfg.batch, cfg.cp, cpdl_mode_name(cfg.mode), bytes, copy, prep,
-             load[0]);
+             cpu_ms, load[0]);
       fflush(stdout);
     }
   }

@@ -50,6 +50,15 @@
 
 #define IGNORE_INDEX (-100)
 
+/* The build is -O2, where gcc 12 vectorizes only loops it is asked to: the
+ * row loops below (widening, labels, ids) run at memory speed only when
+ * vectorized (as prep_exec.c's). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#else
+#define HOT
+#endif
+
 /* A reader: the document it read last, when have_doc. */
 typedef struct reader {
   bool have_doc;
@@ -181,7 +190,7 @@ void cpdl__collate_destroy(cpdl__collate_t *c) {
 
 /* Widen tokens [from, from + count) of doc into dst. memcpy per token: a
  * source's mapping gives no alignment promise, and gcc makes it one load. */
-static void copy_tokens(int64_t *dst, const cpdl__sample_t *doc, int64_t from, int64_t count) {
+HOT static void copy_tokens(int64_t *dst, const cpdl__sample_t *doc, int64_t from, int64_t count) {
   const unsigned char *p = (const unsigned char *)doc->tokens + (size_t)from * (size_t)doc->token_bytes;
   switch (doc->token_bytes) {
   case 2:
@@ -250,6 +259,36 @@ static inline int64_t label_of(const cpdl__collate_t *c, int64_t token) {
   return token;
 }
 
+/* labels[u] = label_of(next[u]) for u < n, the test hoisted out of the loop. */
+HOT static void put_labels(const cpdl__collate_t *c, int64_t *labels, const int64_t *next,
+                           int64_t n) {
+  if (c->params.loss_on_eot || c->params.eot_token < 0) {
+    memcpy(labels, next, (size_t)n * sizeof *labels);
+    return;
+  }
+  const int64_t eot = c->params.eot_token;
+  for (int64_t u = 0; u < n; u++)
+    labels[u] = next[u] == eot ? IGNORE_INDEX : next[u];
+}
+
+/* A pack segment's ids: positions [t, end) hold document `ordinal` of the row. */
+HOT static void put_segment_ids(int64_t *seq_ids, int64_t *position_ids, int64_t t, int64_t end,
+                                int64_t ordinal, bool continuous) {
+  for (int64_t u = t; u < end; u++)
+    seq_ids[u] = ordinal;
+  if (continuous)
+    for (int64_t u = t; u < end; u++)
+      position_ids[u] = u;
+  else
+    for (int64_t u = t; u < end; u++)
+      position_ids[u] = u - t;
+}
+
+HOT static void fill_value(int64_t *out, int64_t n, int64_t value) {
+  for (int64_t u = 0; u < n; u++)
+    out[u] = value;
+}
+
 /* Row `row` from the cursor (epoch, *position, *offset), which moves past it.
  * The window of S + 1 tokens goes straight into input_ids (its first S) and
  * labels (its last S, shifted by one): labels[u] is the label of input_ids[u
@@ -275,11 +314,7 @@ static int pack_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoc
     int64_t end = t + take < S ? t + take : S; /* input positions of this segment */
     copy_tokens(input_ids + t, &rd->doc, off, end - t);
     last = token_at(&rd->doc, off + take - 1);
-    ordinal++;
-    for (int64_t u = t; u < end; u++) {
-      seq_ids[u] = ordinal;
-      position_ids[u] = c->params.position_ids ? u : u - t;
-    }
+    put_segment_ids(seq_ids, position_ids, t, end, ++ordinal, c->params.position_ids != 0);
     t += take;
     off += take;
   }
@@ -287,8 +322,7 @@ static int pack_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoc
    * lies in the current document (the last segment took >= 1 token). */
   *position = pos;
   *offset = off - 1;
-  for (int64_t u = 0; u + 1 < S; u++)
-    labels[u] = label_of(c, input_ids[u + 1]);
+  put_labels(c, labels, input_ids + 1, S - 1);
   labels[S - 1] = label_of(c, last);
   return 0;
 }
@@ -311,16 +345,12 @@ static int pad_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoch
   int64_t *input_ids = c->input_ids + row * S, *labels = c->labels + row * S;
   int64_t *attention_mask = c->aux0 + row * S;
   copy_tokens(input_ids, &rd->doc, 0, real);
-  for (int64_t u = 0; u + 1 < real; u++)
-    labels[u] = label_of(c, input_ids[u + 1]);
+  put_labels(c, labels, input_ids + 1, real - 1);
   labels[real - 1] = label_of(c, token_at(&rd->doc, real));
-  for (int64_t u = 0; u < real; u++)
-    attention_mask[u] = 1;
-  for (int64_t u = real; u < S; u++) {
-    input_ids[u] = c->params.padding_token_id;
-    labels[u] = IGNORE_INDEX;
-    attention_mask[u] = 0;
-  }
+  fill_value(attention_mask, real, 1);
+  fill_value(input_ids + real, S - real, c->params.padding_token_id);
+  fill_value(labels + real, S - real, IGNORE_INDEX);
+  fill_value(attention_mask + real, S - real, 0);
   return 0;
 }
 

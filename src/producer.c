@@ -140,7 +140,9 @@ static void run_phase(cpdl__producer_t *P, int t) {
   int rc;
   if (P->phase_prep && (rc = prepare_share(P, t)))
     failure_post(&P->prep_fail, rc);
-  if (P->phase_fill && (rc = cpdl__feed_fill(P->args.feed, t, P->n_threads)))
+  if (P->phase_fill && t > 0 && (rc = cpdl__fault("fill_rows", P->args.world_rank)))
+    failure_post(&P->fill_fail, rc); /* a worker's failure reaches every rank */
+  else if (P->phase_fill && (rc = cpdl__feed_fill(P->args.feed, t, P->n_threads)))
     failure_post(&P->fill_fail, rc);
 }
 
