@@ -5,8 +5,11 @@
  * anonymous mapping of this process and the main thread is every CP rank's consumer, so
  * what is timed is the producer alone. Both rates count the same bytes (every CP rank's
  * block plus the shared one); prep/memcpy is the ratio to the same t's memcpy and x1 the
- * speed-up over t = 1; cpu_ms/step is the loader threads' CPU time per step (on a loaded
- * machine it shows whether the split costs work, when the wall clock cannot).
+ * speed-up over t = 1. On a loaded machine the wall clock says little, so it also reports
+ * the loader threads' CPU time per step (cpu_ms/step: does the split cost work?), the
+ * busiest thread's (busiest_ms: the step's critical path if every thread had a core, from
+ * /proc/self/task/<tid>/schedstat) and the rate that critical path would give
+ * (GB/s_1core_each = step bytes / busiest_ms).
  * Usage: bench_leader [--threads 1,2,4,8] [--seq-lens 128K,1M] [--steps N] [--reps N]
  *                     [--config "batch=8 cp=2 mode=contiguous collate=pack slots=2 ..."]
  * (defaults: threads 1,2 and up to 8 as the cores allow, S 128K,1M, batch 8, cp 2, slots 2,
@@ -14,6 +17,7 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -43,6 +47,38 @@ static double others_cpu_s(void) {
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
+}
+
+/* On-CPU nanoseconds of each loader thread (comm "cpdl-loader<t>", schedstat's first
+ * field) into ns[t]; \return how many were found. */
+static int loader_cpu_ns(unsigned long long ns[MAX_T]) {
+  memset(ns, 0, MAX_T * sizeof *ns);
+  DIR *d = opendir("/proc/self/task");
+  int found = 0;
+  if (!d)
+    return 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[300], comm[32] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      continue;
+    int t = -1;
+    if (fgets(comm, sizeof comm, f) && sscanf(comm, "cpdl-loader%d", &t) == 1 && t >= 0 &&
+        t < MAX_T) {
+      snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->d_name);
+      FILE *g = fopen(path, "r");
+      if (g && fscanf(g, "%llu", &ns[t]) == 1)
+        found++;
+      if (g)
+        fclose(g);
+    }
+    fclose(f);
+  }
+  closedir(d);
+  return found;
 }
 
 /* ---- t-thread memcpy: each thread copies its 1/t of the bytes, between two barriers ---- */
@@ -113,9 +149,12 @@ static int always_alive(void *arg) {
 }
 
 /* Runs the producer with cfg (threads = t) for WARMUP + steps steps; *gbps: the prepared
- * bytes of the measured steps over their time; *step_bytes: one step's. \return 0 or rc. */
+ * bytes of the measured steps over their time; *step_bytes: one step's; *cpu_ms and
+ * *busiest_ms: the loader threads' CPU per step, all and the busiest one's. The producer
+ * runs on until stopped (its threads must still exist when their CPU time is read); it is
+ * `slots` steps ahead at both ends of the measured span. \return 0 or rc. */
 static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size_t *step_bytes,
-                         double *cpu_ms) {
+                         double *cpu_ms, double *busiest_ms) {
   cpdl__feed_t *feed = NULL;
   cpdl_prep_plan_t *plan = NULL;
   cpdl__ring_t *ring = NULL;
@@ -165,17 +204,19 @@ static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size
     local_cp[r] = r;
   cpdl__producer_args_t args = {
       .ring = ring, .feed = feed, .plan = plan, .local_cp = local_cp,
-      .first_step = 0, .end_step = (uint64_t)(WARMUP + steps), .n_threads = cfg->threads,
+      .first_step = 0, .end_step = UINT64_MAX, .n_threads = cfg->threads,
       .alive = always_alive,
   };
   if ((rc = cpdl__producer_start(&args, &producer)))
     goto out;
   double t0 = 0, c0 = 0;
+  unsigned long long ns0[MAX_T], ns1[MAX_T];
   volatile uint64_t sink = 0;
   for (uint64_t s = 0; !rc && s < (uint64_t)(WARMUP + steps); s++) {
     if (s == WARMUP) {
       t0 = now_s();
       c0 = others_cpu_s();
+      loader_cpu_ns(ns0);
     }
     if ((rc = cpdl__ring_wait_step(ring, s, -1, always_alive, NULL)))
       break;
@@ -185,6 +226,11 @@ static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size
   (void)sink;
   *gbps = (double)bytes * steps / (now_s() - t0) * 1e-9;
   *cpu_ms = (others_cpu_s() - c0) / steps * 1e3;
+  loader_cpu_ns(ns1);
+  *busiest_ms = 0;
+  for (int t = 0; t < MAX_T; t++)
+    if (ns1[t] > ns0[t] && (double)(ns1[t] - ns0[t]) / steps * 1e-6 > *busiest_ms)
+      *busiest_ms = (double)(ns1[t] - ns0[t]) / steps * 1e-6;
 out:
   cpdl__producer_stop(producer);
   cpdl__ring_free(ring);
@@ -250,8 +296,8 @@ int main(int argc, char **argv) {
          "collate %s, slots %d, source %s\n", cores, load[0], base.batch, base.cp,
          cpdl_mode_name(base.mode), base.collate, base.slots,
          base.source[0] ? base.source : "synthetic:");
-  printf("%9s %3s %10s %12s %12s %13s %6s %13s\n", "seq_len", "t", "step_MiB", "memcpy_GB/s",
-         "prep_GB/s", "prep/memcpy", "x1", "cpu_ms/step");
+  printf("%9s %3s %9s %12s %10s %12s %6s %12s %13s %14s\n", "seq_len", "t", "step_MiB",
+         "memcpy_GB/s", "prep_GB/s", "prep/memcpy", "x1", "cpu_ms/step", "busiest_ms", "GB/s_1core_each");
   int status = 0;
   static char json[MAX_ROWS][320]; /* printed after the table */
   int n_json = 0;
@@ -273,9 +319,9 @@ int main(int argc, char **argv) {
       cpdl_config_t cfg = base;
       cfg.seq_len = S;
       cfg.threads = (int)nt;
-      double prep = 0, cpu_ms = 0;
+      double prep = 0, cpu_ms = 0, busiest_ms = 0;
       size_t bytes = 0;
-      int rc = producer_gbps(&cfg, steps, &prep, &bytes, &cpu_ms);
+      int rc = producer_gbps(&cfg, steps, &prep, &bytes, &cpu_ms, &busiest_ms);
       if (rc) {
         fprintf(stderr, "bench_leader: S=%lld threads=%ld: %s: %s\n", (long long)S, nt,
                 cpdl_err_name(rc), cpdl_last_error());
@@ -285,15 +331,17 @@ int main(int argc, char **argv) {
       double copy = memcpy_gbps(bytes, (int)nt, reps);
       if (nt == 1)
         prep1 = prep;
-      printf("%9lld %3ld %10.1f %12.2f %12.2f %13.2f %6.2f %13.1f\n", (long long)S, nt,
-             (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0,
-             cpu_ms);
+      double own = busiest_ms > 0 ? (double)bytes / (busiest_ms * 1e-3) * 1e-9 : 0;
+      printf("%9lld %3ld %9.1f %12.2f %10.2f %12.2f %6.2f %12.1f %13.1f %14.2f\n", (long long)S,
+             nt, (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0,
+             cpu_ms, busiest_ms, own);
       if (n_json < MAX_ROWS)
         snprintf(json[n_json++], sizeof json[0], "{\"bench\": \"leader\", \"seq_len\": %lld, \"threads\": %ld, \"batch\": %d, "
              "\"cp\": %d, \"mode\": \"%s\", \"step_bytes\": %zu, \"memcpy_gbps\": %.3f, "
-             "\"prep_gbps\": %.3f, \"loader_cpu_ms_per_step\": %.2f, \"load\": %.2f}",
+             "\"prep_gbps\": %.3f, \"loader_cpu_ms_per_step\": %.2f, "
+             "\"busiest_thread_ms_per_step\": %.2f, \"load\": %.2f}",
              (long long)S, nt, cfg.batch, cfg.cp, cpdl_mode_name(cfg.mode), bytes, copy, prep,
-             cpu_ms, load[0]);
+             cpu_ms, busiest_ms, load[0]);
       fflush(stdout);
     }
   }
