@@ -55,11 +55,14 @@ typedef struct cpdl_device_params {
 typedef struct cpdl_device_step {
   uint64_t step;
   int n_fields;
-  const char *names[CPDL_MAX_FIELDS];  /* belong to the feed, valid until close */
+  const char *names[CPDL_MAX_FIELDS];  /* belong to the feed, valid until close (and
+                                          while a tensor of the feed lives) */
   void *tensors[CPDL_MAX_FIELDS];      /* DLManagedTensor *, owned by the caller */
   cpdl_dtype_t dtypes[CPDL_MAX_FIELDS]; /* bool travels as DLPack uint8 (DLPack < 0.8
                                           consumers such as torch 1.13 refuse kDLBool) */
   cpdl_mesh_coords_t mesh;
+  uint64_t layout;  /* 1, 2, …: equal for two steps of a feed iff their names and dtypes are
+                       equal, field by field: a caller may cache what it derives from them */
 } cpdl_device_step_t;
 
 /** Start the copy thread on `loader` (which must hold no batch). The

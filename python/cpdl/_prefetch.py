@@ -285,6 +285,12 @@ _capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_cha
                                  ctypes.c_void_p)(("PyCapsule_New", ctypes.pythonapi))
 
 
+def _delete_managed(address):
+    """Call a DLManagedTensor's deleter (one the consumer never took)."""
+    managed = _dlpack.DLManagedTensor.from_address(address)
+    managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
+
+
 class NativeFeed:
     """The loader's next() for device=cuda, prefetch >= 1, on cpdl's C copy
     thread (cpdl_device_feed_*). `handle` is the open C loader, which the feed
@@ -311,7 +317,8 @@ class NativeFeed:
         self._next_c = self._lib.cpdl_device_feed_next
         self._from_dlpack = getattr(torch._C, "_from_dlpack", None) or \
             torch.utils.dlpack.from_dlpack
-        self._names = {}
+        self._layout, self._names, self._bools = None, (), ()
+        self._bool = torch.bool
         self._done = False
         self.profile = None  # a list: next() appends (stream, C call, import) seconds
         if dl_cpu:
@@ -325,13 +332,18 @@ class NativeFeed:
                 current = torch.cuda.current_stream
                 self._stream = lambda: current(device).cuda_stream
 
-    def _name(self, address):
-        name = self._names.get(address)
-        if name is None:
-            name = self._names[address] = ctypes.string_at(address).decode()
-        return name
+    def _plan(self, s):
+        """(names, bool_positions) for the step's layout, cached by its id."""
+        n = s.n_fields
+        names = tuple(ctypes.string_at(s.names[i]).decode() for i in range(n))
+        bools = tuple(i for i in range(n) if s.dtypes[i] == _ffi.DTYPE_BOOL)
+        self._layout, self._names, self._bools = s.layout, names, bools
+        return names, bools
 
     def next(self):
+        """One ctypes call, then per field a capsule and a DLPack import (the
+        cheapest tensor torch makes: bench/handover_cpu.py measures it against
+        one import and views); what depends only on the field layout is cached."""
         if self._done:
             raise StopIteration
         prof = self.profile
@@ -349,21 +361,24 @@ class NativeFeed:
                 raise StopIteration
             raise Error(rc, self._lib.last_error())
         s = self._step
+        if s.layout == self._layout:
+            names, bools = self._names, self._bools
+        else:
+            names, bools = self._plan(s)
+        pointers = s.tensors[:len(names)]
         tensors = {}
-        n = s.n_fields
-        pending = list(s.tensors[:n])
+        imported = 0
+        new, imp = _capsule_new, self._from_dlpack
         try:
-            for i in range(n):
-                t = self._from_dlpack(_capsule_new(pending[i], b"dltensor", None))
-                pending[i] = None
-                if s.dtypes[i] == _ffi.DTYPE_BOOL:
-                    t = t.view(self._torch.bool)
-                tensors[self._name(s.names[i])] = t
+            for name in names:
+                tensors[name] = imp(new(pointers[imported], b"dltensor", None))
+                imported += 1
         finally:
-            for address in pending:  # not imported (an exception): give them back
-                if address:
-                    managed = _dlpack.DLManagedTensor.from_address(address)
-                    managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
+            # Not imported (an exception): give them back.
+            for address in pointers[imported:]:
+                _delete_managed(address)
+        for i in bools:  # bool travels as uint8 (see cpdl_device_step_t)
+            tensors[names[i]] = tensors[names[i]].view(self._bool)
         batch = DeviceBatch(s.step, self._mesh, tensors)
         if prof is not None:
             prof.append((t1 - t0, t2 - t1, _perf() - t2))
