@@ -17,8 +17,9 @@
  *    its free_ev then marks the consumer stream's position when the last one
  *    died, and the copy stream waits on it before writing the buffer again.
  *    Its step's DLManagedTensors live in it, so they are rewritten only then.
- *  - next() allocates nothing and takes the lock once; the credit it posts
- *    last wakes a SCHED_BATCH thread, which does not preempt the caller.
+ *  - next() allocates nothing, takes the lock once and makes no system call
+ *    when a step is queued: the credit is a count the thread polls (and a
+ *    wake only when the consumer finds the queue empty and waits anyway).
  *  - The feed lives while its handle (open..close) or any exported tensor
  *    does (`live` counts them); whoever drops the last frees everything.
  *  - The loader's error (the thread's last message) travels with the end
@@ -34,9 +35,11 @@
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the CUDA driver API, loaded at run time ------------------------------ */
 
@@ -235,7 +238,12 @@ struct cpdl_device_feed {
   pthread_t thread;
   bool thread_started;
   _Atomic bool stop;
-  sem_t credits, ready;
+  /* Credits: steps the thread may take (prefetch at open, one per step
+   * taken). next() only adds to the count, without a system call; the thread
+   * looks every CREDIT_POLL_NS while it has none, and `wake` rouses it at
+   * once when the consumer is about to wait for a step, or at close. */
+  _Atomic int credits;
+  sem_t wake, ready;
 
   pthread_mutex_t lock;  /* guards everything below */
   entry_t *queue;        /* prefetch + 1 entries, a ring */
@@ -271,7 +279,7 @@ static void feed_destroy(cpdl_device_feed_t *f) {
     free(l);
   }
   /* The library stays loaded: a late deleter may still be running its code. */
-  sem_destroy(&f->credits);
+  sem_destroy(&f->wake);
   sem_destroy(&f->ready);
   pthread_mutex_destroy(&f->lock);
   free(f->queue);
@@ -451,13 +459,43 @@ static void push_entry(cpdl_device_feed_t *f, const entry_t *e, const char *end_
   sem_post(&f->ready);
 }
 
+/* How often the copy thread, holding no credit, looks for one: the most a
+ * step's copy can start late after the next() that made room for it (the
+ * consumer's own wait for an empty queue wakes it at once). */
+#define CREDIT_POLL_NS 1000000L
+
+/* Wait for a credit and take it; false once the feed is stopping. The
+ * acquire pairs with next()'s release add: the entry it dequeued (and the
+ * buffer bookkeeping before it) is done before the thread reuses the slot. */
+static bool take_credit(cpdl_device_feed_t *f) {
+  for (;;) {
+    if (f->stop)
+      return false;
+    int have = atomic_load_explicit(&f->credits, memory_order_acquire);
+    if (have > 0) {
+      if (atomic_compare_exchange_weak_explicit(&f->credits, &have, have - 1,
+                                                memory_order_acquire, memory_order_relaxed))
+        return true;
+      continue;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += CREDIT_POLL_NS;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    sem_timedwait(&f->wake, &until); /* a wake, a timeout or EINTR: look again */
+  }
+}
+
 static void *copy_thread(void *arg) {
   cpdl_device_feed_t *f = arg;
   entry_t e;
   /* A batch thread is never let preempt a running one on wake-up (Linux's
-   * fair scheduler leaves that to the tick): the credit next() posts wakes
-   * this thread without taking the CPU from the caller that posted it. Best
-   * effort: without it (another OS) the wake-up may preempt, nothing else. */
+   * fair scheduler leaves that to the tick): waking to look for a credit,
+   * or roused by next(), this thread does not take the CPU from the
+   * consumer. Best effort: without it (another OS) it may, nothing else. */
 #ifdef SCHED_BATCH
   struct sched_param batch_param = {.sched_priority = 0};
   pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch_param);
@@ -466,9 +504,7 @@ static void *copy_thread(void *arg) {
   if (rc)
     cpdl__error(rc, "device feed: cannot make the device's context current in the copy thread");
   while (!rc) {
-    while (sem_wait(&f->credits) != 0 && errno == EINTR) {
-    }
-    if (f->stop)
+    if (!take_credit(f))
       break;
     cpdl_batch_t batch;
     rc = cpdl_loader_next(f->loader, &batch);
@@ -547,7 +583,8 @@ int cpdl_device_feed_open(cpdl_loader_t *loader, const cpdl_device_params_t *par
   f->dl_device_type = dl_type;
   f->live = 1;
   pthread_mutex_init(&f->lock, NULL);
-  sem_init(&f->credits, 0, (unsigned)params->prefetch);
+  f->credits = params->prefetch;
+  sem_init(&f->wake, 0, 0);
   sem_init(&f->ready, 0, 0);
   int rc = 0;
   if (!(f->queue = calloc((size_t)params->prefetch + 1, sizeof *f->queue)))
@@ -559,7 +596,7 @@ int cpdl_device_feed_open(cpdl_loader_t *loader, const cpdl_device_params_t *par
   if (rc) {
     if (f->thread_started) { /* not reached: the thread starts last */
       f->stop = true;
-      sem_post(&f->credits);
+      sem_post(&f->wake);
       pthread_join(f->thread, NULL);
     }
     feed_destroy(f);
@@ -583,7 +620,12 @@ int cpdl_device_feed_next(cpdl_device_feed_t *f, uintptr_t consumer_stream,
     return cpdl__error(CPDL_EARG, "cpdl_device_feed_next: NULL feed or out");
   if (f->sticky_rc)
     return cpdl__error(f->sticky_rc, "%s", f->sticky_message);
-  while (sem_wait(&f->ready) != 0 && errno == EINTR) {
+  if (sem_trywait(&f->ready) != 0) {
+    /* Nothing queued: the thread may be between two looks at its credits;
+     * this wait is the caller's anyway, so rouse it now. */
+    sem_post(&f->wake);
+    while (sem_wait(&f->ready) != 0 && errno == EINTR) {
+    }
   }
   pthread_mutex_lock(&f->lock);
   entry_t e = f->queue[f->head];
@@ -613,9 +655,10 @@ int cpdl_device_feed_next(cpdl_device_feed_t *f, uintptr_t consumer_stream,
     out->tensors[i] = &b->fields[i].managed;
     out->dtypes[i] = l->dtypes[i];
   }
-  /* The copy thread may take one more step. It wakes without preempting
-   * this thread (SCHED_BATCH, see copy_thread), and nothing below waits. */
-  sem_post(&f->credits);
+  /* The copy thread may take one more step: a count it polls, so the
+   * caller makes no system call here (a futex wake of a sleeping thread,
+   * an inter-processor interrupt, cost it tens of µs on a loaded host). */
+  atomic_fetch_add_explicit(&f->credits, 1, memory_order_release);
   cpdl__error_clear();
   return 0;
 }
@@ -624,7 +667,7 @@ int cpdl_device_feed_close(cpdl_device_feed_t *f) {
   if (!f)
     return 0;
   f->stop = true;
-  sem_post(&f->credits);
+  sem_post(&f->wake);
   pthread_join(f->thread, NULL);
   if (f->pinned) { /* no copy reads the region any more */
     CUcontext popped;

@@ -5,7 +5,9 @@
  * step's view, copies this rank's shard (one dense block) from the segment to
  * a device buffer on a stream of its own, waits for the copy, gives the slot
  * back, and queues the step, at most `prefetch` steps ahead of the consumer.
- * cpdl_device_feed_next() only dequeues. Each field comes out as a DLPack
+ * cpdl_device_feed_next() only dequeues: with a step queued it allocates
+ * nothing and makes no system call (the thread polls its credits every 1 ms,
+ * and is woken at once when next() finds nothing queued). Each field comes out as a DLPack
  * DLManagedTensor (dlpack.h v0.x layout) that the caller owns and hands to a
  * DLPack consumer (torch.from_dlpack) or deletes.
  *

@@ -23,10 +23,13 @@ with prefetch=0 the step in use is the loader's held batch and the state is
 exact (it starts at the next step).
 Two engines. With prefetch >= 1 the copying is done by cpdl's own C thread
 (NativeFeed over cpdl_device_feed_*, include/cpdl/device.h), which loads the
-CUDA driver at run time and never takes the interpreter lock, so next() is a
-dequeue plus one DLPack import per field; the steps' tensors live in the
-feed's device buffers, each reused only after every tensor of its step died
-and the consumer stream passed that point. The Python worker (DeviceFeed) is
+CUDA driver at run time and never takes the interpreter lock, so next() is
+one ctypes call (the dequeue) plus one capsule and DLPack import per field,
+with names and bool fields cached per layout; the steps' tensors live in the
+feed's device buffers, each reused only after every tensor (and view) of its
+step died and the consumer stream passed that point. Per field an import, not
+one import of the block and views of it: a view costs torch more than an
+import (autograd's view bookkeeping), measured by bench/handover_cpu.py. The Python worker (DeviceFeed) is
 the prefetch=0 path, and the prefetch >= 1 fallback where the C feed cannot
 start (no driver library it can load; a warning says so) or where
 CPDL_PREFETCH_ENGINE=python asks for it.
@@ -35,6 +38,7 @@ fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
 """
 import ctypes
+import functools
 import os
 import queue
 import threading
@@ -326,8 +330,8 @@ class NativeFeed:
         else:
             raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
             index = device.index or 0
-            if raw is not None:  # the stream's handle, without a Stream object
-                self._stream = lambda: raw(index)
+            if raw is not None:  # the stream's handle, without a Stream object or a frame
+                self._stream = functools.partial(raw, index)
             else:
                 current = torch.cuda.current_stream
                 self._stream = lambda: current(device).cuda_stream
