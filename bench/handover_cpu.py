@@ -18,7 +18,10 @@ Parts per step (p50 and p90 over every step of every round, microseconds):
   stream (the consumer stream's handle), dequeue (the C call), build (capsules,
   imports, views, the batch), total (all of next()).
   python3 bench/handover_cpu.py [--seq-len 8192] [--steps 200] [--rounds 3]
-  mpirun -np 2 python3 bench/handover_cpu.py      (cp = 2, ranks share the feed's work)
+  mpirun -np 2 python3 bench/handover_cpu.py --sleep   (cp = 2; with fewer cores than two
+      spinning ranks plus their loader threads, spinning starves the loaders: sleep instead)
+The stand-in driver: build/tests/mpi/libcpdl_fake_cuda.so (a test build), or name one with
+CPDL_CUDA_LIBRARY (cc -shared -fPIC -o libfake.so tests/mpi/fake_cuda.c -lpthread).
 """
 import argparse
 import ctypes
