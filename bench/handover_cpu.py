@@ -8,10 +8,12 @@ step" of --step-ms (a busy spin, as a thread waiting on .item() or an MPI
 barrier does; --sleep sleeps instead), so next() runs with caches as a
 training loop leaves them, not in a tight loop.
 Variants, interleaved in rounds (the same loader config each time):
-  after   NativeFeed.next as shipped: one ctypes call, per field a capsule and
-          a DLPack import, names and bool fields cached per layout
-  before  the previous next(): the same C call, then per field the names,
-          dtypes and pointers read through ctypes, a name lookup and an import
+  after   NativeFeed.next as shipped: one ctypes call (no argtypes: its ctypes
+          arguments made once), per field a capsule and a DLPack import, names
+          and bool fields cached per layout
+  before  the previous next(): the C call through argtypes, then per field the
+          names, dtypes and pointers read through ctypes, a name lookup and an
+          import
   block   one DLPack import of the step's whole block (uint8) and the fields
           as views of it (dtype views + as_strided), the single-import design
 Parts per step (p50 and p90 over every step of every round, microseconds):
@@ -155,9 +157,9 @@ class Block:
 
     def next(self, feed):
         t0 = perf_counter()
-        stream = feed._stream()
+        feed._stream_arg.value = feed._stream()
         t1 = perf_counter()
-        rc = feed._next_c(feed._h, stream, feed._step_ref)
+        rc = feed._next_raw(*feed._next_args)  # the dequeue as shipped
         t2 = perf_counter()
         if rc:
             raise StopIteration
