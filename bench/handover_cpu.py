@@ -58,7 +58,7 @@ def next_before(feed):
     t0 = perf_counter()
     stream = feed._stream()
     t1 = perf_counter()
-    rc = feed._next_c(feed._h, stream, feed._step_ref)
+    rc = feed._bench_next_c(feed._h, stream, feed._step_ref)  # through argtypes
     t2 = perf_counter()
     if rc:
         raise StopIteration
@@ -197,6 +197,7 @@ def run_variant(name, args, cp):
     with cpdl.Loader(device="fake", prefetch=args.prefetch, **kw) as loader:
         feed = loader._feed
         assert isinstance(feed, _prefetch.NativeFeed), type(feed).__name__
+        feed._bench_next_c = feed._lib.cpdl_device_feed_next  # the previous call, bound once
         take = {"after": next_after, "before": next_before,
                 "block": block.next}[name]
         fields = None

@@ -352,29 +352,37 @@ static int take_buffer(cpdl_device_feed_t *f, size_t bytes, buffer_t **out) {
   return 0;
 }
 
-/* The layout of `batch`'s fields: the newest one if it matches (the usual
- * case: every step of a loader has the same fields), else a new one. Only
- * the copy thread calls this. */
+static bool layout_matches(const layout_t *l, const cpdl_batch_t *batch) {
+  if (l->n_fields != batch->n_fields)
+    return false;
+  for (int i = 0; i < batch->n_fields; i++)
+    if (l->dtypes[i] != batch->fields[i].dtype ||
+        strncmp(l->names[i], batch->fields[i].name, CPDL_NAME_MAX) != 0)
+      return false;
+  return true;
+}
+
+/* The layout of `batch`'s fields: a known one (the newest first: every step
+ * of a loader usually has the same fields), else a new one, so the list holds
+ * each distinct layout once. Only the copy thread calls this. */
 static int find_layout(cpdl_device_feed_t *f, const cpdl_batch_t *batch, const layout_t **out) {
-  layout_t *l = f->layouts;
-  bool same = l && l->n_fields == batch->n_fields;
-  for (int i = 0; same && i < batch->n_fields; i++)
-    same = l->dtypes[i] == batch->fields[i].dtype &&
-           strncmp(l->names[i], batch->fields[i].name, CPDL_NAME_MAX) == 0;
-  if (!same) {
-    layout_t *n = calloc(1, sizeof *n);
-    if (!n)
-      return cpdl__error(-ENOMEM, "device feed: out of memory");
-    n->id = l ? l->id + 1 : 1;
-    n->n_fields = batch->n_fields;
-    for (int i = 0; i < batch->n_fields; i++) {
-      snprintf(n->names[i], sizeof n->names[i], "%s", batch->fields[i].name);
-      n->dtypes[i] = batch->fields[i].dtype;
+  for (const layout_t *l = f->layouts; l; l = l->next)
+    if (layout_matches(l, batch)) {
+      *out = l;
+      return 0;
     }
-    n->next = l;
-    f->layouts = l = n;
+  layout_t *n = calloc(1, sizeof *n);
+  if (!n)
+    return cpdl__error(-ENOMEM, "device feed: out of memory");
+  n->id = f->layouts ? f->layouts->id + 1 : 1;
+  n->n_fields = batch->n_fields;
+  for (int i = 0; i < batch->n_fields; i++) {
+    snprintf(n->names[i], sizeof n->names[i], "%s", batch->fields[i].name);
+    n->dtypes[i] = batch->fields[i].dtype;
   }
-  *out = l;
+  n->next = f->layouts;
+  f->layouts = n;
+  *out = n;
   return 0;
 }
 

@@ -318,10 +318,9 @@ class NativeFeed:
             raise Error(rc, self._lib.last_error())
         self._step = _ffi.DeviceStep()
         self._step_ref = ctypes.byref(self._step)
-        self._next_c = self._lib.cpdl_device_feed_next
-        # The same function without argtypes, called with ctypes objects made
-        # once: no per-call argument conversion (about 9 us of a cold call,
-        # bench/handover_cpu.py); _stream_arg.value is the only thing set per step.
+        # cpdl_device_feed_next without argtypes, called with ctypes objects
+        # made once: no per-call argument conversion (about 9 us of a cold
+        # call, bench/handover_cpu.py); _stream_arg.value is all set per step.
         self._next_raw = self._lib.cdll["cpdl_device_feed_next"]
         self._next_raw.restype = ctypes.c_int
         self._stream_arg = ctypes.c_size_t(0)
