@@ -1,6 +1,8 @@
-/* source.c — the data-source plugin host: URI parsing, plugin discovery and
- * loading (dlopen of cpdl-<scheme>.so), the host service table lent to
- * plugins, and the cpdl__source_* / cpdl_source_* wrappers.
+/* source.c — the data-source plugin host: URI parsing (the query itself:
+ * query.c), plugin discovery and loading (dlopen of cpdl-<scheme>.so), the
+ * host service table and the loader's parameters lent to plugins at open,
+ * and the cpdl__source_* / cpdl_source_* wrappers. The URI reaches the
+ * plugin as given, never rewritten.
  * Invariants: a cpdl__source_t exists only with a checked descriptor (ABI
  * version, struct_size, required members) and an opened plugin state; the
  * plugin's dlopen handle outlives its state. Plugins without
