@@ -1,6 +1,7 @@
 /* kill_rank.c — R6: one rank is SIGKILLed mid-run while holding a slot;
  * every other rank of its group must return CPDL_EPEER naming the dead rank
- * within 10 s, never hang, and nothing may be left in /dev/shm.
+ * within 10 s, never hang, and nothing may be left in /dev/shm; after that
+ * first CPDL_EPEER a save is refused at once (no collective).
  * Run under `mpirun --enable-recovery` so the survivors are not killed by
  * mpirun itself. No collective can complete after the death, so each
  * survivor prints its own verdict line; CTest matches PASS/FAIL lines.
@@ -50,6 +51,17 @@ int main(int argc, char **argv) {
   CHECK(rc == CPDL_EPEER, "expected CPDL_EPEER, got %s: %s", cpdl_err_name(rc), cpdl_last_error());
   CHECK(strstr(why, expect) != NULL, "message does not name %s: %s", expect, why);
   CHECK(waited < 10.0, "the error took %.1f s (bound 10 s)", waited);
+  /* The first CPDL_EPEER fails the loader at once: a save right after it is
+   * refused without a collective (one would wait for the dead rank; across
+   * hosts only a timeout would end it), before any further next(). */
+  size_t need = 0;
+  CHECK(cpdl_loader_state_size(loader, &need) == 0, "state size: %s", cpdl_last_error());
+  void *state = malloc(need);
+  rc = cpdl_loader_state_save(loader, state, need, NULL);
+  CHECK(rc == CPDL_EPEER && strstr(cpdl_last_error(), "failed earlier"),
+        "a save after the death must be refused without collectives: %s: %s", cpdl_err_name(rc),
+        cpdl_last_error());
+  free(state);
   /* The loader is failed: next() keeps failing, close cleans up locally. */
   cpdl_batch_t again;
   CHECK(cpdl_loader_next(loader, &again) == CPDL_EPEER);
