@@ -131,6 +131,7 @@ class Config(ctypes.Structure):
         ("epochs", ctypes.c_int64),
         ("schedule", ctypes.c_char * 16),
         ("cost", ctypes.c_char * 48),
+        ("ring_bytes", ctypes.c_int64),
     ]
 
 
