@@ -234,7 +234,7 @@ class Mesh:
 def run_case(args, mpi, dev, way, seq_len, workers):
     cp, me = mpi.size, mpi.rank
     total = args.warmup + args.steps
-    ahead = 2 * max(workers, 1) + args.slots + 2  # prefetch keeps running past the window
+    ahead = 2 * max(workers, 1) + (args.slots or 4) + 2  # prefetch keeps running past the window
     mpi.barrier()
     if args.drop_caches and me == 0:
         try:
@@ -258,8 +258,10 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             pin_memory=dev.cuda, prefetch_factor=2, drop_last=True))
         touched_per_step = cp * args.batch * (seq_len + 1) * ds.dtype.itemsize
     else:
-        cfg = "cp=%d seq_len=%d batch=%d steps=%d slots=%d source=megatron:%s" % (
-            cp, seq_len, args.batch, total + ahead, args.slots, args.data)
+        cfg = "cp=%d seq_len=%d batch=%d steps=%d source=megatron:%s" % (
+            cp, seq_len, args.batch, total + ahead, args.data)
+        if args.slots:
+            cfg += " slots=%d" % args.slots
         if args.threads:
             cfg += " threads=%d" % args.threads
         if way == "cpdl-prefetch":
@@ -366,7 +368,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--slots", type=int, default=4)
+    ap.add_argument("--slots", type=int, default=0,
+                    help="cpdl ring slots (0: the loader's default, sized by need)")
     ap.add_argument("--threads", type=int, default=0, help="cpdl loader threads (0: default)")
     ap.add_argument("--compute-ms", type=float, default=100.0)
     ap.add_argument("--drop-caches", action="store_true",
