@@ -48,7 +48,7 @@ typedef struct {
   bool suffix;     /* accepts K/M/G (1024-based) */
   bool stream;     /* decides the stream of batches: a resume state must match it
                       (the layout — cp, tp, order, and dp through the rank
-                      count — and steps, slots, threads, pin, timeouts may
+                      count — and steps, slots, ring_bytes, threads, pin, timeouts may
                       change between a run and its resumption) */
 } config_key_t;
 
