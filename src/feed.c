@@ -162,6 +162,14 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return 0;
 }
 
+void cpdl__feed_lengths(const cpdl__feed_t *feed, const cpdl_tensor_t *fields, int n_fields,
+                        int64_t *rows) {
+  for (int i = 0; i < n_fields; i++)
+    rows[i] = fields[i].shape[0];
+  if (feed->ops->lengths)
+    feed->ops->lengths(feed, rows, n_fields);
+}
+
 int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return feed->ops->spec(feed, fields, n_fields);
 }

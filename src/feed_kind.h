@@ -52,6 +52,9 @@ struct cpdl__feed_ops {
    * refills the last global batch from there). */
   int (*row)(cpdl__feed_t *feed, int b, int64_t index, bool wrapped);
   void (*finish)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
+  /* Optional (thd): the valid entries along dim 0 of each field finish()
+   * described (cpdl__feed_lengths); NULL: shape[0] for every field. */
+  void (*lengths)(const cpdl__feed_t *feed, int64_t *rows, int n_fields);
   /* Names, dtypes and shapes of a step's fields, data NULL, producing nothing. */
   int (*spec)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
   /* Optional (thd): the document position of row `index` (from the base)

@@ -508,6 +508,10 @@ static void tokens_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fiel
   cpdl__collate_fields(((tokens_t *)feed->impl)->collate, fields, n_fields);
 }
 
+static void tokens_lengths(const cpdl__feed_t *feed, int64_t *rows, int n_fields) {
+  cpdl__collate_lengths(((const tokens_t *)feed->impl)->collate, rows, n_fields);
+}
+
 static int tokens_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return cpdl__collate_spec(&((tokens_t *)feed->impl)->params, fields, n_fields);
 }
@@ -596,6 +600,7 @@ static const cpdl__feed_ops_t tokens_ops = {
     .begin = tokens_begin,
     .row = tokens_row,
     .finish = tokens_finish,
+    .lengths = tokens_lengths,
     .spec = tokens_spec,
     .position = tokens_position,
     .close = tokens_close,
