@@ -244,4 +244,16 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) { return feed->double_buffer; }
 
+void cpdl__feed_single_buffer(cpdl__feed_t *feed) {
+  if (feed->double_buffer && feed->ops->single_buffer)
+    feed->ops->single_buffer(feed);
+  feed->double_buffer = false;
+}
+
+uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes) {
+  if (set_bytes)
+    *set_bytes = 0;
+  return feed->ops->buffer_bytes ? feed->ops->buffer_bytes(feed, set_bytes) : 0;
+}
+
 const char *cpdl__feed_kind(const cpdl__feed_t *feed) { return feed->ops->name; }

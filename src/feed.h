@@ -140,6 +140,14 @@ void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
+/* Before the first cpdl__feed_next(): one output set only (the loader's
+ * sizing found no room or no use for the second: sizing.c); the feed is no
+ * longer double-buffered. */
+void cpdl__feed_single_buffer(cpdl__feed_t *feed);
+/* Bytes of the output buffers the feed itself allocated (collate sets and
+ * scratch; 0 for pre-collated sources, whose tensors are the source's
+ * mappings); *set_bytes (may be NULL): one output set's. */
+uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes);
 /* "tokens", "rows" or "batches" (feed_kind.h). */
 const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 
@@ -193,6 +201,11 @@ int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
 int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_order_t *order,
                          cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
+/* Before the first begin(): keep one output set (free the second). */
+void cpdl__collate_single_buffer(cpdl__collate_t *collate);
+/* Bytes of every buffer the collate allocated: its output sets and its
+ * token window; *set_bytes (may be NULL) gets one set's. */
+uint64_t cpdl__collate_buffer_bytes(const cpdl__collate_t *collate, uint64_t *set_bytes);
 /* A step: begin() moves to the next output set (with double_buffer the
  * previous step's set stays intact, so one thread may prepare step k while
  * another collates k+1); row(b) fills row b from the cursor and moves the

@@ -100,6 +100,27 @@ static void rows_close(cpdl__feed_t *feed) {
   feed->impl = NULL;
 }
 
+static void rows_single_buffer(cpdl__feed_t *feed) {
+  rows_t *r = feed->impl;
+  for (int f = 0; f < 3; f++) {
+    free(r->ids[1][f]);
+    r->ids[1][f] = NULL;
+  }
+  free(r->loss_mask[1]);
+  r->loss_mask[1] = NULL;
+  r->n_sets = 1;
+  r->set = 0;
+}
+
+static uint64_t rows_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes) {
+  const rows_t *r = feed->impl;
+  uint64_t elems = (uint64_t)r->batch * (uint64_t)r->seq_len;
+  uint64_t set = elems * (3 * sizeof(int64_t) + sizeof(float)); /* as rows_open allocates */
+  if (set_bytes)
+    *set_bytes = set;
+  return (uint64_t)r->n_sets * set;
+}
+
 static const cpdl__feed_ops_t rows_ops = {
     .name = "rows",
     .enter = rows_enter,
@@ -110,6 +131,8 @@ static const cpdl__feed_ops_t rows_ops = {
     .finish = rows_finish,
     .spec = rows_spec,
     .close = rows_close,
+    .single_buffer = rows_single_buffer,
+    .buffer_bytes = rows_buffer_bytes,
 };
 
 int cpdl__feed_rows_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {

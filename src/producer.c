@@ -3,7 +3,8 @@
  * whose rows split (cpdl__feed_splits: pack and pad rows of token sources),
  * thread 0 plans step k+1 (where each row starts: cheap, from the index) and
  * then every thread, itself included, prepares its share of step k and fills
- * its rows of step k+1 — both halves of the work spread over all n threads.
+ * its rows of step k+1 — both halves of the work spread over all n threads
+ * (with one collate set, sizing.c: prepare k, publish, then fill k+1).
  * Otherwise (thd, gpt rows, npy batches) workers 1..n-1 prepare step k and,
  * with a double-buffered feed, the last worker collates step k+1 whole.
  *
@@ -66,6 +67,7 @@ struct cpdl__producer {
   char collate_msg[512];
   bool pipelined;           /* a worker collates step k+1 during step k */
   bool split;               /* every thread prepares step k and fills rows of k+1 */
+  bool split_overlap;       /* split with two collate sets: both in one phase */
   int n_prep;               /* threads that prepare (n_threads, minus the collator) */
   uint32_t work_slot;
   /* What this phase does (split), set by thread 0 before the first barrier. */
@@ -282,7 +284,7 @@ static void *publisher_main(void *arg) {
     P->work_slot = cpdl__ring_slot_of(P->args.ring, step);
     bool more = step + 1 != P->args.end_step;
     if (P->split) {
-      rc = phase(P, true, more && plan_ahead(P));
+      rc = phase(P, true, P->split_overlap && more && plan_ahead(P));
     } else if (P->n_threads > 1) {
       pthread_barrier_wait(&P->barrier);
       rc = prepare_share(P, 0);
@@ -305,6 +307,10 @@ static void *publisher_main(void *arg) {
     store_lengths(P, step, cur);
     cpdl__ring_publish(P->args.ring, step);
     cpdl__ring_heartbeat(P->args.ring);
+    /* Split over one collate set: step k's inputs are read; now its rows
+     * may be overwritten by step k+1's, planned and filled by every thread. */
+    if (P->split && !P->split_overlap && more && plan_ahead(P) && (rc = phase(P, false, true)))
+      break;
     P->work_set ^= 1;
   }
   if (P->n_threads > 1) {
@@ -325,21 +331,30 @@ static void *publisher_main(void *arg) {
  * work it spreads (measured: 8K-token steps ran at half the rate). */
 #define SPLIT_MIN_STEP_BYTES ((size_t)4 << 20)
 
+/* SPLIT_MIN_STEP_BYTES, or CPDL_SPLIT_MIN_BYTES (tests: 0, so that small
+ * steps exercise every thread's share). */
+static size_t split_min_bytes(void) {
+  const char *env = getenv("CPDL_SPLIT_MIN_BYTES");
+  return env && *env ? (size_t)strtoull(env, NULL, 10) : SPLIT_MIN_STEP_BYTES;
+}
+
+int cpdl__producer_collate_sets(size_t step_bytes, int n_threads) {
+  return n_threads > 1 && step_bytes >= split_min_bytes() ? 2 : 1;
+}
+
 static int start_threads(cpdl__producer_t *P) {
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
   size_t step_bytes = cpdl_prep_plan_rank_bytes(P->args.plan) * geo->n_regions +
                       cpdl_prep_plan_shared_bytes(P->args.plan);
-  /* CPDL_SPLIT_MIN_BYTES (tests: 0) moves the threshold, so that small steps
-   * exercise every thread's share. */
-  size_t split_min = SPLIT_MIN_STEP_BYTES;
-  const char *env = getenv("CPDL_SPLIT_MIN_BYTES");
-  if (env && *env)
-    split_min = (size_t)strtoull(env, NULL, 10);
-  if (step_bytes < split_min)
+  if (step_bytes < split_min_bytes())
     P->n_threads = 1;
-  bool ahead = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
-  P->split = ahead && cpdl__feed_splits(P->args.feed);
-  P->pipelined = ahead && !P->split;
+  /* With one output set (the loader's sizing, sizing.c) the feed is not
+   * double-buffered: collation runs after each step's preparation — split,
+   * it is a phase of its own after the publish. */
+  bool two_sets = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
+  P->split = P->n_threads > 1 && cpdl__feed_splits(P->args.feed);
+  P->split_overlap = P->split && two_sets;
+  P->pipelined = two_sets && !P->split;
   P->n_prep = P->pipelined ? P->n_threads - 1 : P->n_threads;
   atomic_store(&P->stopping, false);
   atomic_store(&P->work_done, false);
