@@ -3,8 +3,10 @@
 --threads 4 (and 3: rows that do not divide evenly) must write identical files, every
 step, every rank, every field, in every mode: pack (contiguous, round_robin, continuous
 positions), pad, thd, thd with schedule=balanced, an llmc file (stable mmap tokens) and
-gpt: rows. CPDL_SPLIT_MIN_BYTES=0 lets these small steps use every thread (the loader
-keeps steps under 4 MiB on one). Prints "N passed, M failed"; exits non-zero on a failure.
+gpt: rows; pack and pad again with slots=2, where the sizing leaves one collate set (the
+split then prepares, publishes, and fills the next step's rows in a phase of its own).
+CPDL_SPLIT_MIN_BYTES=0 lets these small steps use every thread (the loader keeps steps
+under 4 MiB on one). Prints "N passed, M failed"; exits non-zero on a failure.
 """
 import filecmp
 import os
@@ -41,6 +43,8 @@ CASES = [
     ["--source", "llmc:" + LLMC, "--seq-len", "400", "--batch", "4"],
     ["--source", GPT, "--seq-len", "64", "--batch", "4"],
 ]
+ONE_SET = {"CPDL_SLOTS": "2"}  # slots = need: no room for a second collate set (sizing.c)
+CASES = [(c, None) for c in CASES] + [(CASES[0], ONE_SET), (CASES[3], ONE_SET)]
 
 
 def files(root):
@@ -50,9 +54,9 @@ def files(root):
     return sorted(out)
 
 
-env = testutil.mpi_env({"CPDL_SPLIT_MIN_BYTES": "0"})
-for i, args in enumerate(CASES):
-    label = " ".join(a for a in args if not a.startswith(TMP))
+for i, (args, extra) in enumerate(CASES):
+    env = testutil.mpi_env(dict({"CPDL_SPLIT_MIN_BYTES": "0"}, **(extra or {})))
+    label = " ".join(a for a in args if not a.startswith(TMP)) + (" (one set)" if extra else "")
     dumps = {}
     for threads in (1, 4, 3):
         d = os.path.join(TMP, "case%d-t%d" % (i, threads))
@@ -60,6 +64,8 @@ for i, args in enumerate(CASES):
                                                 "--dump-collated", d],
                               env=env, timeout=240, echo=True)
         check(p.returncode == 0, "%s --threads %d exited %d" % (label, threads, p.returncode))
+        if extra and p.returncode == 0:
+            check('"collate_sets": 1' in p.stdout, "%s: expected one collate set" % label)
         if p.returncode == 0:
             dumps[threads] = d
     if 1 not in dumps:
