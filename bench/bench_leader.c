@@ -12,10 +12,12 @@
  * (GB/s_1core_each = step bytes / busiest_ms).
  * Usage: bench_leader [--threads 1,2,4,8] [--seq-lens 128K,1M] [--steps N] [--reps N]
  *                     [--config "batch=8 cp=2 mode=contiguous collate=pack slots=2 ..."]
- * (defaults: threads 1,2 and up to 8 as the cores allow, S 128K,1M, batch 8, cp 2, slots 2,
+ * (defaults: threads 1,2 and up to 8 as the cores allow, S 128K,1M, batch 8, cp 2, slots and
+ * collate sets sized as the loader sizes them (sizing.c: columns slots, sets),
  * steps 8 after 2 warm-up steps, 5 memcpy reps). Prints a table, then one JSON line per row.
  */
 #include "internal.h"
+#include "cpdl/tools.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -154,7 +156,7 @@ static int always_alive(void *arg) {
  * runs on until stopped (its threads must still exist when their CPU time is read); it is
  * `slots` steps ahead at both ends of the measured span. \return 0 or rc. */
 static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size_t *step_bytes,
-                         double *cpu_ms, double *busiest_ms) {
+                         double *cpu_ms, double *busiest_ms, cpdl_tools_memory_t *sizing) {
   cpdl__feed_t *feed = NULL;
   cpdl_prep_plan_t *plan = NULL;
   cpdl__ring_t *ring = NULL;
@@ -181,13 +183,24 @@ static int producer_gbps(const cpdl_config_t *cfg, int steps, double *gbps, size
   }
   *step_bytes = bytes;
   long page = sysconf(_SC_PAGESIZE);
+  size_t rank_block = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(plan), (size_t)page);
+  size_t shared_block = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(plan), (size_t)page);
+  /* Slots and collate sets as the loader sizes them (sizing.c, loader.c). */
+  cpdl_tools_memory_t mem = {.struct_size = sizeof mem};
+  int max_sets = cpdl__feed_double_buffered(feed)
+                     ? cpdl__producer_collate_sets(bytes, cfg->threads) : 1;
+  if ((rc = cpdl__sizing_plan(cfg, rank_block, shared_block, cfg->cp, max_sets, &mem)))
+    goto out;
+  if (mem.collate_sets < 2)
+    cpdl__feed_single_buffer(feed);
+  *sizing = mem;
   cpdl__ring_geometry_t geo = {
-      .n_slots = (uint32_t)cfg->slots,
+      .n_slots = (uint32_t)mem.slots,
       .n_regions = (uint32_t)cfg->cp,
       .n_consumers = 1,
       .n_fields = (uint32_t)n_fields,
-      .slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(plan), (size_t)page),
-      .shared_slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(plan), (size_t)page),
+      .slot_bytes = rank_block,
+      .shared_slot_bytes = shared_block,
   };
   if ((rc = cpdl__ring_sizes(&geo, &ctrl, &total)))
     goto out;
@@ -284,7 +297,6 @@ int main(int argc, char **argv) {
   cpdl_config_init(&base);
   base.batch = 8;
   base.cp = 2;
-  base.slots = 2;
   if (cpdl_config_parse(&base, extra)) {
     fprintf(stderr, "bench_leader: --config: %s\n", cpdl_last_error());
     return 2;
@@ -293,11 +305,12 @@ int main(int argc, char **argv) {
   if (getloadavg(load, 3) < 0)
     load[0] = -1;
   printf("# bench_leader: %ld cores online, load average %.2f; batch %d, cp %d, mode %s, "
-         "collate %s, slots %d, source %s\n", cores, load[0], base.batch, base.cp,
+         "collate %s, slots %d (0: sized), source %s\n", cores, load[0], base.batch, base.cp,
          cpdl_mode_name(base.mode), base.collate, base.slots,
          base.source[0] ? base.source : "synthetic:");
-  printf("%9s %3s %9s %12s %10s %12s %6s %12s %13s %14s\n", "seq_len", "t", "step_MiB",
-         "memcpy_GB/s", "prep_GB/s", "prep/memcpy", "x1", "cpu_ms/step", "busiest_ms", "GB/s_1core_each");
+  printf("%9s %3s %9s %5s %4s %12s %10s %12s %6s %12s %11s %15s\n", "seq_len", "t", "step_MiB",
+         "slots", "sets", "memcpy_GB/s", "prep_GB/s", "prep/memcpy", "x1", "cpu_ms/step",
+         "busiest_ms", "GB/s_1core_each");
   int status = 0;
   static char json[MAX_ROWS][320]; /* printed after the table */
   int n_json = 0;
@@ -321,7 +334,8 @@ int main(int argc, char **argv) {
       cfg.threads = (int)nt;
       double prep = 0, cpu_ms = 0, busiest_ms = 0;
       size_t bytes = 0;
-      int rc = producer_gbps(&cfg, steps, &prep, &bytes, &cpu_ms, &busiest_ms);
+      cpdl_tools_memory_t sizing = {0};
+      int rc = producer_gbps(&cfg, steps, &prep, &bytes, &cpu_ms, &busiest_ms, &sizing);
       if (rc) {
         fprintf(stderr, "bench_leader: S=%lld threads=%ld: %s: %s\n", (long long)S, nt,
                 cpdl_err_name(rc), cpdl_last_error());
@@ -332,9 +346,9 @@ int main(int argc, char **argv) {
       if (nt == 1)
         prep1 = prep;
       double own = busiest_ms > 0 ? (double)bytes / (busiest_ms * 1e-3) * 1e-9 : 0;
-      printf("%9lld %3ld %9.1f %12.2f %10.2f %12.2f %6.2f %12.1f %13.1f %14.2f\n", (long long)S,
-             nt, (double)bytes / (1 << 20), copy, prep, prep / copy, prep1 > 0 ? prep / prep1 : 0,
-             cpu_ms, busiest_ms, own);
+      printf("%9lld %3ld %9.1f %5d %4d %12.2f %10.2f %12.2f %6.2f %12.1f %11.1f %15.2f\n",
+             (long long)S, nt, (double)bytes / (1 << 20), sizing.slots, sizing.collate_sets, copy,
+             prep, prep / copy, prep1 > 0 ? prep / prep1 : 0, cpu_ms, busiest_ms, own);
       if (n_json < MAX_ROWS)
         snprintf(json[n_json++], sizeof json[0], "{\"bench\": \"leader\", \"seq_len\": %lld, \"threads\": %ld, \"batch\": %d, "
              "\"cp\": %d, \"mode\": \"%s\", \"step_bytes\": %zu, \"memcpy_gbps\": %.3f, "
