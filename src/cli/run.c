@@ -331,7 +331,7 @@ static int run_loop(run_t *R) {
     R->lat[R->n_lat++] = (t1 - t0) * 1e6;
     R->checksum += touch(&batch);
     for (int f = 0; f < batch.n_fields; f++)
-      if (strcmp(batch.fields[f].name, "labels") == 0)
+      if (strcmp(batch.fields[f].name, cpdl_field_name(CPDL_FIELD_LABELS)) == 0)
         R->tokens += (double)(batch.fields[f].shape[0] * batch.fields[f].shape[1]);
     if (flags->dump && (rc = dump_view(flags->dump, &batch, &R->cfg))) {
       report_error(R->rank, "dump", rc);
