@@ -27,9 +27,11 @@
  *   position ids 0.. through the document and its padding). A document whose
  *   padded pairs no longer fit waits for the next row, and the row's tail
  *   becomes padding of its last document; a document longer than a whole row
- *   fills it and continues in the next. Adds loss_mask and, int32, cu_seqlens
- *   (real lengths) and cu_seqlens_padded, each of capacity S/m + 1 entries
- *   whose tail repeats the last boundary, and max_seqlen [1].
+ *   fills it and continues in the next. Adds loss_mask (float32, the one
+ *   loss_mask dtype) and, int32, cu_seqlens (real lengths) and
+ *   cu_seqlens_padded, each of capacity S/m + 1 entries whose tail repeats
+ *   the last boundary (the row counts its n+1 valid ones: collate_lengths),
+ *   and max_seqlen [1]. Names and dtypes: the vocabulary (cpdl/fields.h).
  * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
  *   Which documents a thd row holds is decided by cpdl__thd_plan_row from
  *   lengths alone, the code that also counts an epoch's thd rows.

@@ -134,7 +134,7 @@ int64_t cpdl__perm_size(const cpdl__perm_t *perm);
 int64_t cpdl__perm_at(cpdl__perm_t *perm, uint64_t epoch, int64_t position);
 
 /* ---- collate.c ------------------------------------------------------------
- * Turns documents into [batch, seq_len] int64 tensors
+ * Turns documents into [batch, seq_len] tensors (int64; thd's loss_mask float32)
  * (docs/design.md#the-data-path); see collate.c for the exact window and
  * position rules. Documents come through a cpdl__doc_order_t, so tests need
  * no plugin; an epoch's last position is followed by CPDL_EEOF. */

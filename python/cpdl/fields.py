@@ -67,6 +67,8 @@ def names(role=None):
 
 
 def __getattr__(attr):
+    if attr.startswith("__"):  # introspection (copy, pickle, doctest) loads no library
+        raise AttributeError(attr)
     for f in table():
         if _constant_name(f.name) == attr:
             return f.name
