@@ -550,7 +550,8 @@ int cpdl__collate_spec(const cpdl__collate_params_t *p, cpdl_tensor_t *fields, i
                                         CPDL_FIELD_ATTENTION_MASK};
   static const cpdl_field_id_t thd[] = {CPDL_FIELD_INPUT_IDS, CPDL_FIELD_LABELS,
                                         CPDL_FIELD_POSITION_IDS, CPDL_FIELD_LOSS_MASK};
-  const cpdl_field_id_t *ids = p->thd_multiple > 0 ? thd : p->kind == CPDL__COLLATE_PACK ? pack : pad;
+  const cpdl_field_id_t *ids =
+      p->thd_multiple > 0 ? thd : p->kind == CPDL__COLLATE_PACK ? pack : pad;
   int n2 = p->thd_multiple > 0 || p->kind == CPDL__COLLATE_PACK ? 4 : 3;
   for (int i = 0; i < n2; i++) /* [batch, seq_len], each in the vocabulary's dtype */
     set_field(&fields[i], ids[i], 2, p->batch, p->seq_len);

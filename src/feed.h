@@ -89,7 +89,8 @@ int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* Collate the next step. On return fields[0..*n_fields) describe tensors of
  * shape [batch, seq_len] (or the npy plugin's arrays) owned by the feed, valid
  * until the next call. Fields are named from the vocabulary (cpdl/fields.h);
- * CPDL_FIELD_LOSS_MASK, if present, is the loss mask (float32). Shapes and dtypes are the spec's for every step.
+ * CPDL_FIELD_LOSS_MASK, if present, is the loss mask (float32). Shapes and
+ * dtypes are the spec's for every step.
  * \return 0, CPDL_EEOF (gpt: its last full global batch is behind), or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* Steps from the cursor to the end of epoch `epochs` - 1, at most cap

@@ -5,7 +5,8 @@
 #include <string.h>
 
 static const cpdl_field_info_t fields[CPDL_FIELD_COUNT] = {
-#define ENTRY(id, name, role, dtype) [CPDL_FIELD_##id] = {name, CPDL_ROLE_##role, CPDL_DTYPE_##dtype},
+#define ENTRY(id, name, role, dtype) \
+  [CPDL_FIELD_##id] = {name, CPDL_ROLE_##role, CPDL_DTYPE_##dtype},
     CPDL_FIELD_MAP(ENTRY)
 #undef ENTRY
 };

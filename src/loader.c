@@ -160,7 +160,8 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return rc;
   for (int pass = 0; pass < 2 && !L->data_batch; pass++)
     for (int i = 0; i < n_inputs && !L->data_batch; i++)
-      if (inputs[i].ndim >= 2 && (pass || strcmp(inputs[i].name, cpdl_field_name(CPDL_FIELD_INPUT_IDS)) == 0)) {
+      if (inputs[i].ndim >= 2 &&
+          (pass || strcmp(inputs[i].name, cpdl_field_name(CPDL_FIELD_INPUT_IDS)) == 0)) {
         L->data_batch = inputs[i].shape[0];
         L->data_seq_len = inputs[i].shape[1];
       }

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define ALIGN 64 /* every field's offset in its block */
+/* The name of vocabulary field CPDL_FIELD_<id> (cpdl/fields.h). */
+#define FIELD(id) cpdl_field_name(CPDL_FIELD_##id)
 
 void cpdl_prep_params_init(cpdl_prep_params_t *params) {
   if (!params) {
@@ -402,11 +404,11 @@ static int rule_labels(cpdl_prep_plan_t *plan, const build_t *b) {
   unsigned char pad[8] = {0};
   int labels_src = labels >= 0 ? labels : loss_mask;
   store_int(plan->in[labels_src].dtype, pad, -100);
-  if ((rc = add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_LABELS), labels_src, 1, pad)) < 0)
+  if ((rc = add_seq_copy(plan, FIELD(LABELS), labels_src, 1, pad)) < 0)
     return rc;
   if (labels >= 0 && loss_mask >= 0) {
     memset(pad, 0, sizeof pad);
-    return add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_LOSS_MASK), loss_mask, 1, pad);
+    return add_seq_copy(plan, FIELD(LOSS_MASK), loss_mask, 1, pad);
   }
   return 0;
 }
@@ -424,11 +426,11 @@ static int rule_positions(cpdl_prep_plan_t *plan, const build_t *b) {
       shape[bd] = plan->batch;
       fs.row_div = plan->batch;
     }
-    return add_field(plan, cpdl_field_name(CPDL_FIELD_POSITION_IDS), t->dtype, t->ndim, shape, sd, 0, &fs);
+    return add_field(plan, FIELD(POSITION_IDS), t->dtype, t->ndim, shape, sd, 0, &fs);
   }
   if (b->params->cp_size > 1 || b->params->tp_size > 1) {
     field_spec_t fs = {.kind = SRC_ARANGE, .input = -1, .row_div = 1};
-    return add_field(plan, cpdl_field_name(CPDL_FIELD_POSITION_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
+    return add_field(plan, FIELD(POSITION_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
   }
   return 0;
 }
@@ -439,7 +441,7 @@ static int rule_padding_mask(cpdl_prep_plan_t *plan, const build_t *b) {
   if (pad_mask >= 0) {
     unsigned char pad[8] = {0};
     store_int(plan->in[pad_mask].dtype, pad, 1);
-    return add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_PADDING_MASK), pad_mask, 1, pad);
+    return add_seq_copy(plan, FIELD(PADDING_MASK), pad_mask, 1, pad);
   }
   if (b->by_role[ROLE_ATTENTION] < 0)
     return 0;
@@ -447,7 +449,7 @@ static int rule_padding_mask(cpdl_prep_plan_t *plan, const build_t *b) {
   fs.pad_v = 1;
   fs.real_v = 0;
   set_pad_int(&fs, CPDL_DTYPE_BOOL, 1);
-  return add_field(plan, cpdl_field_name(CPDL_FIELD_PADDING_MASK), CPDL_DTYPE_BOOL, 2, b->bs_shape, 1, 0, &fs);
+  return add_field(plan, FIELD(PADDING_MASK), CPDL_DTYPE_BOOL, 2, b->bs_shape, 1, 0, &fs);
 }
 
 /* Rule 5: _packed_seq_ids given (padded with 0) or derived: 1 on real tokens, 0 on padding
@@ -456,14 +458,14 @@ static int rule_packed_seq_ids(cpdl_prep_plan_t *plan, const build_t *b) {
   int packed = b->by_role[ROLE_PACKED];
   unsigned char pad[8] = {0};
   if (packed >= 0)
-    return add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_PACKED_SEQ_IDS), packed, 1, pad);
+    return add_seq_copy(plan, FIELD(PACKED_SEQ_IDS), packed, 1, pad);
   if (b->params->mode == CPDL_MODE_THD)
     return 0; /* cu_seqlens states the documents */
   field_spec_t fs = b->mask;
   fs.pad_v = 0;
   fs.real_v = 1;
   set_pad_int(&fs, CPDL_DTYPE_INT64, 0);
-  return add_field(plan, cpdl_field_name(CPDL_FIELD_PACKED_SEQ_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
+  return add_field(plan, FIELD(PACKED_SEQ_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
 }
 
 /* Multimodal fields (padded with 0), then the metadata fields the caller named, in its order;
@@ -472,10 +474,10 @@ static int rule_metadata(cpdl_prep_plan_t *plan, const build_t *b) {
   unsigned char pad[8] = {0};
   int rc;
   if (b->by_role[ROLE_MM_TYPES] >= 0 &&
-      (rc = add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_MM_TOKEN_TYPE_IDS), b->by_role[ROLE_MM_TYPES], 1, pad)) < 0)
+      (rc = add_seq_copy(plan, FIELD(MM_TOKEN_TYPE_IDS), b->by_role[ROLE_MM_TYPES], 1, pad)) < 0)
     return rc;
   if (b->by_role[ROLE_PER_LAYER] >= 0 &&
-      (rc = add_seq_copy(plan, cpdl_field_name(CPDL_FIELD_PER_LAYER_INPUTS), b->by_role[ROLE_PER_LAYER], 1, pad)) < 0)
+      (rc = add_seq_copy(plan, FIELD(PER_LAYER_INPUTS), b->by_role[ROLE_PER_LAYER], 1, pad)) < 0)
     return rc;
   for (int m = 0; m < b->params->n_metadata; m++) {
     int in = b->meta_in[m];
@@ -497,7 +499,7 @@ static int rule_thd_bounds(cpdl_prep_plan_t *plan, const build_t *b) {
   if (b->params->mode != CPDL_MODE_THD)
     return 0;
   for (int i = 0; i < plan->n_inputs; i++)
-    if (strcmp(plan->in[i].name, cpdl_field_name(CPDL_FIELD_CU_SEQLENS_PADDED)) == 0)
+    if (strcmp(plan->in[i].name, FIELD(CU_SEQLENS_PADDED)) == 0)
       plan->thd_bounds = i;
   if (plan->thd_bounds < 0)
     return cpdl__error(CPDL_EFIELD, "mode thd partitions each document by 'cu_seqlens_padded', "
