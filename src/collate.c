@@ -159,6 +159,38 @@ int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_o
   return 0;
 }
 
+void cpdl__collate_single_buffer(cpdl__collate_t *c) {
+  if (c->n_sets < 2)
+    return;
+  for (int b = 0; b < 4; b++) {
+    free(c->sets[1][b]);
+    c->sets[1][b] = NULL;
+  }
+  for (int b = 0; b < 3; b++) {
+    free(c->thd_sets[1][b]);
+    c->thd_sets[1][b] = NULL;
+  }
+  free(c->doc_id_sets[1]);
+  c->doc_id_sets[1] = NULL;
+  c->n_sets = 1;
+  c->current = 0; /* the first begin() stays on set 0 */
+  c->params.double_buffer = false;
+}
+
+uint64_t cpdl__collate_buffer_bytes(const cpdl__collate_t *c, uint64_t *set_bytes) {
+  /* Mirrors cpdl__collate_create's allocations (sizes it checked there). */
+  uint64_t elems = (uint64_t)c->params.batch * (uint64_t)c->params.seq_len;
+  uint64_t set = (c->params.kind == CPDL__COLLATE_PACK ? 4u : 3u) * elems * sizeof(int64_t);
+  if (c->params.thd_multiple > 0) {
+    set += (2 * (uint64_t)c->thd_capacity + 1) * sizeof(int32_t);
+    if (c->params.thd_doc_ids)
+      set += (uint64_t)(c->thd_capacity - 1) * sizeof(int64_t);
+  }
+  if (set_bytes)
+    *set_bytes = set;
+  return (uint64_t)c->n_sets * set + ((uint64_t)c->params.seq_len + 1) * sizeof(int64_t);
+}
+
 void cpdl__collate_destroy(cpdl__collate_t *c) {
   if (!c)
     return;

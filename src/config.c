@@ -48,7 +48,7 @@ typedef struct {
   bool suffix;     /* accepts K/M/G (1024-based) */
   bool stream;     /* decides the stream of batches: a resume state must match it
                       (the layout — cp, tp, order, and dp through the rank
-                      count — and steps, slots, threads, pin, timeouts may
+                      count — and steps, slots, ring_bytes, threads, pin, timeouts may
                       change between a run and its resumption) */
 } config_key_t;
 
@@ -63,7 +63,7 @@ static const config_key_t keys[] = {
     {"seq_len", KEY_I64, MEMBER(seq_len), 1, INT64_C(1) << 40, true, true},
     {"batch", KEY_INT, MEMBER(batch), 1, 1 << 24, true, true},
     {"steps", KEY_I64, MEMBER(steps), 0, INT64_MAX, true, false},
-    {"slots", KEY_INT, MEMBER(slots), 2, CPDL__RING_MAX_SLOTS, false, false},
+    {"slots", KEY_INT, MEMBER(slots), 0, CPDL__RING_MAX_SLOTS, false, false},
     {"mode", KEY_MODE, MEMBER(mode), 0, 0, false, true},
     {"seed", KEY_U64, MEMBER(seed), 0, 0, false, true},
     {"source", KEY_SOURCE, MEMBER(source), 0, 0, false, true},
@@ -81,6 +81,7 @@ static const config_key_t keys[] = {
      * (and layout) without losing or repeating a row. */
     {"schedule", KEY_SCHEDULE, MEMBER(schedule), 0, 0, false, false},
     {"cost", KEY_COST, MEMBER(cost), 0, 0, false, false},
+    {"ring_bytes", KEY_I64, MEMBER(ring_bytes), 0, INT64_C(1) << 50, true, false},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -109,7 +110,7 @@ void cpdl_config_init(cpdl_config_t *cfg) {
   cfg->seq_len = 4096;
   cfg->batch = 1;
   cfg->steps = 100;
-  cfg->slots = 4;
+  cfg->slots = 0; /* sized by need (sizing.c) */
   cfg->mode = CPDL_MODE_CONTIGUOUS;
   cfg->seed = 1234;
   snprintf(cfg->source, sizeof cfg->source, "synthetic:");
@@ -124,6 +125,7 @@ void cpdl_config_init(cpdl_config_t *cfg) {
   cfg->epochs = 0; /* 1 when steps=0 (cpdl__config_epochs) */
   snprintf(cfg->schedule, sizeof cfg->schedule, "static");
   snprintf(cfg->cost, sizeof cfg->cost, "%.0f,%.0f", CPDL__SCHEDULE_COST_A, CPDL__SCHEDULE_COST_B);
+  cfg->ring_bytes = 0; /* CPDL__RING_BYTES_DEFAULT */
 }
 
 uint64_t cpdl__config_epochs(const cpdl_config_t *cfg) {
@@ -259,6 +261,9 @@ static int apply(cpdl_config_t *cfg, const config_key_t *key, const char *value)
     int64_t v = 0;
     if ((rc = parse_i64(key, value, &v)) < 0)
       return rc;
+    if (field == (char *)&cfg->slots && v == 1) /* a ring needs a slot to fill and one to read */
+      return cpdl__error(CPDL_EARG, "config key 'slots': 1 is out of range (expected 0, sized by "
+                         "need, or 2 .. %u)", CPDL__RING_MAX_SLOTS);
     *(int *)field = (int)v; /* range-checked against an int-sized [min, max] */
     return 0;
   }

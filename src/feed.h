@@ -8,6 +8,7 @@
 
 #include "base.h"
 #include "cpdl.h"
+#include "cpdl/plugin.h" /* cpdl_source_params_t */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,10 +28,12 @@ typedef struct cpdl__sample {
   int64_t n_tokens;
   int token_bytes;         /* 2, 4 or 8 (unsigned 16/32 bit, or int64) */
 } cpdl__sample_t;
-/* \return 0, CPDL_EPLUGIN (unknown scheme: lists known ones; ABI mismatch:
+/* The URI goes to the plugin as given; `params` (NULL: none) are the
+ * loader's parameters (plugin.h, cpdl_source_params_t), lent for the call.
+ * \return 0, CPDL_EPLUGIN (unknown scheme: lists known ones; ABI mismatch:
  *         both versions; missing symbol; dlerror() text), CPDL_ESOURCE,
  *         CPDL_ECORRUPT (file, offset, what was expected). */
-int cpdl__source_open(const char *uri, cpdl__source_t **out);
+int cpdl__source_open(const char *uri, const cpdl_source_params_t *params, cpdl__source_t **out);
 const char *cpdl__source_name(const cpdl__source_t *src);  /* plugin name */
 int64_t cpdl__source_count(const cpdl__source_t *src);      /* samples */
 int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out);
@@ -52,6 +55,10 @@ bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close
 /* Sources with one global sample order (CPDL_SOURCE_GLOBAL_ORDER: gpt): sample
  * `index` as one training row of `width` positions (plugin.h, read_row). */
 bool cpdl__source_global_order(const cpdl__source_t *src);
+/* Global-order sources: the samples consumed before the stream begins (the
+ * plugin's consumed(), e.g. gpt:'s consumed_samples=; 0 without one).
+ * \return 0, CPDL_EPLUGIN (a value outside [0, count]). */
+int cpdl__source_consumed(const cpdl__source_t *src, int64_t *consumed);
 int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int64_t *input_ids,
                           int64_t *labels, float *loss_mask, int64_t *position_ids);
 /* Documents: sample i is document i unless the plugin says otherwise
@@ -116,6 +123,14 @@ void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
+/* Before the first cpdl__feed_next(): one output set only (the loader's
+ * sizing found no room or no use for the second: sizing.c); the feed is no
+ * longer double-buffered. */
+void cpdl__feed_single_buffer(cpdl__feed_t *feed);
+/* Bytes of the output buffers the feed itself allocated (collate sets and
+ * scratch; 0 for pre-collated sources, whose tensors are the source's
+ * mappings); *set_bytes (may be NULL): one output set's. */
+uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes);
 /* "tokens", "rows" or "batches" (feed_kind.h). */
 const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 
@@ -169,6 +184,11 @@ int cpdl__collate_parse(const char *name, cpdl__collate_kind_t *out);
 int cpdl__collate_create(const cpdl__collate_params_t *params, const cpdl__doc_order_t *order,
                          cpdl__collate_t **out);
 void cpdl__collate_destroy(cpdl__collate_t *collate);
+/* Before the first begin(): keep one output set (free the second). */
+void cpdl__collate_single_buffer(cpdl__collate_t *collate);
+/* Bytes of every buffer the collate allocated: its output sets and its
+ * token window; *set_bytes (may be NULL) gets one set's. */
+uint64_t cpdl__collate_buffer_bytes(const cpdl__collate_t *collate, uint64_t *set_bytes);
 /* A step: begin() moves to the next output set (with double_buffer the
  * previous step's set stays intact, so one thread may prepare step k while
  * another collates k+1); row(b) fills row b from the cursor and moves the

@@ -61,6 +61,10 @@ struct cpdl__feed_ops {
    * into cursor words CPDL__CURSOR_POSITION and CPDL__CURSOR_OFFSET. */
   int (*position)(cpdl__feed_t *feed, int64_t index, uint64_t *words);
   void (*close)(cpdl__feed_t *feed);
+  /* Optional (double-buffered kinds): before the first step, keep one output set. */
+  void (*single_buffer)(cpdl__feed_t *feed);
+  /* Optional: bytes of the kind's own output buffers, all sets (one in *set_bytes). */
+  uint64_t (*buffer_bytes)(const cpdl__feed_t *feed, uint64_t *set_bytes);
 };
 
 /* Each kind's open: fills feed->ops, impl, unit, rolls, double_buffer. */

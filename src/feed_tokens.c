@@ -584,6 +584,14 @@ static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *c
   return 0;
 }
 
+static void tokens_single_buffer(cpdl__feed_t *feed) {
+  cpdl__collate_single_buffer(((tokens_t *)feed->impl)->collate);
+}
+
+static uint64_t tokens_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes) {
+  return cpdl__collate_buffer_bytes(((const tokens_t *)feed->impl)->collate, set_bytes);
+}
+
 static const cpdl__feed_ops_t tokens_ops = {
     .name = "tokens",
     .enter = tokens_enter,
@@ -596,6 +604,8 @@ static const cpdl__feed_ops_t tokens_ops = {
     .spec = tokens_spec,
     .position = tokens_position,
     .close = tokens_close,
+    .single_buffer = tokens_single_buffer,
+    .buffer_bytes = tokens_buffer_bytes,
 };
 
 int cpdl__feed_tokens_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {

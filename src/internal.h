@@ -250,6 +250,28 @@ typedef struct cpdl__producer_args {
 int cpdl__producer_start(const cpdl__producer_args_t *args, cpdl__producer_t **out);
 /* Stop, join and free (NULL is a no-op). */
 void cpdl__producer_stop(cpdl__producer_t *producer);
+/* Collate output sets the threads use for steps of step_bytes with n_threads:
+ * 2 where one thread collates step k+1 while the others prepare step k, else
+ * 1. Pure; the loader sizes the feed's buffers by it (sizing.c). */
+int cpdl__producer_collate_sets(size_t step_bytes, int n_threads);
+
+/* ---- sizing.c ---------------------------------------------------------------
+ * The ring's slots and the collate's output sets, from bytes and need (the
+ * formula: include/cpdl/tools.h, cpdl_tools_memory_t). Pure. */
+#define CPDL__SLOTS_NEED 2 /* one step held by the consumers + the one being written */
+#define CPDL__SLOTS_MAX 4  /* a sized ring's lookahead cap */
+#define CPDL__RING_BYTES_DEFAULT ((uint64_t)64 << 20)
+struct cpdl_tools_memory;
+/* Fill slots, slot/ring bytes and collate_sets of *out (and the formula's
+ * inputs) for steps of n_regions blocks of rank_block_bytes plus
+ * shared_block_bytes; max_collate_sets: 2 where the producer pipelines
+ * collation (cpdl__producer_collate_sets) and the feed can double buffer.
+ * Leaves ctrl, segment and collate bytes to the caller.
+ * \return 0, CPDL_EARG (slots=1; ring_bytes= holding fewer than 2 steps:
+ *         the message gives the bytes needed), CPDL_EOVERFLOW. */
+int cpdl__sizing_plan(const cpdl_config_t *cfg, uint64_t rank_block_bytes,
+                      uint64_t shared_block_bytes, int n_regions, int max_collate_sets,
+                      struct cpdl_tools_memory *out);
 
 /* ---- state.c --------------------------------------------------------------
  * The resume state's bytes (layout: include/cpdl/loader.h, docs/state.md). Pure. */
@@ -279,6 +301,8 @@ int cpdl__state_decode(const void *buf, size_t size, cpdl__state_view_t *out);
 
 /* ---- loader.c (internals behind cpdl/tools.h, the benchmarks and tests) ---- */
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *loader);
+/* The group's memory sizing (cpdl_tools_memory; out->struct_size is kept). */
+void cpdl__loader_memory(const cpdl_loader_t *loader, struct cpdl_tools_memory *out);
 const cpdl__team_t *cpdl__loader_world(const cpdl_loader_t *loader);
 /* Collective over the loader's world: the element-wise minimum of n values,
  * its waits watching this host's ranks as open's do (a death is CPDL_EPEER

@@ -144,6 +144,7 @@ typedef struct segment_info {
   uint64_t ctrl_bytes;
   uint64_t nonce;
   uint64_t config_hash;
+  cpdl_tools_memory_t memory; /* the leader's sizing (sizing.c), reported by every member */
 } segment_info_t;
 
 /* Leader: open the feed, plan the layout from its spec (no batch is
@@ -194,17 +195,37 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
   for (int i = 0; i < n_fields; i++)
     fields[i] = *cpdl_prep_plan_field(L->plan, i);
   long page = sysconf(_SC_PAGESIZE);
+  size_t rank_block = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(L->plan), (size_t)page);
+  size_t shared_block = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(L->plan), (size_t)page);
+  /* Slots and collate sets by bytes and need (sizing.c); the feed drops its
+   * second output set before the first step when the sizing has no room for it. */
+  cpdl_tools_memory_t *mem = &info->memory;
+  int max_sets = cpdl__feed_double_buffered(L->feed)
+                     ? cpdl__producer_collate_sets(cpdl_prep_plan_rank_bytes(L->plan) *
+                                                       (size_t)L->mesh.n_local_cp +
+                                                       cpdl_prep_plan_shared_bytes(L->plan),
+                                                   L->cfg.threads)
+                     : 1;
+  if ((rc = cpdl__sizing_plan(&L->cfg, rank_block, shared_block, L->mesh.n_local_cp, max_sets,
+                              mem)))
+    return rc;
+  if (mem->collate_sets < 2)
+    cpdl__feed_single_buffer(L->feed);
+  mem->collate_bytes = cpdl__feed_buffer_bytes(L->feed, &mem->collate_set_bytes);
   cpdl__ring_geometry_t geo = {
-      .n_slots = (uint32_t)L->cfg.slots,
+      .n_slots = (uint32_t)mem->slots,
       .n_regions = (uint32_t)L->mesh.n_local_cp,
       .n_consumers = (uint32_t)L->mesh.me.group_size,
       .n_fields = (uint32_t)n_fields,
-      .slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_rank_bytes(L->plan), (size_t)page),
-      .shared_slot_bytes = CPDL__ALIGN_UP(cpdl_prep_plan_shared_bytes(L->plan), (size_t)page),
+      .slot_bytes = rank_block,
+      .shared_slot_bytes = shared_block,
   };
   rc = cpdl__ring_sizes(&geo, &L->ctrl_bytes, &L->total_bytes);
   if (rc)
     return rc;
+  mem->ctrl_bytes = L->ctrl_bytes;
+  mem->segment_bytes = L->total_bytes;
+  mem->group_bytes = mem->segment_bytes + mem->collate_bytes;
   rc = cpdl__shm_create(L->total_bytes, &L->shm);
   if (rc)
     return rc;
@@ -238,6 +259,7 @@ static int consumer_attach(cpdl_loader_t *L, const segment_info_t *info) {
   L->total_bytes = info->size;
   L->ctrl_bytes = info->ctrl_bytes;
   L->nonce = info->nonce;
+  L->memory = info->memory;
   int rc = cpdl__shm_attach(info->name, info->size, info->ctrl_bytes, true, &L->view_shm);
   if (rc)
     return rc;
@@ -314,9 +336,10 @@ static void loader_free(cpdl_loader_t *L) {
 static int validate_config(const cpdl_config_t *cfg) {
   if (!cfg || cfg->struct_size < sizeof(cpdl_config_t))
     return cpdl__error(CPDL_EARG, "cpdl_config_t not initialized (call cpdl_config_init first)");
-  if (cfg->cp < 1 || cfg->tp < 1 || cfg->slots < 2 || cfg->batch < 1 || cfg->seq_len < 1)
+  if (cfg->cp < 1 || cfg->tp < 1 || cfg->slots < 0 || cfg->slots == 1 || cfg->batch < 1 ||
+      cfg->seq_len < 1 || cfg->ring_bytes < 0)
     return cpdl__error(CPDL_EARG, "invalid configuration: cp=%d tp=%d slots=%d batch=%d seq_len=%lld "
-                       "(need cp, tp, batch, seq_len >= 1 and slots >= 2)",
+                       "(need cp, tp, batch, seq_len >= 1 and slots 0 (sized by need) or >= 2)",
                        cfg->cp, cfg->tp, cfg->slots, cfg->batch, (long long)cfg->seq_len);
   if (cfg->threads < 1 || cfg->threads > CPDL__MAX_THREADS)
     return cpdl__error(CPDL_EARG, "threads=%d is out of range 1..%d", cfg->threads, CPDL__MAX_THREADS);
@@ -724,6 +747,12 @@ size_t cpdl_loader_segment_bytes(const cpdl_loader_t *L) {
 }
 
 const cpdl__pin_t *cpdl__loader_pin(const cpdl_loader_t *L) { return L->pin; }
+
+void cpdl__loader_memory(const cpdl_loader_t *L, cpdl_tools_memory_t *out) {
+  size_t size = out->struct_size;
+  *out = L->memory;
+  out->struct_size = size;
+}
 
 int cpdl__loader_wait_ready(cpdl_loader_t *L) {
   int rc = cpdl__loader_check_owner(L, "cpdl_loader_next");

@@ -8,6 +8,8 @@
 
 #include "internal.h"
 
+#include "cpdl/tools.h"
+
 #define MAX_GROUP ((int)CPDL__RING_MAX_CONSUMERS) /* one ring consumer per group member */
 
 struct cpdl_loader {
@@ -30,6 +32,7 @@ struct cpdl_loader {
   uint64_t config_hash;
   size_t ctrl_bytes;
   size_t total_bytes;
+  cpdl_tools_memory_t memory; /* the group's sizing, from the leader (sizing.c) */
 
   /* This host's other ranks (pid, pidfd), watched by open/restore/close's
    * collectives; the group's members among them by group rank (NULL: self,

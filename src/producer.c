@@ -246,12 +246,18 @@ static void *publisher_main(void *arg) {
  * work it spreads (measured: 8K-token steps ran at half the rate). */
 #define SPLIT_MIN_STEP_BYTES ((size_t)4 << 20)
 
+int cpdl__producer_collate_sets(size_t step_bytes, int n_threads) {
+  return n_threads > 1 && step_bytes >= SPLIT_MIN_STEP_BYTES ? 2 : 1;
+}
+
 static int start_threads(cpdl__producer_t *P) {
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
   size_t step_bytes = cpdl_prep_plan_rank_bytes(P->args.plan) * geo->n_regions +
                       cpdl_prep_plan_shared_bytes(P->args.plan);
   if (step_bytes < SPLIT_MIN_STEP_BYTES)
     P->n_threads = 1;
+  /* With one output set (the loader's sizing, sizing.c) the feed is not
+   * double-buffered and collation runs before each step's preparation. */
   P->pipelined = P->n_threads > 1 && cpdl__feed_double_buffered(P->args.feed);
   P->n_prep = P->pipelined ? P->n_threads - 1 : P->n_threads;
   atomic_store(&P->stopping, false);

@@ -29,7 +29,7 @@
 #define SHM_DIR "/dev/shm"
 #define CREATE_ATTEMPTS 16
 #define ENOSPACE_FIX "enlarge /dev/shm (e.g. docker run --shm-size=<bytes>, or remount it larger) " \
-                     "or lower slots/seq_len/batch"
+                     "or lower ring_bytes/slots/seq_len/batch"
 
 static char forced_name[CPDL__SHM_NAME_MAX]; /* tests only */
 

@@ -40,6 +40,16 @@ CPDL_API int cpdl_tools_data_shape(const cpdl_loader_t *loader, int64_t *batch,
   return 0;
 }
 
+CPDL_API int cpdl_tools_memory(const cpdl_loader_t *loader, cpdl_tools_memory_t *out) {
+  if (!loader || !out)
+    return cpdl__error(CPDL_EARG, "cpdl_tools_memory: NULL argument");
+  if (out->struct_size < sizeof *out)
+    return cpdl__error(CPDL_EARG, "cpdl_tools_memory: out->struct_size %zu is smaller than %zu: set "
+                       "it to sizeof(cpdl_tools_memory_t)", out->struct_size, sizeof *out);
+  cpdl__loader_memory(loader, out);
+  return 0;
+}
+
 CPDL_API int cpdl_tools_agree_min(cpdl_loader_t *loader, int64_t *values, int n,
                                   const char *what) {
   if (!loader || !values || n < 1 || !what)

@@ -33,7 +33,9 @@ typedef struct cpdl_config {
   int64_t seq_len;           /* seq_len    tokens per row before padding (4096) */
   int batch;                 /* batch      rows per step (1) */
   int64_t steps;             /* steps      steps to deliver, 0 = until `epochs` passes end (100) */
-  int slots;                 /* slots      ring depth (4) */
+  int slots;                 /* slots      ring depth: 0 = sized by need and ring_bytes
+                                           (docs/design.md#memory-sized-by-need), else
+                                           exactly this many, >= 2 (0) */
   cpdl_mode_t mode;          /* mode       contiguous | round_robin | aux_only | thd (docs/thd.md) */
   uint64_t seed;             /* seed       the global order's and synthetic's seed (1234) */
   char source[CPDL_SOURCE_MAX]; /* source  data-source URI ("synthetic:") */
@@ -64,6 +66,10 @@ typedef struct cpdl_config {
                                            dynamic is designed, not yet fed ("static") */
   char cost[48];             /* cost       a,b: a document of L tokens costs a*L + b*L^2, the
                                            work model of schedule= ("57256,1": Llama-3-8B) */
+  int64_t ring_bytes;        /* ring_bytes the ring's byte budget with slots=0: as many slots of
+                                           one step as fit, 2 to 4 (suffix K/M/G; 0 = 64M);
+                                           a budget given that holds fewer than 2 steps is
+                                           an error at open (0) */
 } cpdl_config_t;
 
 /** Fill in defaults (see above). A NULL cfg does nothing but leave a message. */

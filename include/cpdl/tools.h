@@ -53,6 +53,44 @@ CPDL_API int cpdl_tools_binding_report(cpdl_loader_t *loader, char **json_out);
  *  are. \return 0 or CPDL_EARG (NULL argument). */
 CPDL_API int cpdl_tools_data_shape(const cpdl_loader_t *loader, int64_t *batch, int64_t *seq_len);
 
+/** How the loader sized its memory, by need and bytes (docs/design.md,
+ *  "Memory sized by need"). One step's place in the ring is
+ *    slot_bytes = n_regions * rank_block_bytes + shared_block_bytes
+ *  and, with slots=0 (the default),
+ *    slots = clamp(budget_bytes / slot_bytes, slots_need, slots_max)
+ *  where slots_need = 2 (one step held by the consumers: the view in use, or
+ *  the step a device feed is copying — a rank holds at most one unreleased
+ *  batch — plus the one the leader writes) and slots_max = 4 (three steps of
+ *  lookahead, what a small step gets for free); slots=N sets it exactly.
+ *  The leader's collate keeps a second output set (collating step k+1 while
+ *  step k is prepared) only where its loader threads pipeline and the ring
+ *  has room to run ahead (slots >= 3); else one set. Every member of a group
+ *  reports its group's numbers (the leader sends them with the segment). */
+typedef struct cpdl_tools_memory {
+  size_t struct_size;          /* sizeof(cpdl_tools_memory_t), set by the caller */
+  int slots;                   /* the ring's slots */
+  int slots_given;             /* slots= of the configuration (0: sized by bytes) */
+  int slots_need;              /* the least the protocol needs (2) */
+  int slots_max;               /* the most a sized ring takes (4) */
+  int n_regions;               /* CP shards whose blocks each slot holds (local CP ranks) */
+  int collate_sets;            /* the leader's collate output sets: 1 or 2 */
+  uint64_t budget_bytes;       /* ring_bytes=, or its default (64 MiB) */
+  uint64_t rank_block_bytes;   /* one CP shard of one step, page-aligned */
+  uint64_t shared_block_bytes; /* the step's shared fields, page-aligned (may be 0) */
+  uint64_t slot_bytes;         /* one step: n_regions * rank_block_bytes + shared_block_bytes */
+  uint64_t ring_bytes;         /* slots * slot_bytes */
+  uint64_t ctrl_bytes;         /* the segment's control part (header, records) */
+  uint64_t segment_bytes;      /* ctrl_bytes + ring_bytes: the shared-memory segment */
+  uint64_t collate_set_bytes;  /* one collate output set (the step's collated fields) */
+  uint64_t collate_bytes;      /* every collate buffer: collate_sets * collate_set_bytes
+                                * plus the collate's scratch (its token window) */
+  uint64_t group_bytes;        /* segment_bytes + collate_bytes: the group's batch memory */
+} cpdl_tools_memory_t;
+
+/** This rank's group's memory sizing (above). Local. \return 0, CPDL_EARG
+ *  (NULL argument, or out->struct_size smaller than this header's). */
+CPDL_API int cpdl_tools_memory(const cpdl_loader_t *loader, cpdl_tools_memory_t *out);
+
 /** Collective over the loader's world: values[0..n) become the element-wise
  *  minimum over every rank, the waits watching this host's ranks as open's
  *  do (`cpdl run`'s agreement at the end of a run, where a plain MPI

@@ -140,6 +140,7 @@ class Config(ctypes.Structure):
         ("epochs", ctypes.c_int64),
         ("schedule", ctypes.c_char * 16),
         ("cost", ctypes.c_char * 48),
+        ("ring_bytes", ctypes.c_int64),
     ]
 
 
@@ -192,6 +193,7 @@ class DeviceStep(ctypes.Structure):
         ("tensors", ctypes.c_void_p * CPDL_MAX_FIELDS),
         ("dtypes", ctypes.c_int * CPDL_MAX_FIELDS),
         ("mesh", MeshCoords),
+        ("layout", ctypes.c_uint64),
     ]
 
 
@@ -215,13 +217,24 @@ class Layout(ctypes.Structure):
                                           "tp_rank", "tp_size", "pp_rank", "pp_size")]
 
 
+class ToolsMemory(ctypes.Structure):
+    """cpdl_tools_memory_t (cpdl/tools.h): the loader's memory sizing"""
+    _fields_ = [("struct_size", ctypes.c_size_t)] + [
+        (name, ctypes.c_int) for name in ("slots", "slots_given", "slots_need", "slots_max",
+                                          "n_regions", "collate_sets")] + [
+        (name, ctypes.c_uint64) for name in (
+            "budget_bytes", "rank_block_bytes", "shared_block_bytes", "slot_bytes",
+            "ring_bytes", "ctrl_bytes", "segment_bytes", "collate_set_bytes", "collate_bytes",
+            "group_bytes")]
+
+
 # Every structure, by its C name (the ABI tests walk this).
 STRUCTS = {
     "cpdl_tensor_t": Tensor, "cpdl_metadata_field_t": MetadataField,
     "cpdl_prep_params_t": PrepParams, "cpdl_prep_field_t": PrepField,
     "cpdl_config_t": Config, "cpdl_mesh_coords_t": MeshCoords,
     "cpdl_view_field_t": ViewField, "cpdl_batch_t": CBatch,
-    "cpdl_oob_t": Oob, "cpdl_layout_t": Layout,
+    "cpdl_oob_t": Oob, "cpdl_layout_t": Layout, "cpdl_tools_memory_t": ToolsMemory,
 }
 
 
@@ -268,6 +281,7 @@ FULL_SIGNATURES = dict(PREP_SIGNATURES, **{
     "cpdl_batch_release": (ctypes.c_int, [ctypes.c_void_p, _P(CBatch)]),
     "cpdl_loader_mesh": (ctypes.c_int, [ctypes.c_void_p, _P(MeshCoords)]),
     "cpdl_loader_segment_bytes": (ctypes.c_size_t, [ctypes.c_void_p]),
+    "cpdl_tools_memory": (ctypes.c_int, [ctypes.c_void_p, _P(ToolsMemory)]),
     "cpdl_loader_state_size": (ctypes.c_int, [ctypes.c_void_p, _P(ctypes.c_size_t)]),
     "cpdl_loader_state_save": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                               _P(ctypes.c_size_t)]),

@@ -561,6 +561,15 @@ class Loader:
         return int(_ffi.full().cpdl_loader_segment_bytes(self._live()))
 
     @property
+    def memory(self):
+        """The group's memory sizing (cpdl_tools_memory_t, docs/design.md "Memory sized by
+        need"): slots, bytes per slot, ring, segment and collate bytes, and the formula's
+        inputs, as a dict."""
+        mem = _ffi.ToolsMemory(struct_size=ctypes.sizeof(_ffi.ToolsMemory))
+        _check(_ffi.full().cpdl_tools_memory(self._live(), ctypes.byref(mem)))
+        return {name: int(getattr(mem, name)) for name, _ in mem._fields_ if name != "struct_size"}
+
+    @property
     def pinned(self):
         """True once this rank's region is registered with CUDA."""
         return bool(self._pinned)

@@ -28,7 +28,10 @@ Owns the measurements, over a window of --steps steps after --warmup:
   * node PSS: smaps_rollup Pss of ranks + workers at the window's end, minus
     the ranks' Pss before the way started ("data PSS"); PSS splits shared
     pages among their mappers, so cpdl's segment and torch's worker-to-rank
-    shared memory count once;
+    shared memory count once; of it, the Pss of the data set's .bin mappings
+    (page-cache pages mapped by whoever reads the file: a shuffled read maps
+    most of the file through fault-around), and cpdl's own sizing
+    (Loader.memory: slots, ring, collate bytes);
   * pinned bytes: real: torch's host allocator (host_memory_stats, where this
     torch has it); cpdl: the bytes of this rank's region registered in place;
   * bytes read per step: "touched" counted by construction (each GPTWindows
@@ -169,6 +172,22 @@ def worker_pids(it):
     return [w.pid for w in getattr(it, "_workers", []) if w.pid]
 
 
+def file_pss_bytes(pid, path):
+    """Pss of the mappings of one file (the data set's .bin) in a process."""
+    total, mine = 0, False
+    try:
+        with open("/proc/%d/smaps" % pid) as f:
+            for line in f:
+                head = line.split(None, 6)
+                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+                    mine = len(head) >= 6 and head[5].strip() == path
+                elif mine and head[0] == "Pss:":
+                    total += int(head[1]) * 1024
+    except OSError:
+        pass
+    return total
+
+
 def snapshot(pids):
     return np.array([sum(cpu_seconds(p) for p in pids), sum(pss_bytes(p) for p in pids),
                      sum(read_bytes(p) for p in pids)], np.float64)
@@ -234,7 +253,7 @@ class Mesh:
 def run_case(args, mpi, dev, way, seq_len, workers):
     cp, me = mpi.size, mpi.rank
     total = args.warmup + args.steps
-    ahead = 2 * max(workers, 1) + args.slots + 2  # prefetch keeps running past the window
+    ahead = 2 * max(workers, 1) + (args.slots or 4) + 2  # prefetch keeps running past the window
     mpi.barrier()
     if args.drop_caches and me == 0:
         try:
@@ -258,8 +277,10 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             pin_memory=dev.cuda, prefetch_factor=2, drop_last=True))
         touched_per_step = cp * args.batch * (seq_len + 1) * ds.dtype.itemsize
     else:
-        cfg = "cp=%d seq_len=%d batch=%d steps=%d slots=%d source=megatron:%s" % (
-            cp, seq_len, args.batch, total + ahead, args.slots, args.data)
+        cfg = "cp=%d seq_len=%d batch=%d steps=%d source=megatron:%s" % (
+            cp, seq_len, args.batch, total + ahead, args.data)
+        if args.slots:
+            cfg += " slots=%d" % args.slots
         if args.threads:
             cfg += " threads=%d" % args.threads
         if way == "cpdl-prefetch":
@@ -305,11 +326,14 @@ def run_case(args, mpi, dev, way, seq_len, workers):
         mpi.barrier()
         elapsed = time.perf_counter() - t_start
         s1 = snapshot(pids)
+        bin_path = os.path.realpath(args.data + ".bin")
+        file_pss = sum(file_pss_bytes(p, bin_path) for p in pids)
         case_read = s1[2] - base_read  # workers start at 0 when forked
         if way == "real":
             pinned = dev.pinned_bytes()
         elif way == "cpdl" and loader.pinned:
             pinned = b.region_bytes
+        memory = loader.memory if loader is not None else None
     finally:
         if loader is not None:
             loader.close()
@@ -318,7 +342,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
     mine_row = [pct(data_t, 0.5), pct(data_t, 0.99),
                 pct(event_t, 0.5) if event_t else -1, args.steps / elapsed,
                 d[0], s1[1] - base_pss, s1[1], case_read / total,
-                -1 if pinned is None else pinned, len(pids) - 1, pct(get_t, 0.5)]
+                -1 if pinned is None else pinned, len(pids) - 1, pct(get_t, 0.5), file_pss]
     g = mpi.gather(mine_row)
     if me != 0:
         return None
@@ -330,6 +354,7 @@ def run_case(args, mpi, dev, way, seq_len, workers):
             "group_steps_per_s": g[:, 3].min(),
             "node_cpu_s_per_step": g[:, 4].sum() / args.steps,
             "node_data_pss_bytes": int(g[:, 5].sum()), "node_pss_bytes": int(g[:, 6].sum()),
+            "node_file_pss_bytes": int(g[:, 11].sum()), "cpdl_memory": memory,
             "node_pinned_bytes": None if (g[:, 8] < 0).any() else int(g[:, 8].sum()),
             "node_read_bytes_per_step": g[:, 7].sum(),
             "touched_bytes_per_step": touched_per_step, "caches_dropped": dropped,
@@ -340,19 +365,22 @@ def run_case(args, mpi, dev, way, seq_len, workers):
 
 def table(rows):
     head = ("| S | cp | way | workers | data p50 µs (next() part) | data p99 µs | steps/s |"
-            " node CPU ms/step | node data PSS MiB | pinned MiB | touched MiB/step |"
+            " node CPU ms/step | node data PSS MiB (of it the .bin's pages) | pinned MiB | touched MiB/step |"
             " read_bytes MiB/step |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         s = r["seq_len"]
         pinned = r.get("node_pinned_bytes")
-        lines.append("| %s | %d | %s | %s | %.1f (%.1f) | %.1f | %.2f | %.1f | %.1f | %s | %.1f | %.1f |" % (
+        file_pss = r.get("node_file_pss_bytes")
+        pss = "%.1f" % (r["node_data_pss_bytes"] / 2**20) + (
+            "" if file_pss is None else " (%.1f)" % (file_pss / 2**20))
+        lines.append("| %s | %d | %s | %s | %.1f (%.1f) | %.1f | %.2f | %.1f | %s | %s | %.1f | %.1f |" % (
             "%dK" % (s >> 10) if s < 1 << 20 else "%dM" % (s >> 20), r["cp"],
             "**%s**" % r["way"] if r["way"].startswith("cpdl") else r["way"],
             r["workers"] if r["way"] == "real" else "–", r["data_p50_us"],
             r.get("get_p50_us", float("nan")), r["data_p99_us"],
             r["group_steps_per_s"], r["node_cpu_s_per_step"] * 1e3,
-            r["node_data_pss_bytes"] / 2**20, "–" if pinned is None else "%.1f" % (pinned / 2**20),
+            pss, "–" if pinned is None else "%.1f" % (pinned / 2**20),
             r["touched_bytes_per_step"] / 2**20, r["node_read_bytes_per_step"] / 2**20))
     return "\n".join(lines)
 
@@ -366,7 +394,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--slots", type=int, default=4)
+    ap.add_argument("--slots", type=int, default=0,
+                    help="cpdl ring slots (0: the loader's default, sized by need)")
     ap.add_argument("--threads", type=int, default=0, help="cpdl loader threads (0: default)")
     ap.add_argument("--compute-ms", type=float, default=100.0)
     ap.add_argument("--drop-caches", action="store_true",

@@ -30,7 +30,10 @@ static const char usage[] =
     "usage: mpirun -np N cpdl run [options]\n"
     "  --cp N --tp N            context- and tensor-parallel sizes (dp = N / (cp*tp))\n"
     "  --seq-len S --batch B    tokens per row (suffix K/M) and rows per step\n"
-    "  --steps N --slots N      steps to deliver (0: until --epochs passes end), ring depth\n"
+    "  --steps N --slots N      steps to deliver (0: until --epochs passes end); ring slots\n"
+    "                           (0, the default: sized by need, 2..4 within --ring-bytes)\n"
+    "  --ring-bytes B           the ring's budget with --slots 0 (suffix K/M/G; default 64M);\n"
+    "                           --json's \"memory\" reports the sizing\n"
     "  --epochs N               end after N passes over the data (default 1 when --steps 0);\n"
     "                           every replica ends on the same step; with --steps too, the\n"
     "                           earlier end wins\n"
@@ -469,6 +472,13 @@ static int run_summary(run_t *R, int run_rc) {
   MPI_Comm_rank(node, &node_rank);
   is_first = node_rank == 0;
   MPI_Reduce(&is_first, &n_nodes, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+  /* The memory of batches on rank 0's node: every group leader there adds
+   * its group's (ring segment + collate buffers). Rank 0 is its node's rank 0. */
+  cpdl_tools_memory_t mem = {.struct_size = sizeof mem};
+  (void)cpdl_tools_memory(R->loader, &mem);
+  unsigned long long lead[2] = {R->me.group_rank == 0 ? mem.group_bytes : 0,
+                                R->me.group_rank == 0}, node_sum[2] = {0, 0};
+  MPI_Reduce(lead, node_sum, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0, node);
   MPI_Comm_free(&node);
   size_t seg = cpdl_loader_segment_bytes(R->loader);
   int close_rc = cpdl_loader_close(R->loader);
@@ -483,12 +493,25 @@ static int run_summary(run_t *R, int run_rc) {
            "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_slowest_rank\": %.0f, "
            "\"tokens_per_s_per_node\": %.0f, "
            "\"next_p50_us\": %.2f, \"next_p99_us\": %.2f, \"segment_bytes\": %zu, "
-           "\"elapsed_s\": %.3f, \"checksum\": %llu%s%s}\n",
+           "\"elapsed_s\": %.3f, \"checksum\": %llu, \"memory\": {\"slots\": %d, "
+           "\"slots_given\": %d, \"slots_need\": %d, \"slots_max\": %d, \"budget_bytes\": %llu, "
+           "\"n_regions\": %d, \"rank_block_bytes\": %llu, \"shared_block_bytes\": %llu, "
+           "\"slot_bytes\": %llu, \"ring_bytes\": %llu, \"ctrl_bytes\": %llu, "
+           "\"segment_bytes\": %llu, \"collate_sets\": %d, \"collate_set_bytes\": %llu, "
+           "\"collate_bytes\": %llu, \"group_bytes\": %llu, \"node_groups\": %llu, "
+           "\"node_bytes\": %llu}%s%s}\n",
            (unsigned long long)R->delivered, me->world_size, me->dp_size, me->cp_size,
            me->tp_size, (long long)data_seq_len, (int)data_batch, cpdl_mode_name(cfg->mode),
-           cfg->slots, cfg->threads, sum_rate / me->world_size, min_rate,
+           mem.slots, cfg->threads, sum_rate / me->world_size, min_rate,
            n_nodes ? sum_rate / n_nodes : 0, worst_p50, worst_p99, seg, R->elapsed,
-           (unsigned long long)R->checksum, R->binding ? ", \"binding\": " : "",
+           (unsigned long long)R->checksum, mem.slots, mem.slots_given, mem.slots_need,
+           mem.slots_max, (unsigned long long)mem.budget_bytes, mem.n_regions,
+           (unsigned long long)mem.rank_block_bytes, (unsigned long long)mem.shared_block_bytes,
+           (unsigned long long)mem.slot_bytes, (unsigned long long)mem.ring_bytes,
+           (unsigned long long)mem.ctrl_bytes, (unsigned long long)mem.segment_bytes,
+           mem.collate_sets, (unsigned long long)mem.collate_set_bytes,
+           (unsigned long long)mem.collate_bytes, (unsigned long long)mem.group_bytes,
+           node_sum[1], node_sum[0], R->binding ? ", \"binding\": " : "",
            R->binding ? R->binding : "");
     fflush(stdout);
   }

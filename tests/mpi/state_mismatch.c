@@ -52,6 +52,7 @@ static const struct {
      * a balanced thd run under another layout. */
     {"schedule", "static", false},
     {"cost", "1000,1", false},
+    {"ring_bytes", "8M", false}, /* memory, not rows: a change resumes */
 };
 #define N_ALTERNATIVES ((int)(sizeof alternatives / sizeof alternatives[0]))
 

@@ -408,7 +408,7 @@ def test_abi():
                            "include")
     structs = _ffi.STRUCTS  # every mirror: the prep layer's and the loader's
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "cpdl.h"',
-             'int main(void) {']
+             '#include "cpdl/tools.h"', 'int main(void) {']
     for cname, py in structs.items():
         lines.append('printf("%s %%zu\\n", sizeof(%s));' % (cname, cname))
         for fname, _ in py._fields_:

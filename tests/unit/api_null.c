@@ -244,6 +244,11 @@ static void c_tools_binding_report(void) {
   assert_null(json);
 }
 static void c_tools_data_shape(void) { EXPECT_EARG(cpdl_tools_data_shape(NULL, NULL, NULL)); }
+static void c_tools_memory(void) {
+  EXPECT_EARG(cpdl_tools_memory(NULL, NULL));
+  cpdl_tools_memory_t mem = {.struct_size = sizeof mem};
+  EXPECT_EARG(cpdl_tools_memory(NULL, &mem));
+}
 static void c_tools_agree_min(void) {
   EXPECT_EARG(cpdl_tools_agree_min(NULL, NULL, 0, NULL));
   int64_t v = 1;
@@ -329,6 +334,7 @@ static api_entry_t api[] = {
     ENTRY(tools_dump_collated, c_tools_dump_collated),
     ENTRY(tools_binding_report, c_tools_binding_report),
     ENTRY(tools_data_shape, c_tools_data_shape),
+    ENTRY(tools_memory, c_tools_memory),
     ENTRY(tools_agree_min, c_tools_agree_min),
     ENTRY(tools_npy_write, c_tools_npy_write),
     ENTRY(tools_mkdirs, c_tools_mkdirs),

@@ -29,7 +29,8 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg.seq_len, 4096);
   assert_int_equal(cfg.batch, 1);
   assert_int_equal(cfg.steps, 100);
-  assert_int_equal(cfg.slots, 4);
+  assert_int_equal(cfg.slots, 0); /* sized by need (sizing.c) */
+  assert_int_equal(cfg.ring_bytes, 0);
   assert_int_equal(cfg.mode, CPDL_MODE_CONTIGUOUS);
   assert_int_equal(cfg.seed, 1234);
   assert_string_equal(cfg.source, "synthetic:");
@@ -143,7 +144,9 @@ static void test_bad_values(void **state) {
       {"loss_on_eot", "2", "expected 0 or 1"},
       {"threads", "0", "out of range"},
       {"threads", "17", "out of range (expected 1 .. 16)"}, /* CPDL__MAX_THREADS, as open */
-      {"slots", "1025", "out of range (expected 2 .. 1024)"}, /* the ring's slots */
+      {"slots", "1025", "out of range (expected 0 .. 1024)"}, /* the ring's slots */
+      {"slots", "-1", "out of range"},
+      {"ring_bytes", "-1", "out of range"},
       {"epochs", "-1", "out of range"},
       {"pin", "cores:", "cores:<list>"},
       {"pin", "cores:3-1", "cores:<list>"},
