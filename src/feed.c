@@ -249,4 +249,11 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) { return feed->double_buffer; }
 
+int cpdl__feed_rank_fields(const cpdl__feed_t *feed) { return feed->rank_fields; }
+
+int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                        int n_local_cp) {
+  return feed->ops->mesh ? feed->ops->mesh(feed, world_at, local_cp, n_local_cp) : 0;
+}
+
 const char *cpdl__feed_kind(const cpdl__feed_t *feed) { return feed->ops->name; }

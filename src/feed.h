@@ -107,6 +107,16 @@ void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
+/* schedule=dynamic (docs/schedule.md): the step's first N fields are per
+ * rank, with a leading dim cp (row r: CP rank r's block, made for
+ * cpdl__prep_plan_blocks); 0 for every other feed. */
+int cpdl__feed_rank_fields(const cpdl__feed_t *feed);
+/* schedule=dynamic: the mesh's world rank of every coordinate (world_at,
+ * cpdl__mesh_t's) for the group table, and the CP ranks of this replica whose
+ * blocks this leader writes (NULL: all). Other feeds ignore it. eturn 0 or
+ * CPDL_EARG. */
+int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                        int n_local_cp);
 /* "tokens", "rows" or "batches" (feed_kind.h). */
 const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 

@@ -154,6 +154,9 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return rc;
   if ((rc = cpdl__feed_cursor(L->feed, L->start_words)))
     return rc;
+  /* schedule=dynamic: the group table's world ranks, and the blocks this group holds */
+  if ((rc = cpdl__feed_set_mesh(L->feed, L->mesh.world_at, L->mesh.local_cp, L->mesh.n_local_cp)))
+    return rc;
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs = CPDL_MAX_FIELDS;
   if ((rc = cpdl__feed_spec(L->feed, inputs, &n_inputs)))
@@ -166,7 +169,13 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
       }
   cpdl_prep_params_t params;
   cpdl__config_prep_params(&L->cfg, &params);
-  rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
+  int rank_fields = cpdl__feed_rank_fields(L->feed); /* dynamic: the feed cut the blocks */
+  if (rank_fields) { /* its per-rank fields are [cp, 1, block]: a replica's row of seq_len */
+    L->data_batch = 1;
+    L->data_seq_len = L->cfg.seq_len;
+  }
+  rc = rank_fields ? cpdl__prep_plan_blocks(inputs, n_inputs, rank_fields, L->cfg.cp, &L->plan)
+                   : cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
   if (rc)
     return cpdl__error_prefix(rc, "planning the batch layout");
   /* The first epoch must hold a whole global batch. */
@@ -328,6 +337,27 @@ static int validate_config(const cpdl_config_t *cfg) {
   return 0;
 }
 
+/* schedule=dynamic: this rank's entries n are where its cu_local (a fixed capacity in its
+ * block, the tail repeating the block's length) reaches the block's end; its lists are
+ * [n+1] (cu_*) and [n] (doc_ids, cp_group, cp_chunk). Bounded by the capacity as thd's. */
+static void dynamic_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out,
+                                 const cpdl_view_field_t *cu_local) {
+  int64_t block = L->cfg.seq_len / L->cfg.cp;
+  int64_t n = cpdl__collate_thd_len(cu_local->data, cu_local->shape[0], block) - 1;
+  static const char *const bounds[] = {"cu_seqlens", "cu_seqlens_padded", "cu_local"};
+  static const char *const lists[] = {"doc_ids", "cp_group", "cp_chunk"};
+  for (int i = 0; i < out->n_fields; i++) {
+    cpdl_view_field_t *f = &out->fields[i];
+    for (int k = 0; k < 3; k++) {
+      int64_t len = strcmp(f->name, bounds[k]) == 0 ? n + 1 : strcmp(f->name, lists[k]) == 0 ? n : -1;
+      if (len >= 0 && f->ndim == 1 && f->shape[0] >= len) {
+        f->nbytes = f->nbytes / (size_t)(f->shape[0] ? f->shape[0] : 1) * (size_t)len;
+        f->shape[0] = len;
+      }
+    }
+  }
+}
+
 /* mode thd: cu_seqlens and cu_seqlens_padded have a fixed capacity in the segment; this
  * step's [n+1] is what cpdl__collate_thd_len reads from cu_seqlens_padded (bounded by the
  * capacity: a bad value can shorten the view, never overrun it). */
@@ -338,6 +368,11 @@ static void thd_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out) {
       cu = &out->fields[i];
     else if (strcmp(out->fields[i].name, "cu_seqlens_padded") == 0)
       cu_padded = &out->fields[i];
+    else if (strcmp(out->fields[i].name, "cu_local") == 0 &&
+             out->fields[i].dtype == CPDL_DTYPE_INT32 && out->fields[i].ndim == 1) {
+      dynamic_view_lengths(L, out, &out->fields[i]);
+      return;
+    }
   }
   if (!cu_padded || cu_padded->dtype != CPDL_DTYPE_INT32 || cu_padded->ndim != 1)
     return;

@@ -134,7 +134,8 @@ static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tens
   int rc = cpdl__mkdirs(dir);
   int64_t thd_len = -1; /* mode thd: the cu_seqlens fields are dumped at this step's n+1 */
   for (int i = 0; i < n; i++)
-    if (strcmp(in[i].name, "cu_seqlens_padded") == 0 && in[i].dtype == CPDL_DTYPE_INT32)
+    if (strcmp(in[i].name, "cu_seqlens_padded") == 0 && in[i].dtype == CPDL_DTYPE_INT32 &&
+        in[i].ndim == 1) /* schedule=dynamic's [cp, n+1] rows are dumped whole */
       thd_len = cpdl__collate_thd_len(in[i].data, in[i].shape[0],
                                       cpdl_prep_plan_seq_len(P->args.plan));
   for (int i = 0; !rc && i < n; i++) {
