@@ -51,9 +51,10 @@ def rank_views(root, step):
     return out
 
 
-def subsamples(root, step, docs=None, label=""):
+def subsamples(root, step, docs=None, label="", sizes=None):
     """The step's sub-samples reassembled from the views: (Counter of real pairs as bytes,
-    {schedule rank: modeled work}); checks the groups, chunks, order and token rules."""
+    {schedule rank: modeled work}); checks the groups, chunks, order and token rules.
+    sizes (a Counter, if given) counts the real sub-samples by their group's size."""
     views = rank_views(root, step)
     meta0, f0 = next(iter(views.values()))
     cp, dp, tp = meta0["cp_size"], meta0["dp_size"], meta0["tp_size"]
@@ -129,6 +130,8 @@ def subsamples(root, step, docs=None, label=""):
                 if doc_id != -1:
                     bad.append("group %d sub-sample %d: padding names document %d" % (g, i, doc_id))
                 continue
+            if sizes is not None:
+                sizes[c] += 1
             ids, labels = whole["input_ids"][:L], whole["labels"][:L]
             if docs is not None and not (0 <= doc_id < len(docs) and
                                          ids.astype(np.uint16).tobytes() in docs[doc_id].tobytes()):
@@ -154,6 +157,7 @@ def test_coverage_and_balance():
                  ("llmc", 2, 2), ("megatron", 2, 4), ("llmc", 4, 1), ("megatron", 4, 2)]
         steps = 4
         total = {"balanced": 0.0, "dynamic": 0.0}
+        sizes = collections.Counter()
         for source, dp, cp in cases:
             label = "%s dp%d cp%d" % (source, dp, cp)
             bal, dyn = (os.path.join(tmp, "%s-%d-%d-%s" % (source, dp, cp, k)) for k in ("b", "d"))
@@ -166,7 +170,7 @@ def test_coverage_and_balance():
                 continue
             want = base.steps_of(bal, steps)
             for k in range(steps):
-                pieces, work = subsamples(dyn, k, docs if source == "megatron" else None, label)
+                pieces, work = subsamples(dyn, k, docs if source == "megatron" else None, label, sizes)
                 check(pieces == want[k][0] and sum(pieces.values()) > 0,
                       "%s step %d: dynamic's sub-samples differ from static's pieces (%d vs %d)" %
                       (label, k, sum(pieces.values()), sum(want[k][0].values())))
@@ -179,6 +183,11 @@ def test_coverage_and_balance():
                 total["dynamic"] += dyn_max
         print("busiest rank's work summed over the steps and cases: balanced %.4g, dynamic %.4g "
               "(%.3f)" % (total["balanced"], total["dynamic"], total["dynamic"] / max(total["balanced"], 1)))
+        print("sub-samples by CP size: %s" % dict(sorted(sizes.items())))
+        check(sizes[1] > 0 and sum(n for c, n in sizes.items() if c > 1) > 0 and
+              any(c not in (1, 2, 4, 8) for c in sizes),
+              "dynamic: sub-samples whole, spread and of a size not a power of 2 all occur (%s)" %
+              dict(sizes))
         check(total["dynamic"] < total["balanced"],
               "dynamic never lowered the busiest rank's work (%.0f vs %.0f)" %
               (total["dynamic"], total["balanced"]))
