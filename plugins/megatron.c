@@ -5,8 +5,9 @@
  *   i32 lengths[N] | i64 byte pointers[N] | i64 document_indices[D] | [i8 modes[N]]
  * document_indices has D = documents + 1 entries, starts at 0, ends at N.
  * Invariant after open: every sequence lies inside the .bin, is aligned to the
- * token size, and (unit=document) the sequences of a document are contiguous,
- * so a document is one zero-copy slice of the .bin mapping.
+ * token size, and starts where the previous one ends (from byte 0 to the
+ * .bin's end, as Megatron-LM writes them), so a document is one zero-copy
+ * slice of the .bin mapping.
  */
 #include "cpdl/plugin.h"
 
@@ -65,10 +66,10 @@ static int64_t seq_pointer(const mm_index_t *ix, uint64_t k) {
 static int64_t doc_first(const mm_index_t *ix, uint64_t j) { return rd_i64(ix->doc_idx + 8 * j); }
 
 /* Parse and validate the .idx in buf against a .bin of bin_size bytes.
- * Pure (no I/O): the fuzzer calls it directly. need_contiguous: every
- * document's sequences must follow each other in the .bin. */
+ * Pure (no I/O): the fuzzer calls it directly. by_document: the samples
+ * are documents (unit=document), else sequences. */
 static int mm_parse_index(const char *idx_name, const char *bin_name, const uint8_t *buf,
-                          uint64_t size, uint64_t bin_size, int need_contiguous, mm_index_t *ix,
+                          uint64_t size, uint64_t bin_size, int by_document, mm_index_t *ix,
                           char *err, size_t errlen) {
   memset(ix, 0, sizeof *ix);
   if (size < MM_HEADER_BYTES) {
@@ -176,25 +177,45 @@ static int mm_parse_index(const char *idx_name, const char *bin_name, const uint
                idx_name, off_doc + 8 * j, j, first, n);
       return CPDL_SOURCE_ECORRUPT;
     }
-    if (need_contiguous && j > 0) {
-      for (int64_t k = prev; k + 1 < first; k++) {
-        uint64_t next = (uint64_t)seq_pointer(ix, (uint64_t)k) +
-                        (uint64_t)seq_length(ix, (uint64_t)k) * (uint64_t)ix->item_bytes;
-        if ((uint64_t)seq_pointer(ix, (uint64_t)k + 1) != next) {
-          snprintf(err, errlen,
-                   "%s: offset %" PRIu64 ": document %" PRIu64 " is not contiguous in %s "
-                   "(sequence %" PRId64 " starts at byte %" PRId64 ", expected %" PRIu64
-                   "); open it with ?unit=sequence", idx_name, off_ptr + 8 * (uint64_t)(k + 1),
-                   j - 1, bin_name, k + 1, seq_pointer(ix, (uint64_t)k + 1), next);
-          return CPDL_SOURCE_ECORRUPT;
-        }
-      }
-    }
   }
-  uint64_t samples = need_contiguous ? ix->n_docs : ix->n_seqs;
+  /* Megatron-LM's writer (_IndexWriter._sequence_pointers) puts each sequence
+   * right after the previous one from byte 0, and its own slice reads and
+   * add_index rely on it: so the pointers are the running sum of the lengths,
+   * and the last sequence ends where the .bin does. A length or pointer that
+   * breaks this is a corrupt entry even when it still fits inside the .bin
+   * (it would move tokens between samples silently). */
+  uint64_t at = 0; /* where sequence k must start */
+  for (uint64_t k = 0; k < n; k++) {
+    int64_t ptr = seq_pointer(ix, k);
+    if ((uint64_t)ptr != at) {
+      if (k == 0)
+        snprintf(err, errlen, "%s: offset %" PRIu64 ": sequence 0 starts at byte %" PRId64
+                 " of %s, expected 0 (Megatron's writer starts at byte 0)", idx_name, off_ptr,
+                 ptr, bin_name);
+      else
+        snprintf(err, errlen,
+                 "%s: offset %" PRIu64 ": sequence %" PRIu64 " starts at byte %" PRId64 " of %s, "
+                 "expected %" PRIu64 " (sequence %" PRIu64 " starts at byte %" PRId64
+                 " and has %" PRId64 " tokens of %d bytes): a corrupt length or pointer; "
+                 "Megatron's writer stores each sequence right after the previous one",
+                 idx_name, off_ptr + 8 * k, k, ptr, bin_name, at, k - 1,
+                 seq_pointer(ix, k - 1), seq_length(ix, k - 1), ix->item_bytes);
+      return CPDL_SOURCE_ECORRUPT;
+    }
+    at += (uint64_t)seq_length(ix, k) * (uint64_t)ix->item_bytes; /* in the .bin: checked above */
+  }
+  if (n > 0 && at != bin_size) {
+    snprintf(err, errlen,
+             "%s: offset %" PRIu64 ": the last sequence (%" PRIu64 ", %" PRId64 " tokens) ends at "
+             "byte %" PRIu64 ", but %s has %" PRIu64 " bytes: a corrupt length, or a .bin that "
+             "is not this .idx's", idx_name, off_len + 4 * (n - 1), n - 1,
+             seq_length(ix, n - 1), at, bin_name, bin_size);
+    return CPDL_SOURCE_ECORRUPT;
+  }
+  uint64_t samples = by_document ? ix->n_docs : ix->n_seqs;
   if (samples == 0) {
-    snprintf(err, errlen, "%s: offset %d: zero %s", idx_name, need_contiguous ? 26 : 18,
-             need_contiguous ? "documents" : "sequences");
+    snprintf(err, errlen, "%s: offset %d: zero %s", idx_name, by_document ? 26 : 18,
+             by_document ? "documents" : "sequences");
     return CPDL_SOURCE_ECORRUPT;
   }
   return 0;

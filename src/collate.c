@@ -70,6 +70,7 @@ struct cpdl__collate {
   int32_t *thd_sets[2][3];
   int64_t *doc_ids, *doc_id_sets[2];                     /* thd_doc_ids */
   int64_t thd_capacity;                                  /* entries of each cu_seqlens */
+  int64_t thd_entries[2]; /* per set: the entries n+1 of its cu_seqlens that are valid */
   int n_sets, current;
   int64_t *window;
 };
@@ -416,6 +417,7 @@ static int thd_row(cpdl__collate_t *c) {
   c->position = pos;
   c->offset = off;
   int64_t n = fill.n, at = cu_padded[n], max_len = 0;
+  c->thd_entries[c->current] = n + 1;
   if (c->doc_ids) /* filled by cpdl__collate_thd_pieces; rows planned here name none */
     for (int64_t k = 0; k < c->thd_capacity - 1; k++)
       c->doc_ids[k] = -1;
@@ -476,6 +478,7 @@ int cpdl__collate_thd_pieces(cpdl__collate_t *c, const cpdl__thd_piece_t *pieces
   if (at != S)
     return cpdl__error(CPDL_EARG, "collate: thd pieces cover %lld of the row's %lld positions",
                        (long long)at, (long long)S);
+  c->thd_entries[c->current] = n + 1;
   for (int64_t k = n + 1; k < c->thd_capacity; k++) {
     cu[k] = cu[n];
     cu_padded[k] = (int32_t)S;
@@ -490,16 +493,16 @@ int cpdl__collate_thd_pieces(cpdl__collate_t *c, const cpdl__thd_piece_t *pieces
   return 0;
 }
 
-int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len) {
-  int64_t lo = 0, hi = capacity - 1; /* the first k in [lo, hi] with cu_padded[k] >= S */
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if ((int64_t)cu_padded[mid] >= seq_len)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  return lo + 1;
+void cpdl__collate_lengths(const cpdl__collate_t *c, int64_t *rows, int n_fields) {
+  cpdl_tensor_t spec[CPDL_MAX_FIELDS];
+  int n = CPDL_MAX_FIELDS;
+  cpdl__collate_spec(&c->params, spec, &n);
+  for (int i = 0; i < n_fields; i++)
+    rows[i] = i < n ? spec[i].shape[0] : 0;
+  /* thd: fields 4 and 5 are cu_seqlens and cu_seqlens_padded (collate_spec),
+   * whose valid entries the row that filled them counted. */
+  if (c->params.thd_multiple > 0 && n_fields > 5)
+    rows[4] = rows[5] = c->thd_entries[c->current];
 }
 
 static void set_thd_field(cpdl_tensor_t *f, const char *name, int64_t len, const int32_t *data) {

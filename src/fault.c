@@ -1,10 +1,12 @@
 /* fault.c — deterministic fault injection for the reliability and chaos tests.
  *
- * CPDL_FAULT="<point>:<rank>[:error|:stop][@<pass>]" (rank may be "*") makes
- * cpdl__fault() raise SIGKILL — return CPDL_EFAULT with ":error", raise
+ * CPDL_FAULT="<point>:<rank>[:error|:stop|:eof][@<pass>]" (rank may be "*")
+ * makes cpdl__fault() raise SIGKILL — return CPDL_EFAULT with ":error", raise
  * SIGSTOP with ":stop" (the process stops in place until someone sends
- * SIGCONT) — when the named point is reached on that world rank, the first
- * time or, with "@<pass>", the pass-th time (1-based, counted per process).
+ * SIGCONT), return CPDL_EEOF with ":eof" (at `waiting`, next() ends this
+ * rank's data early, which no real end does; elsewhere it fails like :error)
+ * — when the named point is reached on that world rank, the first time or,
+ * with "@<pass>", the pass-th time (1-based, counted per process).
  * The variable is parsed once per process (pthread_once), so the check on hot
  * paths is a string compare at most; passes are counted atomically (the
  * mid_fill point is reached from a loader thread). Before firing it prints
@@ -21,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-enum fault_action { FAULT_KILL, FAULT_ERROR, FAULT_STOP };
+enum fault_action { FAULT_KILL, FAULT_ERROR, FAULT_STOP, FAULT_EOF };
 
 static struct {
   bool armed;
@@ -64,6 +66,8 @@ static void fault_parse(void) {
       fault.action = FAULT_ERROR;
     else if (strcmp(mode, "stop") == 0)
       fault.action = FAULT_STOP;
+    else if (strcmp(mode, "eof") == 0)
+      fault.action = FAULT_EOF;
     else
       goto malformed;
   }
@@ -82,7 +86,7 @@ static void fault_parse(void) {
 malformed:
   /* A test-only knob: say it once rather than silently testing nothing. */
   fprintf(stderr, "cpdl: ignoring malformed CPDL_FAULT='%s' (expected "
-          "<point>:<rank>[:error|:stop][@<pass>])\n", spec);
+          "<point>:<rank>[:error|:stop|:eof][@<pass>])\n", spec);
 }
 
 int cpdl__fault(const char *point, int world_rank) {
@@ -92,7 +96,7 @@ int cpdl__fault(const char *point, int world_rank) {
     return 0;
   if (atomic_fetch_add(&fault.passes, 1) + 1 != fault.pass)
     return 0;
-  static const char *const action_names[] = {"SIGKILL", "error", "SIGSTOP"};
+  static const char *const action_names[] = {"SIGKILL", "error", "SIGSTOP", "eof"};
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   fprintf(stderr, "cpdl: CPDL_FAULT fires: %s at point '%s' pass %ld on rank %d, time %lld.%06ld\n",
@@ -103,6 +107,9 @@ int cpdl__fault(const char *point, int world_rank) {
   case FAULT_ERROR:
     return cpdl__error(CPDL_EFAULT, "injected fault at point '%s' on rank %d (CPDL_FAULT)", point,
                        world_rank);
+  case FAULT_EOF:
+    return cpdl__error(CPDL_EEOF, "injected end of data at point '%s' on rank %d (CPDL_FAULT)",
+                       point, world_rank);
   case FAULT_STOP:
     raise(SIGSTOP);
     return 0; /* continued: carry on as if nothing happened */

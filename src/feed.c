@@ -162,6 +162,14 @@ int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return 0;
 }
 
+void cpdl__feed_lengths(const cpdl__feed_t *feed, const cpdl_tensor_t *fields, int n_fields,
+                        int64_t *rows) {
+  for (int i = 0; i < n_fields; i++)
+    rows[i] = fields[i].shape[0];
+  if (feed->ops->lengths)
+    feed->ops->lengths(feed, rows, n_fields);
+}
+
 int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   return feed->ops->spec(feed, fields, n_fields);
 }
@@ -250,6 +258,11 @@ void cpdl__feed_close(cpdl__feed_t *feed) {
 bool cpdl__feed_double_buffered(const cpdl__feed_t *feed) { return feed->double_buffer; }
 
 int cpdl__feed_rank_fields(const cpdl__feed_t *feed) { return feed->rank_fields; }
+
+void cpdl__feed_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows) {
+  if (feed->ops->rank_lengths)
+    feed->ops->rank_lengths(feed, cp_rank, rows);
+}
 
 int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
                         int n_local_cp) {

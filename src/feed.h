@@ -103,6 +103,14 @@ int cpdl__feed_cursor(cpdl__feed_t *feed, uint64_t words[CPDL__CURSOR_WORDS]);
  * same data and stream keys). \return 0, CPDL_EARG (a cursor this data
  * cannot hold), a source error. */
 int cpdl__feed_seek(cpdl__feed_t *feed, const uint64_t words[CPDL__CURSOR_WORDS]);
+/* The valid entries along dim 0 of each field of the step cpdl__feed_next
+ * returned last (rows[i] for fields[i]): shape[0], but less for a field of
+ * variable length (mode thd's cu_seqlens and cu_seqlens_padded: n+1 of
+ * their capacity). The publisher stores them with the step (segment.h, the
+ * slot lengths table), so no consumer re-derives them from the data. Call it
+ * right after next(), on the same thread. */
+void cpdl__feed_lengths(const cpdl__feed_t *feed, const cpdl_tensor_t *fields, int n_fields,
+                        int64_t *rows);
 void cpdl__feed_close(cpdl__feed_t *feed);
 /* True when a step's tensors stay valid until the call after the next one
  * (the collate is double-buffered: cfg->threads > 1 and not pre-collated). */
@@ -111,9 +119,15 @@ bool cpdl__feed_double_buffered(const cpdl__feed_t *feed);
  * rank, with a leading dim cp (row r: CP rank r's block, made for
  * cpdl__prep_plan_blocks); 0 for every other feed. */
 int cpdl__feed_rank_fields(const cpdl__feed_t *feed);
+/* schedule=dynamic: the valid entries of CP rank cp_rank's per-rank fields
+ * (rows[0 .. cpdl__feed_rank_fields), along the rank's own dim 0: its lists
+ * hold n+1 or n of their capacity) of the step next() returned last, for the
+ * slot lengths table of that rank's region. Call it as cpdl__feed_lengths. */
+void cpdl__feed_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows);
 /* schedule=dynamic: the mesh's world rank of every coordinate (world_at,
  * cpdl__mesh_t's) for the group table, and the CP ranks of this replica whose
- * blocks this leader writes (NULL: all). Other feeds ignore it. eturn 0 or
+ * blocks this leader writes (NULL: all). Other feeds ignore it. 
+eturn 0 or
  * CPDL_EARG. */
 int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
                         int n_local_cp);
@@ -184,10 +198,11 @@ void cpdl__collate_fields(const cpdl__collate_t *collate, cpdl_tensor_t *fields,
 int cpdl__collate_next(cpdl__collate_t *collate, cpdl_tensor_t *fields, int *n_fields);
 /* The fields of a step of these parameters, data NULL. */
 int cpdl__collate_spec(const cpdl__collate_params_t *params, cpdl_tensor_t *fields, int *n_fields);
-/* Mode thd: entries n+1 of this step's cu_seqlens / cu_seqlens_padded, whose fields hold
- * `capacity` entries with the tail repeating S: one more than the index of the first entry of
- * cu_padded that reaches seq_len (a binary search reading each probe once; at most capacity). */
-int64_t cpdl__collate_thd_len(const int32_t *cu_padded, int64_t capacity, int64_t seq_len);
+/* The valid entries along dim 0 of each field of the step fields() last
+ * described (rows[i] for its field i, i < n_fields): shape[0], except in
+ * mode thd for cu_seqlens and cu_seqlens_padded, whose `capacity` entries
+ * hold n+1 valid ones (the tail repeats the last boundary and S). */
+void cpdl__collate_lengths(const cpdl__collate_t *collate, int64_t *rows, int n_fields);
 /* Mode thd: the documents of one row, from lengths alone — the one packing
  * rule, used to make rows (collate) and to count and index them (feed).
  * From (*position, *offset) of `epoch`: whole documents' input/label pairs,

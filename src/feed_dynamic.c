@@ -27,6 +27,7 @@ typedef struct dyn_set {
   int32_t *cu, *cu_padded, *cu_local;         /* [cp][cap + 1] */
   int64_t *doc_ids;                           /* [cp][cap] */
   int32_t *group, *chunk;                     /* [cp][cap] */
+  int64_t *entries;                           /* [cp]: each local rank's entries n */
 } dyn_set_t;
 
 struct cpdl__dynamic {
@@ -52,6 +53,7 @@ static void set_free(dyn_set_t *s) {
   free(s->doc_ids);
   free(s->group);
   free(s->chunk);
+  free(s->entries);
 }
 
 void cpdl__dynamic_destroy(cpdl__dynamic_t *d) {
@@ -95,7 +97,8 @@ int cpdl__dynamic_create(const cpdl__dynamic_params_t *p, const cpdl__schedule_t
          (t->position_ids = calloc(cp * B, 8)) && (t->loss_mask = calloc(cp * B, d->mask_size)) &&
          (t->cu = calloc(cp * (K + 1), 4)) && (t->cu_padded = calloc(cp * (K + 1), 4)) &&
          (t->cu_local = calloc(cp * (K + 1), 4)) && (t->doc_ids = calloc(cp * K, 8)) &&
-         (t->group = calloc(cp * K, 4)) && (t->chunk = calloc(cp * K, 4));
+         (t->group = calloc(cp * K, 4)) && (t->chunk = calloc(cp * K, 4)) &&
+         (t->entries = calloc(cp, sizeof *t->entries));
   }
   if (!ok) {
     cpdl__dynamic_destroy(d);
@@ -175,6 +178,18 @@ void cpdl__dynamic_fields(const cpdl__dynamic_t *d, cpdl_tensor_t *fields, int *
   fields_of(d, &d->sets[d->current], fields, n_fields);
 }
 
+void cpdl__dynamic_rank_lengths(const cpdl__dynamic_t *d, int cp_rank, int64_t *rows) {
+  const dyn_set_t *t = &d->sets[d->current];
+  bool mine = cp_rank >= 0 && cp_rank < d->p.cp && d->local[cp_rank];
+  const int64_t n = mine ? t->entries[cp_rank] : d->cap;
+  for (int i = 0; i < 4; i++) /* the token fields, [1, block] */
+    rows[i] = 1;
+  for (int i = 4; i < 7; i++) /* cu_seqlens, cu_seqlens_padded, cu_local */
+    rows[i] = mine ? n + 1 : d->cap + 1;
+  for (int i = 7; i < CPDL__DYNAMIC_RANK_FIELDS; i++) /* doc_ids, cp_group, cp_chunk */
+    rows[i] = n;
+}
+
 static inline int64_t token_at(const cpdl__sample_t *doc, int64_t i) {
   const unsigned char *p = (const unsigned char *)doc->tokens + (size_t)i * (size_t)doc->token_bytes;
   switch (doc->token_bytes) {
@@ -240,6 +255,7 @@ int cpdl__dynamic_fill(cpdl__dynamic_t *d, const cpdl__schedule_t *s, const cpdl
     if (cu_local[n] != B)
       return cpdl__error(CPDL_EARG, "feed: schedule rank %d's entries cover %d of its block's "
                          "%lld tokens", r, cu_local[n], (long long)B);
+    t->entries[cp_rank] = n;
     for (int64_t k = n + 1; k <= K; k++) {
       cu[k] = cu[n];
       cu_padded[k] = cu_padded[n];

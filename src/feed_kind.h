@@ -55,13 +55,17 @@ struct cpdl__feed_ops {
    * refills the last global batch from there). */
   int (*row)(cpdl__feed_t *feed, int b, int64_t index, bool wrapped);
   void (*finish)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
+  /* Optional (thd): the valid entries along dim 0 of each field finish()
+   * described (cpdl__feed_lengths); NULL: shape[0] for every field. */
+  void (*lengths)(const cpdl__feed_t *feed, int64_t *rows, int n_fields);
   /* Names, dtypes and shapes of a step's fields, data NULL, producing nothing. */
   int (*spec)(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
   /* Optional (thd): the document position of row `index` (from the base)
    * into cursor words CPDL__CURSOR_POSITION and CPDL__CURSOR_OFFSET. */
   int (*position)(cpdl__feed_t *feed, int64_t index, uint64_t *words);
-  /* Optional (schedule=dynamic): cpdl__feed_set_mesh. */
+  /* Optional (schedule=dynamic): cpdl__feed_set_mesh, cpdl__feed_rank_lengths. */
   int (*mesh)(cpdl__feed_t *feed, const int *world_at, const int *local_cp, int n_local_cp);
+  void (*rank_lengths)(const cpdl__feed_t *feed, int cp_rank, int64_t *rows);
   void (*close)(cpdl__feed_t *feed);
 };
 
@@ -107,5 +111,9 @@ eturn 0 or an error. */
 int cpdl__dynamic_fill(cpdl__dynamic_t *d, const cpdl__schedule_t *s,
                        const cpdl__doc_order_t *order, uint64_t epoch, cpdl__perm_t *perm);
 void cpdl__dynamic_fields(const cpdl__dynamic_t *d, cpdl_tensor_t *fields, int *n_fields);
+/* The valid entries of CP rank cp_rank's per-rank fields of the last fill
+ * (rows[0 .. CPDL__DYNAMIC_RANK_FIELDS), along the rank's own dim 0): 1 for
+ * the token fields, n+1 for the cu_* fields, n for the lists. */
+void cpdl__dynamic_rank_lengths(const cpdl__dynamic_t *d, int cp_rank, int64_t *rows);
 
 #endif /* CPDL_FEED_KIND_H */

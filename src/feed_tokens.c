@@ -528,6 +528,18 @@ static void tokens_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fiel
     cpdl__collate_fields(t->collate, fields, n_fields);
 }
 
+static void tokens_lengths(const cpdl__feed_t *feed, int64_t *rows, int n_fields) {
+  const tokens_t *t = feed->impl;
+  if (!t->dynamic) /* dynamic: every field is whole along dim 0 (cp); per rank: below */
+    cpdl__collate_lengths(t->collate, rows, n_fields);
+}
+
+static void tokens_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows) {
+  const tokens_t *t = feed->impl;
+  if (t->dynamic)
+    cpdl__dynamic_rank_lengths(t->dynamic, cp_rank, rows);
+}
+
 static int tokens_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
   tokens_t *t = feed->impl;
   if (t->dynamic)
@@ -632,9 +644,11 @@ static const cpdl__feed_ops_t tokens_ops = {
     .begin = tokens_begin,
     .row = tokens_row,
     .finish = tokens_finish,
+    .lengths = tokens_lengths,
     .spec = tokens_spec,
     .position = tokens_position,
     .mesh = tokens_mesh,
+    .rank_lengths = tokens_rank_lengths,
     .close = tokens_close,
 };
 

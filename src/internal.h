@@ -201,6 +201,19 @@ void cpdl__ring_set_slot_state(cpdl__ring_t *ring, uint64_t step,
  * \return 0, or CPDL_ESTATE if the slot no longer holds `step`. */
 int cpdl__ring_slot_state(const cpdl__ring_t *ring, uint64_t step,
                           uint64_t *words /* [CPDL__CURSOR_WORDS] */);
+/* Publisher, before cpdl__ring_publish(step): the valid entries along dim 0
+ * of each field (rows[n_fields], each at most the field's shape[0]) in block
+ * `block` of step's slot: a local CP region (< n_regions) or the shared
+ * block (== n_regions); segment.h, "The slot lengths table". Every block the
+ * step's consumers read must be set for every step (a slot keeps the lengths
+ * of the step it held before). */
+void cpdl__ring_set_slot_lengths(cpdl__ring_t *ring, uint64_t step, uint32_t block,
+                                 const int64_t *rows);
+/* Consumer, between wait_step(step) and release(step): read them back.
+ * \return 0, CPDL_ECORRUPT (a length beyond its field's capacity: names the
+ *         field), CPDL_ESTATE (the slot no longer holds `step`), CPDL_EARG. */
+int cpdl__ring_slot_lengths(const cpdl__ring_t *ring, uint64_t step, uint32_t block,
+                            int64_t *rows);
 /* The error posted to the group (0 if none); its message goes to
  * cpdl_last_error() of this thread. */
 int cpdl__ring_posted_error(const cpdl__ring_t *ring);

@@ -337,54 +337,6 @@ static int validate_config(const cpdl_config_t *cfg) {
   return 0;
 }
 
-/* schedule=dynamic: this rank's entries n are where its cu_local (a fixed capacity in its
- * block, the tail repeating the block's length) reaches the block's end; its lists are
- * [n+1] (cu_*) and [n] (doc_ids, cp_group, cp_chunk). Bounded by the capacity as thd's. */
-static void dynamic_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out,
-                                 const cpdl_view_field_t *cu_local) {
-  int64_t block = L->cfg.seq_len / L->cfg.cp;
-  int64_t n = cpdl__collate_thd_len(cu_local->data, cu_local->shape[0], block) - 1;
-  static const char *const bounds[] = {"cu_seqlens", "cu_seqlens_padded", "cu_local"};
-  static const char *const lists[] = {"doc_ids", "cp_group", "cp_chunk"};
-  for (int i = 0; i < out->n_fields; i++) {
-    cpdl_view_field_t *f = &out->fields[i];
-    for (int k = 0; k < 3; k++) {
-      int64_t len = strcmp(f->name, bounds[k]) == 0 ? n + 1 : strcmp(f->name, lists[k]) == 0 ? n : -1;
-      if (len >= 0 && f->ndim == 1 && f->shape[0] >= len) {
-        f->nbytes = f->nbytes / (size_t)(f->shape[0] ? f->shape[0] : 1) * (size_t)len;
-        f->shape[0] = len;
-      }
-    }
-  }
-}
-
-/* mode thd: cu_seqlens and cu_seqlens_padded have a fixed capacity in the segment; this
- * step's [n+1] is what cpdl__collate_thd_len reads from cu_seqlens_padded (bounded by the
- * capacity: a bad value can shorten the view, never overrun it). */
-static void thd_view_lengths(const cpdl_loader_t *L, cpdl_batch_t *out) {
-  cpdl_view_field_t *cu = NULL, *cu_padded = NULL;
-  for (int i = 0; i < out->n_fields; i++) {
-    if (strcmp(out->fields[i].name, "cu_seqlens") == 0)
-      cu = &out->fields[i];
-    else if (strcmp(out->fields[i].name, "cu_seqlens_padded") == 0)
-      cu_padded = &out->fields[i];
-    else if (strcmp(out->fields[i].name, "cu_local") == 0 &&
-             out->fields[i].dtype == CPDL_DTYPE_INT32 && out->fields[i].ndim == 1) {
-      dynamic_view_lengths(L, out, &out->fields[i]);
-      return;
-    }
-  }
-  if (!cu_padded || cu_padded->dtype != CPDL_DTYPE_INT32 || cu_padded->ndim != 1)
-    return;
-  int64_t lo = cpdl__collate_thd_len(cu_padded->data, cu_padded->shape[0], L->cfg.seq_len) - 1;
-  cu_padded->shape[0] = lo + 1;
-  cu_padded->nbytes = (size_t)(lo + 1) * sizeof(int32_t);
-  if (cu && cu->ndim == 1 && cu->shape[0] >= lo + 1) {
-    cu->shape[0] = lo + 1;
-    cu->nbytes = cu_padded->nbytes;
-  }
-}
-
 /* Open after the mesh and the watch exist, with the watch installed: every
  * collective here either completes or returns CPDL_EPEER. After an EPEER
  * nothing more is collective: the caller frees locally. */
@@ -670,6 +622,8 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   if (rc)
     return rc;
   rc = cpdl__fault("waiting", L->mesh.me.world_rank);
+  if (rc == CPDL_EEOF) /* an injected early end (:eof): this rank alone stops, as a test wants */
+    return rc;
   if (rc) {
     /* A local failure here breaks the group's ring: post it, or the leader
      * waits forever for this rank's cursor and the others for their steps. */
@@ -705,15 +659,34 @@ int cpdl_loader_next(cpdl_loader_t *L, cpdl_batch_t *out) {
   const cpdl_prep_field_t *fields = cpdl__ring_fields(L->cring);
   const char *block = cpdl__ring_rank_block(L->cring, (uint32_t)L->mesh.local_cp_index, slot);
   const char *shared = cpdl__ring_shared_block(L->cring, slot);
+  /* The step's lengths, as the publisher stored them (segment.h, the slot
+   * lengths table): this region's for rank fields, the shared block's for
+   * shared ones. Each is bounded by its field's capacity (ring.c refuses a
+   * larger one), so a view can be shorter than its field, never longer. */
+  int64_t rank_rows[CPDL_MAX_FIELDS], shared_rows[CPDL_MAX_FIELDS];
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(L->cring);
+  rc = cpdl__ring_slot_lengths(L->cring, step, (uint32_t)L->mesh.local_cp_index, rank_rows);
+  if (!rc)
+    rc = cpdl__ring_slot_lengths(L->cring, step, geo->n_regions, shared_rows);
+  if (rc) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "rank %d: %s", L->mesh.me.world_rank, cpdl_last_error());
+    cpdl__ring_post_error(L->cring, rc, msg);
+    return cpdl__error(rc, "%s", msg);
+  }
   memset(out, 0, sizeof *out);
   out->step = step;
   out->n_fields = L->n_fields;
   for (int i = 0; i < L->n_fields; i++) {
-    out->fields[i] = L->view[i];
-    out->fields[i].data = (fields[i].shared ? shared : block) + fields[i].offset;
+    cpdl_view_field_t *v = &out->fields[i];
+    *v = L->view[i];
+    v->data = (fields[i].shared ? shared : block) + fields[i].offset;
+    int64_t rows = fields[i].shared ? shared_rows[i] : rank_rows[i];
+    if (rows < v->shape[0]) { /* shape[0] > 0 here: rows >= 0 */
+      v->nbytes = v->nbytes / (size_t)v->shape[0] * (size_t)rows;
+      v->shape[0] = rows;
+    }
   }
-  if (L->cfg.mode == CPDL_MODE_THD)
-    thd_view_lengths(L, out);
   out->mesh = L->mesh.me;
   out->region = cpdl__ring_region(L->cring, (uint32_t)L->mesh.local_cp_index, &out->region_bytes);
   out->internal = L;

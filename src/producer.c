@@ -22,6 +22,9 @@
 typedef struct pending {
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs;
+  int64_t rows[CPDL_MAX_FIELDS]; /* valid entries along dim 0 of each input (feed_lengths) */
+  /* schedule=dynamic: each local region's per-rank fields' (cpdl__feed_rank_lengths) */
+  int64_t rank_rows[CPDL__RING_MAX_REGIONS][CPDL_MAX_FIELDS];
   int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
 } pending_t;
 
@@ -82,6 +85,41 @@ static void collate_ahead(cpdl__producer_t *P) {
   next->rc = cpdl__feed_next(P->args.feed, next->inputs, &next->n_inputs);
   if (next->rc && next->rc != CPDL_EEOF)
     snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
+  if (!next->rc)
+    cpdl__feed_lengths(P->args.feed, next->inputs, next->n_inputs, next->rows);
+  if (!next->rc && cpdl__feed_rank_fields(P->args.feed)) {
+    const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
+    for (uint32_t r = 0; r < geo->n_regions && r < CPDL__RING_MAX_REGIONS; r++)
+      cpdl__feed_rank_lengths(P->args.feed, P->args.local_cp[r], next->rank_rows[r]);
+  }
+}
+
+/* Store the step's lengths with it (segment.h, the slot lengths table): an
+ * output field that passes through whole (not sharded) has its input's valid
+ * entries; every other field is full. The same in every block, as every CP
+ * rank sees the same pass-through fields. */
+static void store_lengths(const cpdl__producer_t *P, uint64_t step, const pending_t *w) {
+  int n_fields = cpdl_prep_plan_nfields(P->args.plan);
+  int64_t rows[CPDL_MAX_FIELDS];
+  for (int i = 0; i < n_fields && i < CPDL_MAX_FIELDS; i++) {
+    const cpdl_prep_field_t *f = cpdl_prep_plan_field(P->args.plan, i);
+    rows[i] = f->shape[0];
+    for (int k = 0; f->seq_dim < 0 && k < w->n_inputs; k++)
+      if (strcmp(w->inputs[k].name, f->name) == 0 && w->inputs[k].shape[0] == f->shape[0] &&
+          w->rows[k] >= 0 && w->rows[k] < f->shape[0])
+        rows[i] = w->rows[k];
+  }
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
+  /* schedule=dynamic: the block plan's per-rank fields (its first rank_fields,
+   * in input order) have each rank's own lengths */
+  const int rank_fields = cpdl__feed_rank_fields(P->args.feed);
+  for (uint32_t block = 0; block <= geo->n_regions; block++) {
+    int64_t mine[CPDL_MAX_FIELDS];
+    memcpy(mine, rows, sizeof mine);
+    for (int i = 0; block < geo->n_regions && i < rank_fields && i < n_fields; i++)
+      mine[i] = w->rank_rows[block][i];
+    cpdl__ring_set_slot_lengths(P->args.ring, step, block, mine);
+  }
 }
 
 /* Workers are created first and wait at a gate: only when every thread of
@@ -127,24 +165,19 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const cpdl_tensor_t *in, int n) {
+/* The collated inputs as the step publishes them: each at its valid length
+ * (w->rows, what the feed said; mode thd's cu_seqlens at n+1). */
+static int dump_inputs(const cpdl__producer_t *P, uint64_t step, const pending_t *w) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s/step%llu/group%d/collated", P->args.dump_collated,
            (unsigned long long)step, P->args.group);
   int rc = cpdl__mkdirs(dir);
-  int64_t thd_len = -1; /* mode thd: the cu_seqlens fields are dumped at this step's n+1 */
-  for (int i = 0; i < n; i++)
-    if (strcmp(in[i].name, "cu_seqlens_padded") == 0 && in[i].dtype == CPDL_DTYPE_INT32 &&
-        in[i].ndim == 1) /* schedule=dynamic's [cp, n+1] rows are dumped whole */
-      thd_len = cpdl__collate_thd_len(in[i].data, in[i].shape[0],
-                                      cpdl_prep_plan_seq_len(P->args.plan));
-  for (int i = 0; !rc && i < n; i++) {
+  const cpdl_tensor_t *in = w->inputs;
+  for (int i = 0; !rc && i < w->n_inputs; i++) {
     char path[4200];
     int64_t shape[CPDL_MAX_DIMS];
     memcpy(shape, in[i].shape, sizeof shape);
-    if (thd_len > 0 && (strcmp(in[i].name, "cu_seqlens") == 0 ||
-                        strcmp(in[i].name, "cu_seqlens_padded") == 0))
-      shape[0] = thd_len;
+    shape[0] = w->rows[i];
     snprintf(path, sizeof path, "%s/%s.npy", dir, in[i].name);
     rc = cpdl__npy_write(path, in[i].dtype, in[i].ndim, shape, in[i].data);
   }
@@ -184,7 +217,7 @@ static void *publisher_main(void *arg) {
       rc = CPDL_EFAULT;
       break;
     }
-    if (P->args.dump_collated && (rc = dump_inputs(P, step, cur->inputs, cur->n_inputs)))
+    if (P->args.dump_collated && (rc = dump_inputs(P, step, cur)))
       break;
     P->work_slot = cpdl__ring_slot_of(P->args.ring, step);
     bool more = step + 1 != P->args.end_step;
@@ -205,6 +238,7 @@ static void *publisher_main(void *arg) {
     else if (!more)
       P->work[P->work_set ^ 1].rc = CPDL_EEOF;
     cpdl__ring_set_slot_state(P->args.ring, step, words);
+    store_lengths(P, step, cur);
     cpdl__ring_publish(P->args.ring, step);
     cpdl__ring_heartbeat(P->args.ring);
     P->work_set ^= 1;

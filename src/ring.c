@@ -46,6 +46,7 @@ struct cpdl__ring {
   cpdl__ring_hdr_t *hdr;
   cpdl__ring_slot_rec_t *slots;
   cpdl__ring_consumer_rec_t *consumers;
+  unsigned char *lengths;    /* the slot lengths table (segment.h) */
   cpdl__ring_geometry_t geo; /* validated local copies from here on */
   uint64_t first_step;
   cpdl_prep_field_t fields[CPDL_MAX_FIELDS];
@@ -66,6 +67,18 @@ size_t cpdl__ring_slots_offset(uint32_t n_fields) {
 }
 size_t cpdl__ring_consumers_offset(uint32_t n_fields, uint32_t n_slots) {
   return cpdl__ring_slots_offset(n_fields) + n_slots * sizeof(cpdl__ring_slot_rec_t);
+}
+
+size_t cpdl__ring_lengths_offset(const cpdl__ring_geometry_t *geo) {
+  return CPDL__ALIGN_UP(cpdl__ring_consumers_offset(geo->n_fields, geo->n_slots) +
+                            geo->n_consumers * sizeof(cpdl__ring_consumer_rec_t),
+                        CPDL__CACHE_LINE);
+}
+/* With the bounds of check_geometry (n_regions <= 64, n_fields <= 32, n_slots
+ * <= 1024) the whole table stays below 17 MiB: no overflow. */
+size_t cpdl__ring_lengths_row_bytes(const cpdl__ring_geometry_t *geo) {
+  return CPDL__ALIGN_UP(((size_t)geo->n_regions + 1) * geo->n_fields * sizeof(_Atomic uint64_t),
+                        CPDL__CACHE_LINE);
 }
 
 size_t cpdl__ring_block_offset(const cpdl__ring_geometry_t *geo, size_t ctrl_bytes,
@@ -103,8 +116,8 @@ static int check_geometry(const cpdl__ring_geometry_t *geo, int code, size_t *ct
                        geo->shared_slot_bytes, page);
   if (geo->slot_bytes > SIZE_MAX || geo->shared_slot_bytes > SIZE_MAX)
     return cpdl__error(CPDL_EOVERFLOW, "ring: slot size does not fit size_t");
-  size_t ctrl = CPDL__ALIGN_UP(cpdl__ring_consumers_offset(geo->n_fields, geo->n_slots) +
-                                   geo->n_consumers * sizeof(cpdl__ring_consumer_rec_t),
+  size_t ctrl = CPDL__ALIGN_UP(cpdl__ring_lengths_offset(geo) +
+                                   geo->n_slots * cpdl__ring_lengths_row_bytes(geo),
                                page);
   size_t rank_slots, rank_data, shared_data, data, total;
   if (!cpdl__mul_size(geo->n_regions, geo->n_slots, &rank_slots) ||
@@ -180,6 +193,15 @@ static void bind_tables(cpdl__ring_t *ring, void *base, size_t total, size_t ctr
   ring->consumers = (cpdl__ring_consumer_rec_t *)(ring->base + cpdl__ring_consumers_offset(
                                                                    ring->geo.n_fields,
                                                                    ring->geo.n_slots));
+  ring->lengths = ring->base + cpdl__ring_lengths_offset(&ring->geo);
+}
+
+/* The lengths word of (slot, block, field). */
+static _Atomic uint64_t *length_word(const cpdl__ring_t *ring, uint32_t slot, uint32_t block,
+                                     uint32_t field) {
+  _Atomic uint64_t *row =
+      (_Atomic uint64_t *)(ring->lengths + slot * cpdl__ring_lengths_row_bytes(&ring->geo));
+  return &row[(size_t)block * ring->geo.n_fields + field];
 }
 
 /* ---- init / attach -------------------------------------------------------- */
@@ -263,6 +285,9 @@ int cpdl__ring_init(void *base, size_t total, const cpdl__ring_geometry_t *geo,
     atomic_init(&ring->slots[s].step, first_step + s - geo->n_slots);
     for (int w = 0; w < CPDL__RING_STATE_WORDS; w++)
       atomic_init(&ring->slots[s].state[w], 0);
+    for (uint32_t b = 0; b <= geo->n_regions; b++)
+      for (uint32_t f = 0; f < geo->n_fields; f++)
+        atomic_init(length_word(ring, s, b, f), (uint64_t)ring->fields[f].shape[0]);
   }
   for (uint32_t c = 0; c < geo->n_consumers; c++) {
     /* cursor = first_step: nothing released, every slot free for the first
@@ -515,6 +540,42 @@ int cpdl__ring_slot_state(const cpdl__ring_t *ring, uint64_t step, uint64_t *wor
                        cpdl__ring_slot_of(ring, step), step);
   for (int w = 0; w < CPDL__RING_STATE_WORDS; w++)
     words[w] = atomic_load_explicit(&slot->state[w], memory_order_relaxed);
+  return 0;
+}
+
+void cpdl__ring_set_slot_lengths(cpdl__ring_t *ring, uint64_t step, uint32_t block,
+                                 const int64_t *rows) {
+  if (block > ring->geo.n_regions)
+    return;
+  uint32_t slot = cpdl__ring_slot_of(ring, step);
+  /* Relaxed: ordered before the consumer's reads by publish()'s release. */
+  for (uint32_t f = 0; f < ring->geo.n_fields; f++)
+    atomic_store_explicit(length_word(ring, slot, block, f), (uint64_t)rows[f],
+                          memory_order_relaxed);
+}
+
+int cpdl__ring_slot_lengths(const cpdl__ring_t *ring, uint64_t step, uint32_t block,
+                            int64_t *rows) {
+  uint32_t slot = cpdl__ring_slot_of(ring, step);
+  if (block > ring->geo.n_regions)
+    return cpdl__error(CPDL_EARG, "ring: block %" PRIu32 " is not one of the %" PRIu32
+                       " regions or the shared block", block, ring->geo.n_regions);
+  /* Relaxed loads after wait_step's acquire of `step` (see slot_state); the
+   * re-check below says they were still that step's. Each value is read once
+   * and bounded by the field's capacity from the local copy: a hostile or
+   * torn word is refused, never used to size a view. */
+  for (uint32_t f = 0; f < ring->geo.n_fields; f++) {
+    uint64_t v = atomic_load_explicit(length_word(ring, slot, block, f), memory_order_relaxed);
+    if (v > (uint64_t)ring->fields[f].shape[0])
+      return cpdl__error(CPDL_ECORRUPT, "ring: step %" PRIu64 " says field '%s' has %" PRIu64
+                         " entries, beyond its capacity of %" PRId64 " in the segment (a "
+                         "corrupt segment or mixed cpdl versions)", step, ring->fields[f].name,
+                         v, ring->fields[f].shape[0]);
+    rows[f] = (int64_t)v;
+  }
+  if (atomic_load_explicit(&ring->slots[slot].step, memory_order_acquire) != step)
+    return cpdl__error(CPDL_ESTATE, "ring: slot %" PRIu32 " no longer holds step %" PRIu64,
+                       slot, step);
   return 0;
 }
 

@@ -5,7 +5,7 @@
  * below); no other file adds sizes by hand. Offsets and sizes only, never
  * pointers. Never installed.
  *
- * Layout: [header + field table + slot table + consumer cursors][data]
+ * Layout: [header + field table + slot table + consumer cursors + slot lengths][data]
  * data: [region for local CP shard 0: slot 0 .. slot n-1][region 1]...[shared: slot 0..n-1]
  * Every region and every slot within it is page-aligned.
  */
@@ -29,10 +29,11 @@ typedef struct cpdl__ring_geometry {
 
 /* The segment's control part as it lies in shared memory (its ABI; tests
  * corrupt it on purpose). Offsets and sizes only, never pointers. Layout:
- * [hdr][field records][slot records][consumer records], each table 64-byte
- * aligned, the whole control part page-aligned. */
+ * [hdr][field records][slot records][consumer records][slot lengths], each
+ * table 64-byte aligned, the whole control part page-aligned. */
 #define CPDL__RING_MAGIC UINT64_C(0x474e49524c445043) /* "CPDLRING" little-endian */
-#define CPDL__RING_VERSION 3u /* 2: consumer records carry world_rank and left; 3: 5 state words */
+#define CPDL__RING_VERSION 4u /* 2: consumer records carry world_rank and left; 3: 5 state
+                               * words; 4: the slot lengths table */
 #define CPDL__RING_MAX_SLOTS 1024u
 #define CPDL__RING_MAX_REGIONS 64u
 #define CPDL__RING_MAX_CONSUMERS 512u
@@ -73,11 +74,30 @@ typedef struct cpdl__ring_consumer_rec { /* one cache line, written by its consu
   _Atomic int32_t world_rank;     /* for messages that name this consumer */
   _Atomic uint32_t left;          /* 1: this consumer closed its loader; its cursor is final */
 } cpdl__ring_consumer_rec_t;
+/* The slot lengths table: what varies per step travels with the step, so a
+ * consumer never re-derives it from the data. For every slot, one row of
+ * (n_regions + 1) x n_fields words:
+ *   lengths[slot][block][field]   (_Atomic uint64_t)
+ * block < n_regions is local CP region `block`'s rank block, block ==
+ * n_regions the shared block (the numbering of cpdl__ring_block_offset).
+ * Each word is the number of valid entries along dim 0 of that field in
+ * that block for the step the slot holds: at most the field record's
+ * shape[0] (its capacity in the segment), which it is for every fixed-size
+ * field; less for fields of variable length (mode thd's cu_seqlens and
+ * cu_seqlens_padded: n+1 of their S/2cp+1 entries). A consumer reads the
+ * word of its own region for rank fields and the shared word for shared
+ * fields, so the length can differ per CP rank (TP peers share a region and
+ * so a length). The publisher writes the whole row of a slot before
+ * publishing it (ordered by publish()'s release store, like the state
+ * words); a row starts on a cache line. */
 /* Offsets of the tables in the control part (pure function of n_fields,
- * n_slots). */
+ * n_slots, n_consumers). */
 size_t cpdl__ring_fields_offset(void);
 size_t cpdl__ring_slots_offset(uint32_t n_fields);
 size_t cpdl__ring_consumers_offset(uint32_t n_fields, uint32_t n_slots);
+size_t cpdl__ring_lengths_offset(const cpdl__ring_geometry_t *geo);
+/* Bytes of one slot's row of the lengths table (cache-line aligned). */
+size_t cpdl__ring_lengths_row_bytes(const cpdl__ring_geometry_t *geo);
 /* Offsets in a segment of this geometry whose control part is ctrl_bytes
  * (cpdl__ring_sizes): local CP region `region`'s block for slot `slot`, or,
  * for region == geo->n_regions, the shared block of `slot`; and the bytes of

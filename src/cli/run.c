@@ -1,9 +1,10 @@
 /* run.c — `cpdl run` under mpirun: every rank takes its view of every step,
  * reads it (a checksum, as a trainer would touch it), optionally dumps it,
  * releases it; rank 0 shows progress and prints a one-line JSON summary:
- * steps (every rank's count; the run fails if they differ), the data's
- * seq_len and batch, tokens_per_s_per_rank (the mean of the ranks' rates of
- * the tokens in their views), tokens_per_s_slowest_rank (the lowest),
+ * steps (every rank's count; the run fails if they differ, naming each count
+ * and its ranks), the data's seq_len and batch, tokens_per_s_per_rank (the
+ * mean of the ranks' rates of the tokens in their views),
+ * tokens_per_s_slowest_rank (the lowest),
  * tokens_per_s_per_node (the ranks' rates summed, divided by the nodes, so
  * at most np x per_rank).
  * Errors are printed once per rank that sees them, prefixed with the rank.
@@ -17,6 +18,7 @@
 #include "cpdl/tools.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +358,62 @@ static int run_loop(run_t *R) {
  * (MPI_Finalize neither: Open MPI's waits for the dead rank too). */
 #define RUN_DEAD_PEER (-1)
 
+/* Append to text[cap] at *used, which stays below cap (a full text is cut). */
+static void append(char *text, size_t cap, size_t *used, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(text + *used, cap - *used, fmt, ap);
+  va_end(ap);
+  *used = n < 0 ? *used : *used + (size_t)n >= cap ? cap - 1 : *used + (size_t)n;
+}
+
+/* The ranks' step counts differ (the loader ends every replica on the same
+ * step, so this is a defect): rank 0 names every count and its ranks, as
+ * ranges ("4 steps: ranks 0, 2-3; 2 steps: rank 1"), most steps first.
+ * Collective (MPI: run after the end was agreed, so every rank is alive). */
+static void report_steps_differ(int rank, unsigned long long mine) {
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  unsigned long long *counts = rank == 0 ? malloc((size_t)world * sizeof *counts) : NULL;
+  MPI_Gather(&mine, 1, MPI_UNSIGNED_LONG_LONG, counts, 1, MPI_UNSIGNED_LONG_LONG, 0,
+             MPI_COMM_WORLD);
+  if (rank != 0)
+    return;
+  char text[1024] = "";
+  size_t used = 0;
+  unsigned long long above = ~0ULL; /* the counts listed so far are those above this */
+  for (int group = 0; counts; group++) {
+    unsigned long long count = 0;
+    int n = 0;
+    for (int r = 0; r < world; r++)
+      if (counts[r] < above && (!n || counts[r] >= count))
+        n = counts[r] == count && n ? n + 1 : 1, count = counts[r];
+    if (!n)
+      break;
+    append(text, sizeof text, &used, "%s%llu step%s: rank%s ", group ? "; " : "", count,
+           count == 1 ? "" : "s",
+           n > 1 ? "s" : "");
+    for (int r = 0, first = 1; r < world; r++) {
+      if (counts[r] != count)
+        continue;
+      int last = r;
+      while (last + 1 < world && counts[last + 1] == count)
+        last++;
+      if (last > r)
+        append(text, sizeof text, &used, "%s%d-%d", first ? "" : ", ", r, last);
+      else
+        append(text, sizeof text, &used, "%s%d", first ? "" : ", ", r);
+      first = 0;
+      r = last;
+    }
+    above = count;
+  }
+  fprintf(stderr, "cpdl run: the ranks delivered different numbers of steps (%s); every rank "
+          "must get the same number, so the run fails (a defect of cpdl's end of the data: "
+          "please report it with this line)\n", counts ? text : "counts not gathered");
+  free(counts);
+}
+
 /* Collective: agree on the loop's result, save the state (--save-state),
  * check that every rank got the same steps, reduce the measurements, close,
  * and print the JSON summary on rank 0. \return the exit status. */
@@ -381,21 +439,18 @@ static int run_summary(run_t *R, int run_rc) {
     fprintf(stderr, "cpdl run: rank %d: the run failed on rank %lld (%s; see that rank's error); "
             "this rank delivered %llu steps\n", rank, (long long)ends[3], cpdl_err_name(any_rc),
             (unsigned long long)R->delivered);
+  /* Every replica delivers the same steps (the loader's end); the summary
+   * says so only if it is true, and a run where it is not fails (with no
+   * state saved: its replicas stand at different places). */
+  bool steps_differ = !any_rc && ends[1] != -ends[2];
+  if (steps_differ)
+    report_steps_differ(rank, (unsigned long long)R->delivered);
   /* A checkpoint that was not written fails the run, on every rank. */
-  int save_rc = R->flags.save_state && !any_rc ? save_state(R->loader, R->flags.save_state, rank)
-                                               : 0;
+  int save_rc = R->flags.save_state && !any_rc && !steps_differ
+                    ? save_state(R->loader, R->flags.save_state, rank)
+                    : 0;
   if (save_rc == CPDL_EPEER)
     return RUN_DEAD_PEER;
-
-  /* Every replica delivers the same steps (the loader's end); say so only
-   * if it is true. */
-  unsigned long long mine = R->delivered, fewest = (unsigned long long)ends[1],
-                     most = (unsigned long long)-ends[2];
-  if (fewest != most && !any_rc) {
-    fprintf(stderr, "cpdl run: rank %d: ranks delivered between %llu and %llu steps (this rank "
-            "%llu); every rank must get the same number\n", rank, fewest, most, mine);
-    run_rc = CPDL_ESTATE;
-  }
   /* The data's rows per step and tokens per row (a pre-collated source's
    * own, not the configuration's). */
   int64_t data_seq_len = cfg->seq_len, data_batch = cfg->batch;
@@ -424,7 +479,7 @@ static int run_summary(run_t *R, int run_rc) {
     report_error(rank, "close", close_rc);
 
   const cpdl_mesh_coords_t *me = &R->me;
-  if (rank == 0 && !any_rc && !save_rc) {
+  if (rank == 0 && !any_rc && !save_rc && !steps_differ) {
     printf("{\"steps\": %llu, \"np\": %d, \"dp\": %d, \"cp\": %d, \"tp\": %d, \"seq_len\": %lld, "
            "\"batch\": %d, \"mode\": \"%s\", \"slots\": %d, \"threads\": %d, "
            "\"tokens_per_s_per_rank\": %.0f, \"tokens_per_s_slowest_rank\": %.0f, "
@@ -439,7 +494,7 @@ static int run_summary(run_t *R, int run_rc) {
            R->binding ? R->binding : "");
     fflush(stdout);
   }
-  return any_rc || save_rc || close_rc ? 1 : 0;
+  return any_rc || save_rc || close_rc || steps_differ ? 1 : 0;
 }
 
 int cpdl_cli_run(int argc, char **argv) {

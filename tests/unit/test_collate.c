@@ -160,6 +160,21 @@ static void rig_close(rig_t *r) {
   free(r->order);
 }
 
+/* mode thd: the valid entries of the last step's cu_seqlens, as the collate
+ * reports them (cpdl__collate_lengths): the same for both cu fields, every
+ * other field full. */
+static int64_t thd_entries(const cpdl__collate_t *collate, const cpdl_tensor_t *fields,
+                           int n_fields) {
+  int64_t rows[CPDL_MAX_FIELDS];
+  cpdl__collate_lengths(collate, rows, n_fields);
+  assert_int_equal(rows[4], rows[5]);
+  for (int i = 0; i < n_fields; i++)
+    if (i != 4 && i != 5)
+      assert_int_equal(rows[i], fields[i].shape[0]);
+  assert_true(rows[5] >= 2 && rows[5] <= fields[5].shape[0]);
+  return rows[5];
+}
+
 static const int64_t *field(const cpdl_tensor_t *fields, int n, const char *name, int64_t B, int64_t S) {
   for (int i = 0; i < n; i++) {
     if (strcmp(fields[i].name, name) == 0) {
@@ -275,7 +290,7 @@ static void test_thd_literal(void **state) {
     const int32_t *cu = fl[4].data, *cup = fl[5].data, *max_len = fl[6].data;
     assert_row(pos, (int64_t[]){0, 1, 2, 3, 4, 5, 6, 7}, 8);
     assert_int_equal(max_len[0], 8);
-    assert_int_equal(cpdl__collate_thd_len(cup, 3, 8), 2);
+    assert_int_equal(thd_entries(r.collate, fl, nf), 2);
     if (row < 2 || row == 3) { /* 8 pairs of the document from offset 0, 8 or 0 again */
       int64_t off = row == 1 ? 8 : 0;
       for (int u = 0; u < 8; u++) {
@@ -315,7 +330,7 @@ static void test_thd_documents(void **state) {
   const int64_t *in = field(fl, nf, "input_ids", 1, 16), *pos = field(fl, nf, "position_ids", 1, 16);
   const int32_t *cu = fl[4].data, *cup = fl[5].data;
   /* pairs: a 2, b 1, c 5 -> padded 4, 4, 8 = 16 in whatever order the permutation chose */
-  int64_t n = cpdl__collate_thd_len(cup, fl[5].shape[0], 16) - 1;
+  int64_t n = thd_entries(r.collate, fl, nf) - 1;
   assert_int_equal(n, 3);
   assert_int_equal(cu[3], 8);
   for (int64_t k = 0; k < n; k++) {
@@ -353,7 +368,7 @@ static void test_thd_exact_padding(void **state) {
     assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
     const int64_t *in = field(fl, nf, "input_ids", 1, 16);
     const int32_t *cu = fl[4].data, *cup = fl[5].data;
-    assert_int_equal(cpdl__collate_thd_len(cup, fl[5].shape[0], 16), 4);
+    assert_int_equal(thd_entries(r.collate, fl, nf), 4);
     for (int k = 0; k < 3; k++) {
       int32_t len = cu[k + 1] - cu[k], padded = cup[k + 1] - cup[k];
       int64_t first = in[cup[k]];

@@ -236,14 +236,50 @@ static void test_corrupt(void **state) {
   write_bin("unaligned", 2, n_tokens + 1);
   expect_error("unaligned", "?unit=sequence", CPDL_ECORRUPT, "not a multiple of the 2-byte", NULL);
 
+  /* Megatron's writer stores each sequence right after the previous one: a
+   * pointer that leaves a gap is corrupt, per document and per sequence. */
   make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
   d.pointers[2] += 2; /* document 1 = sequences 1, 2 no longer adjacent */
   write_idx("gap", &d);
   write_bin("gap", 2, n_tokens + 1);
-  expect_error("gap", "", CPDL_ECORRUPT, "document 1 is not contiguous", "?unit=sequence");
-  cpdl__source_t *src = open_prefix("gap", "?unit=sequence"); /* fine per sequence */
-  assert_int_equal(cpdl__source_count(src), 4);
-  cpdl__source_close(src);
+  char want[512];
+  snprintf(want, sizeof want, "sequence 2 starts at byte %lld of %s/gap.bin, expected %lld",
+           (long long)d.pointers[2], dir, (long long)d.pointers[2] - 2);
+  expect_error("gap", "", CPDL_ECORRUPT, want, "gap.idx: offset 66");
+  expect_error("gap", "?unit=sequence", CPDL_ECORRUPT, want, NULL);
+
+  /* A corrupted length that still fits inside the .bin (document 0 is one
+   * sequence: nothing but the next pointer betrays it). */
+  make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
+  d.lengths[0] -= 1;
+  write_idx("shortlen", &d);
+  write_bin("shortlen", 2, n_tokens);
+  snprintf(want, sizeof want, "sequence 1 starts at byte %lld of %s/shortlen.bin, expected %lld "
+           "(sequence 0 starts at byte 0 and has %d tokens of 2 bytes)",
+           (long long)d.pointers[1], dir, (long long)d.pointers[1] - 2, d.lengths[0]);
+  expect_error("shortlen", "", CPDL_ECORRUPT, want, "shortlen.idx: offset 58");
+  expect_error("shortlen", "?unit=sequence", CPDL_ECORRUPT, want, NULL);
+  make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
+  d.lengths[1] += 1; /* one token into sequence 2 */
+  write_idx("growlen", &d);
+  write_bin("growlen", 2, n_tokens);
+  expect_error("growlen", "", CPDL_ECORRUPT, "sequence 2 starts at byte", "expected");
+  /* The last sequence's length: it must end where the .bin does. */
+  make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
+  d.lengths[3] -= 2;
+  write_idx("lastlen", &d);
+  write_bin("lastlen", 2, n_tokens);
+  snprintf(want, sizeof want, "lastlen.idx: offset 46: the last sequence (3, %d tokens) ends at "
+           "byte %llu, but %s/lastlen.bin has %llu bytes", d.lengths[3],
+           (unsigned long long)(2 * (n_tokens - 2)), dir, (unsigned long long)(2 * n_tokens));
+  expect_error("lastlen", "?unit=sequence", CPDL_ECORRUPT, want, NULL);
+  make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
+  for (int k = 0; k < 4; k++)
+    d.pointers[k] += 4; /* all shifted: the first does not start at 0 */
+  write_idx("firstptr", &d);
+  write_bin("firstptr", 2, n_tokens + 2);
+  expect_error("firstptr", "", CPDL_ECORRUPT, "firstptr.idx: offset 50: sequence 0 starts at "
+               "byte 4", "expected 0");
 
   make_contiguous(&d, 8, 2, 3, spd, &n_tokens);
   d.doc_idx[3] = 3; /* must end at N = 4 */

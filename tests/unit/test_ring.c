@@ -438,6 +438,65 @@ static void test_reset_and_rebase(void **state) {
   fixture_close(&f);
 }
 
+/* The slot lengths table (segment.h): a fresh slot says every field is full;
+ * what the publisher stores for a step reaches the consumers of that block
+ * only (each region and the shared block have their own lengths, so a
+ * length can differ per CP rank); it lies inside the control part, clear of
+ * the consumer records; a length beyond its field's capacity is refused. */
+static void test_slot_lengths(void **state) {
+  (void)state;
+  fixture_t f;
+  fixture_open(&f, 3, 10, true);
+  const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(f.leader);
+  size_t table_end = cpdl__ring_lengths_offset(geo) + 3 * cpdl__ring_lengths_row_bytes(geo);
+  assert_true(cpdl__ring_lengths_offset(geo) >=
+              cpdl__ring_consumers_offset(2, 3) + N_CONSUMERS * sizeof(cpdl__ring_consumer_rec_t));
+  assert_true(table_end <= f.ctrl);
+  assert_int_equal(cpdl__ring_lengths_row_bytes(geo) % CPDL__CACHE_LINE, 0);
+  int64_t rows[2];
+  assert_int_equal(wait_free_bounded(f.leader, 10), 0);
+  cpdl__ring_publish(f.leader, 10);
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 10, 100, NULL, NULL), 0);
+  for (uint32_t b = 0; b <= N_REGIONS; b++) {
+    assert_int_equal(cpdl__ring_slot_lengths(f.consumers[0], 10, b, rows), 0);
+    assert_int_equal(rows[0], 1);   /* input_ids [1, SLOT_WORDS] */
+    assert_int_equal(rows[1], 100); /* pixel_values [100] */
+  }
+  assert_int_equal(cpdl__ring_slot_lengths(f.consumers[0], 10, N_REGIONS + 1, rows), CPDL_EARG);
+
+  /* Step 11: region 0 holds 37 entries of the shared-looking field, region 1
+   * 5, the shared block 0; every block is read back as its own. */
+  assert_int_equal(wait_free_bounded(f.leader, 11), 0);
+  cpdl__ring_set_slot_lengths(f.leader, 11, 0, (int64_t[]){1, 37});
+  cpdl__ring_set_slot_lengths(f.leader, 11, 1, (int64_t[]){0, 5});
+  cpdl__ring_set_slot_lengths(f.leader, 11, N_REGIONS, (int64_t[]){1, 0});
+  cpdl__ring_publish(f.leader, 11);
+  const int64_t want[N_REGIONS + 1][2] = {{1, 37}, {0, 5}, {1, 0}};
+  for (uint32_t c = 0; c < N_CONSUMERS; c++) {
+    assert_int_equal(cpdl__ring_wait_step(f.consumers[c], 11, 100, NULL, NULL), 0);
+    for (uint32_t b = 0; b <= N_REGIONS; b++) {
+      assert_int_equal(cpdl__ring_slot_lengths(f.consumers[c], 11, b, rows), 0);
+      assert_int_equal(rows[0], want[b][0]);
+      assert_int_equal(rows[1], want[b][1]);
+    }
+  }
+  /* The step's slot still holds step 10's lengths untouched. */
+  assert_int_equal(cpdl__ring_slot_lengths(f.consumers[1], 10, 1, rows), 0);
+  assert_int_equal(rows[1], 100);
+
+  /* A hostile length (beyond pixel_values' 100 entries) is refused by name. */
+  assert_int_equal(wait_free_bounded(f.leader, 12), 0);
+  cpdl__ring_set_slot_lengths(f.leader, 12, N_REGIONS, (int64_t[]){1, 101});
+  cpdl__ring_publish(f.leader, 12);
+  assert_int_equal(cpdl__ring_wait_step(f.consumers[0], 12, 100, NULL, NULL), 0);
+  assert_int_equal(cpdl__ring_slot_lengths(f.consumers[0], 12, N_REGIONS, rows), CPDL_ECORRUPT);
+  assert_non_null(strstr(cpdl_last_error(), "pixel_values"));
+  assert_non_null(strstr(cpdl_last_error(), "101"));
+  /* A step the slot no longer holds. */
+  assert_int_equal(cpdl__ring_slot_lengths(f.consumers[0], 15, 0, rows), CPDL_ESTATE);
+  fixture_close(&f);
+}
+
 /* ---- waits that must end -------------------------------------------------- */
 
 static void test_timeout(void **state) {
@@ -770,6 +829,7 @@ int main(void) {
       cmocka_unit_test(test_many_steps_one_mapping),
       cmocka_unit_test(test_wrap_around),
       cmocka_unit_test(test_reset_and_rebase),
+      cmocka_unit_test(test_slot_lengths),
       cmocka_unit_test(test_timeout),
       cmocka_unit_test(test_eof),
       cmocka_unit_test(test_post_error_wakes_everyone),
