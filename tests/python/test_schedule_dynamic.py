@@ -158,6 +158,7 @@ def test_coverage_and_balance():
         steps = 4
         total = {"balanced": 0.0, "dynamic": 0.0}
         sizes = collections.Counter()
+        ratios = {"balanced": [], "dynamic": []}  # per step (W > 1): busiest rank / mean
         for source, dp, cp in cases:
             label = "%s dp%d cp%d" % (source, dp, cp)
             bal, dyn = (os.path.join(tmp, "%s-%d-%d-%s" % (source, dp, cp, k)) for k in ("b", "d"))
@@ -181,9 +182,15 @@ def test_coverage_and_balance():
                       "1%% above the mean (%.0f)" % (label, k, dyn_max, bal_max, mean))
                 total["balanced"] += bal_max
                 total["dynamic"] += dyn_max
+                if dp * cp > 1:
+                    ratios["balanced"].append(bal_max / mean)
+                    ratios["dynamic"].append(dyn_max / mean)
         print("busiest rank's work summed over the steps and cases: balanced %.4g, dynamic %.4g "
               "(%.3f)" % (total["balanced"], total["dynamic"], total["dynamic"] / max(total["balanced"], 1)))
         print("sub-samples by CP size: %s" % dict(sorted(sizes.items())))
+        for k, v in ratios.items():
+            print("%s: busiest rank / mean over %d steps of dp*cp > 1: mean %.3f, worst %.3f" %
+                  (k, len(v), sum(v) / len(v), max(v)))
         check(sizes[1] > 0 and sum(n for c, n in sizes.items() if c > 1) > 0 and
               any(c not in (1, 2, 4, 8) for c in sizes),
               "dynamic: sub-samples whole, spread and of a size not a power of 2 all occur (%s)" %
