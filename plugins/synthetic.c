@@ -77,8 +77,10 @@ static uint32_t doc_token(const synthetic_t *s, uint64_t key, int64_t j, uint64_
   return (uint32_t)t;
 }
 
-static int syn_open(const cpdl_source_host_t *host, const char *path, const char *query,
-                    void **state, char *err, size_t errlen) {
+/* seed= when given, else the loader's seed (plugin.h: the key wins), else 1234. */
+static int syn_open_params(const cpdl_source_host_t *host, const cpdl_source_params_t *params,
+                           const char *path, const char *query, void **state, char *err,
+                           size_t errlen) {
   static const char *const known[] = {"seed", "vocab", "samples", "dist", "mean",
                                       "min",  "max",   "eot",     NULL};
   if (path && *path) {
@@ -96,7 +98,10 @@ static int syn_open(const cpdl_source_host_t *host, const char *path, const char
   }
   int64_t seed;
   char dist[16] = "exp";
-  if ((rc = host->query_int(query, "seed", 1234, INT64_MIN, INT64_MAX, &seed, err, errlen)) ||
+  /* As signed: a seed's 64 bits, whichever side gives them. */
+  const int64_t default_seed = (int64_t)CPDL_SOURCE_PARAM(params, seed, UINT64_C(1234));
+  if ((rc = host->query_int(query, "seed", default_seed, INT64_MIN, INT64_MAX, &seed, err,
+                            errlen)) ||
       (rc = host->query_int(query, "vocab", 50257, 2, INT64_C(1) << 32, &s->vocab, err, errlen)) ||
       (rc = host->query_int(query, "samples", 1000000, 0, INT64_C(1) << 62, &s->samples, err,
                             errlen)) ||
@@ -152,6 +157,11 @@ static int syn_open(const cpdl_source_host_t *host, const char *path, const char
 fail:
   free(s);
   return rc;
+}
+
+static int syn_open(const cpdl_source_host_t *host, const char *path, const char *query,
+                    void **state, char *err, size_t errlen) {
+  return syn_open_params(host, NULL, path, query, state, err, errlen);
 }
 
 static int64_t syn_count(void *state) { return ((synthetic_t *)state)->samples; }
@@ -211,6 +221,7 @@ static const cpdl_source_plugin_t descriptor = {
   .close = syn_close,
   .eot = syn_eot,
   .length = syn_length,
+  .open_params = syn_open_params,
 };
 
 CPDL_SOURCE_PLUGIN_EXPORT const cpdl_source_plugin_t *cpdl_source_plugin_v1(void) {

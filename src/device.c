@@ -16,10 +16,15 @@
  *  - A buffer is on the free list only when no tensor of its step is alive;
  *    its free_ev then marks the consumer stream's position when the last one
  *    died, and the copy stream waits on it before writing the buffer again.
+ *    Its step's DLManagedTensors live in it, so they are rewritten only then.
+ *  - next() allocates nothing, takes the lock once and makes no system call
+ *    when a step is queued: the credit is a count the thread polls (and a
+ *    wake only when the consumer finds the queue empty and waits anyway).
  *  - The feed lives while its handle (open..close) or any exported tensor
  *    does (`live` counts them); whoever drops the last frees everything.
- *  - The loader's error (the thread's last message) travels in the entry, so
- *    next() on the consumer's thread reports it with the loader's words.
+ *  - The loader's error (the thread's last message) travels with the end
+ *    entry (end_message), so next() on the consumer's thread reports it with
+ *    the loader's words.
  */
 #include "internal.h"
 
@@ -28,10 +33,13 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the CUDA driver API, loaded at run time ------------------------------ */
 
@@ -172,16 +180,7 @@ static dl_dtype_t dl_dtype(cpdl_dtype_t t) {
 
 /* ---- the feed ------------------------------------------------------------- */
 
-typedef struct buffer {
-  CUdeviceptr ptr;
-  size_t bytes;
-  CUevent free_ev;       /* consumer stream position when its last tensor died */
-  bool free_ev_recorded;
-  uintptr_t consumer;    /* the stream its current step is used on */
-  int refs;              /* tensors of its current step still alive */
-  struct buffer *next;   /* free list / all-buffers list */
-  struct buffer *next_all;
-} buffer_t;
+typedef struct buffer buffer_t;
 
 typedef struct exported {
   dl_managed_t managed;  /* first: the deleter gets this pointer */
@@ -190,13 +189,36 @@ typedef struct exported {
   buffer_t *buffer;
 } exported_t;
 
+/* The names and dtypes of a step's fields, in order. Kept (never changed)
+ * from the step that first had them until the feed is freed, so a step's
+ * names stay valid and a consumer may cache by `id`. */
+typedef struct layout {
+  uint64_t id;           /* 1, 2, …: one per distinct layout */
+  int n_fields;
+  char names[CPDL_MAX_FIELDS][CPDL_NAME_MAX];
+  cpdl_dtype_t dtypes[CPDL_MAX_FIELDS];
+  struct layout *next;
+} layout_t;
+
+/* A device buffer holds one step at a time; its tensors' DLManagedTensors
+ * live in it (a step's are written only while no tensor of the buffer's
+ * previous step is alive), so handing a step over allocates nothing. */
+struct buffer {
+  CUdeviceptr ptr;
+  size_t bytes;
+  CUevent free_ev;       /* consumer stream position when its last tensor died */
+  bool free_ev_recorded;
+  uintptr_t consumer;    /* the stream its current step is used on */
+  int refs;              /* tensors of its current step still alive */
+  struct buffer *next;   /* free list / all-buffers list */
+  struct buffer *next_all;
+  exported_t fields[CPDL_MAX_FIELDS];
+};
+
 typedef struct entry {
   int rc;                /* 0: a step; else the error that ended the stream */
-  char message[512];
   uint64_t step;
-  int n_fields;
-  exported_t *fields[CPDL_MAX_FIELDS];
-  cpdl_dtype_t dtypes[CPDL_MAX_FIELDS];
+  const layout_t *layout;
   cpdl_mesh_coords_t mesh;
   buffer_t *buffer;
 } entry_t;
@@ -211,18 +233,24 @@ struct cpdl_device_feed {
   void *pinned;          /* this rank's region, page-locked at the first step */
   bool pin_tried;
   int prefetch, dl_device_type, device;
-  char names[CPDL_MAX_FIELDS][CPDL_NAME_MAX];
+  layout_t *layouts;     /* newest first; the copy thread adds, feed_destroy frees */
 
   pthread_t thread;
   bool thread_started;
   _Atomic bool stop;
-  sem_t credits, ready;
+  /* Credits: steps the thread may take (prefetch at open, one per step
+   * taken). next() only adds to the count, without a system call; the thread
+   * looks every CREDIT_POLL_NS while it has none, and `wake` rouses it at
+   * once when the consumer is about to wait for a step, or at close. */
+  _Atomic int credits;
+  sem_t wake, ready;
 
   pthread_mutex_t lock;  /* guards everything below */
   entry_t *queue;        /* prefetch + 1 entries, a ring */
   int head, count;
   buffer_t *free_list, *all;
   int live;              /* the handle + exported tensors not yet deleted */
+  char end_message[512]; /* the copy thread's last words (with the entry whose rc != 0) */
   int sticky_rc;         /* next() after the end or an error */
   char sticky_message[512];
 };
@@ -246,8 +274,12 @@ static void feed_destroy(cpdl_device_feed_t *f) {
     f->cu.CtxPopCurrent(&popped);
     f->cu.DevicePrimaryCtxRelease(f->dev);
   }
+  for (layout_t *l = f->layouts, *n; l; l = n) {
+    n = l->next;
+    free(l);
+  }
   /* The library stays loaded: a late deleter may still be running its code. */
-  sem_destroy(&f->credits);
+  sem_destroy(&f->wake);
   sem_destroy(&f->ready);
   pthread_mutex_destroy(&f->lock);
   free(f->queue);
@@ -283,7 +315,6 @@ static void tensor_deleter(dl_managed_t *m) {
   }
   bool last = unref_locked(f);
   pthread_mutex_unlock(&f->lock);
-  free(e);
   if (last)
     feed_destroy(f);
 }
@@ -321,6 +352,40 @@ static int take_buffer(cpdl_device_feed_t *f, size_t bytes, buffer_t **out) {
   return 0;
 }
 
+static bool layout_matches(const layout_t *l, const cpdl_batch_t *batch) {
+  if (l->n_fields != batch->n_fields)
+    return false;
+  for (int i = 0; i < batch->n_fields; i++)
+    if (l->dtypes[i] != batch->fields[i].dtype ||
+        strncmp(l->names[i], batch->fields[i].name, CPDL_NAME_MAX) != 0)
+      return false;
+  return true;
+}
+
+/* The layout of `batch`'s fields: a known one (the newest first: every step
+ * of a loader usually has the same fields), else a new one, so the list holds
+ * each distinct layout once. Only the copy thread calls this. */
+static int find_layout(cpdl_device_feed_t *f, const cpdl_batch_t *batch, const layout_t **out) {
+  for (const layout_t *l = f->layouts; l; l = l->next)
+    if (layout_matches(l, batch)) {
+      *out = l;
+      return 0;
+    }
+  layout_t *n = calloc(1, sizeof *n);
+  if (!n)
+    return cpdl__error(-ENOMEM, "device feed: out of memory");
+  n->id = f->layouts ? f->layouts->id + 1 : 1;
+  n->n_fields = batch->n_fields;
+  for (int i = 0; i < batch->n_fields; i++) {
+    snprintf(n->names[i], sizeof n->names[i], "%s", batch->fields[i].name);
+    n->dtypes[i] = batch->fields[i].dtype;
+  }
+  n->next = f->layouts;
+  f->layouts = n;
+  *out = n;
+  return 0;
+}
+
 /* Copy the held batch into a buffer and describe it in `e`. */
 static int copy_step(cpdl_device_feed_t *f, const cpdl_batch_t *batch, entry_t *e) {
   const char *lo = NULL, *hi = NULL;
@@ -334,8 +399,10 @@ static int copy_step(cpdl_device_feed_t *f, const cpdl_batch_t *batch, entry_t *
       hi = d + batch->fields[i].nbytes;
   }
   size_t span = lo ? (size_t)(hi - lo) : 0;
+  int rc = find_layout(f, batch, &e->layout);
   buffer_t *b = NULL;
-  int rc = take_buffer(f, span, &b);
+  if (!rc)
+    rc = take_buffer(f, span, &b);
   if (rc)
     return rc;
   if (span) {
@@ -349,16 +416,9 @@ static int copy_step(cpdl_device_feed_t *f, const cpdl_batch_t *batch, entry_t *
   e->buffer = b;
   e->step = batch->step;
   e->mesh = batch->mesh;
-  e->n_fields = batch->n_fields;
   for (int i = 0; i < batch->n_fields; i++) {
     const cpdl_view_field_t *v = &batch->fields[i];
-    exported_t *x = calloc(1, sizeof *x);
-    if (!x) {
-      for (int j = 0; j < i; j++)
-        free(e->fields[j]);
-      b->refs = 0;
-      return cpdl__error(-ENOMEM, "device feed: out of memory");
-    }
+    exported_t *x = &b->fields[i];
     x->feed = f;
     x->buffer = b;
     int64_t stride = 1;
@@ -377,10 +437,6 @@ static int copy_step(cpdl_device_feed_t *f, const cpdl_batch_t *batch, entry_t *
     t->byte_offset = 0;
     x->managed.manager_ctx = x;
     x->managed.deleter = tensor_deleter;
-    e->fields[i] = x;
-    e->dtypes[i] = v->dtype;
-    if (!f->names[i][0])
-      snprintf(f->names[i], sizeof f->names[i], "%s", v->name);
   }
   return 0;
 }
@@ -400,25 +456,63 @@ static void pin_region(cpdl_device_feed_t *f, const cpdl_batch_t *batch) {
     f->pinned = region;
 }
 
-static void push_entry(cpdl_device_feed_t *f, const entry_t *e) {
+static void push_entry(cpdl_device_feed_t *f, const entry_t *e, const char *end_message) {
   pthread_mutex_lock(&f->lock);
   int tail = (f->head + f->count) % (f->prefetch + 1);
   f->queue[tail] = *e;
+  if (end_message)
+    snprintf(f->end_message, sizeof f->end_message, "%s", end_message);
   f->count++;
   pthread_mutex_unlock(&f->lock);
   sem_post(&f->ready);
 }
 
+/* How often the copy thread, holding no credit, looks for one: the most a
+ * step's copy can start late after the next() that made room for it (the
+ * consumer's own wait for an empty queue wakes it at once). */
+#define CREDIT_POLL_NS 1000000L
+
+/* Wait for a credit and take it; false once the feed is stopping. The
+ * acquire pairs with next()'s release add: the entry it dequeued (and the
+ * buffer bookkeeping before it) is done before the thread reuses the slot. */
+static bool take_credit(cpdl_device_feed_t *f) {
+  for (;;) {
+    if (f->stop)
+      return false;
+    int have = atomic_load_explicit(&f->credits, memory_order_acquire);
+    if (have > 0) {
+      if (atomic_compare_exchange_weak_explicit(&f->credits, &have, have - 1,
+                                                memory_order_acquire, memory_order_relaxed))
+        return true;
+      continue;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += CREDIT_POLL_NS;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    sem_timedwait(&f->wake, &until); /* a wake, a timeout or EINTR: look again */
+  }
+}
+
 static void *copy_thread(void *arg) {
   cpdl_device_feed_t *f = arg;
   entry_t e;
+  /* A batch thread is never let preempt a running one on wake-up (Linux's
+   * fair scheduler leaves that to the tick): waking to look for a credit,
+   * or roused by next(), this thread does not take the CPU from the
+   * consumer. Best effort: without it (another OS) it may, nothing else. */
+#ifdef SCHED_BATCH
+  struct sched_param batch_param = {.sched_priority = 0};
+  pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch_param);
+#endif
   int rc = f->cu.CtxPushCurrent(f->ctx) == 0 ? 0 : CPDL_EDEVICE;
   if (rc)
     cpdl__error(rc, "device feed: cannot make the device's context current in the copy thread");
   while (!rc) {
-    while (sem_wait(&f->credits) != 0 && errno == EINTR) {
-    }
-    if (f->stop)
+    if (!take_credit(f))
       break;
     cpdl_batch_t batch;
     rc = cpdl_loader_next(f->loader, &batch);
@@ -431,15 +525,22 @@ static void *copy_thread(void *arg) {
     int rc2 = cpdl_batch_release(f->loader, &batch);
     if (!rc)
       rc = rc2;
-    if (rc)
+    if (rc) {
+      if (e.buffer) { /* copied (or not) but never handed out: back to the free list */
+        pthread_mutex_lock(&f->lock);
+        e.buffer->refs = 0;
+        e.buffer->next = f->free_list;
+        f->free_list = e.buffer;
+        pthread_mutex_unlock(&f->lock);
+      }
       break;
-    push_entry(f, &e);
+    }
+    push_entry(f, &e, NULL);
   }
   if (!f->stop || rc) {
     memset(&e, 0, sizeof e);
     e.rc = rc ? rc : CPDL_EEOF;
-    snprintf(e.message, sizeof e.message, "%s", cpdl_last_error());
-    push_entry(f, &e);
+    push_entry(f, &e, cpdl_last_error());
   }
   CUcontext popped;
   f->cu.CtxPopCurrent(&popped);
@@ -490,7 +591,8 @@ int cpdl_device_feed_open(cpdl_loader_t *loader, const cpdl_device_params_t *par
   f->dl_device_type = dl_type;
   f->live = 1;
   pthread_mutex_init(&f->lock, NULL);
-  sem_init(&f->credits, 0, (unsigned)params->prefetch);
+  f->credits = params->prefetch;
+  sem_init(&f->wake, 0, 0);
   sem_init(&f->ready, 0, 0);
   int rc = 0;
   if (!(f->queue = calloc((size_t)params->prefetch + 1, sizeof *f->queue)))
@@ -502,7 +604,7 @@ int cpdl_device_feed_open(cpdl_loader_t *loader, const cpdl_device_params_t *par
   if (rc) {
     if (f->thread_started) { /* not reached: the thread starts last */
       f->stop = true;
-      sem_post(&f->credits);
+      sem_post(&f->wake);
       pthread_join(f->thread, NULL);
     }
     feed_destroy(f);
@@ -512,51 +614,59 @@ int cpdl_device_feed_open(cpdl_loader_t *loader, const cpdl_device_params_t *par
   return 0;
 }
 
-/* Free an entry's exported tensors that nobody took (close). */
+/* Delete an entry's exported tensors that nobody took (close). */
 static void drop_entry(entry_t *e) {
-  for (int i = 0; i < e->n_fields; i++)
-    e->fields[i]->managed.deleter(&e->fields[i]->managed);
-  e->n_fields = 0;
+  for (int i = 0; i < e->layout->n_fields; i++)
+    e->buffer->fields[i].managed.deleter(&e->buffer->fields[i].managed);
 }
 
+/* The consumer's critical path: one lock for the dequeue and the hand-over
+ * bookkeeping, nothing allocated, the credit posted last. */
 int cpdl_device_feed_next(cpdl_device_feed_t *f, uintptr_t consumer_stream,
                           cpdl_device_step_t *out) {
   if (!f || !out)
     return cpdl__error(CPDL_EARG, "cpdl_device_feed_next: NULL feed or out");
   if (f->sticky_rc)
     return cpdl__error(f->sticky_rc, "%s", f->sticky_message);
-  while (sem_wait(&f->ready) != 0 && errno == EINTR) {
+  if (sem_trywait(&f->ready) != 0) {
+    /* Nothing queued: the thread may be between two looks at its credits;
+     * this wait is the caller's anyway, so rouse it now. */
+    sem_post(&f->wake);
+    while (sem_wait(&f->ready) != 0 && errno == EINTR) {
+    }
   }
   pthread_mutex_lock(&f->lock);
   entry_t e = f->queue[f->head];
   f->head = (f->head + 1) % (f->prefetch + 1);
   f->count--;
-  pthread_mutex_unlock(&f->lock);
   if (e.rc) {
     f->sticky_rc = e.rc;
-    snprintf(f->sticky_message, sizeof f->sticky_message, "%s", e.message);
-    return cpdl__error(e.rc, "%s", e.message);
-  }
-  e.buffer->consumer = consumer_stream; /* before any of its tensors can die */
-  pthread_mutex_lock(&f->lock);
-  f->live += e.n_fields;
-  pthread_mutex_unlock(&f->lock);
-  memset(out, 0, sizeof *out);
-  out->step = e.step;
-  out->n_fields = e.n_fields;
-  out->mesh = e.mesh;
-  for (int i = 0; i < e.n_fields; i++) {
-    out->names[i] = f->names[i];
-    out->tensors[i] = &e.fields[i]->managed;
-    out->dtypes[i] = e.dtypes[i];
-  }
-  if (e.n_fields == 0) { /* nothing will ever delete it */
-    pthread_mutex_lock(&f->lock);
-    e.buffer->next = f->free_list;
-    f->free_list = e.buffer;
+    snprintf(f->sticky_message, sizeof f->sticky_message, "%s", f->end_message);
     pthread_mutex_unlock(&f->lock);
+    return cpdl__error(e.rc, "%s", f->sticky_message);
   }
-  sem_post(&f->credits); /* the copy thread may take one more step */
+  const layout_t *l = e.layout;
+  buffer_t *b = e.buffer;
+  b->consumer = consumer_stream; /* before any of its tensors can die */
+  f->live += l->n_fields;
+  if (l->n_fields == 0) { /* nothing will ever delete it */
+    b->next = f->free_list;
+    f->free_list = b;
+  }
+  pthread_mutex_unlock(&f->lock);
+  out->step = e.step;
+  out->n_fields = l->n_fields;
+  out->mesh = e.mesh;
+  out->layout = l->id;
+  for (int i = 0; i < l->n_fields; i++) {
+    out->names[i] = l->names[i];
+    out->tensors[i] = &b->fields[i].managed;
+    out->dtypes[i] = l->dtypes[i];
+  }
+  /* The copy thread may take one more step: a count it polls, so the
+   * caller makes no system call here (a futex wake of a sleeping thread,
+   * an inter-processor interrupt, cost it tens of µs on a loaded host). */
+  atomic_fetch_add_explicit(&f->credits, 1, memory_order_release);
   cpdl__error_clear();
   return 0;
 }
@@ -565,7 +675,7 @@ int cpdl_device_feed_close(cpdl_device_feed_t *f) {
   if (!f)
     return 0;
   f->stop = true;
-  sem_post(&f->credits);
+  sem_post(&f->wake);
   pthread_join(f->thread, NULL);
   if (f->pinned) { /* no copy reads the region any more */
     CUcontext popped;
@@ -576,7 +686,7 @@ int cpdl_device_feed_close(cpdl_device_feed_t *f) {
     f->pinned = NULL;
   }
   /* Steps queued and never taken: their tensors die here. Their buffers hold
-   * no consumer work, so no event is needed (consumer 0 is harmless). */
+   * no consumer work: the event goes on the legacy stream 0, which is harmless. */
   pthread_mutex_lock(&f->lock);
   int n = f->count, head = f->head;
   f->count = 0;
@@ -586,7 +696,8 @@ int cpdl_device_feed_close(cpdl_device_feed_t *f) {
     if (e->rc)
       continue;
     pthread_mutex_lock(&f->lock);
-    f->live += e->n_fields; /* each deleter drops one */
+    f->live += e->layout->n_fields; /* each deleter drops one */
+    e->buffer->consumer = 0;        /* no stream ever used it */
     pthread_mutex_unlock(&f->lock);
     drop_entry(e);
   }

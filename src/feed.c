@@ -23,53 +23,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* True if the query part of uri ("scheme:path?k=v&k=v") has key. */
-static bool uri_has_key(const char *uri, const char *key) {
-  const char *q = strchr(uri, '?');
-  size_t klen = strlen(key);
-  while (q) {
-    q++;
-    if (strncmp(q, key, klen) == 0 && (q[klen] == '=' || q[klen] == '&' || q[klen] == '\0'))
-      return true;
-    q = strchr(q, '&');
-  }
-  return false;
-}
-
-/* The source URI to open: "synthetic:" by default; a synthetic URI without a
- * seed gets the config's, so `seed=` alone decides the whole stream. */
-static int source_uri(const cpdl_config_t *cfg, char *buf, size_t size) {
-  const char *uri = cfg->source[0] ? cfg->source : "synthetic:";
-  int n;
-  if (strncmp(uri, "synthetic:", 10) == 0 && !uri_has_key(uri, "seed"))
-    /* As signed: the plugin parses int64 and takes the bits back as uint64. */
-    n = snprintf(buf, size, "%s%cseed=%lld", uri, strchr(uri, '?') ? '&' : '?',
-                 (long long)(int64_t)cfg->seed);
-  else if (strncmp(uri, "gpt:", 4) == 0) {
-    /* Megatron's --seq-length and --seed are the loader's. */
-    char extra[64] = "", *e = extra;
-    if (!uri_has_key(uri, "seq_len"))
-      e += snprintf(e, sizeof extra, "&seq_len=%lld", (long long)cfg->seq_len);
-    if (!uri_has_key(uri, "seed"))
-      snprintf(e, sizeof extra - (size_t)(e - extra), "&seed=%llu", (unsigned long long)cfg->seed);
-    n = snprintf(buf, size, "%s%s%s", uri, strchr(uri, '?') ? "" : "?",
-                 extra + (strchr(uri, '?') ? 0 : 1));
-  }
-  else
-    n = snprintf(buf, size, "%s", uri);
-  if (n < 0 || (size_t)n >= size)
-    return cpdl__error(CPDL_EARG, "feed: source URI \"%.64s…\" is longer than %zu bytes", uri, size - 1);
-  return 0;
+/* The loader's parameters for the source's plugin. The URI is not rewritten:
+ * a plugin that takes seed= (synthetic:, gpt:) or seq_len= (gpt:) uses the
+ * URI's key when given, else these, so `seed=` alone decides the whole
+ * stream of a URI without one, and a URI's own seed= keeps its documents
+ * whatever the loader's seed (the config's seed still orders them: perm.c). */
+static cpdl_source_params_t source_params(const cpdl_config_t *cfg) {
+  cpdl_source_params_t params = {
+      .struct_size = sizeof params,
+      .seed = cfg->seed,
+      .seq_len = cfg->seq_len, /* Megatron's --seq-length (gpt:) */
+  };
+  return params;
 }
 
 int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__feed_t **out) {
   *out = NULL;
   if (dp_size < 1 || dp_rank < 0 || dp_rank >= dp_size)
     return cpdl__error(CPDL_EARG, "feed: dp_rank %d is not in [0, dp_size %d)", dp_rank, dp_size);
-  char uri[CPDL_SOURCE_MAX + 32];
-  int rc = source_uri(cfg, uri, sizeof uri);
-  if (rc)
-    return rc;
   cpdl__feed_t *feed = calloc(1, sizeof *feed);
   if (!feed)
     return cpdl__error(-ENOMEM, "feed: out of memory");
@@ -77,7 +48,8 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
   feed->dp_size = dp_size;
   feed->drop_last = cfg->drop_last != 0;
   feed->rolls = true;
-  rc = cpdl__source_open(uri, &feed->source);
+  const cpdl_source_params_t params = source_params(cfg);
+  int rc = cpdl__source_open(cfg->source[0] ? cfg->source : "synthetic:", &params, &feed->source);
   if (rc) {
     free(feed);
     return rc;
@@ -97,7 +69,7 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
   if (!rc) {
     /* The first epoch is entered at open: its index is built here, once. */
     uint64_t start[CPDL__CURSOR_WORDS] = {0};
-    start[CPDL__CURSOR_CONSUMED] = (uint64_t)feed->consumed; /* gpt: consumed_samples= */
+    start[CPDL__CURSOR_CONSUMED] = (uint64_t)feed->consumed; /* the source's consumed() */
     rc = cpdl__feed_seek(feed, start);
   }
   if (rc) {

@@ -8,6 +8,7 @@
 
 #include "base.h"
 #include "cpdl.h"
+#include "cpdl/plugin.h" /* cpdl_source_params_t */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,10 +28,12 @@ typedef struct cpdl__sample {
   int64_t n_tokens;
   int token_bytes;         /* 2, 4 or 8 (unsigned 16/32 bit, or int64) */
 } cpdl__sample_t;
-/* \return 0, CPDL_EPLUGIN (unknown scheme: lists known ones; ABI mismatch:
+/* The URI goes to the plugin as given; `params` (NULL: none) are the
+ * loader's parameters (plugin.h, cpdl_source_params_t), lent for the call.
+ * \return 0, CPDL_EPLUGIN (unknown scheme: lists known ones; ABI mismatch:
  *         both versions; missing symbol; dlerror() text), CPDL_ESOURCE,
  *         CPDL_ECORRUPT (file, offset, what was expected). */
-int cpdl__source_open(const char *uri, cpdl__source_t **out);
+int cpdl__source_open(const char *uri, const cpdl_source_params_t *params, cpdl__source_t **out);
 const char *cpdl__source_name(const cpdl__source_t *src);  /* plugin name */
 int64_t cpdl__source_count(const cpdl__source_t *src);      /* samples */
 int cpdl__source_read(cpdl__source_t *src, int64_t index, cpdl__sample_t *out);
@@ -52,6 +55,10 @@ bool cpdl__source_stable(const cpdl__source_t *src); /* tokens valid until close
 /* Sources with one global sample order (CPDL_SOURCE_GLOBAL_ORDER: gpt): sample
  * `index` as one training row of `width` positions (plugin.h, read_row). */
 bool cpdl__source_global_order(const cpdl__source_t *src);
+/* Global-order sources: the samples consumed before the stream begins (the
+ * plugin's consumed(), e.g. gpt:'s consumed_samples=; 0 without one).
+ * \return 0, CPDL_EPLUGIN (a value outside [0, count]). */
+int cpdl__source_consumed(const cpdl__source_t *src, int64_t *consumed);
 int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int64_t *input_ids,
                           int64_t *labels, float *loss_mask, int64_t *position_ids);
 /* Documents: sample i is document i unless the plugin says otherwise

@@ -2,9 +2,9 @@
  * one global order (gpt:, Megatron-LM's GPTDataset; CPDL_SOURCE_GLOBAL_ORDER):
  * row i is sample i, read through read_row(). One epoch, the source's own:
  * the stream ends at the last full global batch (CPDL_EEOF), as Megatron
- * drops its last partial one; epochs= does not bound it. The URI's
- * consumed_samples= starts it where a Megatron run left off (a resume state
- * replaces it).
+ * drops its last partial one; epochs= does not bound it. The source's
+ * consumed() (gpt:'s consumed_samples=) starts it where a Megatron run left
+ * off (a resume state replaces it).
  */
 #include "feed_kind.h"
 
@@ -19,28 +19,6 @@ typedef struct rows {
   int64_t *ids[2][3];       /* input_ids, labels, position_ids [batch, seq_len] */
   float *loss_mask[2];
 } rows_t;
-
-/* The value of `key` in the query of uri as an unsigned integer; 0 if absent. */
-static int uri_u64(const char *uri, const char *key, uint64_t *out) {
-  *out = 0;
-  const char *q = strchr(uri, '?');
-  size_t klen = strlen(key);
-  while (q) {
-    q++;
-    if (strncmp(q, key, klen) == 0 && q[klen] == '=') {
-      char *end;
-      errno = 0;
-      unsigned long long v = strtoull(q + klen + 1, &end, 10);
-      if (errno || end == q + klen + 1 || (*end && *end != '&') || q[klen + 1] == '-')
-        return cpdl__error(CPDL_EARG, "feed: %s= in \"%.200s\" is not a non-negative integer",
-                           key, uri);
-      *out = v;
-      return 0;
-    }
-    q = strchr(q, '&');
-  }
-  return 0;
-}
 
 static int rows_enter(cpdl__feed_t *feed, uint64_t epoch, const uint64_t *words,
                       int64_t *consumed) {
@@ -156,16 +134,11 @@ int cpdl__feed_rows_open(cpdl__feed_t *feed, const cpdl_config_t *cfg) {
   feed->unit = cfg->batch;
   feed->rolls = false;
   feed->double_buffer = cfg->threads > 1;
-  /* consumed_samples=C: start where a Megatron run left off. */
-  uint64_t base;
-  int rc = uri_u64(cfg->source, "consumed_samples", &base);
+  /* Start where a Megatron run left off (the plugin's consumed_samples=). */
+  int rc = cpdl__source_consumed(feed->source, &feed->consumed);
   if (rc)
     return rc;
   r->n = cpdl__source_count(feed->source);
-  if (base > (uint64_t)r->n)
-    return cpdl__error(CPDL_EARG, "feed: consumed_samples=%llu is past the source's %lld samples",
-                       (unsigned long long)base, (long long)r->n);
-  feed->consumed = (int64_t)base;
   r->batch = cfg->batch;
   r->seq_len = cfg->seq_len;
   r->n_sets = feed->double_buffer ? 2 : 1;

@@ -1,6 +1,8 @@
-/* source.c — the data-source plugin host: URI parsing, plugin discovery and
- * loading (dlopen of cpdl-<scheme>.so), the host service table lent to
- * plugins, and the cpdl__source_* / cpdl_source_* wrappers.
+/* source.c — the data-source plugin host: URI parsing (the query itself:
+ * query.c), plugin discovery and loading (dlopen of cpdl-<scheme>.so), the
+ * host service table and the loader's parameters lent to plugins at open,
+ * and the cpdl__source_* / cpdl_source_* wrappers. The URI reaches the
+ * plugin as given, never rewritten.
  * Invariants: a cpdl__source_t exists only with a checked descriptor (ABI
  * version, struct_size, required members) and an opened plugin state; the
  * plugin's dlopen handle outlives its state. Plugins without
@@ -8,6 +10,7 @@
  */
 #include "internal.h"
 #include "cpdl/plugin.h"
+#include "query.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -115,116 +118,17 @@ static void host_unmap_file(cpdl_source_mapping_t *m) {
   }
 }
 
-/* Find `key` in "k=v&k=v": value start and length, or NULL. */
-static const char *query_find(const char *query, const char *key, size_t *vlen) {
-  size_t klen = strlen(key);
-  const char *p = query;
-  while (p && *p) {
-    const char *end = strchr(p, '&');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    const char *eq = memchr(p, '=', len);
-    size_t name_len = eq ? (size_t)(eq - p) : len;
-    if (name_len == klen && memcmp(p, key, klen) == 0) {
-      *vlen = eq ? len - name_len - 1 : 0;
-      return eq ? eq + 1 : p + len;
-    }
-    p = end ? end + 1 : NULL;
-  }
-  return NULL;
-}
-
-static int host_query_get(const char *query, const char *key, char *buf, size_t buflen) {
-  size_t vlen;
-  const char *v = query_find(query, key, &vlen);
-  if (!v)
-    return 0;
-  if (vlen + 1 > buflen)
-    return CPDL_SOURCE_EARG;
-  memcpy(buf, v, vlen);
-  buf[vlen] = '\0';
-  return 1;
-}
-
-static int host_query_int(const char *query, const char *key, int64_t dflt, int64_t min,
-                          int64_t max, int64_t *out, char *err, size_t errlen) {
-  char buf[64];
-  int found = host_query_get(query, key, buf, sizeof buf);
-  if (found < 0) {
-    snprintf(err, errlen, "query key '%s': value too long", key);
-    return CPDL_SOURCE_EARG;
-  }
-  if (!found) {
-    *out = dflt;
-    return 0;
-  }
-  char *end;
-  errno = 0;
-  long long v = strtoll(buf, &end, 0);
-  if (buf[0] == '\0' || *end != '\0' || errno || v < min || v > max) {
-    snprintf(err, errlen, "query key '%s=%s': expected an integer in [%" PRId64 ", %" PRId64 "]",
-             key, buf, min, max);
-    return CPDL_SOURCE_EARG;
-  }
-  *out = v;
-  return 0;
-}
-
-static int host_query_check(const char *query, const char *const *known, char *err,
-                            size_t errlen) {
-  const char *p = query;
-  while (p && *p) {
-    const char *end = strchr(p, '&');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    const char *eq = memchr(p, '=', len);
-    size_t name_len = eq ? (size_t)(eq - p) : len;
-    bool ok = name_len == 0; /* "a=1&&b=2" tolerates the empty piece */
-    for (int k = 0; !ok && known[k]; k++)
-      ok = strlen(known[k]) == name_len && memcmp(known[k], p, name_len) == 0;
-    if (!ok) {
-      size_t n = (size_t)snprintf(err, errlen, "unknown query key '%.*s' (known:", (int)name_len, p);
-      for (int k = 0; known[k] && n < errlen; k++)
-        n += (size_t)snprintf(err + n, errlen - n, " %s", known[k]);
-      if (n < errlen)
-        snprintf(err + n, errlen - n, ")");
-      return CPDL_SOURCE_EARG;
-    }
-    p = end ? end + 1 : NULL;
-  }
-  return 0;
-}
-
-/* The first key that occurs twice in "k=v&k=v" (its length in *len), or NULL. */
-static const char *query_repeated(const char *query, size_t *len) {
-  for (const char *p = query; p && *p;) {
-    const char *end = strchr(p, '&');
-    size_t plen = end ? (size_t)(end - p) : strlen(p);
-    const char *eq = memchr(p, '=', plen);
-    size_t name_len = eq ? (size_t)(eq - p) : plen;
-    for (const char *q = end ? end + 1 : NULL; name_len && q && *q;) {
-      const char *qend = strchr(q, '&');
-      size_t qlen = qend ? (size_t)(qend - q) : strlen(q);
-      const char *qeq = memchr(q, '=', qlen);
-      size_t qname = qeq ? (size_t)(qeq - q) : qlen;
-      if (qname == name_len && memcmp(p, q, name_len) == 0) {
-        *len = name_len;
-        return p;
-      }
-      q = qend ? qend + 1 : NULL;
-    }
-    p = end ? end + 1 : NULL;
-  }
-  return NULL;
-}
-
+/* The query services are the one query parser's (query.h): the host's own
+ * repeated-key check and a plugin's lookups read a query alike. */
 static const cpdl_source_host_t host_table = {
   .abi_version = CPDL_SOURCE_ABI_VERSION,
   .struct_size = sizeof(cpdl_source_host_t),
   .log = host_log,
   .map_file = host_map_file,
   .unmap_file = host_unmap_file,
-  .query_get = host_query_get,
-  .query_int = host_query_int,
-  .query_check = host_query_check,
+  .query_get = cpdl__query_get,
+  .query_int = cpdl__query_int,
+  .query_check = cpdl__query_check,
 };
 
 /* ---- discovery -------------------------------------------------------------- */
@@ -378,7 +282,7 @@ static int parse_uri(const char *uri, char *scheme, const char **path_start, siz
   return 0;
 }
 
-int cpdl__source_open(const char *uri, cpdl__source_t **out) {
+int cpdl__source_open(const char *uri, const cpdl_source_params_t *params, cpdl__source_t **out) {
   *out = NULL;
   char scheme[SCHEME_MAX];
   const char *path_start = NULL, *query = "";
@@ -387,7 +291,7 @@ int cpdl__source_open(const char *uri, cpdl__source_t **out) {
   if (rc)
     return rc;
   size_t dup_len = 0;
-  const char *dup = query_repeated(query, &dup_len);
+  const char *dup = cpdl__query_repeated(query, &dup_len);
   if (dup)
     return cpdl__error(CPDL_EARG, "data source URI '%s': query key '%.*s' is given more than "
                        "once; give it once", uri, (int)dup_len, dup);
@@ -470,7 +374,11 @@ int cpdl__source_open(const char *uri, cpdl__source_t **out) {
   pthread_mutex_init(&src->lock, NULL);
 
   char err[PLUGIN_ERR_MAX] = "";
-  rc = plugin->open(&host_table, path, query, &src->state, err, sizeof err);
+  /* The URI reaches the plugin as given; the loader's parameters beside it. */
+  if (HAS_MEMBER(src, open_params))
+    rc = plugin->open_params(&host_table, params, path, query, &src->state, err, sizeof err);
+  else
+    rc = plugin->open(&host_table, path, query, &src->state, err, sizeof err);
   if (rc) {
     if (rc > 0)
       rc = CPDL_ESOURCE;
@@ -600,6 +508,18 @@ int cpdl__source_read_row(cpdl__source_t *src, int64_t index, int64_t width, int
   return 0;
 }
 
+int cpdl__source_consumed(const cpdl__source_t *src, int64_t *consumed) {
+  *consumed = 0;
+  if (!cpdl__source_global_order(src) || !HAS_MEMBER(src, consumed))
+    return 0;
+  int64_t c = src->plugin->consumed(src->state), n = cpdl__source_count(src);
+  if (c < 0 || c > n)
+    return cpdl__error(CPDL_EPLUGIN, "data source plugin %s says %" PRId64 " samples are consumed "
+                       "before the stream, outside [0, %" PRId64 "]", src->path, c, n);
+  *consumed = c;
+  return 0;
+}
+
 int64_t cpdl__source_document_count(const cpdl__source_t *src) {
   return HAS_MEMBER(src, document_count) && HAS_MEMBER(src, document)
              ? src->plugin->document_count(src->state)
@@ -675,7 +595,7 @@ int cpdl__source_read_batch(cpdl__source_t *src, int64_t step, cpdl_tensor_t *fi
 CPDL_API int cpdl_source_open(const char *uri, cpdl_source_t **out) {
   if (!out)
     return cpdl__error(CPDL_EARG, "cpdl_source_open: out is NULL");
-  return cpdl__source_open(uri, (cpdl__source_t **)out);
+  return cpdl__source_open(uri, NULL, (cpdl__source_t **)out);
 }
 
 /* Counts are never error codes (cpdl.h "Conventions"): a NULL source counts 0

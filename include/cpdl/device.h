@@ -5,7 +5,9 @@
  * step's view, copies this rank's shard (one dense block) from the segment to
  * a device buffer on a stream of its own, waits for the copy, gives the slot
  * back, and queues the step, at most `prefetch` steps ahead of the consumer.
- * cpdl_device_feed_next() only dequeues. Each field comes out as a DLPack
+ * cpdl_device_feed_next() only dequeues: with a step queued it allocates
+ * nothing and makes no system call (the thread polls its credits every 1 ms,
+ * and is woken at once when next() finds nothing queued). Each field comes out as a DLPack
  * DLManagedTensor (dlpack.h v0.x layout) that the caller owns and hands to a
  * DLPack consumer (torch.from_dlpack) or deletes.
  *
@@ -55,11 +57,14 @@ typedef struct cpdl_device_params {
 typedef struct cpdl_device_step {
   uint64_t step;
   int n_fields;
-  const char *names[CPDL_MAX_FIELDS];  /* belong to the feed, valid until close */
+  const char *names[CPDL_MAX_FIELDS];  /* belong to the feed, valid until close (and
+                                          while a tensor of the feed lives) */
   void *tensors[CPDL_MAX_FIELDS];      /* DLManagedTensor *, owned by the caller */
   cpdl_dtype_t dtypes[CPDL_MAX_FIELDS]; /* bool travels as DLPack uint8 (DLPack < 0.8
                                           consumers such as torch 1.13 refuse kDLBool) */
   cpdl_mesh_coords_t mesh;
+  uint64_t layout;  /* 1, 2, …: equal for two steps of a feed iff their names and dtypes are
+                       equal, field by field: a caller may cache what it derives from them */
 } cpdl_device_step_t;
 
 /** Start the copy thread on `loader` (which must hold no batch). The

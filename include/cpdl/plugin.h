@@ -20,6 +20,13 @@
  *    CPDL_SOURCE_CONCURRENT_READS; the host serializes otherwise.
  * The ABI grows by appending members; struct_size tells the reader how much
  * of a struct the other side knows.
+ *
+ * Parameters: a loader opening a source passes its own parameters (seed,
+ * seq_len: cpdl_source_params_t) to open_params(); the URI is passed as the
+ * user wrote it, never rewritten. A plugin that also takes a parameter as a
+ * query key lets the key win: the loader's value is the default of the key
+ * (synthetic: and gpt: take seed=, gpt: seq_len=). Values flowing back to the
+ * host (gpt:'s consumed_samples=) are descriptor members read after open.
  */
 #ifndef CPDL_PLUGIN_H
 #define CPDL_PLUGIN_H
@@ -101,6 +108,28 @@ typedef struct cpdl_source_host {
   int (*query_check)(const char *query, const char *const *known, char *err, size_t errlen);
 } cpdl_source_host_t;
 
+/** The loader's parameters, lent to open_params() for the call only.
+ *  The host fills every member its struct_size reaches; a plugin reads a
+ *  member through CPDL_SOURCE_PARAM, which gives the plugin's own default for
+ *  a member the host does not know (an older host) and when there are no
+ *  parameters at all (params NULL: the source is opened by cpdl_source_open,
+ *  `cpdl inspect` or Python's cpdl.Source, not by a loader). Grows by
+ *  appending members, as the other structs do. */
+typedef struct cpdl_source_params {
+  uint32_t struct_size; /* sizeof(cpdl_source_params_t) as the host knows it */
+  uint32_t flags;       /* 0: reserved */
+  uint64_t seed;        /* the loader's config key seed */
+  int64_t seq_len;      /* the loader's config key seq_len (read_row's width), >= 1 */
+} cpdl_source_params_t;
+
+/** Whether the host gave member `m` (params may be NULL). */
+#define CPDL_SOURCE_HAS_PARAM(params, m)                                                  \
+  ((params) != NULL &&                                                                  \
+   (params)->struct_size >= offsetof(cpdl_source_params_t, m) + sizeof((params)->m))
+/** Member `m` of params, or `dflt` when the host did not give it. */
+#define CPDL_SOURCE_PARAM(params, m, dflt) \
+  (CPDL_SOURCE_HAS_PARAM(params, m) ? (params)->m : (dflt))
+
 /* Descriptor flags. */
 #define CPDL_SOURCE_STABLE_TOKENS 0x1u    /* read() pointers valid until close() */
 #define CPDL_SOURCE_CONCURRENT_READS 0x2u /* read()/read_batch() may run concurrently */
@@ -155,6 +184,17 @@ typedef struct cpdl_source_plugin {
    *  open (config key epochs); NULL: the host reads the sample instead, which
    *  is as cheap for mmap-backed sources. */
   int64_t (*length)(void *state, int64_t i);
+  /** open() with the loader's parameters (params may be NULL: see
+   *  cpdl_source_params_t). A host that knows this member calls it instead of
+   *  open(); open() stays required, for hosts that do not. */
+  int (*open_params)(const cpdl_source_host_t *host, const cpdl_source_params_t *params,
+                     const char *path, const char *query, void **state, char *err,
+                     size_t errlen);
+  /** CPDL_SOURCE_GLOBAL_ORDER sources: the samples consumed before this
+   *  stream begins, in [0, count] (gpt: consumed_samples=, where a Megatron
+   *  run left off); the loader's first step starts there unless a resume
+   *  state says otherwise. NULL: 0. */
+  int64_t (*consumed)(void *state);
 } cpdl_source_plugin_t;
 
 /** The entry symbol's type. */

@@ -2,6 +2,7 @@
  * sample order over Megatron indexed datasets (<prefix>.idx + .bin), exactly.
  *
  *   gpt:/data/a?num_samples=K&seq_len=S&seed=N
+ *   (seq_len and seed default to the loader's parameters, plugin.h)
  *   gpt:0.3,/data/a,0.7,/data/b?num_samples=K&split=969,30,1&split_index=0
  *
  * The path is Megatron's --data-path list, comma-separated (weights and
@@ -49,6 +50,7 @@ typedef struct gpt {
   int blended;              /* a BlendedDataset on top (weights given, or several prefixes) */
   gpt_blend_t blend;
   int64_t count;
+  int64_t consumed;         /* consumed_samples=: where the loader starts */
   int64_t seq_len, eod, pad;
   int extra, reset_position_ids, eod_mask_loss;
   int64_t *window;          /* seq_len + extra tokens */
@@ -256,12 +258,69 @@ out:
   return rc;
 }
 
-static int gpt_open(const cpdl_source_host_t *host, const char *path, const char *query,
-                    void **state, char *err, size_t errlen) {
+/* consumed_samples=C (decimal, >= 0; 0 when absent) into *out. */
+static int parse_consumed(const cpdl_source_host_t *host, const char *query, uint64_t *out,
+                          char *err, size_t errlen) {
+  char text[128];
+  *out = 0;
+  int found = host->query_get(query, "consumed_samples", text, sizeof text);
+  if (found == 0)
+    return 0;
+  char *end = text;
+  errno = 0;
+  unsigned long long v = found > 0 && text[0] != '-' ? strtoull(text, &end, 10) : 0;
+  if (found < 0 || errno || end == text || *end) {
+    snprintf(err, errlen, "gpt: consumed_samples=%.64s is not a non-negative integer (Megatron's "
+             "consumed_samples, the samples a run has consumed)", found < 0 ? "..." : text);
+    return CPDL_SOURCE_EARG;
+  }
+  *out = v;
+  return 0;
+}
+
+/* seq_len and seed: the URI's keys, else the loader's parameters (the key
+ * wins: plugin.h), else seed's default; seq_len has none. */
+static int loader_keys(const cpdl_source_host_t *host, const cpdl_source_params_t *params,
+                       const char *query, int64_t *seq_len, int64_t *seed, char *err,
+                       size_t errlen) {
+  int rc;
+  if ((rc = host->query_int(query, "seq_len", -1, 1, INT32_MAX - 1, seq_len, err, errlen)) ||
+      (rc = host->query_int(query, "seed", -1, 0, UINT32_MAX, seed, err, errlen)))
+    return rc;
+  if (*seq_len < 0 && CPDL_SOURCE_HAS_PARAM(params, seq_len)) {
+    if (params->seq_len < 1 || params->seq_len > INT32_MAX - 1) {
+      snprintf(err, errlen, "gpt: the loader's seq_len=%" PRId64 " is outside [1, %d], the "
+               "sample lengths Megatron's index holds", params->seq_len, INT32_MAX - 1);
+      return CPDL_SOURCE_EARG;
+    }
+    *seq_len = params->seq_len;
+  }
+  if (*seq_len < 1) {
+    snprintf(err, errlen, "gpt: seq_len=S is required (Megatron's --seq-length; the loader "
+             "passes its own)");
+    return CPDL_SOURCE_EARG;
+  }
+  if (*seed < 0 && CPDL_SOURCE_HAS_PARAM(params, seed)) {
+    if (params->seed > UINT32_MAX) {
+      snprintf(err, errlen, "gpt: the loader's seed=%" PRIu64 " is outside [0, %u]: Megatron's "
+               "seed is numpy's 32-bit RandomState seed; set a smaller seed, or seed= in the "
+               "URI", params->seed, (unsigned)UINT32_MAX);
+      return CPDL_SOURCE_EARG;
+    }
+    *seed = (int64_t)params->seed;
+  }
+  if (*seed < 0)
+    *seed = 1234; /* Megatron's --seed default */
+  return 0;
+}
+
+static int gpt_open_params(const cpdl_source_host_t *host, const cpdl_source_params_t *params,
+                           const char *path, const char *query, void **state, char *err,
+                           size_t errlen) {
   static const char *const known[] = {"num_samples", "split", "split_index", "eod", "pad",
                                       "mid_level_dataset_surplus", "reset_position_ids",
                                       "eod_mask_loss", "add_extra_token", "seq_len", "seed",
-                                      "consumed_samples" /* the loader's */, NULL};
+                                      "consumed_samples", NULL};
   int rc = host->query_check(query, known, err, errlen);
   if (rc)
     return rc;
@@ -273,6 +332,7 @@ static int gpt_open(const cpdl_source_host_t *host, const char *path, const char
   g->host = host;
   double *weights = NULL;
   int64_t num_samples, split_index, seed, v;
+  uint64_t consumed;
   char split_text[256] = "969,30,1", surplus_text[64] = "0.005";
   double split[3], surplus;
   if ((rc = host->query_int(query, "num_samples", -1, -1, INT64_MAX / 2, &num_samples, err, errlen)))
@@ -283,15 +343,8 @@ static int gpt_open(const cpdl_source_host_t *host, const char *path, const char
     rc = CPDL_SOURCE_EARG;
     goto fail;
   }
-  if ((rc = host->query_int(query, "seq_len", -1, 1, INT32_MAX - 1, &g->seq_len, err, errlen)))
-    goto fail;
-  if (g->seq_len < 1) {
-    snprintf(err, errlen, "gpt: seq_len=S is required (Megatron's --seq-length; the loader "
-             "passes its own)");
-    rc = CPDL_SOURCE_EARG;
-    goto fail;
-  }
-  if ((rc = host->query_int(query, "seed", 1234, 0, UINT32_MAX, &seed, err, errlen)) ||
+  if ((rc = loader_keys(host, params, query, &g->seq_len, &seed, err, errlen)) ||
+      (rc = parse_consumed(host, query, &consumed, err, errlen)) ||
       (rc = host->query_int(query, "split_index", 0, 0, 2, &split_index, err, errlen)) ||
       (rc = host->query_int(query, "eod", -1, -1, INT64_MAX, &g->eod, err, errlen)) ||
       (rc = host->query_int(query, "pad", -1, INT64_MIN, INT64_MAX, &g->pad, err, errlen)) ||
@@ -413,6 +466,13 @@ static int gpt_open(const cpdl_source_host_t *host, const char *path, const char
   weights = NULL;
   if (rc)
     goto fail;
+  if (consumed > (uint64_t)g->count) {
+    snprintf(err, errlen, "gpt: consumed_samples=%" PRIu64 " is past the source's %" PRId64
+             " samples", consumed, g->count);
+    rc = CPDL_SOURCE_EARG;
+    goto fail;
+  }
+  g->consumed = (int64_t)consumed;
   g->window = malloc((size_t)(g->seq_len + g->extra) * sizeof(int64_t));
   if (!g->window) {
     snprintf(err, errlen, "gpt: out of memory");
@@ -427,7 +487,15 @@ fail:
   return rc;
 }
 
+/* Opened without the loader (cpdl_source_open, inspect): the URI alone. */
+static int gpt_open(const cpdl_source_host_t *host, const char *path, const char *query,
+                    void **state, char *err, size_t errlen) {
+  return gpt_open_params(host, NULL, path, query, state, err, errlen);
+}
+
 static int64_t gpt_count(void *state) { return ((gpt_t *)state)->count; }
+
+static int64_t gpt_consumed(void *state) { return ((gpt_t *)state)->consumed; }
 
 static int64_t token_at(const gpt_low_t *l, const uint8_t *p) {
   switch (l->dtype_code) {
@@ -538,6 +606,8 @@ static const cpdl_source_plugin_t descriptor = {
   .read = gpt_read,
   .close = gpt_close,
   .read_row = gpt_read_row,
+  .open_params = gpt_open_params,
+  .consumed = gpt_consumed,
 };
 
 CPDL_SOURCE_PLUGIN_EXPORT const cpdl_source_plugin_t *cpdl_source_plugin_v1(void) {

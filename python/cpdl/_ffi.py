@@ -183,6 +183,7 @@ class DeviceStep(ctypes.Structure):
         ("tensors", ctypes.c_void_p * CPDL_MAX_FIELDS),
         ("dtypes", ctypes.c_int * CPDL_MAX_FIELDS),
         ("mesh", MeshCoords),
+        ("layout", ctypes.c_uint64),
     ]
 
 

@@ -23,10 +23,13 @@ with prefetch=0 the step in use is the loader's held batch and the state is
 exact (it starts at the next step).
 Two engines. With prefetch >= 1 the copying is done by cpdl's own C thread
 (NativeFeed over cpdl_device_feed_*, include/cpdl/device.h), which loads the
-CUDA driver at run time and never takes the interpreter lock, so next() is a
-dequeue plus one DLPack import per field; the steps' tensors live in the
-feed's device buffers, each reused only after every tensor of its step died
-and the consumer stream passed that point. The Python worker (DeviceFeed) is
+CUDA driver at run time and never takes the interpreter lock, so next() is
+one ctypes call (the dequeue) plus one capsule and DLPack import per field,
+with names and bool fields cached per layout; the steps' tensors live in the
+feed's device buffers, each reused only after every tensor (and view) of its
+step died and the consumer stream passed that point. Per field an import, not
+one import of the block and views of it: a view costs torch more than an
+import (autograd's view bookkeeping), measured by bench/handover_cpu.py. The Python worker (DeviceFeed) is
 the prefetch=0 path, and the prefetch >= 1 fallback where the C feed cannot
 start (no driver library it can load; a warning says so) or where
 CPDL_PREFETCH_ENGINE=python asks for it.
@@ -35,6 +38,7 @@ fields are copied as one byte span and viewed on the device (fewer launches
 on the critical path); fields outside one tight span are copied one by one.
 """
 import ctypes
+import functools
 import os
 import queue
 import threading
@@ -285,6 +289,12 @@ _capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_cha
                                  ctypes.c_void_p)(("PyCapsule_New", ctypes.pythonapi))
 
 
+def _delete_managed(address):
+    """Call a DLManagedTensor's deleter (one the consumer never took)."""
+    managed = _dlpack.DLManagedTensor.from_address(address)
+    managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
+
+
 class NativeFeed:
     """The loader's next() for device=cuda, prefetch >= 1, on cpdl's C copy
     thread (cpdl_device_feed_*). `handle` is the open C loader, which the feed
@@ -308,10 +318,17 @@ class NativeFeed:
             raise Error(rc, self._lib.last_error())
         self._step = _ffi.DeviceStep()
         self._step_ref = ctypes.byref(self._step)
-        self._next_c = self._lib.cpdl_device_feed_next
+        # cpdl_device_feed_next without argtypes, called with ctypes objects
+        # made once: no per-call argument conversion (about 9 us of a cold
+        # call, bench/handover_cpu.py); _stream_arg.value is all set per step.
+        self._next_raw = self._lib.cdll["cpdl_device_feed_next"]
+        self._next_raw.restype = ctypes.c_int
+        self._stream_arg = ctypes.c_size_t(0)
+        self._next_args = (self._h, self._stream_arg, self._step_ref)
         self._from_dlpack = getattr(torch._C, "_from_dlpack", None) or \
             torch.utils.dlpack.from_dlpack
-        self._names = {}
+        self._layout, self._names, self._bools = None, (), ()
+        self._bool = torch.bool
         self._done = False
         self.profile = None  # a list: next() appends (stream, C call, import) seconds
         if dl_cpu:
@@ -319,28 +336,33 @@ class NativeFeed:
         else:
             raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
             index = device.index or 0
-            if raw is not None:  # the stream's handle, without a Stream object
-                self._stream = lambda: raw(index)
+            if raw is not None:  # the stream's handle, without a Stream object or a frame
+                self._stream = functools.partial(raw, index)
             else:
                 current = torch.cuda.current_stream
                 self._stream = lambda: current(device).cuda_stream
 
-    def _name(self, address):
-        name = self._names.get(address)
-        if name is None:
-            name = self._names[address] = ctypes.string_at(address).decode()
-        return name
+    def _plan(self, s):
+        """(names, bool_positions) for the step's layout, cached by its id."""
+        n = s.n_fields
+        names = tuple(ctypes.string_at(s.names[i]).decode() for i in range(n))
+        bools = tuple(i for i in range(n) if s.dtypes[i] == _ffi.DTYPE_BOOL)
+        self._layout, self._names, self._bools = s.layout, names, bools
+        return names, bools
 
     def next(self):
+        """One ctypes call, then per field a capsule and a DLPack import (the
+        cheapest tensor torch makes: bench/handover_cpu.py measures it against
+        one import and views); what depends only on the field layout is cached."""
         if self._done:
             raise StopIteration
         prof = self.profile
         if prof is not None:
             t0 = _perf()
-        stream = self._stream()
+        self._stream_arg.value = self._stream()
         if prof is not None:
             t1 = _perf()
-        rc = self._next_c(self._h, stream, self._step_ref)
+        rc = self._next_raw(*self._next_args)
         if prof is not None:
             t2 = _perf()
         if rc:
@@ -349,21 +371,24 @@ class NativeFeed:
                 raise StopIteration
             raise Error(rc, self._lib.last_error())
         s = self._step
+        if s.layout == self._layout:
+            names, bools = self._names, self._bools
+        else:
+            names, bools = self._plan(s)
+        pointers = s.tensors[:len(names)]
         tensors = {}
-        n = s.n_fields
-        pending = list(s.tensors[:n])
+        imported = 0
+        new, imp = _capsule_new, self._from_dlpack
         try:
-            for i in range(n):
-                t = self._from_dlpack(_capsule_new(pending[i], b"dltensor", None))
-                pending[i] = None
-                if s.dtypes[i] == _ffi.DTYPE_BOOL:
-                    t = t.view(self._torch.bool)
-                tensors[self._name(s.names[i])] = t
+            for name in names:
+                tensors[name] = imp(new(pointers[imported], b"dltensor", None))
+                imported += 1
         finally:
-            for address in pending:  # not imported (an exception): give them back
-                if address:
-                    managed = _dlpack.DLManagedTensor.from_address(address)
-                    managed.deleter(ctypes.cast(address, ctypes.POINTER(_dlpack.DLManagedTensor)))
+            # Not imported (an exception): give them back.
+            for address in pointers[imported:]:
+                _delete_managed(address)
+        for i in bools:  # bool travels as uint8 (see cpdl_device_step_t)
+            tensors[names[i]] = tensors[names[i]].view(self._bool)
         batch = DeviceBatch(s.step, self._mesh, tensors)
         if prof is not None:
             prof.append((t1 - t0, t2 - t1, _perf() - t2))

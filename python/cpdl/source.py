@@ -27,8 +27,9 @@ _TOKEN_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.
 _MAPPED = {"llmc", "megatron"}
 
 
-# Which of the loader's seq_len/seed each scheme's URI takes (feed.c's
-# source_uri passes the same).
+# Which of the loader's seq_len/seed each scheme takes. The loader passes its
+# own through the plugin ABI (cpdl_source_params_t); cpdl_source_open passes
+# none, so this binding adds them to the URI, where a plugin reads them alike.
 _TAKES = {"gpt": ("seq_len", "seed"), "synthetic": ("seed",)}
 
 

@@ -93,6 +93,8 @@ static void run_feed(const char *conf, int prefetch, int keep, int stop_after) {
     CHECK(steps < n_expect, "the feed gave step %d; the loader gave %d steps", steps, n_expect);
     const step_record_t *e = steps < n_expect ? &expect[steps] : NULL;
     CHECK(e && s.n_fields == e->n_fields, "step %d: %d fields", steps, s.n_fields);
+    CHECK(s.layout == 1, "step %d: layout %llu (every step has the same fields: 1)", steps,
+          (unsigned long long)s.layout);
     for (int i = 0; i < s.n_fields; i++) {
       dl_managed_t *m = s.tensors[i];
       if (e && i < e->n_fields) {

@@ -59,6 +59,7 @@ int fake_cuda_violations(void) { return violations; }
 int fake_cuda_registered(void) { return registered - unregistered; }
 int fake_cuda_allocs(void) { return allocs - frees; }
 int fake_cuda_copies(void) { return copies; }
+int fake_cuda_alloc_calls(void) { return allocs; } /* every cuMemAlloc so far */
 
 int cuInit(unsigned flags) { (void)flags; return 0; }
 int cuDeviceGet(int *dev, int ordinal) { *dev = ordinal; return 0; }

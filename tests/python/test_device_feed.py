@@ -7,8 +7,9 @@ the loader is given device "fake" (a CPU torch.device), so the C feed labels
 its DLPack tensors as CPU memory. What is tested is the real path of
 prefetch >= 1: NativeFeed over cpdl_device_feed_*, the DLPack import of every
 field, step order and contents against a plain loader, tensors kept past
-later steps and past close (never overwritten), early close with steps
-queued, no copy reading a slot after it went back, every device buffer freed
+later steps and past close (never overwritten), a view kept past its
+step (its buffer not written, and reused once the view died), early close with
+steps queued, no copy reading a slot after it went back, every device buffer freed
 once its tensors die, and the Python worker fallback when no driver loads.
 Run under mpirun -np 2 (cp 2).
 """
@@ -100,6 +101,47 @@ def test_native_feed():
           % (statistics.median(waits) * 1e6, len(waits)))
 
 
+def test_views_kept():
+    """A view of a field (not the field's tensor) kept past its step keeps its
+    device buffer: later steps never write it; once the view dies the buffer
+    goes back to the feed and is reused (the driver's allocations stay at the
+    few buffers prefetch needs, however many steps kept views)."""
+    cfg = dict(CONFIG, steps=24)
+    with cpdl.Loader(**cfg) as loader:
+        want = [(b.step, {k: torch.from_numpy(np.array(v)) for k, v in b.items()})
+                for b in loader]
+    calls0 = FAKE.fake_cuda_alloc_calls()
+    held, kept_views, got = [], 0, 0
+    with cpdl.Loader(device="fake", prefetch=1, **cfg) as loader:
+        for batch in loader:
+            same(batch, want[got], "views kept")
+            for item in list(held):
+                until, step, view, expect = item
+                if got >= until:  # two steps later (the buffer would be in use by now)
+                    report(torch.equal(view, expect), "a view of step %d unchanged at step %d"
+                           % (step, got), "the buffer was written while a view lived")
+                    held.remove(item)
+            if got % 3 == 0:  # keep a view only: the batch and its tensors are dropped
+                name = sorted(batch)[got % len(batch)]
+                view = batch[name].reshape(-1)[1:]
+                held.append((got + 2, got, view, want[got][1][name].reshape(-1)[1:].clone()))
+                kept_views += 1
+            del batch
+            got += 1
+            time.sleep(0.002)
+    report(got == len(want), "views kept: all steps", "%d of %d" % (got, len(want)))
+    for until, step, view, expect in held:  # after close too
+        report(torch.equal(view, expect), "a view of step %d unchanged after close" % step)
+    held = view = item = expect = None  # the last references to the views
+    gc.collect()
+    calls = FAKE.fake_cuda_alloc_calls() - calls0
+    # prefetch=1: the step in use, the one queued, the one copying, one kept by a view.
+    report(calls <= 4, "buffers reused once their views died: %d allocations for %d steps "
+           "with %d views kept" % (calls, got, kept_views), "%d allocations" % calls)
+    report(FAKE.fake_cuda_allocs() == 0, "every buffer freed after the last view",
+           str(FAKE.fake_cuda_allocs()))
+
+
 class PythonWorker:
     """Stands in for _prefetch.DeviceFeed (whose CUDA streams a CPU lacks)."""
 
@@ -148,4 +190,5 @@ def test_state_refused():
 
 if __name__ == "__main__":
     install_fake_device()
-    sys.exit(testutil.run([test_native_feed, test_fallback, test_state_refused]))
+    sys.exit(testutil.run([test_native_feed, test_views_kept, test_fallback,
+                            test_state_refused]))

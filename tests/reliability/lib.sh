@@ -18,13 +18,13 @@ check() { # check <description> <command...>
 # impossible; CPDL_REL_PRIVATE_SHM=1 tells the script which case it is in.
 private_shm() {
   size=$1; shift
-  if [ -n "${CPDL_REL_NS:-}" ]; then
+  if [ -n "${REL_IN_PRIVATE_NS:-}" ]; then
     CPDL_REL_PRIVATE_SHM=1
     return 0
   fi
   CPDL_REL_PRIVATE_SHM=0
   if unshare -m sh -c 'mount -t tmpfs -o size=1m none /dev/shm' 2>/dev/null; then
-    export CPDL_REL_NS=1
+    export REL_IN_PRIVATE_NS=1
     exec unshare -m sh -c \
       'mount -t tmpfs -o "size=$0" none /dev/shm && exec sh "$@"' \
       "$size" "$@"

@@ -79,7 +79,7 @@ static inline void write_file(const char *path, const char *mode, const void *da
 /* Open uri, which must succeed; prints the library's message when it does not. */
 static inline cpdl__source_t *open_ok(const char *uri) {
   cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
+  int rc = cpdl__source_open(uri, NULL, &src);
   if (rc)
     print_error("open %s: %s\n", uri, cpdl_last_error());
   assert_int_equal(rc, 0);
@@ -92,7 +92,7 @@ static inline cpdl__source_t *open_ok(const char *uri) {
 static inline void expect_open_error(const char *uri, int code, const char *n1, const char *n2,
                                      const char *n3) {
   cpdl__source_t *src = NULL;
-  int rc = cpdl__source_open(uri, &src);
+  int rc = cpdl__source_open(uri, NULL, &src);
   if (rc != code)
     print_error("%s: rc %d (%s), want %d\n", uri, rc, cpdl_last_error(), code);
   assert_int_equal(rc, code);

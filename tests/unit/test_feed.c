@@ -1,6 +1,6 @@
 /* test_feed.c — the feed over the real `synthetic:` plugin: exact resume
  * from a saved cursor, agreement between two nodes of a replica, replicas
- * and seeds that differ, the seed travelling into synthetic URIs, EOT label
+ * and seeds that differ, the seed reaching the synthetic plugin, EOT label
  * masking, field names and shapes, and configuration errors. Tests that need
  * the plugin skip with a message when it is not built. */
 #include <setjmp.h>
@@ -154,9 +154,11 @@ static void test_uri_seed(void **state) {
   w.seed = z.seed + 1;
   /* dp 1 reads every document once per epoch: the multiset of first tokens
    * over one epoch depends only on the documents. */
-  const cpdl_config_t *cfgs[] = {&x, &y, &z, &w};
-  int64_t sums[4] = {0};
-  for (int i = 0; i < 4; i++) {
+  /* the config's seed given in the URI too: the same stream as z's */
+  cpdl_config_t v = config("pad", "synthetic:?samples=50&mean=40&min=2&seed=2024");
+  const cpdl_config_t *cfgs[] = {&x, &y, &z, &w, &v};
+  int64_t sums[5] = {0};
+  for (int i = 0; i < 5; i++) {
     cpdl_config_t c = *cfgs[i];
     c.batch = 1;
     c.seq_len = 8;
@@ -172,6 +174,7 @@ static void test_uri_seed(void **state) {
   }
   assert_int_equal(sums[0], sums[1]); /* same documents: the URI's seed */
   assert_true(sums[2] != sums[3]);    /* config seed reached the plugin */
+  assert_int_equal(sums[2], sums[4]); /* as its default of seed=: the URI is not rewritten */
 }
 
 static void test_fields_and_eot(void **state) {

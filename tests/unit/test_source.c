@@ -212,6 +212,145 @@ static void test_plugin_path(void **state) {
   (void)tmpdir_remove(tmpdir); /* best effort: cleanup is not under test */
 }
 
+/* The loader's parameters through the plugin ABI: the URI is never
+ * rewritten; a key in the URI wins over the parameter; a member past the
+ * host's struct_size reads as the plugin's default; a plugin built before
+ * open_params is opened through open(). */
+static const int64_t *read_report(cpdl__source_t *src) {
+  cpdl__sample_t s;
+  assert_int_equal(cpdl__source_read(src, 0, &s), 0);
+  assert_int_equal(s.n_tokens, 5);
+  assert_int_equal(s.token_bytes, 8);
+  return s.tokens;
+}
+
+static cpdl__source_t *open_params_ok(const char *uri, const cpdl_source_params_t *params) {
+  cpdl__source_t *src = NULL;
+  int rc = cpdl__source_open(uri, params, &src);
+  if (rc)
+    print_error("open %s: %s\n", uri, cpdl_last_error());
+  assert_int_equal(rc, 0);
+  return src;
+}
+
+/* Every sample of a and b alike (synthetic, uint32 tokens). */
+static void assert_same_samples(cpdl__source_t *a, cpdl__source_t *b, bool same) {
+  int64_t differ = 0, n = cpdl__source_count(a);
+  assert_int_equal(cpdl__source_count(b), n);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t na, nb;
+    uint32_t *ta = read_copy(a, i, &na), *tb = read_copy(b, i, &nb);
+    differ += na != nb || memcmp(ta, tb, (size_t)na * 4) != 0;
+    free(ta);
+    free(tb);
+  }
+  if (same)
+    assert_int_equal(differ, 0);
+  else
+    assert_true(differ > n / 2);
+}
+
+static void test_params(void **state) {
+  (void)state;
+  /* synthetic: the parameter is seed='s default, the URI's seed= wins */
+  cpdl_source_params_t params = {.struct_size = sizeof params, .seed = 77, .seq_len = 4096};
+  cpdl__source_t *a = open_params_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30", &params);
+  cpdl__source_t *b = open_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30&seed=77");
+  assert_same_samples(a, b, true);
+  cpdl__source_close(a);
+  a = open_params_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30&seed=5", &params);
+  cpdl__source_close(b);
+  b = open_ok("synthetic:?seed=5&samples=40&vocab=1000&eot=999&mean=30");
+  assert_same_samples(a, b, true);
+  cpdl__source_close(b);
+  b = open_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30"); /* seed 1234 */
+  assert_same_samples(a, b, false);
+  cpdl__source_close(a);
+  /* the seed's 64 bits: the parameter UINT64_MAX is the key's -1 */
+  params.seed = UINT64_MAX;
+  a = open_params_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30", &params);
+  cpdl__source_close(b);
+  b = open_ok("synthetic:?samples=40&vocab=1000&eot=999&mean=30&seed=-1");
+  assert_same_samples(a, b, true);
+  cpdl__source_close(a);
+  cpdl__source_close(b);
+  /* the host table's query services are the one parser: an empty key passes */
+  cpdl__source_close(open_ok("synthetic:?=5&samples=3&&"));
+
+#ifdef CPDL_TEST_PLUGIN_DIR
+  const char *orig = getenv("CPDL_PLUGIN_PATH");
+  char *saved = orig ? strdup(orig) : NULL, env[1024];
+  snprintf(env, sizeof env, "%s:%s", CPDL_TEST_PLUGIN_DIR, saved ? saved : "");
+  setenv("CPDL_PLUGIN_PATH", env, 1);
+  params.seed = UINT64_C(0x8000000000000005);
+  params.seq_len = 8192;
+  /* all of the host's struct */
+  a = open_params_ok("params:", &params);
+  const int64_t *r = read_report(a);
+  assert_int_equal(r[0], 1);
+  assert_int_equal(r[1], 1);
+  assert_int_equal(r[2], sizeof(cpdl_source_params_t));
+  assert_true((uint64_t)r[3] == params.seed);
+  assert_int_equal(r[4], 8192);
+  cpdl__source_close(a);
+  /* an older host's struct ends before seq_len: the plugin's default */
+  cpdl_source_params_t older = params;
+  older.struct_size = offsetof(cpdl_source_params_t, seq_len);
+  a = open_params_ok("params:", &older);
+  r = read_report(a);
+  assert_int_equal(r[0], 1);
+  assert_int_equal(r[2], offsetof(cpdl_source_params_t, seq_len));
+  assert_true((uint64_t)r[3] == params.seed);
+  assert_int_equal(r[4], -7);
+  cpdl__source_close(a);
+  /* no loader (cpdl_source_open): no parameters, every default */
+  cpdl_source_t *pub = NULL;
+  assert_int_equal(cpdl_source_open("params:", &pub), 0);
+  const void *tokens;
+  int64_t n;
+  int width;
+  assert_int_equal(cpdl_source_read(pub, 0, &tokens, &n, &width), 0);
+  r = tokens;
+  assert_int_equal(r[0], 1);
+  assert_int_equal(r[1], 0);
+  assert_int_equal(r[3], 1234);
+  assert_int_equal(r[4], -7);
+  cpdl_source_close(pub);
+  /* a plugin built before open_params: opened through open(), no parameters */
+  a = open_params_ok("oldparams:", &params);
+  r = read_report(a);
+  assert_int_equal(r[0], 0);
+  assert_int_equal(r[1], 0);
+  assert_int_equal(r[3], 1234);
+  int64_t consumed = -1;
+  /* and its consumed(), past its struct_size, is never called: 0 */
+  cpdl__source_close(a);
+  a = open_params_ok("oldparams:?consumed=1", &params);
+  assert_int_equal(cpdl__source_consumed(a, &consumed), 0);
+  assert_int_equal(consumed, 0);
+  cpdl__source_close(a);
+  /* consumed() is checked against [0, count] */
+  a = open_params_ok("params:?consumed=1", &params);
+  assert_int_equal(cpdl__source_consumed(a, &consumed), 0);
+  assert_int_equal(consumed, 1);
+  cpdl__source_close(a);
+  a = open_params_ok("params:?consumed=2", &params);
+  assert_int_equal(cpdl__source_consumed(a, &consumed), CPDL_EPLUGIN);
+  assert_int_equal(consumed, 0);
+  assert_msg_contains("2 samples are consumed before the stream, outside [0, 1]");
+  cpdl__source_close(a);
+  a = open_params_ok("params:?consumed=-1", &params);
+  assert_int_equal(cpdl__source_consumed(a, &consumed), CPDL_EPLUGIN);
+  cpdl__source_close(a);
+  if (saved) {
+    setenv("CPDL_PLUGIN_PATH", saved, 1);
+    free(saved);
+  } else {
+    unsetenv("CPDL_PLUGIN_PATH");
+  }
+#endif
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_synthetic_defaults),
@@ -221,6 +360,7 @@ int main(void) {
     cmocka_unit_test(test_uri_errors),
     cmocka_unit_test(test_public_api),
     cmocka_unit_test(test_plugin_path),
+    cmocka_unit_test(test_params),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
