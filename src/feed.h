@@ -131,6 +131,21 @@ void cpdl__feed_single_buffer(cpdl__feed_t *feed);
  * scratch; 0 for pre-collated sources, whose tensors are the source's
  * mappings); *set_bytes (may be NULL): one output set's. */
 uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes);
+/* schedule=dynamic (docs/schedule.md): the step's first N fields are per
+ * rank, with a leading dim cp (row r: CP rank r's block, made for
+ * cpdl__prep_plan_blocks); 0 for every other feed. */
+int cpdl__feed_rank_fields(const cpdl__feed_t *feed);
+/* schedule=dynamic: the valid entries of CP rank cp_rank's per-rank fields
+ * (rows[0 .. cpdl__feed_rank_fields), along the rank's own dim 0: its lists
+ * hold n+1 or n of their capacity) of the step next() returned last, for the
+ * slot lengths table of that rank's region. Call it as cpdl__feed_lengths. */
+void cpdl__feed_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows);
+/* schedule=dynamic: the mesh's world rank of every coordinate (world_at,
+ * cpdl__mesh_t's) for the group table, and the CP ranks of this replica whose
+ * blocks this leader writes (NULL: all). Other feeds ignore it.
+ * \return 0 or CPDL_EARG. */
+int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                        int n_local_cp);
 /* "tokens", "rows" or "batches" (feed_kind.h). */
 const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 

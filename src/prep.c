@@ -569,6 +569,63 @@ int cpdl_prep_plan_create(const cpdl_tensor_t *inputs, int n_inputs, const cpdl_
   return 0;
 }
 
+int cpdl__prep_plan_blocks(const cpdl_tensor_t *inputs, int n_inputs, int n_rank_inputs,
+                           int cp_size, cpdl_prep_plan_t **out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl__prep_plan_blocks: out is NULL");
+  *out = NULL;
+  if (cp_size < 1 || n_inputs < 1 || n_inputs > CPDL_MAX_FIELDS || !inputs || n_rank_inputs < 1 ||
+      n_rank_inputs > n_inputs)
+    return cpdl__error(CPDL_EARG, "cpdl__prep_plan_blocks: %d inputs, %d of them per rank, cp %d",
+                       n_inputs, n_rank_inputs, cp_size);
+  cpdl_prep_plan_t *plan = calloc(1, sizeof *plan);
+  if (!plan)
+    return cpdl__error(-ENOMEM, "cpdl__prep_plan_blocks: out of memory");
+  plan->cp_size = cp_size;
+  plan->mode = CPDL_MODE_CONTIGUOUS; /* no sharding rule applies: rows are copied */
+  plan->thd_bounds = -1;
+  plan->rank_inputs = n_rank_inputs;
+  plan->n_inputs = n_inputs;
+  plan->batch = 1;
+  int rc = 0;
+  for (int i = 0; i < n_inputs && !rc; i++) {
+    if ((rc = read_input(&inputs[i], i, &plan->in[i])) < 0)
+      break;
+    const plan_input_t *t = &plan->in[i];
+    for (int k = 0; k < i && !rc; k++)
+      if (strcmp(plan->in[k].name, t->name) == 0)
+        rc = cpdl__error(CPDL_EFIELD, "input field '%s' appears twice in the batch", t->name);
+    if (rc)
+      break;
+    if (i < n_rank_inputs) {
+      if (t->ndim < 2 || t->shape[0] != cp_size) {
+        char shp[96];
+        cpdl__prep_shape_text(t, shp, sizeof shp);
+        rc = cpdl__error(CPDL_EFIELD, "per-rank field '%s' is %s; it needs a leading dim of cp = %d",
+                         t->name, shp, cp_size);
+        break;
+      }
+      if (i == 0) { /* the first per-rank field's last dim is the block's length */
+        plan->shard_len = plan->padded_len = t->shape[t->ndim - 1];
+        plan->seq_len = plan->shard_len * cp_size;
+      }
+      int64_t row_shape[CPDL_MAX_DIMS] = {0};
+      memcpy(row_shape, t->shape + 1, (size_t)(t->ndim - 1) * sizeof row_shape[0]);
+      field_spec_t copy = {.kind = SRC_COPY, .input = i, .row_div = 1};
+      rc = add_field(plan, t->name, t->dtype, t->ndim - 1, row_shape, -1, 0, &copy);
+    } else {
+      field_spec_t whole = {.kind = SRC_WHOLE, .input = i, .row_div = 1};
+      rc = add_field(plan, t->name, t->dtype, t->ndim, t->shape, -1, 1, &whole);
+    }
+  }
+  if (rc < 0) {
+    free(plan);
+    return rc;
+  }
+  *out = plan;
+  return 0;
+}
+
 void cpdl_prep_plan_destroy(cpdl_prep_plan_t *plan) { free(plan); }
 
 /* Counts and sizes are never error codes (cpdl.h "Conventions"): a NULL plan
