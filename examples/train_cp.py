@@ -7,10 +7,16 @@
         --seq-len 128K --attn torch-ring --prefetch --json
     mpirun -np 4 python3 examples/train_cp.py --cp 2 --mode thd --schedule balanced \\
         --source megatron:/data/prefix                                # documents, balanced
+    mpirun -np 4 python3 examples/train_cp.py --cp 2 --mode thd --schedule dynamic \\
+        --source megatron:/data/prefix                                # a CP size per document
 
 Each rank holds only its CP shard of every batch (cpdl.Loader; --mode contiguous,
 round_robin, or thd: whole documents, each split into 2*cp zigzag chunks, docs/thd.md, with
---schedule static or balanced choosing which replica gets which documents, docs/schedule.md). Attention sees the whole sequence of the CP group either by
+--schedule static or balanced choosing which replica gets which documents, docs/schedule.md;
+--schedule dynamic gives each document its own CP group of c consecutive ranks, c = 1 for
+short ones: every rank's view lists its sub-samples with cp_group and cp_chunk, the example
+creates a process group for every group of the table once, and attends each sub-sample over
+its own group). Attention sees the whole sequence of the CP group either by
   --attn allgather-kv  every rank all-gathers K and V of its CP group (autograd-aware:
                        the backward sums each rank's K/V gradients back to their owner) and
                        attends its local queries causally at their global positions (thd:
@@ -281,6 +287,101 @@ def make_attend(args, group, cp_rank, local_len):
     return allgather_kv
 
 
+# ---- schedule=dynamic: a CP group per sub-sample ------------------------------
+
+class DynamicGroups:
+    """The process groups of schedule=dynamic's group table (cp_groups: first schedule
+    rank, size; cp_world_ranks: the world rank of each schedule rank at each tp rank),
+    created once, in id order, on every rank (new_group is collective); groups of one rank
+    need none. groups[g] = (process group or None, its world ranks by chunk, this rank's
+    index in the process group's own order (by world rank), or -1)."""
+
+    def __init__(self, table, world_ranks):
+        me = dist.get_rank()
+        self.groups = []
+        for first, size in table.tolist():
+            ranks = [int(r) for r in world_ranks[0][first:first + size]]
+            group = dist.new_group(ranks) if size > 1 else None
+            pos = sorted(ranks).index(me) if me in ranks else -1
+            self.groups.append((group, ranks, pos))
+
+
+def dynamic_plan(shard, groups):
+    """[(local start, end, padded, c, chunk, process group, index, world ranks)] of this rank's
+    sub-samples, in its run order (one global order: members meet their common
+    sub-samples in the same order, so the collectives cannot deadlock)."""
+    cu_local = shard["cu_local"].to(torch.int64).cpu().tolist()
+    cu_padded = shard["cu_seqlens_padded"].to(torch.int64).cpu().tolist()
+    plan = []
+    for k, (g, j) in enumerate(zip(shard["cp_group"].tolist(), shard["cp_chunk"].tolist())):
+        group, ranks, pos = groups.groups[g]
+        plan.append((cu_local[k], cu_local[k + 1], cu_padded[k + 1] - cu_padded[k], len(ranks),
+                     j, group, pos, ranks))
+    return plan
+
+
+class _GatherEntries(torch.autograd.Function):
+    """K/V of each sub-sample all-gathered over its group, entries in the plan's order:
+    one autograd node per layer, so the backward's collectives (the gradients summed over
+    each group, this rank's part kept) run in one order on every rank too."""
+
+    @staticmethod
+    def forward(ctx, kv, plan):
+        ctx.plan = plan
+        outs = []
+        for a, b, _, c, _, group, pos, _ in plan:
+            part = kv[..., a:b, :].contiguous()
+            if c == 1:
+                outs.append(part.unsqueeze(0).clone())
+                continue
+            parts = [torch.empty_like(part) for _ in range(c)]
+            dist.all_gather(parts, part, group=group)
+            outs.append(torch.stack(parts))
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pieces = []
+        for (a, b, _, c, _, group, pos, _), grad in zip(ctx.plan, grads):
+            grad = grad.contiguous()  # every output is used: no None here
+            if c > 1:
+                dist.all_reduce(grad, group=group)
+                pieces.append(grad[pos])
+            else:
+                pieces.append(grad[0])
+        return torch.cat(pieces, dim=-2), None
+
+
+def make_dynamic_attend(plan):
+    """attend(q, k, v) for one step of schedule=dynamic: per sub-sample of padded length P
+    over c ranks (chunk h = P / 2c; member m holds chunks m and 2c-1-m), its queries see its
+    keys at sub-sample positions up to their own."""
+    masks = []
+    for a, b, padded, c, j, group, pos, ranks in plan:
+        h = padded // (2 * c)
+
+        def where(m):
+            return torch.cat([torch.arange(m * h, (m + 1) * h),
+                              torch.arange((2 * c - 1 - m) * h, (2 * c - m) * h)])
+        q_pos = where(j)
+        # the gathered parts come in the process group's order (by world rank)
+        k_pos = torch.cat([where(m) for m in sorted(range(c), key=lambda m: ranks[m])])
+        masks.append((k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)).to(_DEVICE))
+
+    def attend(q, k, v):
+        kv = torch.stack((k, v))  # [2, B, H, L, D]
+        gathered = _GatherEntries.apply(kv, plan)
+        outs = []
+        for (a, b, _, c, _, _, _, _), parts, visible in zip(plan, gathered, masks):
+            keys = torch.cat(list(parts[:, 0].unbind(0)), dim=-2)
+            values = torch.cat(list(parts[:, 1].unbind(0)), dim=-2)
+            scores = torch.matmul(q[..., a:b, :], keys.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~visible, float("-inf"))
+            outs.append(torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values))
+        return torch.cat(outs, dim=-2)
+    return attend
+
+
 # ---- torch-ring -------------------------------------------------------------
 
 def torch_ring_context(args, grid, cp_rank, local_len):
@@ -416,8 +517,9 @@ def main():
     p.add_argument("--seq-len", type=parse_size, default=256, help="tokens; 128K and 1M work")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--mode", default="contiguous", choices=["contiguous", "round_robin", "thd"])
-    p.add_argument("--schedule", default="static", choices=["static", "balanced"],
-                   help="mode thd: which replica gets which documents (docs/schedule.md)")
+    p.add_argument("--schedule", default="static", choices=["static", "balanced", "dynamic"],
+                   help="mode thd: which replica (balanced) or which group of ranks (dynamic) "
+                   "gets which documents (docs/schedule.md)")
     p.add_argument("--attn", default="allgather-kv", choices=["allgather-kv", "torch-ring"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -458,6 +560,8 @@ def main():
     group, _, grid = cp_groups(mesh)
     local_len = None
     ring = None
+    dyn_groups = None
+    spread = 0  # dynamic: this step's sub-samples on this rank whose group has > 1 rank
 
     torch.manual_seed(0)
     model = Model(args.vocab, args.dim, args.heads, args.layers).to(device)
@@ -482,7 +586,13 @@ def main():
                     print("train_cp: " + text, flush=True)
                 if rank == 0:
                     print(json.dumps({"layout_check": text}), file=sys.stderr, flush=True)
-        if args.mode == "thd":  # the documents change every step
+        if args.schedule == "dynamic":  # each sub-sample over its own group
+            if dyn_groups is None:
+                dyn_groups = DynamicGroups(shard["cp_groups"].cpu(), shard["cp_world_ranks"].cpu())
+            plan = dynamic_plan(shard, dyn_groups)
+            spread = sum(1 for e in plan if e[3] > 1)
+            attend = make_dynamic_attend(plan)
+        elif args.mode == "thd":  # the documents change every step
             attend = make_thd_attend(args, group, mesh.cp_rank, local_len, shard["cu_seqlens_padded"])
         valid = (labels != -100).sum().to(torch.float64)
         dist.all_reduce(valid)  # labelled tokens of the global batch
@@ -508,7 +618,7 @@ def main():
             q.grad.copy_(flat[offset:offset + q.numel()].view_as(q))
             offset += q.numel()
         opt.step()
-        stats = torch.tensor([loss_sum.detach().double().item(), data_ms], dtype=torch.float64,
+        stats = torch.tensor([loss_sum.detach().double().item(), data_ms, spread], dtype=torch.float64,
                              device=_comm_device())
         gathered = [torch.zeros_like(stats) for _ in range(world)]
         dist.all_gather(gathered, stats)
@@ -517,8 +627,11 @@ def main():
         step_ms = (time.perf_counter() - t0) * 1e3
         if rank == 0:
             if args.json:
-                print(json.dumps({"step": step, "loss": total, "data_ms": round(wait, 4),
-                                  "step_ms": round(step_ms, 2)}), flush=True)
+                row = {"step": step, "loss": total, "data_ms": round(wait, 4),
+                       "step_ms": round(step_ms, 2)}
+                if args.schedule == "dynamic":  # shares of sub-samples spread over > 1 rank
+                    row["spread_shares"] = int(sum(float(g[2]) for g in gathered))
+                print(json.dumps(row), flush=True)
             else:
                 print("step %d loss %.6f data %.3f ms step %.1f ms"
                       % (step, total, wait, step_ms), flush=True)

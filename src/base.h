@@ -34,4 +34,14 @@ float cpdl__dtype_f16_to_f32(uint16_t h);
 uint16_t cpdl__dtype_f32_to_bf16(float f);
 float cpdl__dtype_bf16_to_f32(uint16_t h);
 
+/* prep.c: a plan for batches already cut per rank (schedule=dynamic, whose
+ * feed writes every CP rank's block itself): inputs[0..n_rank_inputs) have a
+ * leading dim cp_size and become per-rank fields of the rest of their shape
+ * (rank r's block gets row r, copied); the other inputs are shared, whole.
+ * Executed by cpdl_prep_execute(_part) like any plan. \return 0, CPDL_EARG,
+ * CPDL_EFIELD (a per-rank input without its leading cp_size), CPDL_EDTYPE,
+ * CPDL_EOVERFLOW, -ENOMEM. */
+int cpdl__prep_plan_blocks(const cpdl_tensor_t *inputs, int n_inputs, int n_rank_inputs,
+                           int cp_size, cpdl_prep_plan_t **out);
+
 #endif /* CPDL_BASE_H */

@@ -27,9 +27,11 @@
  *   position ids 0.. through the document and its padding). A document whose
  *   padded pairs no longer fit waits for the next row, and the row's tail
  *   becomes padding of its last document; a document longer than a whole row
- *   fills it and continues in the next. Adds loss_mask and, int32, cu_seqlens
- *   (real lengths) and cu_seqlens_padded, each of capacity S/m + 1 entries
- *   whose tail repeats the last boundary, and max_seqlen [1].
+ *   fills it and continues in the next. Adds loss_mask (float32, the one
+ *   loss_mask dtype) and, int32, cu_seqlens (real lengths) and
+ *   cu_seqlens_padded, each of capacity S/m + 1 entries whose tail repeats
+ *   the last boundary (the row counts its n+1 valid ones: collate_lengths),
+ *   and max_seqlen [1]. Names and dtypes: the vocabulary (cpdl/fields.h).
  * Both: loss_on_eot = 0 turns labels equal to the EOT token into -100.
  *   Which documents a thd row holds is decided by cpdl__thd_plan_row from
  *   lengths alone, the code that also counts an epoch's thd rows.
@@ -81,6 +83,7 @@ struct cpdl__collate {
    * The four pointers name the set being written; with double_buffer the
    * two sets of `sets` take turns, so the previous step's set stays intact. */
   int64_t *input_ids, *labels, *aux0, *aux1; /* aux: position/seq ids or attention mask */
+  float *loss_mask; /* thd: aux1's set holds loss_mask as float32 (the one loss_mask dtype) */
   int64_t *sets[2][4];
   int32_t *cu_seqlens, *cu_seqlens_padded, *max_seqlen; /* thd: the set being written */
   int32_t *thd_sets[2][3];
@@ -390,19 +393,20 @@ static int pad_row(cpdl__collate_t *c, reader_t *rd, int64_t row, uint64_t epoch
  * to at + padded: pad token, -100, loss 0, positions continuing 0, 1, ... */
 static void thd_place(cpdl__collate_t *c, int64_t at, int64_t len, int64_t padded) {
   int64_t *input_ids = c->input_ids + at, *labels = c->labels + at;
-  int64_t *position_ids = c->aux0 + at, *loss_mask = c->aux1 + at;
+  int64_t *position_ids = c->aux0 + at;
+  float *loss_mask = c->loss_mask + at;
   copy_tokens(c->window, &c->readers[0].doc, c->doc_offset, len + 1);
   for (int64_t u = 0; u < len; u++) {
     input_ids[u] = c->window[u];
     labels[u] = label_of(c, c->window[u + 1]);
-    loss_mask[u] = labels[u] != IGNORE_INDEX;
+    loss_mask[u] = labels[u] != IGNORE_INDEX ? 1.0f : 0.0f;
   }
   for (int64_t u = 0; u < padded; u++)
     position_ids[u] = u;
   for (int64_t u = len; u < padded; u++) {
     input_ids[u] = c->params.padding_token_id;
     labels[u] = IGNORE_INDEX;
-    loss_mask[u] = 0;
+    loss_mask[u] = 0.0f;
   }
   c->doc_offset += len;
 }
@@ -509,7 +513,7 @@ static int thd_row(cpdl__collate_t *c) {
   for (int64_t u = at; u < S; u++) { /* the tail: padding of the last document */
     c->input_ids[u] = c->params.padding_token_id;
     c->labels[u] = IGNORE_INDEX;
-    c->aux1[u] = 0;
+    c->loss_mask[u] = 0.0f;
     c->aux0[u] = c->aux0[u - 1] + 1;
   }
   cu_padded[n] = (int32_t)S;
@@ -545,7 +549,7 @@ int cpdl__collate_thd_pieces(cpdl__collate_t *c, const cpdl__thd_piece_t *pieces
       for (int64_t u = 0; u < pc->padded; u++) {
         c->input_ids[at + u] = c->params.padding_token_id;
         c->labels[at + u] = IGNORE_INDEX;
-        c->aux1[at + u] = 0;
+        c->loss_mask[at + u] = 0.0f;
         c->aux0[at + u] = u;
       }
       fill.n++;
@@ -590,13 +594,14 @@ void cpdl__collate_lengths(const cpdl__collate_t *c, int64_t *rows, int n_fields
     rows[4] = rows[5] = c->thd_entries[c->current];
 }
 
-static void set_thd_field(cpdl_tensor_t *f, const char *name, int64_t len, const int32_t *data) {
+/* Field `id` of the vocabulary (cpdl/fields.h): its name and dtype. */
+static void set_field(cpdl_tensor_t *f, cpdl_field_id_t id, int ndim, int64_t dim0, int64_t dim1) {
   memset(f, 0, sizeof *f);
-  f->name = name;
-  f->dtype = CPDL_DTYPE_INT32;
-  f->ndim = 1;
-  f->shape[0] = len;
-  f->data = data;
+  f->name = cpdl_field_name(id);
+  f->dtype = cpdl_field_info(id)->dtype;
+  f->ndim = ndim;
+  f->shape[0] = dim0;
+  f->shape[1] = ndim > 1 ? dim1 : 0;
 }
 
 void cpdl__collate_begin(cpdl__collate_t *c) {
@@ -609,6 +614,7 @@ void cpdl__collate_begin(cpdl__collate_t *c) {
     c->cu_seqlens = c->thd_sets[c->current][0];
     c->cu_seqlens_padded = c->thd_sets[c->current][1];
     c->max_seqlen = c->thd_sets[c->current][2];
+    c->loss_mask = (float *)c->aux1; /* B*S floats fit the int64 buffer */
     c->doc_ids = c->doc_id_sets[c->current];
   }
 }
@@ -645,29 +651,26 @@ void cpdl__collate_forget(cpdl__collate_t *c, int reader) {
 }
 
 int cpdl__collate_spec(const cpdl__collate_params_t *p, cpdl_tensor_t *fields, int *n_fields) {
-  static const char *const pack[] = {"input_ids", "labels", "position_ids", "_packed_seq_ids"};
-  static const char *const pad[] = {"input_ids", "labels", "attention_mask"};
-  static const char *const thd[] = {"input_ids", "labels", "position_ids", "loss_mask"};
-  const char *const *names = p->thd_multiple > 0 ? thd : p->kind == CPDL__COLLATE_PACK ? pack : pad;
+  static const cpdl_field_id_t pack[] = {CPDL_FIELD_INPUT_IDS, CPDL_FIELD_LABELS,
+                                         CPDL_FIELD_POSITION_IDS, CPDL_FIELD_PACKED_SEQ_IDS};
+  static const cpdl_field_id_t pad[] = {CPDL_FIELD_INPUT_IDS, CPDL_FIELD_LABELS,
+                                        CPDL_FIELD_ATTENTION_MASK};
+  static const cpdl_field_id_t thd[] = {CPDL_FIELD_INPUT_IDS, CPDL_FIELD_LABELS,
+                                        CPDL_FIELD_POSITION_IDS, CPDL_FIELD_LOSS_MASK};
+  const cpdl_field_id_t *ids =
+      p->thd_multiple > 0 ? thd : p->kind == CPDL__COLLATE_PACK ? pack : pad;
   int n2 = p->thd_multiple > 0 || p->kind == CPDL__COLLATE_PACK ? 4 : 3;
-  for (int i = 0; i < n2; i++) {
-    memset(&fields[i], 0, sizeof fields[i]);
-    fields[i].name = names[i];
-    fields[i].dtype = CPDL_DTYPE_INT64;
-    fields[i].ndim = 2;
-    fields[i].shape[0] = p->batch;
-    fields[i].shape[1] = p->seq_len;
-  }
+  for (int i = 0; i < n2; i++) /* [batch, seq_len], each in the vocabulary's dtype */
+    set_field(&fields[i], ids[i], 2, p->batch, p->seq_len);
   *n_fields = n2;
   if (p->thd_multiple > 0) {
     int64_t capacity = p->seq_len / p->thd_multiple + 1;
-    set_thd_field(&fields[4], "cu_seqlens", capacity, NULL);
-    set_thd_field(&fields[5], "cu_seqlens_padded", capacity, NULL);
-    set_thd_field(&fields[6], "max_seqlen", 1, NULL);
+    set_field(&fields[4], CPDL_FIELD_CU_SEQLENS, 1, capacity, 0);
+    set_field(&fields[5], CPDL_FIELD_CU_SEQLENS_PADDED, 1, capacity, 0);
+    set_field(&fields[6], CPDL_FIELD_MAX_SEQLEN, 1, 1, 0);
     *n_fields = 7;
     if (p->thd_doc_ids) {
-      set_thd_field(&fields[7], "doc_ids", capacity - 1, NULL);
-      fields[7].dtype = CPDL_DTYPE_INT64;
+      set_field(&fields[7], CPDL_FIELD_DOC_IDS, 1, capacity - 1, 0);
       *n_fields = 8;
     }
   }

@@ -164,6 +164,10 @@ typedef struct cpdl__mesh {
   int local_cp_index;   /* index of me.cp_rank in local_cp */
   /* world ranks of the group's members, by group rank */
   int group_world_ranks[512];
+  /* The world rank at every coordinate: world_at[tp_rank * dp*cp + dp_rank * cp
+   * + cp_rank] ("schedule rank" s = dp_rank * cp + cp_rank, docs/schedule.md);
+   * dp_size * cp_size * tp_size entries, the same on every rank. */
+  int *world_at;
 } cpdl__mesh_t;
 
 /* Collective over ctl's world (ctl must outlive the mesh). layout NULL:

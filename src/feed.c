@@ -256,4 +256,16 @@ uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes) 
   return feed->ops->buffer_bytes ? feed->ops->buffer_bytes(feed, set_bytes) : 0;
 }
 
+int cpdl__feed_rank_fields(const cpdl__feed_t *feed) { return feed->rank_fields; }
+
+void cpdl__feed_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows) {
+  if (feed->ops->rank_lengths)
+    feed->ops->rank_lengths(feed, cp_rank, rows);
+}
+
+int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                        int n_local_cp) {
+  return feed->ops->mesh ? feed->ops->mesh(feed, world_at, local_cp, n_local_cp) : 0;
+}
+
 const char *cpdl__feed_kind(const cpdl__feed_t *feed) { return feed->ops->name; }

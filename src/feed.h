@@ -98,8 +98,9 @@ int cpdl__feed_open(const cpdl_config_t *cfg, int dp_rank, int dp_size, cpdl__fe
 int cpdl__feed_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* Collate the next step. On return fields[0..*n_fields) describe tensors of
  * shape [batch, seq_len] (or the npy plugin's arrays) owned by the feed, valid
- * until the next call. A field named "loss_mask", if present, is the loss
- * mask. Shapes and dtypes are the spec's for every step.
+ * until the next call. Fields are named from the vocabulary (cpdl/fields.h);
+ * CPDL_FIELD_LOSS_MASK, if present, is the loss mask (float32). Shapes and
+ * dtypes are the spec's for every step.
  * \return 0, CPDL_EEOF (gpt: its last full global batch is behind), or an error. */
 int cpdl__feed_next(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields);
 /* The next step in two stages, so several threads can fill its rows: plan
@@ -148,6 +149,21 @@ void cpdl__feed_single_buffer(cpdl__feed_t *feed);
  * scratch; 0 for pre-collated sources, whose tensors are the source's
  * mappings); *set_bytes (may be NULL): one output set's. */
 uint64_t cpdl__feed_buffer_bytes(const cpdl__feed_t *feed, uint64_t *set_bytes);
+/* schedule=dynamic (docs/schedule.md): the step's first N fields are per
+ * rank, with a leading dim cp (row r: CP rank r's block, made for
+ * cpdl__prep_plan_blocks); 0 for every other feed. */
+int cpdl__feed_rank_fields(const cpdl__feed_t *feed);
+/* schedule=dynamic: the valid entries of CP rank cp_rank's per-rank fields
+ * (rows[0 .. cpdl__feed_rank_fields), along the rank's own dim 0: its lists
+ * hold n+1 or n of their capacity) of the step next() returned last, for the
+ * slot lengths table of that rank's region. Call it as cpdl__feed_lengths. */
+void cpdl__feed_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows);
+/* schedule=dynamic: the mesh's world rank of every coordinate (world_at,
+ * cpdl__mesh_t's) for the group table, and the CP ranks of this replica whose
+ * blocks this leader writes (NULL: all). Other feeds ignore it.
+ * \return 0 or CPDL_EARG. */
+int cpdl__feed_set_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                        int n_local_cp);
 /* "tokens", "rows" or "batches" (feed_kind.h). */
 const char *cpdl__feed_kind(const cpdl__feed_t *feed);
 
@@ -167,7 +183,7 @@ int64_t cpdl__perm_size(const cpdl__perm_t *perm);
 int64_t cpdl__perm_at(cpdl__perm_t *perm, uint64_t epoch, int64_t position);
 
 /* ---- collate.c ------------------------------------------------------------
- * Turns documents into [batch, seq_len] int64 tensors
+ * Turns documents into [batch, seq_len] tensors (int64; thd's loss_mask float32)
  * (docs/design.md#the-data-path); see collate.c for the exact window and
  * position rules. Documents come through a cpdl__doc_order_t, so tests need
  * no plugin; an epoch's last position is followed by CPDL_EEOF. */

@@ -58,11 +58,12 @@ static int rows_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
                                r->loss_mask[s] + b * S, r->ids[s][2] + b * S);
 }
 
-static void set_field(cpdl_tensor_t *t, const char *name, cpdl_dtype_t dtype, const rows_t *r,
-                      const void *data) {
+/* Field `id` of the vocabulary (cpdl/fields.h), in its dtype: the buffers
+ * below are int64 ids and a float32 loss mask, as the table says. */
+static void set_field(cpdl_tensor_t *t, cpdl_field_id_t id, const rows_t *r, const void *data) {
   memset(t, 0, sizeof *t);
-  t->name = name;
-  t->dtype = dtype;
+  t->name = cpdl_field_name(id);
+  t->dtype = cpdl_field_info(id)->dtype;
   t->ndim = 2;
   t->shape[0] = r->batch;
   t->shape[1] = r->seq_len;
@@ -70,10 +71,10 @@ static void set_field(cpdl_tensor_t *t, const char *name, cpdl_dtype_t dtype, co
 }
 
 static void fields_of(const rows_t *r, int s, cpdl_tensor_t *fields, int *n_fields) {
-  set_field(&fields[0], "input_ids", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][0]);
-  set_field(&fields[1], "labels", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][1]);
-  set_field(&fields[2], "loss_mask", CPDL_DTYPE_FLOAT32, r, s < 0 ? NULL : r->loss_mask[s]);
-  set_field(&fields[3], "position_ids", CPDL_DTYPE_INT64, r, s < 0 ? NULL : r->ids[s][2]);
+  set_field(&fields[0], CPDL_FIELD_INPUT_IDS, r, s < 0 ? NULL : r->ids[s][0]);
+  set_field(&fields[1], CPDL_FIELD_LABELS, r, s < 0 ? NULL : r->ids[s][1]);
+  set_field(&fields[2], CPDL_FIELD_LOSS_MASK, r, s < 0 ? NULL : r->loss_mask[s]);
+  set_field(&fields[3], CPDL_FIELD_POSITION_IDS, r, s < 0 ? NULL : r->ids[s][2]);
   *n_fields = 4;
 }
 

@@ -66,6 +66,7 @@ typedef struct tokens {
   cpdl__schedule_piece_t *batch_pieces;
   int64_t cap_pieces, n_pieces;
   cpdl__thd_piece_t *row_pieces;
+  cpdl__dynamic_t *dynamic;  /* schedule=dynamic: every local rank's block (feed_dynamic.c) */
   /* pack, pad: where each row of the step starts (row() finds it, fill()
    * writes the row from there, on several threads at once: feed.h) */
   struct row_start {
@@ -388,7 +389,11 @@ static int tokens_count(cpdl__feed_t *feed, uint64_t epoch, int64_t *rows, bool 
 }
 
 static void tokens_begin(cpdl__feed_t *feed) {
-  cpdl__collate_begin(((tokens_t *)feed->impl)->collate);
+  tokens_t *t = feed->impl;
+  if (t->dynamic)
+    cpdl__dynamic_begin(t->dynamic);
+  else
+    cpdl__collate_begin(t->collate);
 }
 
 /* The index and row number of the step's row `i` (from the base), as feed.c
@@ -427,10 +432,10 @@ static int capture_piece(void *arg, int64_t position, int64_t offset, int64_t le
   return 0;
 }
 
-/* schedule=balanced: the global batch's dp rows planned from lengths (the
- * static thd rows every layout shares), scheduled, and this replica's share
- * made into its row. Every leader computes the same schedule. */
-static int balanced_row(tokens_t *t, cpdl__feed_t *feed) {
+/* schedule=balanced|dynamic: the global batch's dp rows planned from lengths
+ * (the static thd rows every layout shares) and scheduled. Every leader
+ * computes the same schedule from the same lengths. */
+static int schedule_batch(tokens_t *t, cpdl__feed_t *feed) {
   t->n_pieces = 0;
   for (int q = 0; q < feed->dp_size; q++) {
     thd_index_t *x = &t->main;
@@ -454,6 +459,17 @@ static int balanced_row(tokens_t *t, cpdl__feed_t *feed) {
   if (rc)
     return cpdl__error_prefix(rc, "feed: scheduling the global batch at row %lld of epoch %llu",
                               (long long)feed->consumed, (unsigned long long)feed->epoch);
+  return 0;
+}
+
+/* schedule=balanced: this replica's share of the schedule made into its row;
+ * dynamic: every local CP rank's block written from its entries. */
+static int scheduled_row(tokens_t *t, cpdl__feed_t *feed) {
+  int rc = schedule_batch(t, feed);
+  if (rc)
+    return rc;
+  if (t->dynamic)
+    return cpdl__dynamic_fill(t->dynamic, t->schedule, &t->order, feed->epoch, t->perm);
   const cpdl__schedule_t *s = t->schedule;
   const int r0 = feed->dp_rank * s->params.cp; /* the replica's CP ranks share one list */
   const int64_t begin = s->rank_begin[r0], n = s->rank_begin[r0 + 1] - begin;
@@ -472,7 +488,7 @@ static int tokens_row(cpdl__feed_t *feed, int b, int64_t index, bool wrapped) {
   int64_t pos = 0, off = 0;
   int rc;
   if (t->schedule) /* thd, batch 1: the row of this replica in the global batch */
-    return balanced_row(t, feed);
+    return scheduled_row(t, feed);
   if (!t->thd) {
     if (wrapped) /* the rows are known: the epoch ended inside this step */
       index %= flat_rows(t);
@@ -539,15 +555,36 @@ static bool tokens_splits(const cpdl__feed_t *feed) {
 }
 
 static void tokens_finish(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
-  cpdl__collate_fields(((tokens_t *)feed->impl)->collate, fields, n_fields);
+  tokens_t *t = feed->impl;
+  if (t->dynamic)
+    cpdl__dynamic_fields(t->dynamic, fields, n_fields);
+  else
+    cpdl__collate_fields(t->collate, fields, n_fields);
 }
 
 static void tokens_lengths(const cpdl__feed_t *feed, int64_t *rows, int n_fields) {
-  cpdl__collate_lengths(((const tokens_t *)feed->impl)->collate, rows, n_fields);
+  const tokens_t *t = feed->impl;
+  if (!t->dynamic) /* dynamic: every field is whole along dim 0 (cp); per rank: below */
+    cpdl__collate_lengths(t->collate, rows, n_fields);
+}
+
+static void tokens_rank_lengths(const cpdl__feed_t *feed, int cp_rank, int64_t *rows) {
+  const tokens_t *t = feed->impl;
+  if (t->dynamic)
+    cpdl__dynamic_rank_lengths(t->dynamic, cp_rank, rows);
 }
 
 static int tokens_spec(cpdl__feed_t *feed, cpdl_tensor_t *fields, int *n_fields) {
-  return cpdl__collate_spec(&((tokens_t *)feed->impl)->params, fields, n_fields);
+  tokens_t *t = feed->impl;
+  if (t->dynamic)
+    return cpdl__dynamic_spec(t->dynamic, fields, n_fields);
+  return cpdl__collate_spec(&t->params, fields, n_fields);
+}
+
+static int tokens_mesh(cpdl__feed_t *feed, const int *world_at, const int *local_cp,
+                       int n_local_cp) {
+  tokens_t *t = feed->impl;
+  return t->dynamic ? cpdl__dynamic_set_mesh(t->dynamic, world_at, local_cp, n_local_cp) : 0;
 }
 
 static int tokens_position(cpdl__feed_t *feed, int64_t index, uint64_t *words) {
@@ -579,6 +616,7 @@ static void tokens_close(cpdl__feed_t *feed) {
   cpdl__collate_destroy(t->collate);
   cpdl__perm_destroy(t->perm);
   cpdl__schedule_destroy(t->schedule);
+  cpdl__dynamic_destroy(t->dynamic);
   free(t->batch_pieces);
   free(t->row_pieces);
   free(t->starts);
@@ -589,7 +627,7 @@ static void tokens_close(cpdl__feed_t *feed) {
   feed->impl = NULL;
 }
 
-/* schedule= (docs/schedule.md): static needs nothing; balanced needs thd. */
+/* schedule= (docs/schedule.md): static needs nothing; balanced and dynamic need thd. */
 static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *cfg) {
   cpdl__schedule_kind_t kind;
   int rc = cpdl__schedule_parse(cfg->schedule, &kind);
@@ -597,14 +635,10 @@ static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *c
     return cpdl__error_prefix(rc, "config key schedule");
   if (kind == CPDL__SCHEDULE_STATIC)
     return 0;
-  if (kind == CPDL__SCHEDULE_DYNAMIC)
-    return cpdl__error(CPDL_EARG, "config key schedule: dynamic (a CP size per document) is "
-                       "designed and its scheduler built (docs/schedule.md), but the loader does "
-                       "not feed it yet; use schedule=balanced or static");
   if (!t->thd)
     return cpdl__error(CPDL_EARG, "config key schedule: %s needs mode=thd (documents whole in "
                        "rows); this job has mode=%s", cfg->schedule, cpdl_mode_name(cfg->mode));
-  cpdl__schedule_params_t p = {CPDL__SCHEDULE_BALANCED, feed->dp_size, cfg->cp, 1, cfg->seq_len,
+  cpdl__schedule_params_t p = {kind, feed->dp_size, cfg->cp, 1, cfg->seq_len,
                                t->params.thd_multiple, 0, 0};
   if ((rc = cpdl__schedule_cost_parse(cfg->cost, &p.cost_a, &p.cost_b)))
     return cpdl__error_prefix(rc, "config key cost");
@@ -616,6 +650,24 @@ static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *c
   if (!t->batch_pieces || !t->row_pieces)
     return cpdl__error(-ENOMEM, "feed: out of memory for the schedule of %lld pieces",
                        (long long)t->cap_pieces);
+  if (kind != CPDL__SCHEDULE_DYNAMIC)
+    return 0;
+  /* dynamic: the loss mask keeps thd's dtype (the collate's spec says it) */
+  cpdl_tensor_t spec[CPDL_MAX_FIELDS];
+  int n_spec = 0;
+  if ((rc = cpdl__collate_spec(&t->params, spec, &n_spec)))
+    return rc;
+  cpdl__dynamic_params_t dp = {.cp = cfg->cp, .tp = cfg->tp, .dp_rank = feed->dp_rank,
+                               .padding_token_id = cfg->padding_token_id,
+                               .eot_token = t->params.eot_token, .loss_on_eot = cfg->loss_on_eot,
+                               .loss_mask_dtype = CPDL_DTYPE_INT64,
+                               .double_buffer = t->params.double_buffer};
+  for (int i = 0; i < n_spec; i++)
+    if (strcmp(spec[i].name, "loss_mask") == 0)
+      dp.loss_mask_dtype = spec[i].dtype;
+  if ((rc = cpdl__dynamic_create(&dp, t->schedule, &t->dynamic)))
+    return rc;
+  feed->rank_fields = CPDL__DYNAMIC_RANK_FIELDS;
   return 0;
 }
 
@@ -640,6 +692,8 @@ static const cpdl__feed_ops_t tokens_ops = {
     .lengths = tokens_lengths,
     .spec = tokens_spec,
     .position = tokens_position,
+    .mesh = tokens_mesh,
+    .rank_lengths = tokens_rank_lengths,
     .close = tokens_close,
     .single_buffer = tokens_single_buffer,
     .buffer_bytes = tokens_buffer_bytes,

@@ -155,19 +155,29 @@ static int leader_create(cpdl_loader_t *L, segment_info_t *info) {
     return rc;
   if ((rc = cpdl__feed_cursor(L->feed, L->start_words)))
     return rc;
+  /* schedule=dynamic: the group table's world ranks, and the blocks this group holds */
+  if ((rc = cpdl__feed_set_mesh(L->feed, L->mesh.world_at, L->mesh.local_cp, L->mesh.n_local_cp)))
+    return rc;
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs = CPDL_MAX_FIELDS;
   if ((rc = cpdl__feed_spec(L->feed, inputs, &n_inputs)))
     return rc;
   for (int pass = 0; pass < 2 && !L->data_batch; pass++)
     for (int i = 0; i < n_inputs && !L->data_batch; i++)
-      if (inputs[i].ndim >= 2 && (pass || strcmp(inputs[i].name, "input_ids") == 0)) {
+      if (inputs[i].ndim >= 2 &&
+          (pass || strcmp(inputs[i].name, cpdl_field_name(CPDL_FIELD_INPUT_IDS)) == 0)) {
         L->data_batch = inputs[i].shape[0];
         L->data_seq_len = inputs[i].shape[1];
       }
   cpdl_prep_params_t params;
   cpdl__config_prep_params(&L->cfg, &params);
-  rc = cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
+  int rank_fields = cpdl__feed_rank_fields(L->feed); /* dynamic: the feed cut the blocks */
+  if (rank_fields) { /* its per-rank fields are [cp, 1, block]: a replica's row of seq_len */
+    L->data_batch = 1;
+    L->data_seq_len = L->cfg.seq_len;
+  }
+  rc = rank_fields ? cpdl__prep_plan_blocks(inputs, n_inputs, rank_fields, L->cfg.cp, &L->plan)
+                   : cpdl_prep_plan_create(inputs, n_inputs, &params, &L->plan);
   if (rc)
     return cpdl__error_prefix(rc, "planning the batch layout");
   /* The first epoch must hold a whole global batch. */

@@ -102,6 +102,8 @@ void cpdl__mesh_free(cpdl__mesh_t *mesh) {
   cpdl__team_free(&mesh->node);
   cpdl__team_free(&mesh->group);
   cpdl__team_free(&mesh->host);
+  free(mesh->world_at);
+  mesh->world_at = NULL;
 }
 
 /* Count the distinct "first ranks" (value[j] == j) below `mine`: the index of
@@ -268,6 +270,17 @@ static int build_from(cpdl__mesh_t *out, const cpdl__ctl_t *ctl, const rank_reco
   for (int i = 0; i < out->n_local_cp; i++)
     if (out->local_cp[i] == me->cp_rank)
       out->local_cp_index = i;
+  /* Every coordinate's world rank (the grid is whole: checked, or derived). */
+  if (!(out->world_at = malloc((size_t)size * sizeof *out->world_at))) {
+    rc = cpdl__error(-ENOMEM, "mesh: out of memory for %d ranks", size);
+    goto done;
+  }
+  for (int r = 0; r < size; r++) {
+    const cpdl_layout_t *l = &rec[r].layout;
+    int64_t at = ((int64_t)l->tp_rank * l->dp_size + l->dp_rank) * l->cp_size + l->cp_rank;
+    if (at >= 0 && at < size)
+      out->world_at[at] = r;
+  }
 done:
   free(host_of);
   free(node_of);

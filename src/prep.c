@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define ALIGN 64 /* every field's offset in its block */
+/* The name of vocabulary field CPDL_FIELD_<id> (cpdl/fields.h). */
+#define FIELD(id) cpdl_field_name(CPDL_FIELD_##id)
 
 void cpdl_prep_params_init(cpdl_prep_params_t *params) {
   if (!params) {
@@ -25,21 +27,20 @@ void cpdl_prep_params_init(cpdl_prep_params_t *params) {
   params->padding_token_id = 0;
 }
 
-static const struct {
-  const char *name;
-  role_t role;
-} role_names[] = {
-    {"input_ids", ROLE_INPUT_IDS},       {"inputs_embeds", ROLE_INPUTS_EMBEDS},
-    {"mm_token_type_ids", ROLE_MM_TYPES}, {"_packed_seq_ids", ROLE_PACKED},
-    {"per_layer_inputs", ROLE_PER_LAYER}, {"padding_mask", ROLE_PADDING_MASK},
-    {"labels", ROLE_LABELS},             {"loss_mask", ROLE_LOSS_MASK},
-    {"position_ids", ROLE_POSITION},     {"attention_mask", ROLE_ATTENTION},
+/* The contract's role of each field of the vocabulary (cpdl/fields.h); the
+ * per-document fields and every unknown name pass through (ROLE_PASS). */
+static const role_t contract_role[CPDL_FIELD_COUNT] = {
+    [CPDL_FIELD_INPUT_IDS] = ROLE_INPUT_IDS,       [CPDL_FIELD_INPUTS_EMBEDS] = ROLE_INPUTS_EMBEDS,
+    [CPDL_FIELD_MM_TOKEN_TYPE_IDS] = ROLE_MM_TYPES, [CPDL_FIELD_PACKED_SEQ_IDS] = ROLE_PACKED,
+    [CPDL_FIELD_PER_LAYER_INPUTS] = ROLE_PER_LAYER, [CPDL_FIELD_PADDING_MASK] = ROLE_PADDING_MASK,
+    [CPDL_FIELD_LABELS] = ROLE_LABELS,             [CPDL_FIELD_LOSS_MASK] = ROLE_LOSS_MASK,
+    [CPDL_FIELD_POSITION_IDS] = ROLE_POSITION,     [CPDL_FIELD_ATTENTION_MASK] = ROLE_ATTENTION,
 };
 
 static role_t standard_role(const char *name) {
-  for (size_t i = 0; i < sizeof role_names / sizeof role_names[0]; i++)
-    if (strcmp(name, role_names[i].name) == 0)
-      return role_names[i].role;
+  for (int i = 0; i < CPDL_FIELD_COUNT; i++) /* a lookup that leaves no message */
+    if (strcmp(name, cpdl_field_name((cpdl_field_id_t)i)) == 0)
+      return contract_role[i];
   return ROLE_PASS;
 }
 
@@ -403,11 +404,11 @@ static int rule_labels(cpdl_prep_plan_t *plan, const build_t *b) {
   unsigned char pad[8] = {0};
   int labels_src = labels >= 0 ? labels : loss_mask;
   store_int(plan->in[labels_src].dtype, pad, -100);
-  if ((rc = add_seq_copy(plan, "labels", labels_src, 1, pad)) < 0)
+  if ((rc = add_seq_copy(plan, FIELD(LABELS), labels_src, 1, pad)) < 0)
     return rc;
   if (labels >= 0 && loss_mask >= 0) {
     memset(pad, 0, sizeof pad);
-    return add_seq_copy(plan, "loss_mask", loss_mask, 1, pad);
+    return add_seq_copy(plan, FIELD(LOSS_MASK), loss_mask, 1, pad);
   }
   return 0;
 }
@@ -425,11 +426,11 @@ static int rule_positions(cpdl_prep_plan_t *plan, const build_t *b) {
       shape[bd] = plan->batch;
       fs.row_div = plan->batch;
     }
-    return add_field(plan, "position_ids", t->dtype, t->ndim, shape, sd, 0, &fs);
+    return add_field(plan, FIELD(POSITION_IDS), t->dtype, t->ndim, shape, sd, 0, &fs);
   }
   if (b->params->cp_size > 1 || b->params->tp_size > 1) {
     field_spec_t fs = {.kind = SRC_ARANGE, .input = -1, .row_div = 1};
-    return add_field(plan, "position_ids", CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
+    return add_field(plan, FIELD(POSITION_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
   }
   return 0;
 }
@@ -440,7 +441,7 @@ static int rule_padding_mask(cpdl_prep_plan_t *plan, const build_t *b) {
   if (pad_mask >= 0) {
     unsigned char pad[8] = {0};
     store_int(plan->in[pad_mask].dtype, pad, 1);
-    return add_seq_copy(plan, "padding_mask", pad_mask, 1, pad);
+    return add_seq_copy(plan, FIELD(PADDING_MASK), pad_mask, 1, pad);
   }
   if (b->by_role[ROLE_ATTENTION] < 0)
     return 0;
@@ -448,7 +449,7 @@ static int rule_padding_mask(cpdl_prep_plan_t *plan, const build_t *b) {
   fs.pad_v = 1;
   fs.real_v = 0;
   set_pad_int(&fs, CPDL_DTYPE_BOOL, 1);
-  return add_field(plan, "padding_mask", CPDL_DTYPE_BOOL, 2, b->bs_shape, 1, 0, &fs);
+  return add_field(plan, FIELD(PADDING_MASK), CPDL_DTYPE_BOOL, 2, b->bs_shape, 1, 0, &fs);
 }
 
 /* Rule 5: _packed_seq_ids given (padded with 0) or derived: 1 on real tokens, 0 on padding
@@ -457,14 +458,14 @@ static int rule_packed_seq_ids(cpdl_prep_plan_t *plan, const build_t *b) {
   int packed = b->by_role[ROLE_PACKED];
   unsigned char pad[8] = {0};
   if (packed >= 0)
-    return add_seq_copy(plan, "_packed_seq_ids", packed, 1, pad);
+    return add_seq_copy(plan, FIELD(PACKED_SEQ_IDS), packed, 1, pad);
   if (b->params->mode == CPDL_MODE_THD)
     return 0; /* cu_seqlens states the documents */
   field_spec_t fs = b->mask;
   fs.pad_v = 0;
   fs.real_v = 1;
   set_pad_int(&fs, CPDL_DTYPE_INT64, 0);
-  return add_field(plan, "_packed_seq_ids", CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
+  return add_field(plan, FIELD(PACKED_SEQ_IDS), CPDL_DTYPE_INT64, 2, b->bs_shape, 1, 0, &fs);
 }
 
 /* Multimodal fields (padded with 0), then the metadata fields the caller named, in its order;
@@ -473,10 +474,10 @@ static int rule_metadata(cpdl_prep_plan_t *plan, const build_t *b) {
   unsigned char pad[8] = {0};
   int rc;
   if (b->by_role[ROLE_MM_TYPES] >= 0 &&
-      (rc = add_seq_copy(plan, "mm_token_type_ids", b->by_role[ROLE_MM_TYPES], 1, pad)) < 0)
+      (rc = add_seq_copy(plan, FIELD(MM_TOKEN_TYPE_IDS), b->by_role[ROLE_MM_TYPES], 1, pad)) < 0)
     return rc;
   if (b->by_role[ROLE_PER_LAYER] >= 0 &&
-      (rc = add_seq_copy(plan, "per_layer_inputs", b->by_role[ROLE_PER_LAYER], 1, pad)) < 0)
+      (rc = add_seq_copy(plan, FIELD(PER_LAYER_INPUTS), b->by_role[ROLE_PER_LAYER], 1, pad)) < 0)
     return rc;
   for (int m = 0; m < b->params->n_metadata; m++) {
     int in = b->meta_in[m];
@@ -498,7 +499,7 @@ static int rule_thd_bounds(cpdl_prep_plan_t *plan, const build_t *b) {
   if (b->params->mode != CPDL_MODE_THD)
     return 0;
   for (int i = 0; i < plan->n_inputs; i++)
-    if (strcmp(plan->in[i].name, "cu_seqlens_padded") == 0)
+    if (strcmp(plan->in[i].name, FIELD(CU_SEQLENS_PADDED)) == 0)
       plan->thd_bounds = i;
   if (plan->thd_bounds < 0)
     return cpdl__error(CPDL_EFIELD, "mode thd partitions each document by 'cu_seqlens_padded', "
@@ -560,6 +561,63 @@ int cpdl_prep_plan_create(const cpdl_tensor_t *inputs, int n_inputs, const cpdl_
   if (!plan)
     return cpdl__error(-ENOMEM, "cpdl_prep_plan_create: out of memory for a %zu-byte plan", sizeof *plan);
   int rc = plan_build(plan, inputs, n_inputs, params);
+  if (rc < 0) {
+    free(plan);
+    return rc;
+  }
+  *out = plan;
+  return 0;
+}
+
+int cpdl__prep_plan_blocks(const cpdl_tensor_t *inputs, int n_inputs, int n_rank_inputs,
+                           int cp_size, cpdl_prep_plan_t **out) {
+  if (!out)
+    return cpdl__error(CPDL_EARG, "cpdl__prep_plan_blocks: out is NULL");
+  *out = NULL;
+  if (cp_size < 1 || n_inputs < 1 || n_inputs > CPDL_MAX_FIELDS || !inputs || n_rank_inputs < 1 ||
+      n_rank_inputs > n_inputs)
+    return cpdl__error(CPDL_EARG, "cpdl__prep_plan_blocks: %d inputs, %d of them per rank, cp %d",
+                       n_inputs, n_rank_inputs, cp_size);
+  cpdl_prep_plan_t *plan = calloc(1, sizeof *plan);
+  if (!plan)
+    return cpdl__error(-ENOMEM, "cpdl__prep_plan_blocks: out of memory");
+  plan->cp_size = cp_size;
+  plan->mode = CPDL_MODE_CONTIGUOUS; /* no sharding rule applies: rows are copied */
+  plan->thd_bounds = -1;
+  plan->rank_inputs = n_rank_inputs;
+  plan->n_inputs = n_inputs;
+  plan->batch = 1;
+  int rc = 0;
+  for (int i = 0; i < n_inputs && !rc; i++) {
+    if ((rc = read_input(&inputs[i], i, &plan->in[i])) < 0)
+      break;
+    const plan_input_t *t = &plan->in[i];
+    for (int k = 0; k < i && !rc; k++)
+      if (strcmp(plan->in[k].name, t->name) == 0)
+        rc = cpdl__error(CPDL_EFIELD, "input field '%s' appears twice in the batch", t->name);
+    if (rc)
+      break;
+    if (i < n_rank_inputs) {
+      if (t->ndim < 2 || t->shape[0] != cp_size) {
+        char shp[96];
+        cpdl__prep_shape_text(t, shp, sizeof shp);
+        rc = cpdl__error(CPDL_EFIELD, "per-rank field '%s' is %s; it needs a leading dim of cp = %d",
+                         t->name, shp, cp_size);
+        break;
+      }
+      if (i == 0) { /* the first per-rank field's last dim is the block's length */
+        plan->shard_len = plan->padded_len = t->shape[t->ndim - 1];
+        plan->seq_len = plan->shard_len * cp_size;
+      }
+      int64_t row_shape[CPDL_MAX_DIMS] = {0};
+      memcpy(row_shape, t->shape + 1, (size_t)(t->ndim - 1) * sizeof row_shape[0]);
+      field_spec_t copy = {.kind = SRC_COPY, .input = i, .row_div = 1};
+      rc = add_field(plan, t->name, t->dtype, t->ndim - 1, row_shape, -1, 0, &copy);
+    } else {
+      field_spec_t whole = {.kind = SRC_WHOLE, .input = i, .row_div = 1};
+      rc = add_field(plan, t->name, t->dtype, t->ndim, t->shape, -1, 1, &whole);
+    }
+  }
   if (rc < 0) {
     free(plan);
     return rc;

@@ -346,7 +346,10 @@ int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan, const cpdl_tensor_t *in
       if (item++ % n_parts != part)
         continue;
       const int in = plan->spec[f].input;
-      if (thd_cu)
+      if (plan->rank_inputs) /* a block plan: the rank's row of its per-rank input */
+        memcpy((unsigned char *)rank_dst[r] + plan->fields[f].offset,
+               data[in] + (size_t)cp_ranks[r] * plan->fields[f].nbytes, plan->fields[f].nbytes);
+      else if (thd_cu)
         emit_thd_shard(plan, f, in >= 0 ? data[in] : NULL, thd_cu, cp_ranks[r], rank_dst[r]);
       else
         emit_shard(plan, f, in >= 0 ? data[in] : NULL, run_start, run_len, n_runs, rank_dst[r]);

@@ -77,6 +77,7 @@ struct cpdl_prep_plan {
   int cp_size;
   cpdl_mode_t mode;
   int thd_bounds; /* thd: input index of cu_seqlens_padded, the boundaries to partition by */
+  int rank_inputs; /* a block plan (cpdl__prep_plan_blocks): its leading per-rank inputs; else 0 */
 };
 
 /* "[a,b,c]" for messages; returns the length written. */

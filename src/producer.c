@@ -33,6 +33,8 @@ typedef struct pending {
   cpdl_tensor_t inputs[CPDL_MAX_FIELDS];
   int n_inputs;
   int64_t rows[CPDL_MAX_FIELDS]; /* valid entries along dim 0 of each input (feed_lengths) */
+  /* schedule=dynamic: each local region's per-rank fields' (cpdl__feed_rank_lengths) */
+  int64_t rank_rows[CPDL__RING_MAX_REGIONS][CPDL_MAX_FIELDS];
   int rc; /* of the feed_next that filled it: 0, CPDL_EEOF or an error */
 } pending_t;
 
@@ -114,6 +116,11 @@ static void collate_ahead(cpdl__producer_t *P) {
     snprintf(P->collate_msg, sizeof P->collate_msg, "%s", cpdl_last_error());
   if (!next->rc)
     cpdl__feed_lengths(P->args.feed, next->inputs, next->n_inputs, next->rows);
+  if (!next->rc && cpdl__feed_rank_fields(P->args.feed)) {
+    const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
+    for (uint32_t r = 0; r < geo->n_regions && r < CPDL__RING_MAX_REGIONS; r++)
+      cpdl__feed_rank_lengths(P->args.feed, P->args.local_cp[r], next->rank_rows[r]);
+  }
 }
 
 /* Store the step's lengths with it (segment.h, the slot lengths table): an
@@ -132,8 +139,16 @@ static void store_lengths(const cpdl__producer_t *P, uint64_t step, const pendin
         rows[i] = w->rows[k];
   }
   const cpdl__ring_geometry_t *geo = cpdl__ring_geometry(P->args.ring);
-  for (uint32_t block = 0; block <= geo->n_regions; block++)
-    cpdl__ring_set_slot_lengths(P->args.ring, step, block, rows);
+  /* schedule=dynamic: the block plan's per-rank fields (its first rank_fields,
+   * in input order) have each rank's own lengths */
+  const int rank_fields = cpdl__feed_rank_fields(P->args.feed);
+  for (uint32_t block = 0; block <= geo->n_regions; block++) {
+    int64_t mine[CPDL_MAX_FIELDS];
+    memcpy(mine, rows, sizeof mine);
+    for (int i = 0; block < geo->n_regions && i < rank_fields && i < n_fields; i++)
+      mine[i] = w->rank_rows[block][i];
+    cpdl__ring_set_slot_lengths(P->args.ring, step, block, mine);
+  }
 }
 
 /* Thread t's share of a split phase: its part of step k's preparation, then

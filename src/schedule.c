@@ -992,12 +992,13 @@ int cpdl__schedule_build(cpdl__schedule_t *s, const cpdl__schedule_piece_t *piec
     }
     /* Balanced's layout is a dynamic layout too (every piece on its
      * replica's group of cp): where capacity leaves the passes little room,
-     * it can be better; then it wins, so dynamic is never worse than it. */
+     * it can be better; then it wins — by any margin, not the passes' 0.5%
+     * — so dynamic is never worse than it. */
     if (!(best >= 0 && best <= mean * 1.01) && balanced_rows(s)) {
       double max = 0;
       for (int r = 0; r < p->dp; r++)
         max = fmax(max, w->load[r] / p->cp);
-      if (best < 0 || max < best * 0.995) {
+      if (best < 0 || max < best) {
         best = max;
         rows_as_groups(s, w->row_of);
       }

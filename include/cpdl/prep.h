@@ -177,7 +177,8 @@ typedef struct cpdl_prep_field {
 typedef struct cpdl_prep_plan cpdl_prep_plan_t;
 
 /** Decide what a batch becomes (rules 1-7): output fields, shapes and layout.
- *  The loss mask is the input field named "loss_mask", if any.
+ *  Inputs are recognized by name (cpdl/fields.h): the loss mask is the input
+ *  field named "loss_mask" (CPDL_FIELD_LOSS_MASK), if any.
  *  \return 0; CPDL_EFIELD (neither or both primaries, missing labels and loss
  *          mask, batch or sequence sizes that disagree, a duplicated name);
  *          CPDL_EDTYPE; CPDL_EOVERFLOW; CPDL_EARG (cp_size < 1, bad ndim);
@@ -228,4 +229,8 @@ CPDL_API int cpdl_prep_execute_part(const cpdl_prep_plan_t *plan,
 #ifdef __cplusplus
 }
 #endif
+
+/* The field vocabulary: names, roles and dtypes of the fields cpdl knows. */
+#include "cpdl/fields.h"
+
 #endif /* CPDL_PREP_H */

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import prep
+from . import fields as F
 from .loader import Batch
 from .torch import _to_numpy, _to_torch, shard_with_torch_ops
 
@@ -41,7 +42,7 @@ def shard_tensors(fields, cp_size, cp_ranks, *, mode="contiguous", padding_token
         out = []
         for rank in cp_ranks:
             batch = dict(fields)
-            loss_mask = batch.pop("loss_mask", None)
+            loss_mask = batch.pop(F.LOSS_MASK, None)
             shard_with_torch_ops(cp_size, rank, 1, batch, list(batch), loss_mask,
                                  padding_token_id, seq_dims, pad_values)
             out.append(batch)

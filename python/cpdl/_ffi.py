@@ -104,6 +104,15 @@ class PrepField(ctypes.Structure):
     ]
 
 
+class FieldInfo(ctypes.Structure):
+    """cpdl_field_info_t (cpdl/fields.h)"""
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("role", ctypes.c_int),
+        ("dtype", ctypes.c_int),
+    ]
+
+
 # ---- the loader layer: configuration, loader, batch, control plane -----------
 
 class Config(ctypes.Structure):
@@ -241,6 +250,8 @@ PREP_SIGNATURES = {
     "cpdl_dtype_size": (ctypes.c_size_t, [ctypes.c_int]),
     "cpdl_dtype_name": (ctypes.c_char_p, [ctypes.c_int]),
     "cpdl_mode_parse": (ctypes.c_int, [ctypes.c_char_p, _P(ctypes.c_int)]),
+    "cpdl_field_info": (_P(FieldInfo), [ctypes.c_int]),
+    "cpdl_field_role_name": (ctypes.c_char_p, [ctypes.c_int]),
     "cpdl_prep_params_init": (None, [_P(PrepParams)]),
     "cpdl_prep_plan_create": (ctypes.c_int, [_P(Tensor), ctypes.c_int, _P(PrepParams),
                                              _P(ctypes.c_void_p)]),

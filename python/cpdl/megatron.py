@@ -25,6 +25,7 @@ get_batch_on_this_tp_rank(batch))) key for key (tests/python/test_adapters.py).
 import torch
 
 from . import _adapt
+from . import fields as F
 
 # pretrain_gpt.py's BATCH_KEYS: the order get_batch returns its values in.
 BATCH_KEYS = ["attention_mask", "cu_seqlens", "cu_seqlens_padded", "hybrid_cp_group", "labels",
@@ -87,16 +88,17 @@ def shard_batch(batch, cp_size, cp_rank, *, use_per_sequence_balancing=False):
 def _per_document(batch, cp_size, cp_rank):
     bounds = batch["cu_seqlens_padded"] if batch.get("cu_seqlens_padded") is not None \
         else batch["cu_seqlens"]
-    core = {"cu_seqlens_padded": bounds[0].to(torch.int32)}
-    names = {"tokens": "input_ids", "labels": "labels", "loss_mask": "loss_mask",
-             "position_ids": "position_ids"}
+    core = {F.CU_SEQLENS_PADDED: bounds[0].to(torch.int32)}
+    # Megatron's key -> cpdl's field (cpdl/fields.h)
+    names = {"tokens": F.INPUT_IDS, "labels": F.LABELS, "loss_mask": F.LOSS_MASK,
+             "position_ids": F.POSITION_IDS}
     for key, name in names.items():
         if batch.get(key) is not None:
             core[name] = batch[key]
-    if "input_ids" not in core:
+    if F.INPUT_IDS not in core:
         raise ValueError("cpdl.megatron: per-document balancing needs 'tokens' (pipeline "
                          "stages without them are not supported)")
-    if "labels" not in core:
+    if F.LABELS not in core:
         # (without labels the contract would take loss_mask as the labels)
         raise ValueError("cpdl.megatron: the batch has no 'labels' (pipeline stages without "
                          "them are not supported)")
@@ -122,17 +124,17 @@ def _per_sequence(batch, cp_size, cp_rank):
                              "needs its dim %d to be a multiple of 2*cp = %d (Megatron's view "
                              "fails otherwise)" % (key, tuple(value.shape), seq_dim, 2 * cp_size))
         if key == "tokens":
-            name = "input_ids"
+            name = F.INPUT_IDS
         elif key in ("labels", "loss_mask", "position_ids"):
-            name = key
+            name = key  # Megatron's key is cpdl's field name
         else:
             name = _MASK_FIELD if key == "attention_mask" else "cpdl_megatron:" + key
             metadata[name] = (seq_dim, 0)
         core[name] = value
         key_of[name] = key
-    if "input_ids" not in core:
+    if F.INPUT_IDS not in core:
         raise ValueError("cpdl.megatron: the batch has no 'tokens'")
-    if "labels" not in core:
+    if F.LABELS not in core:
         raise ValueError("cpdl.megatron: the batch has no 'labels' (pipeline stages without "
                          "them are not supported)")
     (out,) = _adapt.shard_tensors(core, cp_size, [cp_rank], mode="round_robin",
@@ -157,22 +159,22 @@ def from_loader(batch, *, attention_mask=False, device=None, copy=True):
     (a view lives only until the loader's next step)."""
     tensors = _adapt.batch_tensors(batch, copy=copy, device=device)
     mesh = getattr(batch, "mesh", None)
-    thd = "cu_seqlens_padded" in tensors
-    if "input_ids" not in tensors:
+    thd = F.CU_SEQLENS_PADDED in tensors
+    if F.INPUT_IDS not in tensors:
         raise ValueError("cpdl.megatron: the batch has no input_ids (fields: %s)"
                          % sorted(tensors))
-    labels = tensors["labels"].to(torch.int64)
-    loss_mask = tensors.get("loss_mask")
+    labels = tensors[F.LABELS].to(torch.int64)
+    loss_mask = tensors.get(F.LOSS_MASK)
     loss_mask = (labels != -100).to(torch.float32) if loss_mask is None \
         else loss_mask.to(torch.float32)
-    out = {"tokens": tensors["input_ids"].to(torch.int64), "labels": labels,
-           "loss_mask": loss_mask, "position_ids": tensors["position_ids"].to(torch.int64),
+    out = {"tokens": tensors[F.INPUT_IDS].to(torch.int64), "labels": labels,
+           "loss_mask": loss_mask, "position_ids": tensors[F.POSITION_IDS].to(torch.int64),
            "attention_mask": None, "cu_seqlens": None, "cu_seqlens_padded": None,
            "max_seqlen": None, "local_cp_size": None, "hybrid_cp_group": None}
     if thd:
-        out["cu_seqlens"] = tensors["cu_seqlens"].to(torch.int32).reshape(1, -1)
-        out["cu_seqlens_padded"] = tensors["cu_seqlens_padded"].to(torch.int32).reshape(1, -1)
-        out["max_seqlen"] = tensors["max_seqlen"].to(torch.int32).reshape(1)
+        out["cu_seqlens"] = tensors[F.CU_SEQLENS].to(torch.int32).reshape(1, -1)
+        out["cu_seqlens_padded"] = tensors[F.CU_SEQLENS_PADDED].to(torch.int32).reshape(1, -1)
+        out["max_seqlen"] = tensors[F.MAX_SEQLEN].to(torch.int32).reshape(1)
     if attention_mask:
         if thd:
             raise ValueError("cpdl.megatron: packed (thd) batches carry cu_seqlens, not an "

@@ -14,6 +14,7 @@ import operator
 import numpy as np
 
 from . import _ffi
+from . import fields as F
 from ._ffi import Error, strerror  # noqa: F401 (cpdl.prep.Error, cpdl.prep.strerror)
 
 _NUMPY_TO_CPDL = {
@@ -50,10 +51,10 @@ class _Inputs:
                             % type(batch).__name__)
         items = list(batch.items())
         if loss_mask is not None:
-            if "loss_mask" in batch:
+            if F.LOSS_MASK in batch:
                 raise ValueError("cpdl: loss_mask given both in the batch and as keyword; "
                                  "pass it once")
-            items.append(("loss_mask", loss_mask))
+            items.append((F.LOSS_MASK, loss_mask))
         dtypes = dict(dtypes or {})
         names = {name for name, _ in items}
         for name in dtypes:

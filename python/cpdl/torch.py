@@ -21,13 +21,16 @@ import contextlib
 import numpy as np
 import torch
 
+from . import fields as F
 from .prep import plan_fields, shard_batch
 
-# docs/design.md#batch-preparation--the-contract: the sequence fields, plus
-# attention_mask (consumed by rule 1).
-_CONTRACT_FIELDS = ("input_ids", "inputs_embeds", "mm_token_type_ids", "_packed_seq_ids",
-                    "per_layer_inputs", "padding_mask", "labels", "loss_mask",
-                    "position_ids", "attention_mask")
+
+
+def _contract_fields():
+    """docs/design.md#batch-preparation--the-contract: the vocabulary's
+    per-token fields (cpdl/fields.h), attention_mask among them (consumed by
+    rule 1); the per-document ones (thd's cu_seqlens, ...) pass through."""
+    return tuple(f.name for f in F.table() if f.role != "documents")
 
 
 _TORCH_DTYPE_NAMES = {torch.bool: "bool", torch.uint8: "uint8", torch.int32: "int32",
@@ -88,10 +91,11 @@ def make_contiguous_shard_cp_batch_and_ctx(cp_mesh, tp_mesh, batch, *, loss_mask
     seq_dims.update(extra_seq_keys or {})
     pad_values.update(extra_pad_values or {})
     # Metadata that is not in the batch, or that is a known field, is not extra.
-    seq_dims = {k: v for k, v in seq_dims.items() if k in batch and k not in _CONTRACT_FIELDS}
+    contract = _contract_fields()
+    seq_dims = {k: v for k, v in seq_dims.items() if k in batch and k not in contract}
     pad_values = {k: v for k, v in pad_values.items() if k in seq_dims}
 
-    names = [n for n in list(_CONTRACT_FIELDS) + list(seq_dims)
+    names = [n for n in list(contract) + list(seq_dims)
              if n in batch and batch[n] is not None]
     device = _device_of(batch, names, loss_mask)
     if torch_ops or (torch_ops is None and device is not None):
@@ -105,10 +109,10 @@ def make_contiguous_shard_cp_batch_and_ctx(cp_mesh, tp_mesh, batch, *, loss_mask
             dtypes[name] = override
     mask = None
     if loss_mask is not None:
-        mask, override = _to_numpy("loss_mask", loss_mask)
+        mask, override = _to_numpy(F.LOSS_MASK, loss_mask)
         if override:
-            dtypes["loss_mask"] = override
-        inputs.pop("loss_mask", None)  # the keyword wins over a batch entry
+            dtypes[F.LOSS_MASK] = override
+        inputs.pop(F.LOSS_MASK, None)  # the keyword wins over a batch entry
 
     out = shard_batch(inputs, cp_size, cp_rank, tp_size=tp_size, loss_mask=mask,
                       padding_token_id=padding_token_id, metadata_seq_dims=seq_dims,
@@ -116,8 +120,8 @@ def make_contiguous_shard_cp_batch_and_ctx(cp_mesh, tp_mesh, batch, *, loss_mask
     for name in inputs:
         if name not in out:
             del batch[name]  # attention_mask (rule 1)
-    if "attention_mask" in batch and batch["attention_mask"] is None:
-        del batch["attention_mask"]
+    if F.ATTENTION_MASK in batch and batch[F.ATTENTION_MASK] is None:
+        del batch[F.ATTENTION_MASK]
     for name, array in out.items():
         batch[name] = _to_torch(array, dtypes.get(name) == "bfloat16")
     return contextlib.nullcontext, batch
@@ -126,7 +130,7 @@ def make_contiguous_shard_cp_batch_and_ctx(cp_mesh, tp_mesh, batch, *, loss_mask
 def _device_of(batch, names, loss_mask):
     """None when the contract's fields are host data (the C core's path), else
     the one non-CPU device they are all on."""
-    items = [(n, batch[n]) for n in names] + ([("loss_mask", loss_mask)]
+    items = [(n, batch[n]) for n in names] + ([(F.LOSS_MASK, loss_mask)]
                                               if loss_mask is not None else [])
     devices = {n: v.device for n, v in items if isinstance(v, torch.Tensor)}
     if all(d.type == "cpu" for d in devices.values()):
@@ -150,8 +154,8 @@ def shard_with_torch_ops(cp_size, cp_rank, tp_size, batch, names, loss_mask, pad
     inputs = {n: batch[n] for n in names}
     from_batch = list(inputs)
     if loss_mask is not None:
-        from_batch = [n for n in from_batch if n != "loss_mask"]  # the keyword wins
-        inputs["loss_mask"] = loss_mask
+        from_batch = [n for n in from_batch if n != F.LOSS_MASK]  # the keyword wins
+        inputs[F.LOSS_MASK] = loss_mask
     specs = {}
     for name, t in inputs.items():
         if not isinstance(t, torch.Tensor):
@@ -168,7 +172,7 @@ def shard_with_torch_ops(cp_size, cp_rank, tp_size, batch, names, loss_mask, pad
         raise ValueError("cpdl.torch: cp rank %d is outside [0, %d); check cp_mesh"
                          % (cp_rank, cp_size))
     shard = _Shard(S, padded // cp_size, cp_rank)
-    primary = "input_ids" if "input_ids" in inputs else "inputs_embeds"
+    primary = F.INPUT_IDS if F.INPUT_IDS in inputs else F.INPUTS_EMBEDS
     B = inputs[primary].shape[0]
     out = {}
     for name, dtype, shape, seq_dim in fields:
@@ -181,8 +185,8 @@ def shard_with_torch_ops(cp_size, cp_rank, tp_size, batch, names, loss_mask, pad
     for name in from_batch:
         if name not in out:
             del batch[name]  # attention_mask (rule 1)
-    if "attention_mask" in batch and batch["attention_mask"] is None:
-        del batch["attention_mask"]
+    if F.ATTENTION_MASK in batch and batch[F.ATTENTION_MASK] is None:
+        del batch[F.ATTENTION_MASK]
     batch.update(out)
     return contextlib.nullcontext, batch
 
@@ -210,32 +214,32 @@ class _Shard:
 
 
 def _pad_value(name, primary, padding_token_id, pad_values):
-    if name == "input_ids":
+    if name == F.INPUT_IDS:
         return padding_token_id
-    if name == "labels":
+    if name == F.LABELS:
         return -100
-    if name == "padding_mask":
+    if name == F.PADDING_MASK:
         return True
     return pad_values.get(name, 0)
 
 
 def _field(name, inputs, shard, seq_dim, B, primary, padding_token_id, pad_values, synth_pos):
     """One output field of this rank (rules 1-7 of the contract)."""
-    if name == "position_ids":
-        return _positions(inputs.get("position_ids"), shard, B, inputs[primary].device)
-    if name == "padding_mask" and "padding_mask" not in inputs:
-        return shard.padded(_is_padding(inputs["attention_mask"], shard), 1, True)
-    if name == "_packed_seq_ids" and "_packed_seq_ids" not in inputs:
-        mask = inputs.get("padding_mask")
+    if name == F.POSITION_IDS:
+        return _positions(inputs.get(F.POSITION_IDS), shard, B, inputs[primary].device)
+    if name == F.PADDING_MASK and F.PADDING_MASK not in inputs:
+        return shard.padded(_is_padding(inputs[F.ATTENTION_MASK], shard), 1, True)
+    if name == F.PACKED_SEQ_IDS and F.PACKED_SEQ_IDS not in inputs:
+        mask = inputs.get(F.PADDING_MASK)
         if mask is not None:
             real = shard.take(mask, 1) == 0
-        elif "attention_mask" in inputs:
-            real = ~_is_padding(inputs["attention_mask"], shard)
+        elif F.ATTENTION_MASK in inputs:
+            real = ~_is_padding(inputs[F.ATTENTION_MASK], shard)
         else:
             real = torch.ones((B, shard.real), dtype=torch.bool, device=inputs[primary].device)
         return shard.padded(real.to(torch.int64), 1, 0)
-    if name == "labels" and "labels" not in inputs:
-        source = inputs["loss_mask"]  # rule 4: the loss mask stands in for labels
+    if name == F.LABELS and F.LABELS not in inputs:
+        source = inputs[F.LOSS_MASK]  # rule 4: the loss mask stands in for labels
     else:
         source = inputs[name]
     if seq_dim < 0:

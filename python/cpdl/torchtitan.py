@@ -24,6 +24,7 @@ import dataclasses
 import torch
 
 from . import _adapt
+from . import fields as F
 
 STATE_VERSION = 1
 
@@ -41,11 +42,11 @@ def shard(input_dict, labels, cp_size, cp_rank):
     if T % (2 * cp_size):
         raise ValueError("cpdl.torchtitan: the stream has %d tokens; the head-tail balancer "
                          "needs a multiple of 2*cp = %d" % (T, 2 * cp_size))
-    core = {"input_ids": inputs.unsqueeze(0), "labels": labels.unsqueeze(0),
-            "position_ids": extra["positions"].unsqueeze(0)}
+    core = {F.INPUT_IDS: inputs.unsqueeze(0), F.LABELS: labels.unsqueeze(0),
+            F.POSITION_IDS: extra["positions"].unsqueeze(0)}
     (out,) = _adapt.shard_tensors(core, cp_size, [cp_rank], mode="round_robin")
-    extra["positions"] = out["position_ids"][0]
-    return out["input_ids"][0], out["labels"][0], extra
+    extra["positions"] = out[F.POSITION_IDS][0]
+    return out[F.INPUT_IDS][0], out[F.LABELS][0], extra
 
 
 @dataclasses.dataclass
@@ -125,9 +126,9 @@ class DataLoader:
     def __iter__(self):
         for batch in self.loader:
             tensors = _adapt.batch_tensors(batch, copy=self.copy, device=self.device)
-            inputs = tensors["input_ids"][0].to(torch.int64)
-            labels = tensors["labels"][0].to(torch.int64)
-            positions = tensors["position_ids"][0].to(torch.int64)
+            inputs = tensors[F.INPUT_IDS][0].to(torch.int64)
+            labels = tensors[F.LABELS][0].to(torch.int64)
+            positions = tensors[F.POSITION_IDS][0].to(torch.int64)
             yield {"input": inputs, "positions": positions}, labels
 
     def state_dict(self):

@@ -39,8 +39,10 @@ static const char usage[] =
     "                           earlier end wins\n"
     "  --mode M                 contiguous | round_robin | aux_only | thd\n"
     "  --seed N --source URI    e.g. synthetic:, llmc:/data/*.bin, megatron:/data/prefix, npy:/dir\n"
-    "  --schedule S --cost A,B  static | balanced (mode thd): who gets which documents of a\n"
-    "                           global batch, balancing a*L + b*L^2 over replicas (docs/schedule.md)\n"
+    "  --schedule S --cost A,B  static | balanced | dynamic (mode thd): who gets which documents\n"
+    "                           of a global batch, balancing a*L + b*L^2 over replicas (balanced)\n"
+    "                           or over all ranks with a CP size per document (dynamic; views\n"
+    "                           gain cp_group, cp_chunk, cu_local and the group table; docs/schedule.md)\n"
     "  --threads N --pin P      preparation threads; auto | numa | cores:<list> | none\n"
     "  --json                   print only the JSON summary line on stdout\n"
     "  --dump DIR               write each rank's view as DIR/step<k>/rank<r>/<field>.npy\n"
@@ -336,7 +338,7 @@ static int run_loop(run_t *R) {
     R->lat[R->n_lat++] = (t1 - t0) * 1e6;
     R->checksum += touch(&batch);
     for (int f = 0; f < batch.n_fields; f++)
-      if (strcmp(batch.fields[f].name, "labels") == 0)
+      if (strcmp(batch.fields[f].name, cpdl_field_name(CPDL_FIELD_LABELS)) == 0)
         R->tokens += (double)(batch.fields[f].shape[0] * batch.fields[f].shape[1]);
     if (flags->dump && (rc = dump_view(flags->dump, &batch, &R->cfg))) {
       report_error(R->rank, "dump", rc);

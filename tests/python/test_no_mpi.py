@@ -6,7 +6,9 @@ Covers: `import cpdl` maps no cpdl library and no libmpi; cpdl.shard_batch
 (checked against tests/python/reference.py) and a refused batch's cpdl.Error
 run on libcpdl_prep.so with neither libmpi nor libcpdl.so mapped; a Source
 then maps libcpdl.so (and libmpi); both libraries keep their own last-error
-message, so an error from either names its cause. Prints "N passed, M failed".
+message, so an error from either names its cause; cpdl.fields reads the field
+vocabulary (cpdl/fields.h) from libcpdl_prep.so, without libmpi. Prints "N
+passed, M failed".
 """
 import os
 import re
@@ -73,6 +75,30 @@ def test_prep_without_mpi():
            "no libmpi, no libcpdl.so after shard_batch", now)
 
 
+def test_fields_from_library():
+    from cpdl import fields
+    table = fields.table()
+    names = [f.name for f in table]
+    report(len(names) == len(set(names)) and len(names) >= 14, "the vocabulary's names are "
+           "unique", names)
+    report(fields.LOSS_MASK == "loss_mask" and fields.PACKED_SEQ_IDS == "_packed_seq_ids" and
+           fields.CU_SEQLENS_PADDED == "cu_seqlens_padded", "constants name the C table's fields")
+    report(fields.info("loss_mask") == fields.Field("loss_mask", "loss_mask", "float32"),
+           "loss_mask is float32 (the one loss_mask dtype)", fields.info("loss_mask"))
+    report(fields.info("inputs_embeds").dtype is None and fields.info("pixel_values") is None,
+           "the caller's dtype is None; a name outside the vocabulary has no entry")
+    report(set(fields.names(role="documents")) ==
+           {"cu_seqlens", "cu_seqlens_padded", "max_seqlen", "doc_ids"},
+           "the per-document fields", fields.names(role="documents"))
+    try:
+        fields.NO_SUCH_FIELD
+        report(False, "unknown constant", "no error")
+    except AttributeError as exc:
+        report("INPUT_IDS" in str(exc), "an unknown constant lists the vocabulary", str(exc))
+    now = mapped()
+    report(not now["libmpi"] and not now["libcpdl.so"], "the vocabulary loads no libmpi", now)
+
+
 def test_full_on_demand():
     src = cpdl.Source("synthetic:?seed=5")
     report(len(src) > 0 and len(src[0]) > 0, "a Source reads samples")
@@ -95,4 +121,4 @@ def test_full_on_demand():
 
 
 if __name__ == "__main__":
-    sys.exit(run((test_prep_without_mpi, test_full_on_demand)))
+    sys.exit(run((test_prep_without_mpi, test_fields_from_library, test_full_on_demand)))

@@ -14,8 +14,8 @@ Megatron files of long-tailed documents (many short, some longer than a row):
    larger than static's, and smaller where static is uneven.
 4. Resume: balanced, stopped under dp 2 and resumed under dp 4 (and cp 2), continues the
    global rows: the pieces of both runs are static's pieces of the same rows, none repeated.
-5. Refusals: schedule=balanced without mode=thd, with a gpt:-style row source or npy:, and
-   schedule=dynamic (designed, not yet fed), each a clear error naming the fix.
+5. Refusals: schedule=balanced or dynamic without mode=thd or with a gpt:-style row source,
+   each a clear error naming the fix (schedule=dynamic's own run: test_schedule_dynamic.py).
 Plain script: prints "N passed, M failed" and exits non-zero on any failure.
 """
 import collections
@@ -223,7 +223,9 @@ def test_refusals():
         uri = "megatron:" + os.path.join(tmp, "m")
         cases = [
             (["--mode", "contiguous", "--schedule", "balanced", "--source", uri], "needs mode=thd"),
-            (["--schedule", "dynamic", "--source", uri], "not feed it yet"),
+            (["--mode", "contiguous", "--schedule", "dynamic", "--source", uri], "needs mode=thd"),
+            (["--schedule", "dynamic", "--source", "gpt:" + os.path.join(tmp, "m") +
+              "?num_samples=10"], "needs a source of documents"),
             (["--schedule", "balanced", "--source", "gpt:" + os.path.join(tmp, "m") +
               "?num_samples=10"], "needs a source of documents"),
             (["--schedule", "lpt", "--source", uri], "expected static, balanced or dynamic"),

@@ -323,7 +323,8 @@ def test_shared_fields_stored_once():
 
     def align(n, a):
         return -(-n // a) * a
-    rank_block = align(4 * align(seq_len // cp * 8, 64), page)  # 4 int64 [1, S/cp] fields
+    # [1, S/cp]: input_ids, labels, position_ids int64 and loss_mask float32
+    rank_block = align(3 * align(seq_len // cp * 8, 64) + align(seq_len // cp * 4, 64), page)
     capacity = seq_len // (2 * cp) + 1
     shared_block = align(2 * align(capacity * 4, 64) + 64, page)
     print("thd cp=%d S=%d: segment %d bytes with 2 slots, %d with 3; per slot %d = %d x %d rank "

@@ -12,7 +12,7 @@ global order moved the loss by 3e-4 .. 2e-3 relative. The sequence length is not
 padding (labels -100) is exercised. The references themselves must differ
 (dp 1 vs dp 2 see other global batches) and change over steps, so an
 equality here is not trivial. Mode thd (documents whole, attention within each): dp 2 x
-cp 1 and dp 2 x cp 2, schedule static and balanced, vs dp 2 x cp 1 static, on Megatron
+cp 1 and dp 2 x cp 2, schedule static, balanced and dynamic, vs dp 2 x cp 1 static, on Megatron
 documents of a copy task whose pair counts are multiples of 4 (the same thd rows at cp 1
 and 2). Also: device="cuda" without CUDA is a clear
 cpdl.Error, and Loader(prefetch=...) without a device is refused.
@@ -48,7 +48,7 @@ def write_copy_shard(path, tokens=40000, seed=7):
 RTOL = 1e-5
 
 
-def train(np_, cp, mode, source=None, extra=(), steps=10):
+def train(np_, cp, mode, source=None, extra=(), steps=10, rows_out=None):
     cmd = [MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np", str(np_), sys.executable,
            SCRIPT, "--cp", str(cp), "--mode", mode, "--source", source or "llmc:" + SHARD] + \
         COMMON + list(extra) + ["--steps", str(steps)]
@@ -64,6 +64,8 @@ def train(np_, cp, mode, source=None, extra=(), steps=10):
     for r in rows:
         if not (r["data_ms"] >= 0 and r["loss"] > 0):
             raise AssertionError("bad row %s" % r)
+    if rows_out is not None:
+        rows_out.extend(rows)
     return [r["loss"] for r in rows]
 
 
@@ -114,6 +116,14 @@ def test_thd_schedule_losses():
     same("thd dp2 x cp2 np4 static", train(4, 2, "thd", src, thd, 6), ref)
     same("thd dp2 x cp2 np4 balanced", train(4, 2, "thd", src, thd + ["--schedule", "balanced"], 6),
          ref)
+    # dynamic: every document over its own group of ranks (c = 1 .. 4), sub-samples over
+    # process groups of the table
+    same("thd dp2 cp1 dynamic", train(2, 1, "thd", src, thd + ["--schedule", "dynamic"], 6), ref)
+    rows = []
+    same("thd dp2 x cp2 np4 dynamic", train(4, 2, "thd", src, thd + ["--schedule", "dynamic"], 6,
+                                            rows), ref)
+    spread = sum(r.get("spread_shares", 0) for r in rows)
+    report(spread > 0, "thd dp2 x cp2 dynamic: no sub-sample was spread over a group (%d)" % spread)
 
 
 def test_device_errors():

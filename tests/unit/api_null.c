@@ -106,6 +106,16 @@ static void c_dtype_parse(void) {
   assert_int_equal(cpdl_dtype_parse(NULL, &d), CPDL_EDTYPE); /* documented: no name */
   assert_true(new_message());
 }
+/* the field vocabulary */
+static void c_field_info(void) { EXPECT_NULL(cpdl_field_info(CPDL_FIELD_COUNT)); }
+static void c_field_name(void) { EXPECT_TEXT(cpdl_field_name(CPDL_FIELD_COUNT), "?"); }
+static void c_field_lookup(void) {
+  EXPECT_EARG(cpdl_field_lookup(NULL, NULL));
+  EXPECT_EARG(cpdl_field_lookup("labels", NULL)); /* never written through */
+  cpdl_field_id_t id;
+  EXPECT_EARG(cpdl_field_lookup(NULL, &id));
+}
+static void c_field_role_name(void) { EXPECT_TEXT(cpdl_field_role_name(CPDL_ROLE_COUNT), "?"); }
 static void c_mode_name(void) { assert_string_equal(cpdl_mode_name((cpdl_mode_t)99), "?"); }
 static void c_mode_parse(void) {
   EXPECT_EARG(cpdl_mode_parse(NULL, NULL));
@@ -269,6 +279,10 @@ static api_entry_t api[] = {
     ENTRY(dtype_size, c_dtype_size),
     ENTRY(dtype_name, c_dtype_name),
     ENTRY(dtype_parse, c_dtype_parse),
+    ENTRY(field_info, c_field_info),
+    ENTRY(field_name, c_field_name),
+    ENTRY(field_lookup, c_field_lookup),
+    ENTRY(field_role_name, c_field_role_name),
     ENTRY(mode_name, c_mode_name),
     ENTRY(mode_parse, c_mode_parse),
     ENTRY(prep_params_init, c_prep_params_init),

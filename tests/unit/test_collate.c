@@ -175,6 +175,20 @@ static int64_t thd_entries(const cpdl__collate_t *collate, const cpdl_tensor_t *
   return rows[5];
 }
 
+/* mode thd's loss_mask: float32 [1, S], the one loss_mask dtype (cpdl/fields.h). */
+static const float *loss_field(const cpdl_tensor_t *fields, int n, int64_t S) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(fields[i].name, "loss_mask") == 0) {
+      assert_int_equal(fields[i].dtype, CPDL_DTYPE_FLOAT32);
+      assert_int_equal(fields[i].ndim, 2);
+      assert_int_equal(fields[i].shape[0], 1);
+      assert_int_equal(fields[i].shape[1], S);
+      return fields[i].data;
+    }
+  fail_msg("field loss_mask missing");
+  return NULL;
+}
+
 static const int64_t *field(const cpdl_tensor_t *fields, int n, const char *name, int64_t B, int64_t S) {
   for (int i = 0; i < n; i++) {
     if (strcmp(fields[i].name, name) == 0) {
@@ -280,7 +294,8 @@ static void test_thd_literal(void **state) {
     assert_int_equal(cpdl__collate_next(r.collate, fl, &nf), 0);
     assert_int_equal(nf, 7);
     const int64_t *in = field(fl, nf, "input_ids", 1, 8), *lab = field(fl, nf, "labels", 1, 8);
-    const int64_t *pos = field(fl, nf, "position_ids", 1, 8), *loss = field(fl, nf, "loss_mask", 1, 8);
+    const int64_t *pos = field(fl, nf, "position_ids", 1, 8);
+    const float *loss = loss_field(fl, nf, 8);
     assert_string_equal(fl[4].name, "cu_seqlens");
     assert_string_equal(fl[5].name, "cu_seqlens_padded");
     assert_string_equal(fl[6].name, "max_seqlen");
@@ -296,13 +311,14 @@ static void test_thd_literal(void **state) {
       for (int u = 0; u < 8; u++) {
         assert_int_equal(in[u], 100 + off + u);
         assert_int_equal(lab[u], 101 + off + u);
-        assert_int_equal(loss[u], 1);
+        assert_true(loss[u] == 1.0f);
       }
       assert_int_equal(cu[1], 8);
     } else {
       assert_row(in, (int64_t[]){116, 117, 118, 7, 7, 7, 7, 7}, 8);
       assert_row(lab, (int64_t[]){117, 118, 119, -100, -100, -100, -100, -100}, 8);
-      assert_row(loss, (int64_t[]){1, 1, 1, 0, 0, 0, 0, 0}, 8);
+      for (int u = 0; u < 8; u++)
+        assert_true(loss[u] == (u < 3 ? 1.0f : 0.0f));
       assert_int_equal(cu[1], 3);
       assert_int_equal(cu[2], 3); /* the capacity's tail repeats the last boundary */
     }
@@ -412,14 +428,15 @@ static void test_thd_pieces(void **state) {
   assert_int_equal(fl[7].dtype, CPDL_DTYPE_INT64);
   assert_int_equal(fl[7].shape[0], 4); /* S / m */
   const int64_t *in = field(fl, nf, "input_ids", 1, 16), *lab = field(fl, nf, "labels", 1, 16);
-  const int64_t *pos = field(fl, nf, "position_ids", 1, 16), *loss = field(fl, nf, "loss_mask", 1, 16);
+  const int64_t *pos = field(fl, nf, "position_ids", 1, 16);
+  const float *loss = loss_field(fl, nf, 16);
   const int64_t want_in[16] = {31, 32, 33, 34, 10, 11, 7, 7, 7, 7, 7, 7, 20, 7, 7, 7};
   const int64_t want_lab[16] = {32, 33, 34, 35, 11, 12, -100, -100, -100, -100, -100, -100, 21,
                                 -100, -100, -100};
   for (int u = 0; u < 16; u++) {
     assert_int_equal(in[u], want_in[u]);
     assert_int_equal(lab[u], want_lab[u]);
-    assert_int_equal(loss[u], want_lab[u] != -100);
+    assert_true(loss[u] == (want_lab[u] != -100 ? 1.0f : 0.0f));
     assert_int_equal(pos[u], u % 4);
   }
   const int32_t *cu = fl[4].data, *cup = fl[5].data;

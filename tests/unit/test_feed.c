@@ -511,6 +511,154 @@ static void test_npy_divisible(void **state) {
   rmdir(dir);
 }
 
+/* schedule=dynamic (docs/schedule.md): every CP rank's block cut by the feed
+ * itself. Per step, over the 4 schedule ranks of dp 2 x cp 2 (two feeds, one
+ * per replica): the spec (10 per-rank fields [cp, ...], then the group
+ * table); each rank's cu_local tiles its block and its lengths are what
+ * cpdl__feed_rank_lengths says; every share holds the zigzag positions of its
+ * chunk and next-token labels; the real pairs of all shares add up to static
+ * thd's two rows; a group's members agree on its sub-samples in order; a
+ * seek to a cursor reproduces the steps after it. */
+#define DYN_S 64
+#define DYN_CP 2
+#define DYN_K (DYN_S / DYN_CP / 2)
+static cpdl_config_t dynamic_config(const char *schedule) {
+  cpdl_config_t cfg = config("pack", SOURCE);
+  cfg.mode = CPDL_MODE_THD;
+  cfg.batch = 1;
+  cfg.cp = DYN_CP;
+  snprintf(cfg.schedule, sizeof cfg.schedule, "%s", schedule);
+  return cfg;
+}
+
+typedef struct {
+  int64_t doc, padded, len;
+} dyn_entry_t;
+
+static void test_dynamic(void **state) {
+  (void)state;
+  cpdl_config_t cfg = dynamic_config("dynamic"), st = dynamic_config("static");
+  cpdl__feed_t *f[2] = {open_or_skip(&cfg, 0, 2), open_or_skip(&cfg, 1, 2)};
+  cpdl__feed_t *g[2] = {open_or_skip(&st, 0, 2), open_or_skip(&st, 1, 2)};
+  assert_int_equal(cpdl__feed_rank_fields(f[0]), 10);
+  assert_int_equal(cpdl__feed_rank_fields(g[0]), 0);
+  uint64_t cursor[CPDL__CURSOR_WORDS];
+  enum { STEPS_DYN = 8, FIELD_BYTES = 4096 };
+  static unsigned char saved[STEPS_DYN][CPDL_MAX_FIELDS][FIELD_BYTES];
+  int spread = 0;
+  for (int k = 0; k < STEPS_DYN; k++) {
+    int64_t real = 0, want = 0;
+    /* group id -> member chunk -> entries (a few per step) */
+    static dyn_entry_t lists[64][4][DYN_K];
+    int count[64][4];
+    memset(count, 0, sizeof count);
+    int n_groups = 0;
+    const int32_t *table = NULL;
+    for (int q = 0; q < 2; q++) {
+      cpdl_tensor_t fl[CPDL_MAX_FIELDS], sl[CPDL_MAX_FIELDS];
+      int nf = 0, ns = 0;
+      assert_int_equal(cpdl__feed_next(f[q], fl, &nf), 0);
+      assert_int_equal(cpdl__feed_next(g[q], sl, &ns), 0);
+      int64_t srows[CPDL_MAX_FIELDS];
+      cpdl__feed_lengths(g[q], sl, ns, srows);
+      want += ((const int32_t *)sl[4].data)[srows[4] - 1]; /* static's real pairs */
+      assert_int_equal(nf, 12);
+      const char *names[] = {"input_ids", "labels", "position_ids", "loss_mask", "cu_seqlens",
+                             "cu_seqlens_padded", "cu_local", "doc_ids", "cp_group", "cp_chunk",
+                             "cp_groups", "cp_world_ranks"};
+      for (int i = 0; i < nf; i++) {
+        assert_string_equal(fl[i].name, names[i]);
+        if (i < 10)
+          assert_int_equal(fl[i].shape[0], DYN_CP);
+      }
+      assert_int_equal(fl[0].shape[2], DYN_S / DYN_CP);
+      assert_int_equal(fl[4].shape[1], DYN_K + 1);
+      n_groups = (int)fl[10].shape[0];
+      table = fl[10].data;
+      assert_int_equal(n_groups, 8); /* W = 4: 4 + 2 + 1 + 1 aligned groups */
+      for (int i = 0; i < nf; i++) { /* for the resume check below */
+        size_t n = cpdl_dtype_size(fl[i].dtype);
+        for (int d = 0; d < fl[i].ndim; d++)
+          n *= (size_t)fl[i].shape[d];
+        if (q == 0 && n <= FIELD_BYTES)
+          memcpy(saved[k][i], fl[i].data, n);
+      }
+      for (int c = 0; c < DYN_CP; c++) {
+        const int s = q * DYN_CP + c, B = DYN_S / DYN_CP;
+        const int64_t *ids = (const int64_t *)fl[0].data + c * B;
+        const int64_t *labels = (const int64_t *)fl[1].data + c * B;
+        const int64_t *pos = (const int64_t *)fl[2].data + c * B;
+        const int32_t *cu = (const int32_t *)fl[4].data + c * (DYN_K + 1);
+        const int32_t *cup = (const int32_t *)fl[5].data + c * (DYN_K + 1);
+        const int32_t *cul = (const int32_t *)fl[6].data + c * (DYN_K + 1);
+        const int64_t *docs = (const int64_t *)fl[7].data + c * DYN_K;
+        const int32_t *grp = (const int32_t *)fl[8].data + c * DYN_K;
+        const int32_t *chk = (const int32_t *)fl[9].data + c * DYN_K;
+        int64_t rows[CPDL_MAX_FIELDS];
+        cpdl__feed_rank_lengths(f[q], c, rows);
+        const int64_t n = rows[7];
+        assert_true(n >= 1 && n <= DYN_K);
+        assert_int_equal(rows[4], n + 1);
+        assert_int_equal(rows[0], 1);
+        assert_int_equal(cul[0], 0);
+        assert_int_equal(cul[n], B);
+        for (int64_t e = 0; e < n; e++) {
+          const int32_t gid = grp[e], first = table[2 * gid], size = table[2 * gid + 1];
+          assert_true(gid >= 0 && gid < n_groups && s >= first && s < first + size);
+          assert_int_equal(chk[e], s - first);
+          const int64_t P = cup[e + 1] - cup[e], L = cu[e + 1] - cu[e], h = P / (2 * size);
+          assert_int_equal(P % (2 * size), 0);
+          assert_int_equal(cul[e + 1] - cul[e], P / size);
+          spread += size > 1 && L > 0;
+          for (int half = 0; half < 2; half++) {
+            const int64_t u0 = (half ? 2 * size - 1 - chk[e] : chk[e]) * h;
+            for (int64_t t = 0; t < h; t++) {
+              const int64_t at = cul[e] + half * h + t, u = u0 + t;
+              assert_int_equal(pos[at], u);
+              real += u < L;
+              if (u >= L)
+                assert_int_equal(labels[at], -100);
+              else if (t + 1 < h && u + 1 < L)
+                assert_int_equal(labels[at], ids[at + 1]); /* the next pair's input */
+            }
+          }
+          assert_true(count[gid][chk[e]] < DYN_K);
+          lists[gid][chk[e]][count[gid][chk[e]]++] = (dyn_entry_t){docs[e], P, L};
+        }
+      }
+    }
+    assert_int_equal(real, want);
+    for (int gid = 0; gid < n_groups; gid++)
+      for (int j = 1; j < table[2 * gid + 1]; j++) {
+        assert_int_equal(count[gid][j], count[gid][0]);
+        for (int e = 0; e < count[gid][0]; e++)
+          assert_memory_equal(&lists[gid][j][e], &lists[gid][0][e], sizeof(dyn_entry_t));
+      }
+    if (k == 3)
+      cpdl__feed_cursor(f[0], cursor);
+  }
+  assert_true(spread > 0);
+  cpdl__feed_t *b = open_or_skip(&cfg, 0, 2);
+  assert_int_equal(cpdl__feed_seek(b, cursor), 0);
+  for (int k = 4; k < STEPS_DYN; k++) {
+    cpdl_tensor_t fl[CPDL_MAX_FIELDS];
+    int nf = 0;
+    assert_int_equal(cpdl__feed_next(b, fl, &nf), 0);
+    for (int i = 0; i < nf; i++) {
+      size_t n = cpdl_dtype_size(fl[i].dtype);
+      for (int d = 0; d < fl[i].ndim; d++)
+        n *= (size_t)fl[i].shape[d];
+      if (n <= FIELD_BYTES)
+        assert_memory_equal(fl[i].data, saved[k][i], n);
+    }
+  }
+  cpdl__feed_close(b);
+  for (int q = 0; q < 2; q++) {
+    cpdl__feed_close(f[q]);
+    cpdl__feed_close(g[q]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_pack),
@@ -522,6 +670,7 @@ int main(void) {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_npy_batches),
       cmocka_unit_test(test_npy_divisible),
+      cmocka_unit_test(test_dynamic),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1174,6 +1174,64 @@ static void test_execute_errors(void **state) {
   batch_free(&b);
 }
 
+/* A block plan (cpdl__prep_plan_blocks, schedule=dynamic): the leading
+ * per-rank inputs [cp, ...] become per-rank fields of their row's shape, the
+ * rest shared; executing it copies each rank's row into its block (any
+ * subset and order of ranks, any split into parts) and the shared inputs
+ * whole; a per-rank input without the leading cp is refused. */
+static void test_block_plan(void **state) {
+  (void)state;
+  enum { CP = 3, B = 8, K = 5 };
+  static int64_t ids[CP][1][B];
+  static int32_t cu[CP][K];
+  static int32_t table[4][2];
+  for (int r = 0; r < CP; r++) {
+    for (int t = 0; t < B; t++)
+      ids[r][0][t] = 100 * r + t;
+    for (int k = 0; k < K; k++)
+      cu[r][k] = 10 * r + k;
+  }
+  for (int g = 0; g < 4; g++)
+    table[g][0] = g, table[g][1] = 2 * g;
+  cpdl_tensor_t in[3] = {
+      {"input_ids", CPDL_DTYPE_INT64, 3, {CP, 1, B}, ids},
+      {"cu_seqlens", CPDL_DTYPE_INT32, 2, {CP, K}, cu},
+      {"cp_groups", CPDL_DTYPE_INT32, 2, {4, 2}, table},
+  };
+  cpdl_prep_plan_t *plan = NULL;
+  assert_int_equal(cpdl__prep_plan_blocks(in, 3, 2, CP, &plan), 0);
+  assert_int_equal(cpdl_prep_plan_nfields(plan), 3);
+  const cpdl_prep_field_t *f0 = cpdl_prep_plan_field(plan, 0), *f1 = cpdl_prep_plan_field(plan, 1),
+                          *f2 = cpdl_prep_plan_field(plan, 2);
+  assert_int_equal(f0->ndim, 2);
+  assert_int_equal(f0->shape[0], 1);
+  assert_int_equal(f0->shape[1], B);
+  assert_int_equal(f0->shared, 0);
+  assert_int_equal(f1->ndim, 1);
+  assert_int_equal(f1->shape[0], K);
+  assert_int_equal(f2->shared, 1);
+  assert_int_equal(cpdl_prep_plan_seq_len(plan), CP * B);
+  size_t rb = cpdl_prep_plan_rank_bytes(plan), sb = cpdl_prep_plan_shared_bytes(plan);
+  unsigned char *blocks = calloc(2, rb), *shared = calloc(1, sb);
+  int ranks[2] = {2, 0};
+  void *dst[2] = {blocks, blocks + rb};
+  for (int part = 0; part < 2; part++)
+    assert_int_equal(cpdl_prep_execute_part(plan, in, 3, ranks, 2, dst, shared, part, 2), 0);
+  for (int i = 0; i < 2; i++) {
+    assert_memory_equal((unsigned char *)dst[i] + f0->offset, ids[ranks[i]], sizeof ids[0]);
+    assert_memory_equal((unsigned char *)dst[i] + f1->offset, cu[ranks[i]], sizeof cu[0]);
+  }
+  assert_memory_equal(shared + f2->offset, table, sizeof table);
+  free(blocks);
+  free(shared);
+  cpdl_prep_plan_destroy(plan);
+  in[1].shape[0] = CP - 1;
+  assert_int_equal(cpdl__prep_plan_blocks(in, 3, 2, CP, &plan), CPDL_EFIELD);
+  assert_non_null(strstr(cpdl_last_error(), "leading dim of cp = 3"));
+  assert_null(plan);
+  assert_int_equal(cpdl__prep_plan_blocks(in, 3, 0, CP, &plan), CPDL_EARG);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_contract_all_modes),
@@ -1186,6 +1244,7 @@ int main(void) {
       cmocka_unit_test(test_subset_of_ranks),
       cmocka_unit_test(test_execute_parts),
       cmocka_unit_test(test_embeds_and_large),
+      cmocka_unit_test(test_block_plan),
       cmocka_unit_test(test_thd_zigzag),
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_execute_errors),

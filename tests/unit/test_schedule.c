@@ -608,7 +608,9 @@ static double max_work(const cpdl__schedule_t *s) {
 }
 
 /* Balanced's layout is one of dynamic's, so dynamic is never worse than it
- * (within the 0.5% by which a layout with more splitting must win), nor does
+ * (balanced's layout wins by any margin; python.schedule_dynamic found a
+ * step 0.48% worse when it had to win by 0.5%) unless it is within 1% of the
+ * mean already, nor does
  * it fall back when balanced does not: tight blocks, odd sizes, L^2 costs. */
 static void test_dynamic_not_worse(void **state) {
   (void)state;
@@ -636,7 +638,9 @@ static void test_dynamic_not_worse(void **state) {
     check_schedule(dyn, pieces, n);
     if (!bal->fell_back)
       assert_int_equal(dyn->fell_back, 0);
-    assert_true(max_work(dyn) <= max_work(bal) / 0.995 * (1 + 1e-12));
+    /* within 1% of the mean (the lower bound) the passes stop looking */
+    assert_true(max_work(dyn) <= max_work(bal) * (1 + 1e-12) ||
+                max_work(dyn) <= dyn->total_work / dyn->n_ranks * 1.01 * (1 + 1e-12));
     cpdl__schedule_destroy(bal);
     cpdl__schedule_destroy(dyn);
     free(pieces);
