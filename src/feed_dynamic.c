@@ -135,11 +135,12 @@ int cpdl__dynamic_set_mesh(cpdl__dynamic_t *d, const int *world_at, const int *l
   return 0;
 }
 
-static void set_tensor(cpdl_tensor_t *f, const char *name, cpdl_dtype_t dtype, int ndim,
-                       int64_t d0, int64_t d1, int64_t d2, const void *data) {
+/* Field `id` of the vocabulary (cpdl/fields.h): its name and dtype from there. */
+static void set_tensor(cpdl_tensor_t *f, cpdl_field_id_t id, int ndim, int64_t d0, int64_t d1,
+                       int64_t d2, const void *data) {
   memset(f, 0, sizeof *f);
-  f->name = name;
-  f->dtype = dtype;
+  f->name = cpdl_field_name(id);
+  f->dtype = cpdl_field_info(id)->dtype;
   f->ndim = ndim;
   f->shape[0] = d0;
   f->shape[1] = d1;
@@ -150,19 +151,20 @@ static void set_tensor(cpdl_tensor_t *f, const char *name, cpdl_dtype_t dtype, i
 /* The fields, per-rank ones first (row r of each: CP rank r's block). */
 static int fields_of(const cpdl__dynamic_t *d, const dyn_set_t *t, cpdl_tensor_t *f, int *n) {
   const int64_t cp = d->p.cp, B = d->block, K = d->cap;
-  set_tensor(&f[0], "input_ids", CPDL_DTYPE_INT64, 3, cp, 1, B, t ? t->input_ids : NULL);
-  set_tensor(&f[1], "labels", CPDL_DTYPE_INT64, 3, cp, 1, B, t ? t->labels : NULL);
-  set_tensor(&f[2], "position_ids", CPDL_DTYPE_INT64, 3, cp, 1, B, t ? t->position_ids : NULL);
-  set_tensor(&f[3], "loss_mask", d->p.loss_mask_dtype, 3, cp, 1, B, t ? t->loss_mask : NULL);
-  set_tensor(&f[4], "cu_seqlens", CPDL_DTYPE_INT32, 2, cp, K + 1, 0, t ? t->cu : NULL);
-  set_tensor(&f[5], "cu_seqlens_padded", CPDL_DTYPE_INT32, 2, cp, K + 1, 0, t ? t->cu_padded : NULL);
-  set_tensor(&f[6], "cu_local", CPDL_DTYPE_INT32, 2, cp, K + 1, 0, t ? t->cu_local : NULL);
-  set_tensor(&f[7], "doc_ids", CPDL_DTYPE_INT64, 2, cp, K, 0, t ? t->doc_ids : NULL);
-  set_tensor(&f[8], "cp_group", CPDL_DTYPE_INT32, 2, cp, K, 0, t ? t->group : NULL);
-  set_tensor(&f[9], "cp_chunk", CPDL_DTYPE_INT32, 2, cp, K, 0, t ? t->chunk : NULL);
+  set_tensor(&f[0], CPDL_FIELD_INPUT_IDS, 3, cp, 1, B, t ? t->input_ids : NULL);
+  set_tensor(&f[1], CPDL_FIELD_LABELS, 3, cp, 1, B, t ? t->labels : NULL);
+  set_tensor(&f[2], CPDL_FIELD_POSITION_IDS, 3, cp, 1, B, t ? t->position_ids : NULL);
+  set_tensor(&f[3], CPDL_FIELD_LOSS_MASK, 3, cp, 1, B, t ? t->loss_mask : NULL);
+  f[3].dtype = d->p.loss_mask_dtype; /* the collate's (float32, the vocabulary's, by default) */
+  set_tensor(&f[4], CPDL_FIELD_CU_SEQLENS, 2, cp, K + 1, 0, t ? t->cu : NULL);
+  set_tensor(&f[5], CPDL_FIELD_CU_SEQLENS_PADDED, 2, cp, K + 1, 0, t ? t->cu_padded : NULL);
+  set_tensor(&f[6], CPDL_FIELD_CU_LOCAL, 2, cp, K + 1, 0, t ? t->cu_local : NULL);
+  set_tensor(&f[7], CPDL_FIELD_DOC_IDS, 2, cp, K, 0, t ? t->doc_ids : NULL);
+  set_tensor(&f[8], CPDL_FIELD_CP_GROUP, 2, cp, K, 0, t ? t->group : NULL);
+  set_tensor(&f[9], CPDL_FIELD_CP_CHUNK, 2, cp, K, 0, t ? t->chunk : NULL);
   /* shared: the group table */
-  set_tensor(&f[10], "cp_groups", CPDL_DTYPE_INT32, 2, d->n_groups, 2, 0, t ? d->groups : NULL);
-  set_tensor(&f[11], "cp_world_ranks", CPDL_DTYPE_INT32, 2, d->p.tp, d->n_ranks, 0,
+  set_tensor(&f[10], CPDL_FIELD_CP_GROUPS, 2, d->n_groups, 2, 0, t ? d->groups : NULL);
+  set_tensor(&f[11], CPDL_FIELD_CP_WORLD_RANKS, 2, d->p.tp, d->n_ranks, 0,
              t ? d->world : NULL);
   *n = CPDL__DYNAMIC_FIELDS;
   return 0;

@@ -46,7 +46,12 @@ typedef enum {
   X(CU_SEQLENS,        "cu_seqlens",        DOCUMENTS, INT32)             \
   X(CU_SEQLENS_PADDED, "cu_seqlens_padded", DOCUMENTS, INT32)             \
   X(MAX_SEQLEN,        "max_seqlen",        DOCUMENTS, INT32)             \
-  X(DOC_IDS,           "doc_ids",           DOCUMENTS, INT64)
+  X(DOC_IDS,           "doc_ids",           DOCUMENTS, INT64)             \
+  X(CU_LOCAL,          "cu_local",          DOCUMENTS, INT32)             \
+  X(CP_GROUP,          "cp_group",          DOCUMENTS, INT32)             \
+  X(CP_CHUNK,          "cp_chunk",          DOCUMENTS, INT32)             \
+  X(CP_GROUPS,         "cp_groups",         DOCUMENTS, INT32)             \
+  X(CP_WORLD_RANKS,    "cp_world_ranks",    DOCUMENTS, INT32)
 
 typedef enum {
 #define CPDL__FIELD_ENUM(id, name, role, dtype) CPDL_FIELD_##id,
