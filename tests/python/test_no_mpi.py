@@ -88,7 +88,8 @@ def test_fields_from_library():
     report(fields.info("inputs_embeds").dtype is None and fields.info("pixel_values") is None,
            "the caller's dtype is None; a name outside the vocabulary has no entry")
     report(set(fields.names(role="documents")) ==
-           {"cu_seqlens", "cu_seqlens_padded", "max_seqlen", "doc_ids"},
+           {"cu_seqlens", "cu_seqlens_padded", "max_seqlen", "doc_ids",
+            "cu_local", "cp_group", "cp_chunk", "cp_groups", "cp_world_ranks"},
            "the per-document fields", fields.names(role="documents"))
     try:
         fields.NO_SUCH_FIELD
