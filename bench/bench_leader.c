@@ -18,6 +18,7 @@
  */
 #include "internal.h"
 #include "cpdl/tools.h"
+#include "bench_len.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -255,15 +256,6 @@ out:
   return rc;
 }
 
-static int64_t parse_len(const char *s, char **end) {
-  int64_t v = strtoll(s, end, 10);
-  if (**end == 'K' || **end == 'k')
-    v *= 1024, (*end)++;
-  else if (**end == 'M' || **end == 'm')
-    v *= 1024 * 1024, (*end)++;
-  return v;
-}
-
 int main(int argc, char **argv) {
   char threads_default[64];
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -316,7 +308,7 @@ int main(int argc, char **argv) {
   int n_json = 0;
   for (const char *l = lens; *l;) {
     char *end;
-    int64_t S = parse_len(l, &end);
+    int64_t S = bench_parse_len(l, &end);
     l = *end == ',' ? end + 1 : end;
     if (S <= 0)
       continue;

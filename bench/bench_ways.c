@@ -18,6 +18,7 @@
  * differs. The cpdl way itself uses only cpdl_loader_*. */
 #include "cli.h"
 #include "internal.h"
+#include "bench_len.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -261,15 +262,6 @@ static int run_cpdl(const cpdl_config_t *cfg, cpdl__mesh_t *mesh, int steps, way
   return all ? all : close_rc;
 }
 
-static int64_t parse_len(const char *s, char **end) {
-  int64_t v = strtoll(s, end, 10);
-  if (**end == 'K' || **end == 'k')
-    v *= 1024, (*end)++;
-  else if (**end == 'M' || **end == 'm')
-    v *= 1024 * 1024, (*end)++;
-  return v;
-}
-
 static int bench_main(int argc, char **argv) {
   int thread_level = 0; /* MULTIPLE: the liveness thread of a job across hosts (live.c) */
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level);
@@ -313,7 +305,7 @@ static int bench_main(int argc, char **argv) {
   int status = 0;
   for (const char *l = lens; *l && !status;) {
     char *end;
-    int64_t seq_len = parse_len(l, &end);
+    int64_t seq_len = bench_parse_len(l, &end);
     l = *end == ',' ? end + 1 : end;
     if (seq_len <= 0)
       continue;
