@@ -9,20 +9,7 @@ source "$(dirname "$0")/cluster.sh"
 source "$(dirname "$0")/lib.sh"
 cluster_start 2
 
-$PY - "$WORK" <<'PYEOF'
-import os, sys
-import numpy as np
-sys.path.insert(0, os.path.join(os.environ["PYTHONPATH"], "../tests/python"))
-from datafiles import write_megatron
-rng = np.random.RandomState(5)
-write_megatron(os.path.join(sys.argv[1], "a"),
-               [np.append(rng.randint(8, 60000, size=rng.randint(1, 60)), 7) for _ in range(200)],
-               np.uint16)
-write_megatron(os.path.join(sys.argv[1], "b"),
-               [np.append(rng.randint(8, 60000, size=rng.randint(1, 90)), 7) for _ in range(100)],
-               np.int32)
-PYEOF
-GPT="gpt:0.5,$WORK/a,0.5,$WORK/b?num_samples=64&split=98,2,0&eod=7"
+write_blend "$WORK"
 
 layout() {
   local name=$1
@@ -38,7 +25,7 @@ layout() {
 layout cp-across-hosts --cp 4 --seq-len 8K --steps 3 --source synthetic:
 layout tp-across-hosts --cp 1 --tp 4 --seq-len 2K --batch 2 --steps 3 --source synthetic:
 layout thd --cp 2 --mode thd --seq-len 512 --steps 3 --source synthetic:
-layout gpt-replicas --cp 2 --seq-len 32 --batch 2 --steps 4 --seed 3 --source "$GPT"
+layout gpt-replicas --cp 2 --seq-len 32 --batch 2 --steps 4 --seed 3 --source "$GPT_BLEND"
 check "no segment left on any host" host_shm_empty
 say "$failures failure(s)"
 [ $failures -eq 0 ]

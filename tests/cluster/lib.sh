@@ -28,6 +28,25 @@ cleanup_work() { rm -rf "$WORK"; }
 CLUSTER_ON_EXIT=cleanup_work
 trap cleanup_work EXIT # until cluster_start installs its own (which calls it too)
 
+# write_blend DIR: two Megatron indexed datasets, DIR/a (uint16) and DIR/b (int32),
+# of short documents ending in EOD 7; GPT_BLEND is a gpt: source blending them.
+write_blend() {
+  $PY - "$1" <<'PYEOF'
+import os, sys
+import numpy as np
+sys.path.insert(0, os.path.join(os.environ["PYTHONPATH"], "../tests/python"))
+from datafiles import write_megatron
+rng = np.random.RandomState(5)
+write_megatron(os.path.join(sys.argv[1], "a"),
+               [np.append(rng.randint(8, 60000, size=rng.randint(1, 60)), 7) for _ in range(200)],
+               np.uint16)
+write_megatron(os.path.join(sys.argv[1], "b"),
+               [np.append(rng.randint(8, 60000, size=rng.randint(1, 90)), 7) for _ in range(100)],
+               np.int32)
+PYEOF
+}
+GPT_BLEND="gpt:0.5,$WORK/a,0.5,$WORK/b?num_samples=64&split=98,2,0&eod=7"
+
 # reference NP DIR ARGS...: `mpirun -np NP cpdl run ARGS --dump DIR` on this one host.
 reference() {
   local np=$1 dir=$2

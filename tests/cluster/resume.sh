@@ -17,19 +17,12 @@ cluster_start 3
 
 $PY - "$WORK" <<'PYEOF'
 import os, sys
-import numpy as np
 sys.path.insert(0, os.path.join(os.environ["PYTHONPATH"], "../tests/python"))
-from datafiles import write_llmc, write_megatron
+from datafiles import write_llmc
 import resume_data
 write_llmc(os.path.join(sys.argv[1], "shard.bin"), resume_data.documents())
-rng = np.random.RandomState(5)
-write_megatron(os.path.join(sys.argv[1], "a"),
-               [np.append(rng.randint(8, 60000, size=rng.randint(1, 60)), 7) for _ in range(200)],
-               np.uint16)
-write_megatron(os.path.join(sys.argv[1], "b"),
-               [np.append(rng.randint(8, 60000, size=rng.randint(1, 90)), 7) for _ in range(100)],
-               np.int32)
 PYEOF
+write_blend "$WORK"
 
 # leg NAME HOSTS TASKS_PER_HOST ARGS...: one leg under srun on HOSTS hosts.
 leg() {
@@ -75,7 +68,7 @@ resume_case llmc views 1 "--steps 13" \
   "--seq-len 32 --batch 2 --mode round_robin --source llmc:$WORK/shard.bin" \
   "2 2 --cp 2 --steps 2" "1 4 --cp 4 --steps 5" "3 2 --cp 2 --steps 7"
 resume_case gpt views 1 "--steps 13" \
-  "--seq-len 32 --batch 2 --seed 3 --source gpt:0.5,$WORK/a,0.5,$WORK/b?num_samples=64&split=98,2,0&eod=7" \
+  "--seq-len 32 --batch 2 --seed 3 --source $GPT_BLEND" \
   "2 1 --steps 2" "1 2 --cp 2 --steps 5" "3 2 --tp 2 --steps 7"
 resume_case thd thd 2 "--cp 2 --steps 20" \
   "--seq-len 64 --batch 1 --mode thd --source synthetic:?samples=3000&mean=20" \
