@@ -652,19 +652,12 @@ static int schedule_open(tokens_t *t, cpdl__feed_t *feed, const cpdl_config_t *c
                        (long long)t->cap_pieces);
   if (kind != CPDL__SCHEDULE_DYNAMIC)
     return 0;
-  /* dynamic: the loss mask keeps thd's dtype (the collate's spec says it) */
-  cpdl_tensor_t spec[CPDL_MAX_FIELDS];
-  int n_spec = 0;
-  if ((rc = cpdl__collate_spec(&t->params, spec, &n_spec)))
-    return rc;
+  /* dynamic: the loss mask in the vocabulary's dtype, as thd's collate writes it */
   cpdl__dynamic_params_t dp = {.cp = cfg->cp, .tp = cfg->tp, .dp_rank = feed->dp_rank,
                                .padding_token_id = cfg->padding_token_id,
                                .eot_token = t->params.eot_token, .loss_on_eot = cfg->loss_on_eot,
-                               .loss_mask_dtype = CPDL_DTYPE_INT64,
+                               .loss_mask_dtype = cpdl_field_info(CPDL_FIELD_LOSS_MASK)->dtype,
                                .double_buffer = t->params.double_buffer};
-  for (int i = 0; i < n_spec; i++)
-    if (strcmp(spec[i].name, "loss_mask") == 0)
-      dp.loss_mask_dtype = spec[i].dtype;
   if ((rc = cpdl__dynamic_create(&dp, t->schedule, &t->dynamic)))
     return rc;
   feed->rank_fields = CPDL__DYNAMIC_RANK_FIELDS;
