@@ -99,7 +99,7 @@ typedef struct {
   int cp, tp, dp_rank;
   int64_t padding_token_id, eot_token; /* eot_token -1: none */
   int loss_on_eot;
-  cpdl_dtype_t loss_mask_dtype;        /* thd's (the collate's spec) */
+  cpdl_dtype_t loss_mask_dtype;        /* the vocabulary's (cpdl/fields.h), as thd's collate */
   bool double_buffer;                  /* two output sets, used in turn */
 } cpdl__dynamic_params_t;
 /* s: the schedule (its layout: dp, cp, block, group table). 
